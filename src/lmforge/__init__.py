@@ -1,0 +1,55 @@
+"""lmforge: take a language model from raw text to a monitored, secured service.
+
+The Python API mirrors the CLI verbs::
+
+    import lmforge
+    run_dir = lmforge.train("examples/demo.yaml", overrides=["training.epochs=1"])
+    report = lmforge.evaluate(run_dir, data="test.csv")
+    rows = lmforge.predict(run_dir, texts=["Profit rose 12%."])
+
+Heavy libraries (torch, transformers) are imported only when one of these is called,
+so ``import lmforge`` and ``lmforge --help`` stay instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def train(config: str | Path | dict[str, Any], overrides: list[str] | None = None,
+          output_dir: str | Path | None = None) -> Path:
+    """Fine-tune a model from a YAML config (or dict); return the run directory."""
+    from lmforge.config import load_config
+    from lmforge.training.recipe import run_training
+
+    return run_training(load_config(config, overrides or []), output_dir=output_dir)
+
+
+def evaluate(model: str | Path, data: str | Path, **reader_options: Any) -> dict[str, Any]:
+    """Evaluate a run or model directory on a labeled file; return the metrics dict."""
+    from lmforge.evaluation.recipe import run_evaluation
+
+    return run_evaluation(model, data, reader_options=reader_options)
+
+
+def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+    """Predict labels and probabilities for raw texts with a run or model directory."""
+    from lmforge.inference.predictor import Predictor
+
+    return Predictor.load(model).predict(texts, batch_size=batch_size)
+
+
+__all__ = ["LmforgeError", "__version__", "evaluate", "predict", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LmforgeError":
+        from lmforge.errors import LmforgeError
+
+        return LmforgeError
+    raise AttributeError(name)

@@ -1,0 +1,281 @@
+"""The ``lmforge`` command line: argument parsing only; the work happens in the recipes.
+
+Every sub-command imports its recipe lazily, so ``lmforge --help`` is instant. A
+:class:`LmforgeError` anywhere becomes one ``lmforge: error: ...`` line and exit code 2;
+any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmforge import __version__
+from lmforge.errors import LmforgeError
+
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune a model from a YAML config",
+                       description="Fine-tune a model from a YAML config and write a run directory "
+                                   "(config.yaml, model/, metrics.json, report.md, logs/). "
+                                   "`lmforge config` lists every key.")
+    p.add_argument("config", help="YAML run config (see examples/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set training.epochs=5 (repeatable)")
+    p.add_argument("--output", "-o", help="run directory (default: runs/<name>-<timestamp>)")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="fine-tune the packaged MiniLM on the packaged demo data",
+                       description="Fine-tune the packaged pretrained MiniLM-L6 on lmforge's own demo data "
+                                   "(360 financial-news sentences, 3 sentiments), evaluate on a held-out "
+                                   f"test split, and print the metrics and the report path. Recipe: {DEMO_RECIPE}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set method=lora")
+    p.add_argument("--output", "-o", help="run directory (default: runs/demo-<timestamp>)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained model on a labeled file",
+                       description="Print a classification report for a run or model directory on a labeled "
+                                   "file. Reading options default to the run's own data settings.")
+    p.add_argument("model", help="run directory or Hugging Face model directory")
+    p.add_argument("--data", required=True, help="labeled file (CSV, TSV, JSONL, Parquet, delimited text)")
+    p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
+    _add_reader_flags(p)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="inference precision (default auto: bf16 where the hardware has it)")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict labels for texts, as JSONL",
+                       description="Predict a label and probabilities for each input text. Input: a text file "
+                                   "(one text per line), a CSV/TSV/JSONL/Parquet file with a text column, or - "
+                                   "for standard input. Output: one JSON object per line.")
+    p.add_argument("model", help="run directory or Hugging Face model directory")
+    p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
+    p.add_argument("--output", "-o", help="output JSONL file (default: standard output)")
+    _add_reader_flags(p)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="inference precision (default auto)")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="list every config key with its default and meaning",
+                       description="Print every config key with its type, default and description, "
+                                   "or validate a config file and print it fully resolved.")
+    p.add_argument("file", nargs="?", help="validate this YAML config and print the resolved version")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config)
+
+
+def _add_reader_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", help="column with the text (default: the run's, else 'text')")
+    p.add_argument("--label-column", help="column with the label (default: the run's, else 'label')")
+    p.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl", "parquet", "delimited"],
+                   help="file format (default: by extension)")
+    p.add_argument("--delimiter", help="field delimiter, e.g. '@' for 'text@label' lines")
+    p.add_argument("--encoding", help="file encoding, e.g. latin-1 (default utf-8)")
+    p.add_argument("--no-header", dest="header", action="store_false", default=None,
+                   help="the file has no header row")
+
+
+def _reader_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"text_column": args.text_column, "label_column": args.label_column, "format": args.format,
+            "delimiter": args.delimiter, "encoding": args.encoding, "header": args.header}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description="Fine-tune, evaluate and run language models from one YAML file.",
+        epilog="Start with `lmforge demo`, then `lmforge train examples/financial_phrasebank.yaml`.")
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_config):
+        add(sub)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmforge.config import load_config
+    from lmforge.training.recipe import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = run_training(cfg, output_dir=args.output)
+    _print_summary(run_dir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lmforge.config import load_config
+    from lmforge.training.recipe import run_training
+
+    run_dir = run_training(load_config(DEMO_RECIPE, args.overrides), output_dir=args.output)
+    _print_summary(run_dir)
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    train = metrics["train"]
+    print(f"\ntrained {train['steps']} steps in {train['train_seconds']} s "
+          f"({train['examples_per_second']} examples/s, {train['precision']} on {train['device']})")
+    for split in ("validation", "test"):
+        if split in metrics:
+            m = metrics[split]
+            print(f"{split:<10} n={m['n']:<5} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+                  f"weighted-F1 {m['weighted_f1']:.4f}")
+    print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lmforge.evaluation.recipe import run_evaluation
+
+    metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision)
+    print(format_classification_report(metrics))
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        print(f"metrics: {out}")
+    return 0
+
+
+def format_classification_report(m: dict[str, Any]) -> str:
+    width = max(12, *(len(name) for name in m["per_class"]))
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
+    for name, row in m["per_class"].items():
+        lines.append(f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:8.4f}  "
+                     f"{row['support']:7d}")
+    lines += ["", f"{'accuracy':>{width}}  {'':9}  {'':6}  {m['accuracy']:8.4f}  {m['n']:7d}",
+              f"{'macro f1':>{width}}  {m['macro_precision']:9.4f}  {m['macro_recall']:6.4f}  "
+              f"{m['macro_f1']:8.4f}  {m['n']:7d}",
+              f"{'weighted f1':>{width}}  {'':9}  {'':6}  {m['weighted_f1']:8.4f}  {m['n']:7d}"]
+    return "\n".join(lines)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lmforge.inference.predictor import Predictor
+
+    texts = read_prediction_input(args)
+    predictor = Predictor.load(args.model, precision=args.precision)
+    rows = predictor.predict(texts, batch_size=args.batch_size)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        for text, row in zip(texts, rows, strict=True):
+            out.write(json.dumps({"text": text, **row}, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        logging.getLogger("lmforge").info("wrote %d predictions to %s", len(rows), args.output)
+    return 0
+
+
+def read_prediction_input(args: argparse.Namespace) -> list[str]:
+    """Texts from stdin or a plain text file (a line each), or the text column of a table."""
+    from lmforge.data.readers import ReaderOptions, decode_file, detect_format, read_examples
+
+    encoding = args.encoding or "utf-8"
+    if args.input == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise LmforgeError(f"input file {path} not found; give a file, or - for standard input")
+        plain = path.suffix.lower() in (".txt", "") and not args.format
+        if not plain:
+            opts = ReaderOptions(format=args.format or "auto", delimiter=args.delimiter,
+                                 header=args.header is not False, encoding=encoding,
+                                 text_column=args.text_column or "text", label_column=None)
+            if detect_format(path, opts) != "delimited":
+                return [str(t) for t in read_examples(path, opts, require_label=False)["text"].fillna("")]
+        lines = decode_file(path, encoding).split("\n")
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise LmforgeError(f"no texts in {args.input}; give one text per line")
+    return texts
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from lmforge.config import load_config
+    from lmforge.config.schema import RunConfig
+
+    if args.file:
+        print(yaml.safe_dump(load_config(args.file, args.overrides).model_dump(mode="json"), sort_keys=False))
+        return 0
+    print(describe_config(RunConfig))
+    return 0
+
+
+def describe_config(root: Any) -> str:
+    """Every key with type, default and description (the field docstrings)."""
+    from pydantic import BaseModel
+
+    from lmforge.methods.registry import METHOD_OPTIONS
+    from lmforge.tasks.registry import TASK_NAMES
+
+    lines = []
+    for name, field in root.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and name != "method":
+            lines.append(f"\n{name}:  # {field.description}")
+            for key, sub in annotation.model_fields.items():
+                default = sub.get_default(call_default_factory=True)
+                lines.append(f"  {key}: {json.dumps(default)}  # {sub.description}")
+        elif name == "method":
+            lines.append("\nmethod: full  # or a mapping {name: METHOD, ...options}; methods and options:")
+            for method, options in METHOD_OPTIONS.items():
+                opts = ", ".join(f"{k}={json.dumps(f.get_default())}" for k, f in options.model_fields.items())
+                lines.append(f"  # {method}: {opts or '(no options)'}")
+        else:
+            lines.append(f"{name}: {json.dumps(field.get_default())}  # {field.description}")
+    lines.insert(0, f"# tasks: {', '.join(TASK_NAMES)}")
+    return "\n".join(lines)
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lmforge: %(message)s"))
+    root = logging.getLogger("lmforge")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return args.func(args)
+    except LmforgeError as err:
+        print(f"lmforge: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

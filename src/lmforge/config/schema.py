@@ -1,0 +1,201 @@
+"""Typed run configuration, grouped by concern.
+
+Every field has a default and a one-line description; the descriptions are what
+``lmforge config`` prints, so they double as the reference of every key. Components
+receive the plain values they need (``cfg.training.learning_rate``), never the whole
+config object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from lmforge.errors import did_you_mean
+from lmforge.methods.registry import METHOD_OPTIONS
+from lmforge.tasks.registry import TASK_NAMES
+
+DEFAULT_MODEL = "default"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which pretrained model to start from."""
+
+    name_or_path: str = Field(
+        DEFAULT_MODEL,
+        description="'default' (the packaged MiniLM-L6), a local Hugging Face directory, or a hub id.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
+
+
+class DataConfig(_Section):
+    """Where the examples come from and how to read and clean them."""
+
+    train_file: str | None = Field(None, description="Training file (CSV, TSV, JSONL, Parquet or delimited text).")
+    validation_file: str | None = Field(None, description="Validation file; carved from train_file when absent.")
+    test_file: str | None = Field(None, description="Optional held-out test file, evaluated once at the end.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "delimited"] = Field(
+        "auto", description="File format; 'auto' decides from the extension, then the content."
+    )
+    delimiter: str | None = Field(
+        None, description="Field delimiter: ',' for CSV, '\\t' for TSV, e.g. '@' for 'sentence@label' lines."
+    )
+    header: bool = Field(True, description="Whether CSV/TSV/delimited files start with a header row.")
+    encoding: str = Field("utf-8", description="Text encoding of the files, e.g. 'latin-1'.")
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    hf_dataset: str | None = Field(None, description="Hugging Face dataset name or local dataset script/dir.")
+    hf_config: str | None = Field(None, description="Configuration name of the Hugging Face dataset.")
+    hf_train_split: str = Field("train", description="Split of hf_dataset used for training.")
+    hf_validation_split: str | None = Field(None, description="Split of hf_dataset used for validation.")
+    hf_test_split: str | None = Field(None, description="Split of hf_dataset used as the test set.")
+    validation_size: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of train carved off (stratified) as validation when none is given."
+    )
+    test_size: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of train carved off (stratified) as test when no test_file is given."
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer inputs are truncated.")
+    normalize_whitespace: bool = Field(True, description="Strip and collapse whitespace in texts.")
+    drop_duplicates: bool = Field(
+        True, description="Drop exact duplicate rows, and every copy of a text seen with conflicting labels."
+    )
+    labels: list[str] | None = Field(
+        None, description="Fixed label list (its order gives the ids); default: sorted labels of train."
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.train_file and self.hf_dataset:
+            raise ValueError("give either data.train_file or data.hf_dataset, not both")
+        if self.validation_size + self.test_size >= 0.9:
+            raise ValueError("data.validation_size + data.test_size must stay below 0.9")
+        return self
+
+
+class TrainingConfig(_Section):
+    """How to optimize: schedule, precision, evaluation and stopping."""
+
+    epochs: int = Field(3, ge=1, le=10_000, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Examples per optimizer step, per process, before accumulation.")
+    eval_batch_size: int = Field(64, ge=1, le=65_536, description="Examples per forward pass at evaluation.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW weight decay (not applied to biases and norms).")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps with linear warmup.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 disables clipping.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="'auto' picks bf16 where the CPU or GPU supports it, else fp32."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses a GPU when one is visible.")
+    seed: int = Field(42, ge=0, description="Seed for weights, shuffling and the data split.")
+    eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate on validation.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (with eval_strategy: steps).")
+    metric: str = Field("macro_f1", description="Validation metric for choosing the best model and early stopping.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement of the metric."
+    )
+    logging_steps: int = Field(10, ge=1, description="Log the training loss every N steps.")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+
+    @field_validator("eval_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+
+    @model_validator(mode="after")
+    def _check_eval(self) -> TrainingConfig:
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError("training.eval_strategy is 'steps': set training.eval_steps too")
+        return self
+
+
+class MethodConfig(BaseModel):
+    """The fine-tuning method and its typed options (see lmforge.methods)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str = "full"
+    options: BaseModel | None = None
+
+    @model_serializer
+    def _flat(self) -> dict[str, Any]:
+        return {"name": self.name, **(self.options.model_dump() if self.options else {})}
+
+
+def parse_method(value: Any) -> MethodConfig:
+    """Turn ``"lora"`` or ``{"name": "lora", "r": 16}`` into a typed MethodConfig."""
+    from lmforge.config.errors import format_validation_error  # local: avoids an import cycle
+
+    if isinstance(value, MethodConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ValueError("method must be a name such as 'lora' or a mapping with a 'name' key")
+    name = value.get("name", "full")
+    if name not in METHOD_OPTIONS:
+        raise ValueError(f"unknown method '{name}'{did_you_mean(str(name), METHOD_OPTIONS)}; "
+                         f"available: {', '.join(sorted(METHOD_OPTIONS))}")
+    options_cls = METHOD_OPTIONS[name]
+    try:
+        options = options_cls.model_validate({k: v for k, v in value.items() if k != "name"})
+    except Exception as err:  # pydantic.ValidationError
+        raise ValueError(format_validation_error(err, options_cls, prefix="method")) from None
+    return MethodConfig(name=name, options=options)
+
+
+class RunConfig(_Section):
+    """One training run: task, model, data, method and optimization."""
+
+    task: str = Field("sequence_classification", description="What to learn; one of the tasks listed by `lmforge config`.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Pretrained starting point.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Input data.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="'full', 'lora', or a mapping with options.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimization.")
+    output_dir: str | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
+    name: str | None = Field(None, description="Run name used in the default output directory.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASK_NAMES:
+            raise ValueError(f"unknown task '{value}'{did_you_mean(value, TASK_NAMES)}; "
+                             f"available: {', '.join(TASK_NAMES)}")
+        return value
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        return {"name_or_path": value} if isinstance(value, str) else value
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> MethodConfig:
+        return parse_method(value)
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> RunConfig:
+        from lmforge.tasks.registry import TASK_METRICS
+
+        metrics = TASK_METRICS[self.task]
+        if self.training.metric not in metrics:
+            raise ValueError(f"training.metric '{self.training.metric}' is not reported by task "
+                             f"{self.task}{did_you_mean(self.training.metric, metrics)}; "
+                             f"choose one of: {', '.join(metrics)}")
+        return self

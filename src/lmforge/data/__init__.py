@@ -1,0 +1,1 @@
+"""Reading, cleaning, splitting, tokenizing and batching examples."""

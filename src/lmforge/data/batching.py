@@ -1,0 +1,64 @@
+"""Datasets of token ids and the collator that pads each batch to its own longest row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class EncodedDataset(Dataset):
+    """Token-id rows with optional integer labels."""
+
+    def __init__(self, input_ids: Sequence[np.ndarray], labels: np.ndarray | None = None):
+        if labels is not None and len(labels) != len(input_ids):
+            raise ValueError(f"{len(input_ids)} rows but {len(labels)} labels")
+        self.input_ids = input_ids
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        item: dict[str, object] = {"input_ids": self.input_ids[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+class PaddingCollator:
+    """Pad to the longest row of the batch (dynamic padding), optionally to a multiple of 8.
+
+    A multiple of 8 keeps matmul shapes friendly to bf16/tensor-core kernels at the cost of
+    at most 7 pad tokens per row.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = 8):
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, batch: list[dict[str, object]]) -> dict[str, torch.Tensor]:
+        lengths = [len(item["input_ids"]) for item in batch]
+        width = max(lengths)
+        if self.multiple:
+            width = -(-width // self.multiple) * self.multiple
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+        for row, (item, n) in enumerate(zip(batch, lengths, strict=True)):
+            ids[row, :n] = torch.as_tensor(item["input_ids"], dtype=torch.long)
+            mask[row, :n] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if "labels" in batch[0]:
+            out["labels"] = torch.as_tensor(np.stack([item["labels"] for item in batch]))
+        return out
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first) for inference.
+
+    Sorting by length wastes almost no compute on padding; callers restore input order.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]

@@ -1,0 +1,84 @@
+"""From the data section of a config to clean train / validation / test frames."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from lmforge.config.schema import DataConfig
+from lmforge.data.cleaning import CleaningReport, clean_examples
+from lmforge.data.readers import ReaderOptions, read_examples, read_hf_dataset
+from lmforge.data.splits import stratified_split
+from lmforge.errors import LmforgeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Splits:
+    """Clean example frames by split name, and what cleaning and splitting did."""
+
+    frames: dict[str, pd.DataFrame]
+    cleaning: dict[str, CleaningReport] = field(default_factory=dict)
+    carved: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "rows": {name: len(f) for name, f in self.frames.items()},
+            "cleaning": {name: r.as_dict() for name, r in self.cleaning.items()},
+            "carved_from_train": self.carved,
+        }
+
+
+def reader_options(cfg: DataConfig) -> ReaderOptions:
+    return ReaderOptions(format=cfg.format, delimiter=cfg.delimiter, header=cfg.header,
+                         encoding=cfg.encoding, text_column=cfg.text_column, label_column=cfg.label_column)
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Read, clean and (when needed) split the configured data.
+
+    A validation (and test) split is carved from train, stratified by label, when no file
+    or hub split gives one. Every dropped row is counted and logged.
+    """
+    opts = reader_options(cfg)
+    raw = _read_sources(cfg, opts)
+    if "train" not in raw:
+        raise LmforgeError("no training data: set data.train_file (a CSV/TSV/JSONL/Parquet/text file) "
+                           "or data.hf_dataset")
+    frames, reports = {}, {}
+    for name, frame in raw.items():
+        frames[name], reports[name] = clean_examples(frame, cfg.normalize_whitespace, cfg.drop_duplicates)
+        log.info(reports[name].summary(name))
+        if frames[name].empty:
+            raise LmforgeError(f"{name} data has no usable rows after cleaning "
+                               f"({reports[name].summary(name)}); check data.text_column / data.label_column")
+    fractions = {name: share for name, share in (("validation", cfg.validation_size), ("test", cfg.test_size))
+                 if name not in frames and share > 0}
+    if fractions:
+        frames.update(stratified_split(frames.pop("train"), fractions, seed))
+    _warn_overlap(frames)
+    return Splits(frames=frames, cleaning=reports, carved=fractions)
+
+
+def _read_sources(cfg: DataConfig, opts: ReaderOptions) -> dict[str, pd.DataFrame]:
+    if cfg.hf_dataset:
+        splits = {"train": cfg.hf_train_split, "validation": cfg.hf_validation_split, "test": cfg.hf_test_split}
+        return {name: read_hf_dataset(cfg.hf_dataset, cfg.hf_config, split, opts)
+                for name, split in splits.items() if split}
+    files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
+    return {name: read_examples(path, opts) for name, path in files.items() if path}
+
+
+def _warn_overlap(frames: dict[str, pd.DataFrame]) -> None:
+    """Texts shared between train and an evaluation split inflate its metrics: say so."""
+    seen = set(frames["train"]["text"])
+    for name, frame in frames.items():
+        if name == "train":
+            continue
+        shared = int(frame["text"].isin(seen).sum())
+        if shared:
+            log.warning("%d of %d %s texts also appear in train; their metrics will look better than "
+                        "they are", shared, len(frame), name)

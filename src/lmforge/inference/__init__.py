@@ -1,0 +1,1 @@
+"""Fast batched inference: predictors and forward passes."""

@@ -1,0 +1,95 @@
+"""Load a trained model (run or model directory) and predict on raw texts, fast.
+
+Inputs are sorted by length into batches (little padding), run under
+``torch.inference_mode`` with bf16 autocast where the hardware has it, and returned in
+input order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.data.batching import PaddingCollator, length_sorted_batches
+from lmforge.data.tokenization import tokenize_texts
+from lmforge.errors import LmforgeError
+from lmforge.inference.forward import collect_logits
+from lmforge.models.loading import load_tokenizer, resolve_model_path
+from lmforge.tasks.registry import TASK_NAMES, get_task
+from lmforge.training.precision import resolve_device, resolve_precision
+
+METADATA_FILE = "lmforge.json"
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """The model directory for a run directory or a model directory."""
+    path = Path(path)
+    if not path.exists():
+        raise LmforgeError(f"{path} does not exist; give a run directory (with model/) or a model directory")
+    location = Path(resolve_model_path(str(path)))
+    return location
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """lmforge's own notes saved beside the model (task, max_length, base model)."""
+    file = model_dir / METADATA_FILE
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LmforgeError(f"{file} is corrupt; delete it to fall back to defaults") from None
+
+
+class Predictor:
+    """A model, its tokenizer and its task, ready to turn texts into predictions."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Any, label_names: list[str],
+                 max_length: int, device: str, autocast_dtype: torch.dtype | None):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.task = task
+        self.label_names = label_names
+        self.max_length = max_length
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
+        """Load from a run directory (uses its ``model/``) or a Hugging Face model directory."""
+        model_dir = find_model_dir(path)
+        meta = read_metadata(model_dir)
+        task_name = meta.get("task", "sequence_classification")
+        if task_name not in TASK_NAMES:
+            raise LmforgeError(f"{model_dir}: unknown task '{task_name}' in {METADATA_FILE}")
+        task = get_task(task_name)
+        model = task.load_model(str(model_dir))
+        label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        tokenizer = load_tokenizer(str(model_dir))
+        max_length = int(meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512))
+        device = resolve_device(device)
+        mode = resolve_precision(precision, device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        return cls(model, tokenizer, task, label_names, max_length, device, dtype)
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Logits (N, C) in input order."""
+        if not texts:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        ids, _ = tokenize_texts(texts, self.tokenizer, self.max_length, use_cache=False)
+        order = length_sorted_batches([len(row) for row in ids], batch_size)
+        batches = (self.collate([{"input_ids": ids[i]} for i in batch]) for batch in order)
+        sorted_logits, _ = collect_logits(self.model, batches, self.device, self.autocast_dtype)
+        out = np.empty_like(sorted_logits)
+        out[np.concatenate(order)] = sorted_logits
+        return out
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """One dict per text: ``label``, ``score`` and ``probabilities``."""
+        return self.task.decode(self.logits(texts, batch_size), self.label_names)

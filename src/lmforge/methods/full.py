@@ -1,0 +1,30 @@
+"""Full fine-tuning: every weight trains; the model saves as a plain HF directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from lmforge.methods.registry import register_method
+
+
+class FullOptions(BaseModel):
+    """Full fine-tuning has no options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@register_method("full", FullOptions)
+class FullFineTuning:
+    def apply(self, model: Any, options: FullOptions, peft_task_type: str | None) -> Any:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
+        out = run_dir / "model"
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        return out

@@ -1,0 +1,1 @@
+"""Locating and loading pretrained models and tokenizers."""

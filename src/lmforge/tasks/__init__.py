@@ -1,0 +1,1 @@
+"""Tasks (sequence classification, ...): labels, model head, metrics, decoding."""

@@ -1,0 +1,1 @@
+"""The training engine: precision, optimizer, loop, tracking, and the train recipe."""

