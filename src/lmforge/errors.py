@@ -12,7 +12,14 @@ from collections.abc import Iterable
 
 
 class LmforgeError(Exception):
-    """A user error: bad config, bad data, a missing file. The message names the fix."""
+    """A user error: bad config, bad data, a missing file. The message names the fix.
+
+    The message is kept to one line: newlines coming from user values (a key, a column
+    name, a YAML block scalar) are shown escaped.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

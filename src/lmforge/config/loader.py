@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise LmforgeError(f"{path}:{where}: invalid YAML: {problem}") from None
+    except (ValueError, RecursionError) as err:  # PyYAML raises these for values like 2024-02-30
+        raise LmforgeError(f"{path}: invalid YAML value: {err}; quote the value to keep it as text") from None
     if data is None:
         raise LmforgeError(f"{path} is empty; a config needs at least data.train_file")
     if not isinstance(data, dict):
@@ -46,8 +49,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise LmforgeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.epochs=5")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+        except (yaml.YAMLError, ValueError, RecursionError):
+            value = raw  # not valid YAML (e.g. 2024-02-30): keep the text as typed
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -75,7 +78,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         LmforgeError: With one line naming the file, the key and the fix.
     """
     label = str(source) if not isinstance(source, dict) else "config"
-    data = dict(source) if isinstance(source, dict) else read_yaml(source)
+    data = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)  # never edit the caller's
     data = apply_overrides(data, overrides or [])
     try:
         cfg = RunConfig.model_validate(data)

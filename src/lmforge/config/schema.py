@@ -27,7 +27,8 @@ DEFAULT_MODEL = "default"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A column named 0 or a run named 2024 is meant as text: accept numbers where strings belong.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class ModelConfig(_Section):
@@ -149,6 +150,8 @@ def parse_method(value: Any) -> MethodConfig:
     if not isinstance(value, dict):
         raise ValueError("method must be a name such as 'lora' or a mapping with a 'name' key")
     name = value.get("name", "full")
+    if not isinstance(name, str):
+        raise ValueError(f"method.name must be a string such as 'lora', not {type(name).__name__}")
     if name not in METHOD_OPTIONS:
         raise ValueError(f"unknown method '{name}'{did_you_mean(str(name), METHOD_OPTIONS)}; "
                          f"available: {', '.join(sorted(METHOD_OPTIONS))}")
@@ -166,7 +169,7 @@ class RunConfig(_Section):
     task: str = Field("sequence_classification", description="What to learn; one of the tasks listed by `lmforge config`.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Pretrained starting point.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input data.")
-    method: MethodConfig = Field(default_factory=MethodConfig, description="'full', 'lora', or a mapping with options.")
+    method: MethodConfig = Field(default_factory=lambda: parse_method("full"), description="'full', 'lora', or a mapping with options.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimization.")
     output_dir: str | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
     name: str | None = Field(None, description="Run name used in the default output directory.")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 
 _WHITESPACE = re.compile(r"\s+")
@@ -36,6 +38,13 @@ class CleaningReport:
         return asdict(self)
 
 
+def _as_str(value: object) -> str:
+    """A cell as text; None and NaN (missing) become ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
 def normalize_text(text: str) -> str:
     """NFC-normalize, strip and collapse runs of whitespace to one space."""
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
@@ -53,25 +62,28 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
         has_label: Whether a ``label`` column takes part.
     """
     report = CleaningReport(rows_read=len(frame))
-    text = frame["text"].map(lambda t: "" if t is None else str(t))
-    text = text.map(normalize_text) if normalize_whitespace else text
-    frame = frame.assign(text=text)
-    keep = frame["text"].str.strip() != ""
-    report.empty_text = int((~keep).sum())
-    frame = frame[keep]
+    # Plain lists, not Series.map: pandas may turn None into NaN, which must count as missing.
+    texts = [_as_str(t) for t in frame["text"]]
+    texts = [normalize_text(t) for t in texts] if normalize_whitespace else texts
+    columns = {"text": texts}
     if has_label:
-        label = frame["label"].map(lambda v: None if v is None else str(v).strip())
-        present = label.map(lambda v: v is not None and v != "")
+        columns["label"] = [_as_str(v).strip() for v in frame["label"]]
+    frame = pd.DataFrame(columns, dtype=object)
+    keep = np.array([t.strip() != "" for t in texts], dtype=bool)
+    report.empty_text = int((~keep).sum())
+    frame = frame.loc[keep]
+    if has_label:
+        present = np.array([label != "" for label in frame["label"]], dtype=bool)
         report.missing_label = int((~present).sum())
-        frame = frame.assign(label=label)[present]
+        frame = frame.loc[present]
     if drop_duplicates:
         before = len(frame)
         frame = frame.drop_duplicates()
         report.exact_duplicates = before - len(frame)
         if has_label:
-            conflicted = frame["text"].duplicated(keep=False)
+            conflicted = frame["text"].duplicated(keep=False).to_numpy(dtype=bool)
             report.conflicting_labels = int(conflicted.sum())
-            frame = frame[~conflicted]
+            frame = frame.loc[~conflicted]
     frame = frame.reset_index(drop=True)
     report.rows_kept = len(frame)
     return frame, report

@@ -78,7 +78,9 @@ def detect_format(path: Path, opts: ReaderOptions) -> str:
     if opts.delimiter:
         return "delimited" if opts.delimiter not in (",", "\t") else ("tsv" if opts.delimiter == "\t" else "csv")
     with path.open("rb") as f:
-        first = f.readline(65536).lstrip()
+        head = f.read(65536)
+    lines = [line for line in head.removeprefix(b"\xef\xbb\xbf").splitlines() if line.strip()]
+    first = lines[0].lstrip() if lines else b""
     if first.startswith(b"{"):
         return "jsonl"
     if b"\t" in first:
@@ -158,6 +160,8 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
             records = json.loads(stripped)
         except json.JSONDecodeError as err:
             raise LmforgeError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+        except RecursionError:
+            raise LmforgeError(f"{path}: JSON nested too deeply to be a list of records") from None
         lines = list(enumerate(records, start=1))
     else:
         lines = []
@@ -169,20 +173,25 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
             except json.JSONDecodeError as err:
                 raise LmforgeError(f"{path}: line {number} is not valid JSON ({err.msg}); "
                                    "JSONL needs one object per line") from None
+            except RecursionError:
+                raise LmforgeError(f"{path}: line {number} is nested too deeply to be a record") from None
     for number, record in lines:
         if not isinstance(record, dict):
             raise LmforgeError(f"{path}: record {number} is a {type(record).__name__}, not an object; "
                                'JSONL needs one {"text": ..., "label": ...} object per line')
-    return pd.DataFrame([r for _, r in lines]).map(as_text)
+    # dtype=object: an integer label column with a gap must not turn into floats ('1.0').
+    return pd.DataFrame([r for _, r in lines], dtype=object).map(as_text)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_parquet(path)
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(path).to_pylist()  # Python values: nulls stay None, ints stay ints
     except Exception as err:  # pyarrow raises many types for a corrupt file
         raise LmforgeError(f"{path}: not a readable Parquet file ({type(err).__name__}); "
                            "check the file or set data.format") from None
-    return frame.map(as_text)
+    return pd.DataFrame(records, dtype=object).map(as_text)
 
 
 def as_text(value: object) -> str | None:
@@ -197,8 +206,11 @@ def as_text(value: object) -> str | None:
 
 
 def _select_columns(path: Path, frame: pd.DataFrame, opts: ReaderOptions, require_label: bool) -> pd.DataFrame:
-    frame.columns = [str(c).strip() for c in frame.columns]
-    columns = list(frame.columns)
+    columns = [str(c).strip() for c in frame.columns]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise LmforgeError(f"{path} has duplicate column names {repeated}; rename them so each is unique")
+    frame.columns = columns
     wanted = {"text": opts.text_column}
     if opts.label_column and (require_label or opts.label_column in columns):
         wanted["label"] = opts.label_column
@@ -226,7 +238,9 @@ def read_hf_dataset(name: str, config: str | None, split: str, opts: ReaderOptio
         raise LmforgeError(f"could not load Hugging Face dataset '{name}' split '{split}': {first}; "
                            "check the name and split, or that the hub is reachable") from None
     label_feature = ds.features.get(opts.label_column) if opts.label_column else None
-    frame = ds.to_pandas().map(as_text)
-    if label_feature is not None and hasattr(label_feature, "int2str"):
-        frame[opts.label_column] = [label_feature.int2str(int(v)) for v in frame[opts.label_column]]
+    frame = pd.DataFrame(ds.to_list(), columns=ds.column_names, dtype=object).map(as_text)
+    if label_feature is not None and hasattr(label_feature, "int2str") and opts.label_column in frame:
+        # ClassLabel ids to names; -1 marks an unlabeled row (e.g. GLUE test splits)
+        frame[opts.label_column] = [None if v is None or int(v) < 0 else label_feature.int2str(int(v))
+                                    for v in frame[opts.label_column]]
     return _select_columns(Path(f"{name}[{split}]"), frame, opts, require_label=True)

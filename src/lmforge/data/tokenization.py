@@ -8,6 +8,7 @@ data and tokenizer skips tokenization entirely.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -27,7 +28,14 @@ def cache_root() -> Path:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A stable hash of everything that decides the token ids of a text."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # Truncation/padding settings change with every call; they do not change the ids we store.
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        state = json.dumps(state, sort_keys=True)
+    else:
+        state = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(f"{type(tokenizer).__name__}|{state}".encode()).hexdigest()[:16]
 
 
@@ -38,6 +46,8 @@ def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int,
     Returns:
         The id arrays, and whether they came from the cache.
     """
+    if not texts:
+        return [], False
     key = hashlib.sha256()
     key.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{len(texts)}".encode())
     for text in texts:
@@ -49,7 +59,7 @@ def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int,
                 ids, offsets = cached["ids"], cached["offsets"]
             if len(offsets) == len(texts) + 1:
                 return [ids[offsets[i]:offsets[i + 1]] for i in range(len(texts))], True
-        except (OSError, ValueError, KeyError):
+        except Exception:  # any damage (truncated zip, garbage, wrong arrays): rebuild it
             log.warning("token cache %s is unreadable; tokenizing again", path)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length,
                         add_special_tokens=True, return_attention_mask=False)["input_ids"]
