@@ -17,6 +17,7 @@ from typing import Any
 
 from lmforge import __version__
 from lmforge.errors import LmforgeError
+from lmforge.training.interrupts import TrainingInterrupted
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
@@ -26,10 +27,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Fine-tune a model from a YAML config and write a run directory "
                                    "(config.yaml, model/, metrics.json, report.md, logs/). "
                                    "`lmforge config` lists every key.")
-    p.add_argument("config", help="YAML run config (see examples/)")
+    p.add_argument("config", nargs="?", help="YAML run config (see examples/); not needed with --resume")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=5 (repeatable)")
     p.add_argument("--output", "-o", help="run directory (default: runs/<name>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="resume an interrupted run exactly from its newest intact checkpoint")
+    p.add_argument("--continue-from", metavar="RUN_DIR",
+                   help="start a NEW run from a finished run's weights (with this config's settings)")
+    p.add_argument("--continue-optimizer", action="store_true",
+                   help="with --continue-from: also restore the finished run's optimizer state")
     p.set_defaults(func=cmd_train)
 
 
@@ -116,8 +123,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.config import load_config
     from lmforge.training.recipe import run_training
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = run_training(cfg, output_dir=args.output)
+    if args.resume:
+        if args.config or args.continue_from:
+            raise LmforgeError("--resume takes the run directory only: the run's own config.yaml is used")
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise LmforgeError(f"{run_dir} is not a run directory (no config.yaml); nothing to resume")
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        run_dir = run_training(cfg, output_dir=run_dir, resume=True)
+    else:
+        if not args.config:
+            raise LmforgeError("give a config file (lmforge train CONFIG.yaml) or --resume RUN_DIR")
+        overrides = list(args.overrides)
+        if args.continue_from:
+            overrides += [f"continue_from={args.continue_from}", f"continue_optimizer={args.continue_optimizer}"]
+        elif args.continue_optimizer:
+            raise LmforgeError("--continue-optimizer needs --continue-from RUN_DIR")
+        run_dir = run_training(load_config(args.config, overrides), output_dir=args.output)
     _print_summary(run_dir)
     return 0
 
@@ -269,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     try:
         return args.func(args)
+    except TrainingInterrupted as stop:
+        print(f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}",
+              file=sys.stderr)
+        return 128 + stop.signum
     except LmforgeError as err:
         print(f"lmforge: error: {err}", file=sys.stderr)
         return 2

@@ -126,6 +126,18 @@ class TrainingConfig(_Section):
         return self
 
 
+class CheckpointConfig(_Section):
+    """When to write crash-safe checkpoints and how many to keep."""
+
+    every_steps: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps.")
+    every_minutes: float | None = Field(
+        30.0, gt=0, description="Checkpoint when this many minutes passed since the last one; null disables."
+    )
+    at_epoch_end: bool = Field(True, description="Checkpoint at the end of every epoch.")
+    keep_last: int = Field(2, ge=1, le=1000, description="Keep the newest K checkpoints (plus the best).")
+    keep_best: bool = Field(True, description="Also keep the checkpoint of the best validation step.")
+
+
 class MethodConfig(BaseModel):
     """The fine-tuning method and its typed options (see lmforge.methods)."""
 
@@ -171,7 +183,15 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Input data.")
     method: MethodConfig = Field(default_factory=lambda: parse_method("full"), description="'full', 'lora', or a mapping with options.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimization.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     output_dir: str | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="'auto': when the output directory holds checkpoints of this run, resume it."
+    )
+    continue_from: str | None = Field(
+        None, description="Start from this finished run's weights (a new run; recorded as its parent)."
+    )
+    continue_optimizer: bool = Field(False, description="With continue_from: also restore its optimizer state.")
     name: str | None = Field(None, description="Run name used in the default output directory.")
 
     @field_validator("task")
@@ -181,6 +201,11 @@ class RunConfig(_Section):
             raise ValueError(f"unknown task '{value}'{did_you_mean(value, TASK_NAMES)}; "
                              f"available: {', '.join(TASK_NAMES)}")
         return value
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _yaml_never(cls, value: Any) -> Any:
+        return "never" if value is False else value  # `resume: no` in YAML reads as false
 
     @field_validator("model", mode="before")
     @classmethod

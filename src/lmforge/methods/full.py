@@ -18,7 +18,8 @@ class FullOptions(BaseModel):
 
 @register_method("full", FullOptions)
 class FullFineTuning:
-    def apply(self, model: Any, options: FullOptions, peft_task_type: str | None) -> Any:
+    def apply(self, model: Any, options: FullOptions, peft_task_type: str | None,
+              adapter_dir: Path | None = None) -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         return model

@@ -31,8 +31,12 @@ class LoraOptions(BaseModel):
 
 @register_method("lora", LoraOptions)
 class LoRA:
-    def apply(self, model: Any, options: LoraOptions, peft_task_type: str | None) -> Any:
-        from peft import LoraConfig, get_peft_model
+    def apply(self, model: Any, options: LoraOptions, peft_task_type: str | None,
+              adapter_dir: Path | None = None) -> Any:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if adapter_dir is not None:  # continue training a finished run's adapter
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
 
         config = LoraConfig(
             task_type=peft_task_type,

@@ -16,8 +16,11 @@ from pydantic import BaseModel
 class Method(Protocol):
     """What the training recipe needs from a fine-tuning method."""
 
-    def apply(self, model: Any, options: Any, peft_task_type: str | None) -> Any:
-        """Return the model ready for training (wrapped, frozen parts set)."""
+    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None) -> Any:
+        """Return the model ready for training (wrapped, frozen parts set).
+
+        ``adapter_dir`` holds a previous run's adapter to keep training (continue mode).
+        """
 
     def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
         """Save the trained model under ``run_dir``; return the plain HF model directory."""

@@ -1,21 +1,27 @@
 """The training loop: a readable loop on Accelerate, not the Hugging Face Trainer.
 
-Accelerate owns devices, mixed precision, gradient accumulation and (later) distribution;
-this loop owns the order of things: step, clip, schedule, log, evaluate, keep the best,
-stop early.
+Accelerate owns devices, mixed precision and (later) distribution; this loop owns the
+order of things: accumulate, clip, step, schedule, log, evaluate, keep the best, stop
+early, checkpoint. Every counter lives in a :class:`TrainState`, so a checkpoint taken
+after any optimizer step resumes exactly where the run was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from lmforge.training.checkpoint import Checkpointer
+from lmforge.training.interrupts import StopRequest, TrainingInterrupted
+from lmforge.training.sampler import EpochBatchSampler
+from lmforge.training.state import TrainState
 from lmforge.training.tracking import RunLogger
 
 
@@ -25,6 +31,7 @@ class LoopSettings:
 
     epochs: int
     max_steps: int | None
+    accumulation: int
     max_grad_norm: float
     logging_steps: int
     eval_steps: int | None  # None: evaluate at the end of each epoch
@@ -33,32 +40,15 @@ class LoopSettings:
     patience: int | None
 
 
-@dataclass
-class FitResult:
-    steps: int = 0
-    epochs_run: float = 0.0
-    examples_seen: int = 0
-    train_seconds: float = 0.0
-    best_metric: float | None = None
-    best_step: int | None = None
-    stopped_early: bool = False
-    final_train_loss: float | None = None
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def examples_per_second(self) -> float:
-        return self.examples_seen / self.train_seconds if self.train_seconds else 0.0
-
-
 class EarlyStopping:
     """Track the best value of a metric and count evaluations without improvement."""
 
-    def __init__(self, metric: str, patience: int | None):
+    def __init__(self, metric: str, patience: int | None, best: float | None = None, bad_evals: int = 0):
         self.metric = metric
         self.greater_is_better = metric != "loss"
         self.patience = patience
-        self.best: float | None = None
-        self.bad_evals = 0
+        self.best = best
+        self.bad_evals = bad_evals
 
     def update(self, metrics: dict[str, float]) -> bool:
         """Record one evaluation; return True when it is the best so far."""
@@ -80,86 +70,124 @@ def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int
     return max_steps if max_steps else steps_per_epoch * epochs
 
 
-def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, train_loader: Any, accelerator: Any,
-        settings: LoopSettings, evaluate: Callable[[], dict[str, float]],
-        on_best: Callable[[int], None], logger: RunLogger) -> FitResult:
-    """Train until the epochs or ``max_steps`` are done, or early stopping says stop.
+def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sampler: EpochBatchSampler,
+        accelerator: Any, settings: LoopSettings, state: TrainState,
+        evaluate: Callable[[], dict[str, float]], on_best: Callable[[int], None], logger: RunLogger,
+        checkpointer: Checkpointer, stop: StopRequest) -> TrainState:
+    """Train from ``state`` until the epochs or ``max_steps`` are done, or early stopping says stop.
 
     Args:
         evaluate: Returns validation metrics (including ``loss``) for the current weights.
         on_best: Called with the step whenever the validation metric improves (saves the model).
+        stop: Set by SIGINT/SIGTERM; honoured after the current optimizer step with a checkpoint.
+
+    Raises:
+        TrainingInterrupted: After saving a checkpoint, when ``stop`` was requested.
     """
-    accumulation = accelerator.gradient_accumulation_steps
-    total = total_optimizer_steps(len(train_loader), accumulation, settings.epochs, settings.max_steps)
-    stopper = EarlyStopping(settings.metric, settings.patience)
-    result = FitResult()
-    bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True,
+    accum = settings.accumulation
+    batches_per_epoch = len(sampler)
+    total = total_optimizer_steps(batches_per_epoch, accum, settings.epochs, settings.max_steps)
+    stopper = EarlyStopping(settings.metric, settings.patience, state.best_metric, state.bad_evals)
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
-    running_loss = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
-    running_batches, window_examples, window_start = 0, 0, time.perf_counter()
+    device = accelerator.device
+    window_loss = torch.tensor(state.window_loss_sum, device=device)  # summed on device: no sync per step
+    clock = {"segment": time.perf_counter(), "window": time.perf_counter()}
+
+    def pause_clock() -> None:
+        """Stop counting training time (evaluation and checkpoints are not training throughput)."""
+        now = time.perf_counter()
+        state.train_seconds += now - clock["segment"]
+        clock["paused_at"] = now
+
+    def resume_clock() -> None:
+        now = time.perf_counter()
+        clock["window"] += now - clock.pop("paused_at", now)
+        clock["segment"] = now
 
     def run_evaluation() -> None:
-        nonlocal window_start
-        eval_start = time.perf_counter()
+        pause_clock()
         metrics = evaluate()
-        window_start += time.perf_counter() - eval_start  # evaluation time is not training throughput
         model.train()
-        result.evaluations.append({"step": result.steps, **metrics})
-        logger.log(result.steps, metrics, "validation")
+        logger.log(state.step, metrics, "validation")
         if stopper.update(metrics):
-            result.best_metric, result.best_step = stopper.best, result.steps
-            on_best(result.steps)
+            state.best_metric, state.best_step = stopper.best, state.step
+            on_best(state.step)
+        state.bad_evals = stopper.bad_evals
+        state.stopped_early = stopper.should_stop
         shown = [k for k in ("loss", "accuracy", settings.metric) if isinstance(metrics.get(k), float)]
-        bar.write(f"step {result.steps}: validation " + ", ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown)))
+        bar.write(f"step {state.step}: validation " + ", ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown)))
+        resume_clock()
+
+    def checkpoint(reason: str) -> None:
+        pause_clock()
+        state.window_loss_sum = float(window_loss)
+        checkpointer.save(state, reason)
+        resume_clock()
+
+    def log_window() -> None:
+        elapsed = time.perf_counter() - clock["window"]
+        mean_loss = float(window_loss) / max(state.window_batches, 1)
+        values = {"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
+                  "examples_per_second": state.window_examples / max(elapsed, 1e-9)}
+        logger.log(state.step, values, "train")
+        bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{values['examples_per_second']:.1f}")
+        state.final_train_loss = mean_loss
+        window_loss.zero_()
+        state.window_batches = state.window_examples = 0
+        clock["window"] = time.perf_counter()
 
     model.train()
-    epoch = 0
-    while result.steps < total and not result.stopped_early:
-        epoch_start = time.perf_counter()
-        for batch in train_loader:
-            with accelerator.accumulate(model):
+    while state.step < total and not state.stopped_early:
+        sampler.set_epoch(state.epoch, start_batch=state.batches_in_epoch)
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            first_of_window = (state.batches_in_epoch // accum) * accum
+            window_size = min(accum, batches_per_epoch - first_of_window)  # the epoch's last window may be short
+            state.batches_in_epoch += 1
+            boundary = state.batches_in_epoch - first_of_window == window_size
+            # Skip the gradient all-reduce on micro-batches that do not end a window (DDP).
+            sync = contextlib.nullcontext() if boundary else accelerator.no_sync(model)
+            with sync:
                 loss = model(**batch).loss  # (,) mean over the micro-batch
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and settings.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach()
-            running_batches += 1
+                accelerator.backward(loss / window_size)
+            window_loss += loss.detach()
+            state.window_batches += 1
             n = batch["input_ids"].shape[0]
-            result.examples_seen += n
-            window_examples += n
-            if not accelerator.sync_gradients:
+            state.examples_seen += n
+            state.window_examples += n
+            if not boundary:
                 continue
-            result.steps += 1
+            if settings.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
             bar.update(1)
-            if result.steps % settings.logging_steps == 0 or result.steps == total:
-                elapsed = time.perf_counter() - window_start
-                mean_loss = (running_loss / running_batches).item()
-                values = {"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
-                          "examples_per_second": window_examples / max(elapsed, 1e-9)}
-                logger.log(result.steps, values, "train")
-                bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{values['examples_per_second']:.1f}")
-                result.final_train_loss = mean_loss
-                running_loss.zero_()
-                running_batches, window_examples, window_start = 0, 0, time.perf_counter()
-            if settings.evaluate and settings.eval_steps and result.steps % settings.eval_steps == 0:
-                result.train_seconds += time.perf_counter() - epoch_start
+            end_of_epoch = state.batches_in_epoch == batches_per_epoch
+            if state.step % settings.logging_steps == 0 or state.step == total:
+                log_window()
+            if settings.evaluate and settings.eval_steps and state.step % settings.eval_steps == 0:
                 run_evaluation()
-                epoch_start = time.perf_counter()
-                if stopper.should_stop:
-                    result.stopped_early = True
-            if result.steps >= total or result.stopped_early:
+            if stop.requested and not end_of_epoch:  # at an epoch's end, finish its evaluation first
                 break
-        result.train_seconds += time.perf_counter() - epoch_start
-        epoch += 1
-        result.epochs_run = min(epoch, result.steps / max(1, math.ceil(len(train_loader) / accumulation)))
-        if settings.evaluate and not settings.eval_steps and not result.stopped_early:
-            run_evaluation()
-            if stopper.should_stop:
-                result.stopped_early = True
-    if result.stopped_early:
+            if state.step >= total or state.stopped_early:
+                break
+            if checkpointer.due(state) and not end_of_epoch:
+                checkpoint("scheduled")
+        if state.batches_in_epoch == batches_per_epoch:  # the epoch ran to its end
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            if settings.evaluate and not settings.eval_steps:
+                run_evaluation()
+            if checkpointer.policy.at_epoch_end or checkpointer.due(state):
+                checkpoint("epoch end")
+        if stop.requested:
+            checkpoint("interrupt")  # a no-op when the epoch-end checkpoint just saved this step
+            bar.close()
+            raise TrainingInterrupted(stop.signal, str(checkpointer.root.parent), state.step)
+    pause_clock()
+    if state.stopped_early:
         bar.write(f"early stopping: no {settings.metric} improvement in {settings.patience} evaluations")
     bar.close()
-    return result
+    return state

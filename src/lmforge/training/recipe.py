@@ -1,13 +1,22 @@
 """The fine-tuning recipe, top to bottom: set up -> data -> model -> fit -> save -> evaluate -> report.
 
 This file tells the whole story of ``lmforge train``; each step calls a small library
-function. Read it first.
+function. Read it first. Three ways in:
+
+- a new run (``lmforge train CONFIG``);
+- **resume** (``lmforge train --resume RUN``, or ``resume: auto`` with an ``--output`` that
+  holds this run's checkpoints): the same run, continued exactly from its newest intact
+  checkpoint, as if it had never stopped;
+- **continue** (``continue_from: RUN``): a *new* run that starts from a finished run's
+  weights (and optionally its optimizer state) with changed settings; it records its parent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +26,7 @@ import numpy as np
 import torch
 
 import lmforge
-from lmforge.config import RunConfig, save_config
+from lmforge.config import RunConfig, load_config, save_config
 from lmforge.data.batching import EncodedDataset, PaddingCollator
 from lmforge.data.loading import load_splits
 from lmforge.data.tokenization import tokenize_texts
@@ -28,29 +37,46 @@ from lmforge.inference.predictor import METADATA_FILE, Predictor
 from lmforge.methods.registry import count_parameters, get_method
 from lmforge.models.loading import load_tokenizer, resolve_model_path
 from lmforge.tasks.registry import get_task
+from lmforge.training.checkpoint import (
+    Checkpointer,
+    CheckpointPolicy,
+    latest_intact_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+)
+from lmforge.training.interrupts import graceful_interrupts
 from lmforge.training.loop import LoopSettings, fit, total_optimizer_steps
 from lmforge.training.optim import build_optimizer, build_scheduler
 from lmforge.training.precision import resolve_device, resolve_precision
+from lmforge.training.sampler import EpochBatchSampler
+from lmforge.training.state import TrainState
 from lmforge.training.tracking import RunLogger
 
 log = logging.getLogger(__name__)
 
 
-def run_training(cfg: RunConfig, output_dir: str | Path | None = None) -> Path:
-    """Fine-tune ``cfg.model`` on ``cfg.data`` and write a complete run directory; return its path."""
+def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool | None = None) -> Path:
+    """Fine-tune ``cfg.model`` on ``cfg.data`` and write a complete run directory; return its path.
+
+    Args:
+        resume: True to require resuming ``output_dir``; None to follow ``cfg.resume``.
+    """
     from accelerate.utils import set_seed
 
     # --- set up -------------------------------------------------------------------------------
-    run_dir = check_run_dir(output_dir or cfg.output_dir, cfg.name or cfg.task)
+    run_dir, resuming = plan_run_dir(output_dir or cfg.output_dir, cfg, resume)
     device = resolve_device(cfg.training.device)
     precision = resolve_precision(cfg.training.precision, device)
-    accelerator = make_accelerator(precision, device, cfg.training.gradient_accumulation_steps)
+    accelerator = make_accelerator(precision, device)
     set_seed(cfg.training.seed)
     task = get_task(cfg.task)
+    parent = find_parent_run(cfg.continue_from) if cfg.continue_from else None
 
     # --- data ---------------------------------------------------------------------------------
     splits = load_splits(cfg.data, cfg.training.seed)
-    label_names = task.label_names(splits.frames["train"]["label"].tolist(), cfg.data.labels)
+    label_names = task.label_names(splits.frames["train"]["label"].tolist(),
+                                   parent["labels"] if parent else cfg.data.labels)
     model_location = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
     datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
@@ -58,34 +84,51 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None) -> Path:
     log.info("data: %s; labels: %s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()), label_names)
 
     # --- model --------------------------------------------------------------------------------
-    model = task.load_model(model_location, label_names, revision=cfg.model.revision,
+    start_from, adapter_dir = (model_location, None) if parent is None else parent_weights(parent, cfg)
+    model = task.load_model(start_from, label_names, revision=cfg.model.revision,
                             trust_remote_code=cfg.model.trust_remote_code)
     method = get_method(cfg.method.name)
-    model = method.apply(model, cfg.method.options, task.peft_task_type)
+    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir)
     trainable, total_params = count_parameters(model)
     log.info("method %s: %s of %s parameters train (%.2f%%)", cfg.method.name, f"{trainable:,}",
              f"{total_params:,}", 100 * trainable / total_params)
 
     # Inputs are valid (data read, model loaded): only now does the run directory appear.
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if not resuming:
+        save_config(cfg, run_dir / "config.yaml")
     log.info("run directory %s (device %s, precision %s)", run_dir, device, precision)
 
     # --- optimization -------------------------------------------------------------------------
     # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
     collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
-    generator = torch.Generator().manual_seed(cfg.training.seed)
+    sampler = EpochBatchSampler(len(datasets["train"]), cfg.training.batch_size, cfg.training.seed)
+    # Its own generator: creating an epoch's iterator must not draw from the global RNG,
+    # or a resumed run's dropout masks would differ from the uninterrupted run's.
     train_loader = torch.utils.data.DataLoader(
-        datasets["train"], batch_size=cfg.training.batch_size, shuffle=True, generator=generator,
-        collate_fn=collate, num_workers=cfg.training.num_workers, drop_last=False)
-    steps = total_optimizer_steps(len(train_loader), cfg.training.gradient_accumulation_steps,
+        datasets["train"], batch_sampler=sampler, collate_fn=collate, num_workers=cfg.training.num_workers,
+        pin_memory=device == "cuda", generator=torch.Generator().manual_seed(cfg.training.seed))
+    steps = total_optimizer_steps(len(sampler), cfg.training.gradient_accumulation_steps,
                                   cfg.training.epochs, cfg.training.max_steps)
     optimizer = build_optimizer(model, cfg.training.learning_rate, cfg.training.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.training.scheduler,
                                 int(round(cfg.training.warmup_ratio * steps)), steps)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if parent is not None and cfg.continue_optimizer:
+        restore_parent_optimizer(parent, optimizer)
     val_loader = (torch.utils.data.DataLoader(datasets["validation"], batch_size=cfg.training.eval_batch_size,
                                               collate_fn=collate) if "validation" in datasets else None)
+    policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
+    checkpointer = Checkpointer(run_dir / "checkpoints", policy, accelerator.unwrap_model(model), optimizer,
+                                scheduler, accelerator.scaler, enabled=accelerator.is_main_process)
+
+    state, rng = TrainState(), None
+    if resuming:
+        checkpoint = latest_intact_checkpoint(run_dir / "checkpoints")
+        state, rng = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler,
+                                     accelerator.scaler)
+        log.info("resuming from %s (step %d, epoch %d, batch %d)", checkpoint.name, state.step, state.epoch,
+                 state.batches_in_epoch)
 
     def evaluate() -> dict[str, float]:
         logits, loss = collect_logits(model, val_loader, accelerator.device)
@@ -95,30 +138,41 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None) -> Path:
     def save(step: int | None = None) -> None:
         save_model(accelerator.unwrap_model(model), method, run_dir, tokenizer, cfg, label_names)
 
-    logger = RunLogger(run_dir / "logs", enabled=accelerator.is_main_process)
+    # Records after the checkpoint's step (from an interrupted process) are dropped and logged again.
+    logger = RunLogger(run_dir / "logs", enabled=accelerator.is_main_process, resume_after_step=state.step)
     settings = LoopSettings(
-        epochs=cfg.training.epochs, max_steps=cfg.training.max_steps, max_grad_norm=cfg.training.max_grad_norm,
+        epochs=cfg.training.epochs, max_steps=cfg.training.max_steps,
+        accumulation=cfg.training.gradient_accumulation_steps, max_grad_norm=cfg.training.max_grad_norm,
         logging_steps=cfg.training.logging_steps,
         eval_steps=cfg.training.eval_steps if cfg.training.eval_strategy == "steps" else None,
         evaluate=val_loader is not None and cfg.training.eval_strategy != "no",
         metric=cfg.training.metric, patience=cfg.training.early_stopping_patience)
+    if rng is not None:
+        restore_rng(rng)  # last, so that nothing built above shifts the random streams
     started = time.perf_counter()
-    result = fit(model, optimizer, scheduler, train_loader, accelerator, settings, evaluate, save, logger)
+    try:
+        with graceful_interrupts() as stop:
+            state = fit(model, optimizer, scheduler, train_loader, sampler, accelerator, settings, state,
+                        evaluate, save, logger, checkpointer, stop)
+    finally:
+        logger.close()
     wall_seconds = time.perf_counter() - started
-    logger.close()
 
     # --- save and evaluate what was saved -----------------------------------------------------
-    if result.best_step is None:  # no validation: the last weights are the model
+    if state.best_step is None:  # no validation: the last weights are the model
         save()
     predictor = Predictor.load(run_dir, device=device, precision=cfg.training.precision)
     metrics: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method.name, "labels": label_names,
-        "train": {"steps": result.steps, "epochs": round(result.epochs_run, 3),
-                  "examples_seen": result.examples_seen, "train_seconds": round(result.train_seconds, 2),
+        "parent_run": str(parent["dir"]) if parent else None,
+        "train": {"steps": state.step, "epochs": round(state.epoch + state.batches_in_epoch / len(sampler), 3),
+                  "examples_seen": state.examples_seen, "train_seconds": round(state.train_seconds, 2),
                   "wall_seconds": round(wall_seconds, 2),
-                  "examples_per_second": round(result.examples_per_second, 2),
-                  "final_loss": result.final_train_loss, "best_step": result.best_step,
-                  "best_metric": {cfg.training.metric: result.best_metric}, "stopped_early": result.stopped_early,
+                  "examples_per_second": round(state.examples_per_second, 2),
+                  "final_loss": state.final_train_loss, "best_step": state.best_step,
+                  "best_metric": {cfg.training.metric: state.best_metric}, "stopped_early": state.stopped_early,
+                  "checkpoints_written": state.checkpoints_written,
+                  "checkpoint_seconds": round(state.checkpoint_seconds, 3), "resumed": resuming,
                   "trainable_parameters": trainable, "total_parameters": total_params,
                   "trainable_share": trainable / total_params, "precision": precision, "device": device},
         "data": splits.summary(),
@@ -133,8 +187,8 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None) -> Path:
     return run_dir
 
 
-def make_accelerator(precision: str, device: str, accumulation: int) -> Any:
-    """A fresh Accelerator for this run.
+def make_accelerator(precision: str, device: str) -> Any:
+    """A fresh Accelerator for this run (gradient accumulation is done by the loop itself).
 
     Accelerate keeps its state in a process-wide singleton, so a second run in the same
     process (a notebook, a test, a benchmark) with another precision would be refused.
@@ -145,19 +199,109 @@ def make_accelerator(precision: str, device: str, accumulation: int) -> Any:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=precision, cpu=device == "cpu", gradient_accumulation_steps=accumulation)
+    return Accelerator(mixed_precision=precision, cpu=device == "cpu")
 
 
-def check_run_dir(requested: str | Path | None, name: str) -> Path:
-    """The run directory to create; refuse to mix a new run into an existing one."""
+def plan_run_dir(requested: str | Path | None, cfg: RunConfig, resume: bool | None) -> tuple[Path, bool]:
+    """The run directory, and whether this is a resume of the run already in it.
+
+    A directory with this run's checkpoints is resumed (``resume: auto`` or ``--resume``);
+    a finished run, another config's run, or unrelated files are never mixed into.
+    """
     if requested is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        requested = Path("runs") / f"{name}-{stamp}"
+        if resume:
+            raise LmforgeError("--resume needs the run directory to resume")
+        requested = Path("runs") / f"{cfg.name or cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(requested)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise LmforgeError(f"output directory {run_dir} is not empty; choose another --output "
-                           "or remove it")
-    return run_dir
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        if resume:
+            raise LmforgeError(f"{run_dir} holds no run to resume")
+        return run_dir, False
+    if (run_dir / "metrics.json").exists():
+        raise LmforgeError(f"{run_dir} holds a finished run; to train it further start a new run with "
+                           f"--continue-from {run_dir}, or choose another --output")
+    has_checkpoints = bool(list_checkpoints(run_dir / "checkpoints"))
+    started_here = (run_dir / "config.yaml").is_file()
+    if resume or (started_here and cfg.resume == "auto" and resume is None):
+        check_same_run(run_dir, cfg)
+        if has_checkpoints:
+            return run_dir, True
+        if not (run_dir / "model").exists():  # stopped before its first checkpoint: nothing to lose
+            log.warning("%s has no checkpoint yet; starting this run from the beginning", run_dir)
+            return run_dir, False
+        raise LmforgeError(f"{run_dir} has no intact checkpoint to resume from; start a new run with "
+                           "another --output")
+    raise LmforgeError(f"output directory {run_dir} is not empty; choose another --output or remove it")
+
+
+def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
+    """Resuming with changed settings would not be the same run: refuse and name the change."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        raise LmforgeError(f"{run_dir} has checkpoints but no config.yaml; it cannot be resumed safely")
+    ignore = {"resume", "output_dir"}
+    saved = _flatten({k: v for k, v in load_config(saved_file).model_dump(mode="json").items() if k not in ignore})
+    current = _flatten({k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignore})
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
+        raise LmforgeError(f"{run_dir} holds a run with other settings ({diffs}); resume it unchanged with "
+                           f"--resume {run_dir}, or train with new settings as a new run: "
+                           f"--continue-from {run_dir} --output NEW_DIR")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def find_parent_run(path: str) -> dict[str, Any]:
+    """A finished run to continue from: its directory, labels and method."""
+    parent = Path(path)
+    model_dir = parent / "model"
+    if not (model_dir / "config.json").is_file():
+        raise LmforgeError(f"continue_from: {parent} is not a finished run (no model/config.json); "
+                           "to pick up an interrupted run use --resume instead")
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    labels = [config["id2label"][str(i)] for i in range(len(config.get("id2label", {})))] or None
+    meta_file = model_dir / METADATA_FILE
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    return {"dir": parent, "labels": labels, "method": meta.get("method", "full"),
+            "base_model": meta.get("base_model")}
+
+
+def parent_weights(parent: dict[str, Any], cfg: RunConfig) -> tuple[str, Path | None]:
+    """Where the continued run's weights come from: (model to load, adapter to keep training).
+
+    LoRA after LoRA keeps training the parent's adapter on its base model, so its optimizer
+    state fits; any other combination starts from the parent's full (merged) model.
+    """
+    adapter = parent["dir"] / "adapter"
+    if cfg.method.name == "lora" and parent["method"] == "lora" and (adapter / "adapter_config.json").is_file():
+        return resolve_model_path(parent["base_model"] or cfg.model.name_or_path), adapter
+    if cfg.continue_optimizer and parent["method"] != cfg.method.name:
+        raise LmforgeError(f"continue_optimizer: the parent run used method {parent['method']}, this run "
+                           f"{cfg.method.name}; their optimizer states do not fit (drop continue_optimizer)")
+    return str(parent["dir"] / "model"), None
+
+
+def restore_parent_optimizer(parent: dict[str, Any], optimizer: Any) -> None:
+    """Load the optimizer state of the parent's newest intact checkpoint (moments, step counts)."""
+    checkpoint = latest_intact_checkpoint(parent["dir"] / "checkpoints")
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True, map_location="cpu")
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as err:
+        raise LmforgeError(f"continue_optimizer: the optimizer state in {checkpoint} does not fit this model "
+                           f"({err}); drop continue_optimizer") from None
+    for group in optimizer.param_groups:  # the new run's schedule decides the learning rate
+        group.pop("initial_lr", None)
+    log.info("optimizer state restored from %s", checkpoint)
 
 
 def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: list[str],
@@ -171,12 +315,29 @@ def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: 
 
 def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunConfig,
                label_names: list[str]) -> Path:
-    """Save through the method, plus lmforge's metadata beside the HF files."""
-    out = method.save(model, run_dir, tokenizer)
+    """Save through the method, plus lmforge's metadata beside the HF files.
+
+    The method writes into a staging directory that is then swapped in by rename, so a
+    crash during the save never leaves a half-written ``model/`` behind.
+    """
+    for stale in [*run_dir.glob(".staging-*"), *run_dir.glob(".old-*")]:  # left by a killed process
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = run_dir / f".staging-{os.getpid()}"
+    staging.mkdir()
+    out = method.save(model, staging, tokenizer)
     meta = {"task": cfg.task, "max_length": cfg.data.max_length, "labels": label_names,
-            "base_model": cfg.model.name_or_path, "method": cfg.method.name, "lmforge_version": lmforge.__version__}
+            "base_model": cfg.model.name_or_path, "method": cfg.method.name,
+            "lmforge_version": lmforge.__version__}
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return out
+    for part in sorted(staging.iterdir()):
+        target = run_dir / part.name
+        old = run_dir / f".old-{part.name}-{os.getpid()}"
+        if target.exists():
+            os.rename(target, old)
+        os.rename(part, target)
+        shutil.rmtree(old, ignore_errors=True)
+    staging.rmdir()
+    return run_dir / out.name
 
 
 def evaluate_split(predictor: Predictor, frame: Any, label_ids: np.ndarray, task: Any,
