@@ -59,9 +59,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="labeled file (CSV, TSV, JSONL, Parquet, delimited text)")
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
     _add_reader_flags(p)
-    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="inference precision (default auto: bf16 where the hardware has it)")
+    _add_inference_flags(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -74,9 +72,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", help="output JSONL file (default: standard output)")
     _add_reader_flags(p)
-    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="inference precision (default auto)")
+    _add_inference_flags(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -87,6 +83,12 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", nargs="?", help="validate this YAML config and print the resolved version")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_config)
+
+
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="inference precision (default auto: bf16 where the hardware has it)")
 
 
 def _add_reader_flags(p: argparse.ArgumentParser) -> None:

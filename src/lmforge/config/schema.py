@@ -134,7 +134,7 @@ class CheckpointConfig(_Section):
         30.0, gt=0, description="Checkpoint when this many minutes passed since the last one; null disables."
     )
     at_epoch_end: bool = Field(True, description="Checkpoint at the end of every epoch.")
-    keep_last: int = Field(2, ge=1, le=1000, description="Keep the newest K checkpoints (plus the best).")
+    keep_last: int = Field(1, ge=1, le=1000, description="Keep the newest K checkpoints (plus the best).")
     keep_best: bool = Field(True, description="Also keep the checkpoint of the best validation step.")
 
 

@@ -208,7 +208,7 @@ class CheckpointPolicy:
     every_steps: int | None = None
     every_minutes: float | None = None
     at_epoch_end: bool = True
-    keep_last: int = 2
+    keep_last: int = 1
     keep_best: bool = True
 
 
