@@ -232,6 +232,10 @@ def read_prediction_input(args: argparse.Namespace) -> list[str]:
                 return [str(t) for t in read_examples(path, opts, require_label=False)["text"].fillna("")]
         lines = decode_file(path, encoding).split("\n")
     texts = [line.strip() for line in lines if line.strip()]
+    blank = sum(1 for line in lines if not line.strip()) - (1 if lines and not lines[-1].strip() else 0)
+    if blank > 0:
+        logging.getLogger("lmforge").warning("skipped %d blank line(s) of %s; each output row carries "
+                                             "its text", blank, args.input)
     if not texts:
         raise LmforgeError(f"no texts in {args.input}; give one text per line")
     return texts
