@@ -298,7 +298,7 @@ def test_override_values_are_yaml():
     data = apply_overrides({}, ["a.int=5", "a.float=1e-3", "a.bool=true", "a.list=[x, y]",
                                 "a.str=hello", "a.none=", "a.no=no", "a.eq=x=y"])
     assert data == {"a": {"int": 5, "float": "1e-3", "bool": True, "list": ["x", "y"],
-                          "str": "hello", "none": None, "no": False, "eq": "x=y"}}
+                          "str": "hello", "none": None, "no": "no", "eq": "x=y"}}  # YAML 1.2 booleans
 
 
 def test_override_learning_rate_in_scientific_notation():
@@ -589,3 +589,12 @@ def test_format_validation_error_with_prefix():
 ])
 def test_errors_stay_single_line_with_newlines_in_values(tmp_path, text):
     config_error(write(tmp_path, text))
+
+
+def test_yes_no_stay_text_but_bool_fields_still_accept_them(tmp_path):
+    """YAML 1.2 booleans: 'no' is a word (an eval strategy, a label); bool fields still parse it."""
+    cfg = load_config(write(tmp_path, "training:\n  eval_strategy: no\nresume: never\n"
+                                      "data:\n  header: no\n  labels: [yes, no]\n"))
+    assert cfg.training.eval_strategy == "no"
+    assert cfg.data.header is False
+    assert cfg.data.labels == ["yes", "no"]

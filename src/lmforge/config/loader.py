@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,27 @@ from pydantic import ValidationError
 from lmforge.config.errors import format_validation_error
 from lmforge.config.schema import RunConfig
 from lmforge.errors import LmforgeError
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false are bools.
+
+    YAML 1.1 (PyYAML's default) reads yes/no/on/off as booleans, so `eval_strategy: no`
+    or a label named `no` would silently become False.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text safely, with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -25,7 +47,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise LmforgeError(f"{path}: config is not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -48,7 +70,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise LmforgeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.epochs=5")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw) if raw.strip() else None
         except (yaml.YAMLError, ValueError, RecursionError):
             value = raw  # not valid YAML (e.g. 2024-02-30): keep the text as typed
         node = data

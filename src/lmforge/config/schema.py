@@ -116,8 +116,9 @@ class TrainingConfig(_Section):
 
     @field_validator("eval_strategy", mode="before")
     @classmethod
-    def _yaml_no(cls, value: Any) -> Any:
-        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+    def _yaml11_no(cls, value: Any) -> Any:
+        # lmforge's own loader keeps `no` as text; a dict parsed elsewhere (yaml.safe_load) has False.
+        return "no" if value is False else value
 
     @model_validator(mode="after")
     def _check_eval(self) -> TrainingConfig:
@@ -204,8 +205,8 @@ class RunConfig(_Section):
 
     @field_validator("resume", mode="before")
     @classmethod
-    def _yaml_never(cls, value: Any) -> Any:
-        return "never" if value is False else value  # `resume: no` in YAML reads as false
+    def _yaml11_no(cls, value: Any) -> Any:
+        return "never" if value is False else value  # see TrainingConfig._yaml11_no
 
     @field_validator("model", mode="before")
     @classmethod

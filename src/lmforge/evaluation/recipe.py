@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lmforge.config import load_config
 from lmforge.data.cleaning import clean_examples
+from lmforge.data.loading import reader_options
 from lmforge.data.readers import ReaderOptions, read_examples
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
@@ -18,13 +19,11 @@ log = logging.getLogger(__name__)
 
 def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOptions:
     """Reading options: the run's own data settings when ``model`` is a run, then overrides."""
-    fields = {}
+    fields: dict[str, Any] = {}
     path = Path(model)
     for config_file in (path / "config.yaml", path.parent / "config.yaml"):
         if config_file.is_file():
-            data = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("data", {})
-            fields = {k: data[k] for k in ("format", "delimiter", "header", "encoding", "text_column",
-                                           "label_column") if k in data}
+            fields = asdict(reader_options(load_config(config_file).data))
             break
     fields.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(fields) - set(ReaderOptions.__dataclass_fields__)
@@ -50,7 +49,7 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
         raise LmforgeError(f"{data} has no usable rows ({report.summary(str(data))})")
     predictor = Predictor.load(model, precision=precision)
     label_ids = predictor.task.encode_labels(frame["label"].tolist(), predictor.label_names, str(data))
-    logits = predictor.logits(frame["text"].tolist(), batch_size)
+    logits = predictor.logits(frame["text"].tolist(), batch_size, use_cache=True)
     metrics = predictor.task.compute_metrics(logits, label_ids, predictor.label_names)
     metrics["rows_dropped"] = report.dropped
     metrics["data"] = str(data)

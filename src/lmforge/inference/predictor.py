@@ -78,11 +78,16 @@ class Predictor:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
         return cls(model, tokenizer, task, label_names, max_length, device, dtype)
 
-    def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Logits (N, C) in input order."""
+    def logits(self, texts: Sequence[str], batch_size: int = 64, use_cache: bool = False) -> np.ndarray:
+        """Logits (N, C) in input order.
+
+        Args:
+            use_cache: Reuse (and fill) the token cache; worth it for evaluation files that
+                are scored repeatedly, not for one-off prediction inputs.
+        """
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        ids, _ = tokenize_texts(texts, self.tokenizer, self.max_length, use_cache=False)
+        ids, _ = tokenize_texts(texts, self.tokenizer, self.max_length, use_cache=use_cache)
         order = length_sorted_batches([len(row) for row in ids], batch_size)
         batches = (self.collate([{"input_ids": ids[i]} for i in batch]) for batch in order)
         sorted_logits, _ = collect_logits(self.model, batches, self.device, self.autocast_dtype)

@@ -342,5 +342,6 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
 
 def evaluate_split(predictor: Predictor, frame: Any, label_ids: np.ndarray, task: Any,
                    label_names: list[str], batch_size: int) -> dict[str, Any]:
-    logits = predictor.logits(frame["text"].tolist(), batch_size)
+    # The texts were tokenized (and cached) for training: the saved tokenizer hits the same cache.
+    logits = predictor.logits(frame["text"].tolist(), batch_size, use_cache=True)
     return task.compute_metrics(logits, label_ids, label_names)
