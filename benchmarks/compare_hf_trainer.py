@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -32,18 +33,23 @@ from lmforge.tasks.registry import get_task
 from lmforge.training.precision import resolve_precision
 
 
-def run_lmforge(config: str, overrides: list[str]) -> dict:
+def run_lmforge(config: str, overrides: list[str], keep_model: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = lmforge.train(config, overrides=overrides, output_dir=Path(tmp) / "run")
         metrics = json.loads((run_dir / "metrics.json").read_text())
+        if keep_model is not None:
+            shutil.copytree(run_dir / "model", keep_model)
     train, val = metrics["train"], metrics["validation"]
     return {"engine": "lmforge", "accuracy": val["accuracy"], "macro_f1": val["macro_f1"],
             "train_seconds": train["train_seconds"], "wall_seconds": train["wall_seconds"],
             "examples_per_second": train["examples_per_second"], "steps": train["steps"],
-            "trainable_parameters": train["trainable_parameters"], "trainable_share": train["trainable_share"]}
+            "trainable_parameters": train["trainable_parameters"], "trainable_share": train["trainable_share"],
+            "run_peak_memory_bytes": train["peak_memory_bytes"]}
 
 
-def run_hf_trainer(config: str, overrides: list[str]) -> dict:
+def run_hf_trainer(config: str, overrides: list[str], bf16: bool | None = None, group_by_length: bool = False,
+                   keep_model: Path | None = None) -> dict:
+    """Train with a plain HF Trainer. ``bf16=None`` follows the config's precision."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     cfg = load_config(config, overrides)
@@ -69,7 +75,8 @@ def run_hf_trainer(config: str, overrides: list[str]) -> dict:
         model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=o.r, lora_alpha=o.alpha,
                                                  lora_dropout=o.dropout, target_modules=o.target_modules))
     trainable, total = count_parameters(model)
-    bf16 = resolve_precision(cfg.training.precision, "cpu" if not torch.cuda.is_available() else "cuda") == "bf16"
+    if bf16 is None:
+        bf16 = resolve_precision(cfg.training.precision, "cpu" if not torch.cuda.is_available() else "cuda") == "bf16"
     steps = -(-len(train) // cfg.training.batch_size) * cfg.training.epochs
     warmup_steps = int(round(cfg.training.warmup_ratio * steps))  # as lmforge computes it
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,13 +88,17 @@ def run_hf_trainer(config: str, overrides: list[str]) -> dict:
             max_grad_norm=cfg.training.max_grad_norm, bf16=bf16, use_cpu=not torch.cuda.is_available(),
             seed=cfg.training.seed,
             eval_strategy="no", save_strategy="no", report_to=[], logging_steps=50,
-            disable_tqdm=True, dataloader_num_workers=0)
+            disable_tqdm=True, dataloader_num_workers=0,
+            train_sampling_strategy="group_by_length" if group_by_length else "random")
         trainer = Trainer(model=model, args=args, train_dataset=train,
                           data_collator=DataCollatorWithPadding(tokenizer))
         start = time.perf_counter()
         out = trainer.train()
         seconds = time.perf_counter() - start
         pred = trainer.predict(val)
+        if keep_model is not None:
+            trainer.save_model(str(keep_model))
+            tokenizer.save_pretrained(str(keep_model))
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     m = task.compute_metrics(np.asarray(logits), np.asarray(pred.label_ids), labels)
     return {"engine": "hf_trainer", "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],

@@ -184,7 +184,7 @@ def test_several_problems_are_joined_on_one_line():
 def test_wrong_type_names_field_and_value(tmp_path):
     msg = config_error(write(tmp_path, "training:\n  batch_size: abc\n"))
     assert "training.batch_size" in msg
-    assert "integer" in msg
+    assert "whole number" in msg and "'auto'" in msg
     assert "'abc'" in msg
 
 

@@ -85,10 +85,28 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_config)
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="measure what a training run will cost before running it",
+                       description="A short measured dry run: for candidate batch sizes, a few real training "
+                                   "steps in a fresh process each (the longest batch first). Prints peak memory, "
+                                   "examples/s and the estimated time of the whole run, and recommends batch "
+                                   "size x gradient accumulation for the memory budget. "
+                                   "`training.batch_size: auto` uses the same planner.")
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--memory", help="memory budget, e.g. 8GB (default: training.memory_budget, "
+                                    "else 90%% of available RAM or GPU memory)")
+    p.add_argument("--steps", type=int, default=6, help="measured steps per batch size (default 6)")
+    p.add_argument("--json", dest="json_out", help="also write the plan as JSON to this file")
+    p.set_defaults(func=cmd_plan)
+
+
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="inference precision (default auto: bf16 where the hardware has it)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: dynamic int8 quantization of the linear layers (torchao), CPU")
 
 
 def _add_reader_flags(p: argparse.ArgumentParser) -> None:
@@ -116,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_config):
+    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_config):
         add(sub)
     return parser
 
@@ -168,10 +186,29 @@ def _print_summary(run_dir: Path) -> None:
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model'}")
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from lmforge.config import load_config
+    from lmforge.planning.planner import plan_training
+
+    cfg = load_config(args.config, args.overrides)
+    if args.steps < 2:
+        raise LmforgeError("--steps must be at least 2 (the time model fits a line through them)")
+    plan = plan_training(cfg, memory_budget=args.memory, steps=args.steps,
+                         progress=lambda msg: logging.getLogger("lmforge").info(msg))
+    print(plan.table())
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(plan.as_dict(), indent=2), encoding="utf-8")
+        print(f"plan: {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from lmforge.evaluation.recipe import run_evaluation
 
-    metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision)
+    metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision,
+                             args.quantize)
     print(format_classification_report(metrics))
     if args.json_out:
         out = Path(args.json_out)
@@ -198,7 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lmforge.inference.predictor import Predictor
 
     texts = read_prediction_input(args)
-    predictor = Predictor.load(args.model, precision=args.precision)
+    predictor = Predictor.load(args.model, precision=args.precision, quantize=args.quantize)
     rows = predictor.predict(texts, batch_size=args.batch_size)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:

@@ -92,7 +92,15 @@ class TrainingConfig(_Section):
 
     epochs: int = Field(3, ge=1, le=10_000, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(32, ge=1, le=65_536, description="Examples per optimizer step, per process, before accumulation.")
+    batch_size: int | Literal["auto"] = Field(
+        32, description="Examples per forward pass, per process; 'auto': measured by the planner (see `lmforge plan`)."
+    )
+    effective_batch_size: int = Field(
+        32, ge=1, le=65_536, description="With batch_size: auto, examples per optimizer step (batch x accumulation)."
+    )
+    memory_budget: str | None = Field(
+        None, description="Memory a run may use, e.g. '8GB'; for batch_size: auto. Default: 90% of free RAM or GPU memory."
+    )
     eval_batch_size: int = Field(64, ge=1, le=65_536, description="Examples per forward pass at evaluation.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
     learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of AdamW.")
@@ -113,6 +121,32 @@ class TrainingConfig(_Section):
     )
     logging_steps: int = Field(10, ge=1, description="Log the training loss every N steps.")
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (little padding); batches stay shuffled."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30% more time."
+    )
+    compile: bool = Field(False, description="torch.compile the model (pays off only on long runs; see docs/benchmarks.md).")
+    num_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for PyTorch; default: PyTorch's choice (the physical cores)."
+    )
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65_536):
+            return value
+        raise ValueError(f"must be a whole number from 1 to 65536, or 'auto' (got {value!r})")
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        from lmforge.planning.memory import parse_size
+
+        if value is not None:
+            parse_size(value)  # raises ValueError with the accepted forms
+        return value
 
     @field_validator("eval_strategy", mode="before")
     @classmethod

@@ -34,7 +34,7 @@ def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOp
 
 
 def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str, Any] | None = None,
-                   batch_size: int = 64, precision: str = "auto") -> dict[str, Any]:
+                   batch_size: int = 64, precision: str = "auto", quantize: str = "none") -> dict[str, Any]:
     """Evaluate a run or model directory on a labeled file; return the metrics.
 
     Rows with empty text or no label are dropped and counted; duplicates are kept (an
@@ -47,7 +47,7 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
         log.warning(report.summary(str(data)))
     if frame.empty:
         raise LmforgeError(f"{data} has no usable rows ({report.summary(str(data))})")
-    predictor = Predictor.load(model, precision=precision)
+    predictor = Predictor.load(model, precision=precision, quantize=quantize)
     label_ids = predictor.task.encode_labels(frame["label"].tolist(), predictor.label_names, str(data))
     logits = predictor.logits(frame["text"].tolist(), batch_size, use_cache=True)
     metrics = predictor.task.compute_metrics(logits, label_ids, predictor.label_names)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -16,7 +16,7 @@ def _pyplot():
 
 
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.45 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -43,7 +43,7 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> bool:
     val = [(h["step"], h["loss"]) for h in history if h["split"] == "validation" and h.get("loss") is not None]
     if not train and not val:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")

@@ -13,11 +13,13 @@ function. Read it first. Three ways in:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import torch
 
 import lmforge
 from lmforge.config import RunConfig, load_config, save_config
-from lmforge.data.batching import EncodedDataset, PaddingCollator
+from lmforge.data.batching import EncodedDataset, PaddingCollator, length_sorted_batches
 from lmforge.data.loading import load_splits
 from lmforge.data.tokenization import tokenize_texts
 from lmforge.errors import LmforgeError
@@ -36,6 +38,7 @@ from lmforge.inference.forward import collect_logits
 from lmforge.inference.predictor import METADATA_FILE, Predictor
 from lmforge.methods.registry import count_parameters, get_method
 from lmforge.models.loading import load_tokenizer, resolve_model_path
+from lmforge.planning.memory import peak_memory_bytes
 from lmforge.tasks.registry import get_task
 from lmforge.training.checkpoint import (
     Checkpointer,
@@ -62,33 +65,17 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     Args:
         resume: True to require resuming ``output_dir``; None to follow ``cfg.resume``.
     """
-    from accelerate.utils import set_seed
-
     # --- set up -------------------------------------------------------------------------------
     run_dir, resuming = plan_run_dir(output_dir or cfg.output_dir, cfg, resume)
-    device = resolve_device(cfg.training.device)
-    precision = resolve_precision(cfg.training.precision, device)
-    accelerator = make_accelerator(precision, device)
-    set_seed(cfg.training.seed)
-    task = get_task(cfg.task)
     parent = find_parent_run(cfg.continue_from) if cfg.continue_from else None
-
-    # --- data ---------------------------------------------------------------------------------
-    splits = load_splits(cfg.data, cfg.training.seed)
-    label_names = task.label_names(splits.frames["train"]["label"].tolist(),
-                                   parent["labels"] if parent else cfg.data.labels)
-    model_location = resolve_model_path(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
-    datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
-                for name, frame in splits.frames.items()}
-    log.info("data: %s; labels: %s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()), label_names)
-
-    # --- model --------------------------------------------------------------------------------
-    start_from, adapter_dir = (model_location, None) if parent is None else parent_weights(parent, cfg)
-    model = task.load_model(start_from, label_names, revision=cfg.model.revision,
-                            trust_remote_code=cfg.model.trust_remote_code)
-    method = get_method(cfg.method.name)
-    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir)
+    requested, plan = cfg, None
+    if cfg.training.batch_size == "auto":
+        cfg, plan = resolve_auto_batch(cfg, run_dir if resuming else None)
+    setup = prepare_run(cfg, parent)
+    task, splits, label_names, tokenizer, datasets = (setup.task, setup.splits, setup.label_names,
+                                                     setup.tokenizer, setup.datasets)
+    model, method, device, precision, accelerator = (setup.model, setup.method, setup.device, setup.precision,
+                                                     setup.accelerator)
     trainable, total_params = count_parameters(model)
     log.info("method %s: %s of %s parameters train (%.2f%%)", cfg.method.name, f"{trainable:,}",
              f"{total_params:,}", 100 * trainable / total_params)
@@ -96,18 +83,14 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     # Inputs are valid (data read, model loaded): only now does the run directory appear.
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(requested, run_dir / "config.yaml")  # as asked: 'auto' stays 'auto'
+    if plan is not None and not resuming:
+        (run_dir / "plan.json").write_text(json.dumps(plan, indent=2), encoding="utf-8")
     log.info("run directory %s (device %s, precision %s)", run_dir, device, precision)
 
     # --- optimization -------------------------------------------------------------------------
-    # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
-    collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
-    sampler = EpochBatchSampler(len(datasets["train"]), cfg.training.batch_size, cfg.training.seed)
-    # Its own generator: creating an epoch's iterator must not draw from the global RNG,
-    # or a resumed run's dropout masks would differ from the uninterrupted run's.
-    train_loader = torch.utils.data.DataLoader(
-        datasets["train"], batch_sampler=sampler, collate_fn=collate, num_workers=cfg.training.num_workers,
-        pin_memory=device == "cuda", generator=torch.Generator().manual_seed(cfg.training.seed))
+    sampler, train_loader = make_train_loader(cfg, datasets["train"], tokenizer, device)
+    collate = train_loader.collate_fn
     steps = total_optimizer_steps(len(sampler), cfg.training.gradient_accumulation_steps,
                                   cfg.training.epochs, cfg.training.max_steps)
     optimizer = build_optimizer(model, cfg.training.learning_rate, cfg.training.weight_decay)
@@ -116,8 +99,12 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     model, optimizer = accelerator.prepare(model, optimizer)
     if parent is not None and cfg.continue_optimizer:
         restore_parent_optimizer(parent, optimizer)
-    val_loader = (torch.utils.data.DataLoader(datasets["validation"], batch_size=cfg.training.eval_batch_size,
-                                              collate_fn=collate) if "validation" in datasets else None)
+    if cfg.training.compile:
+        model = compile_model(model)
+    validation = datasets.get("validation")
+    # Length-sorted evaluation batches pad almost nothing; labels are put in the same order.
+    val_order = (length_sorted_batches([len(row) for row in validation.input_ids], cfg.training.eval_batch_size)
+                 if validation is not None else [])
     policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
     checkpointer = Checkpointer(run_dir / "checkpoints", policy, accelerator.unwrap_model(model), optimizer,
                                 scheduler, accelerator.scaler, enabled=accelerator.is_main_process)
@@ -131,8 +118,9 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                  state.batches_in_epoch)
 
     def evaluate() -> dict[str, float]:
-        logits, loss = collect_logits(model, val_loader, accelerator.device)
-        metrics = task.compute_metrics(logits, datasets["validation"].labels, label_names)
+        batches = (collate([validation[i] for i in batch]) for batch in val_order)
+        logits, loss = collect_logits(model, batches, accelerator.device)
+        metrics = task.compute_metrics(logits, validation.labels[np.concatenate(val_order)], label_names)
         return {"loss": loss, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
 
     def save(step: int | None = None) -> None:
@@ -145,7 +133,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         accumulation=cfg.training.gradient_accumulation_steps, max_grad_norm=cfg.training.max_grad_norm,
         logging_steps=cfg.training.logging_steps,
         eval_steps=cfg.training.eval_steps if cfg.training.eval_strategy == "steps" else None,
-        evaluate=val_loader is not None and cfg.training.eval_strategy != "no",
+        evaluate=validation is not None and cfg.training.eval_strategy != "no",
         metric=cfg.training.metric, patience=cfg.training.early_stopping_patience)
     if rng is not None:
         restore_rng(rng)  # last, so that nothing built above shifts the random streams
@@ -161,6 +149,10 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     # --- save and evaluate what was saved -----------------------------------------------------
     if state.best_step is None:  # no validation: the last weights are the model
         save()
+    # The final evaluation loads the saved model; the training copy and optimizer state go first.
+    model = optimizer = scheduler = checkpointer = setup = None
+    accelerator.free_memory()  # drops its own references to them
+    gc.collect()
     predictor = Predictor.load(run_dir, device=device, precision=cfg.training.precision)
     metrics: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method.name, "labels": label_names,
@@ -174,17 +166,110 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                   "checkpoints_written": state.checkpoints_written,
                   "checkpoint_seconds": round(state.checkpoint_seconds, 3), "resumed": resuming,
                   "trainable_parameters": trainable, "total_parameters": total_params,
-                  "trainable_share": trainable / total_params, "precision": precision, "device": device},
+                  "trainable_share": trainable / total_params, "precision": precision, "device": device,
+                  "batch_size": cfg.training.batch_size,
+                  "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps},
         "data": splits.summary(),
     }
     for name in ("validation", "test"):
         if name in datasets:
             metrics[name] = evaluate_split(predictor, splits.frames[name], datasets[name].labels, task,
                                            label_names, cfg.training.eval_batch_size)
+    metrics["train"]["peak_memory_bytes"] = peak_memory_bytes(device)  # the whole run's, evaluation included
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     write_report(run_dir, metrics, logger.history, cfg.training.metric)
     log.info("wrote %s", run_dir / "report.md")
     return run_dir
+
+
+@dataclass
+class RunSetup:
+    """Everything a run (or the planner's dry run) builds before the first step."""
+
+    task: Any
+    splits: Any
+    label_names: list[str]
+    tokenizer: Any
+    datasets: dict[str, EncodedDataset]
+    model: Any
+    method: Any
+    device: str
+    precision: str
+    accelerator: Any
+
+
+def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None) -> RunSetup:
+    """Device, precision, seeded RNGs, data (tokenized, cached) and the model with its method applied."""
+    from accelerate.utils import set_seed
+
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    device = resolve_device(cfg.training.device)
+    precision = resolve_precision(cfg.training.precision, device)
+    accelerator = make_accelerator(precision, device)
+    set_seed(cfg.training.seed)
+    task = get_task(cfg.task)
+
+    splits = load_splits(cfg.data, cfg.training.seed)
+    label_names = task.label_names(splits.frames["train"]["label"].tolist(),
+                                   parent["labels"] if parent else cfg.data.labels)
+    model_location = resolve_model_path(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
+    datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
+                for name, frame in splits.frames.items()}
+    log.info("data: %s; labels: %s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()), label_names)
+
+    start_from, adapter_dir = (model_location, None) if parent is None else parent_weights(parent, cfg)
+    model = task.load_model(start_from, label_names, revision=cfg.model.revision,
+                            trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.training.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise LmforgeError(f"training.gradient_checkpointing: {type(model).__name__} does not support it; "
+                               "set it to false")
+        # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings, LoRA).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    method = get_method(cfg.method.name)
+    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir)
+    return RunSetup(task, splits, label_names, tokenizer, datasets, model, method, device, precision, accelerator)
+
+
+def make_train_loader(cfg: RunConfig, dataset: EncodedDataset, tokenizer: Any,
+                      device: str) -> tuple[EpochBatchSampler, torch.utils.data.DataLoader]:
+    """The resumable batch sampler (length-grouped unless disabled) and its DataLoader."""
+    # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
+    collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
+    lengths = [len(row) for row in dataset.input_ids] if cfg.training.group_by_length else None
+    sampler = EpochBatchSampler(len(dataset), cfg.training.batch_size, cfg.training.seed, lengths=lengths)
+    # Its own generator: creating an epoch's iterator must not draw from the global RNG,
+    # or a resumed run's dropout masks would differ from the uninterrupted run's.
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.training.num_workers,
+        pin_memory=device == "cuda", generator=torch.Generator().manual_seed(cfg.training.seed))
+    return sampler, loader
+
+
+def compile_model(model: Any) -> Any:
+    """``torch.compile`` with dynamic shapes: padded lengths vary per batch, one graph serves them all."""
+    if not hasattr(torch, "compile"):
+        raise LmforgeError("training.compile needs PyTorch >= 2.0; set it to false")
+    return torch.compile(model, dynamic=True)
+
+
+def resolve_auto_batch(cfg: RunConfig, resumed_run: Path | None) -> tuple[RunConfig, dict[str, Any]]:
+    """``batch_size: auto``: the planner's measured choice (or, on resume, the choice the run made)."""
+    from lmforge.planning.planner import plan_training
+
+    if resumed_run is not None and (resumed_run / "plan.json").is_file():
+        plan = json.loads((resumed_run / "plan.json").read_text(encoding="utf-8"))
+    else:
+        plan = plan_training(cfg).as_dict()
+    choice = plan["recommendation"]
+    resolved = cfg.model_copy(deep=True)
+    resolved.training.batch_size = choice["batch_size"]
+    resolved.training.gradient_accumulation_steps = choice["gradient_accumulation_steps"]
+    log.info("batch_size auto: %d x %d accumulation (planner: %s)", choice["batch_size"],
+             choice["gradient_accumulation_steps"], choice["reason"])
+    return resolved, plan
 
 
 def make_accelerator(precision: str, device: str) -> Any:

@@ -1,26 +1,48 @@
-"""A shuffled batch order that is a pure function of (seed, epoch): resumable at any batch."""
+"""Batch orders that are pure functions of (seed, epoch): resumable at any batch.
+
+Two orders: plain shuffled batches, and length-grouped batches (the default), which put
+examples of similar length together so dynamic padding pads little. On Financial
+PhraseBank a random batch of 32 pads to about twice the mean length; a grouped one
+wastes a few percent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+# Examples are sorted by length within windows of this many batches. Larger windows pad
+# less but make batch composition less random; 50 is what HF's LengthGroupedSampler uses.
+GROUP_WINDOW_BATCHES = 50
+
 
 class EpochBatchSampler(Sampler[list[int]]):
-    """Yields batches of a permutation seeded by ``seed + epoch``, from ``start_batch`` on.
+    """Yields the batches of epoch ``epoch`` (seeded by ``seed + epoch``), from ``start_batch`` on.
 
     Unlike a ``RandomSampler`` fed by a running generator, the order of epoch ``e`` does not
     depend on how many epochs were iterated before in this process, so a resumed run sees
     exactly the batches an uninterrupted run would have seen.
+
+    With ``lengths``, batches are length-grouped: the epoch's permutation is cut into
+    windows of ``GROUP_WINDOW_BATCHES`` batches, each window is sorted by length and cut
+    into batches, and then *all* batches of the epoch are shuffled. The final shuffle is
+    what keeps accuracy: the model never sees a run of short (or long) batches in a row,
+    and batch composition stays random apart from length. Every example appears exactly
+    once per epoch in both modes.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True,
+                 lengths: Sequence[int] | None = None):
+        if lengths is not None and len(lengths) != num_examples:
+            raise ValueError(f"{num_examples} examples but {len(lengths)} lengths")
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
+        self.lengths = None if lengths is None else np.asarray(lengths)
         self.epoch = 0
         self.start_batch = 0
 
@@ -31,11 +53,25 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return -(-self.num_examples // self.batch_size)
 
+    def batches(self, epoch: int) -> list[list[int]]:
+        """All batches of ``epoch``, in order."""
+        size = self.batch_size
+        if not self.shuffle:
+            return [list(range(i, min(i + size, self.num_examples))) for i in range(0, self.num_examples, size)]
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.num_examples, generator=generator).numpy()
+        if self.lengths is None:
+            return [order[i:i + size].tolist() for i in range(0, len(order), size)]
+        window = size * GROUP_WINDOW_BATCHES
+        grouped = []
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            # Stable sort: ties keep the random order, so equal lengths still mix.
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            grouped += [chunk[i:i + size].tolist() for i in range(0, len(chunk), size)]
+        # Only the last window can end in a short batch; it stays one batch of the epoch.
+        shuffle = torch.randperm(len(grouped), generator=generator).tolist()
+        return [grouped[i] for i in shuffle]
+
     def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_examples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_examples))
-        for b in range(self.start_batch, len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+        yield from self.batches(self.epoch)[self.start_batch:]

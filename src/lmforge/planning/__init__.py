@@ -1,0 +1,1 @@
+"""Measure before running: memory units, peak memory, and the batch-size planner."""

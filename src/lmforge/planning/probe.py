@@ -1,0 +1,146 @@
+"""One candidate of the planner, measured in its own process (``python -m lmforge.planning.probe``).
+
+Reads ``{"config": ..., "batch_size": N, "steps": K}`` on stdin and prints one JSON line:
+the peak memory of this process, the time of each measured micro-batch (forward and
+backward) with its padded token count, the optimizer-step time, evaluation speed, and what
+a checkpoint and a model save cost. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.config import RunConfig
+from lmforge.data.batching import length_sorted_batches
+from lmforge.errors import LmforgeError
+from lmforge.evaluation.report import pyplot
+from lmforge.inference.forward import collect_logits
+from lmforge.inference.predictor import Predictor
+from lmforge.planning.memory import peak_memory_bytes
+from lmforge.training.checkpoint import save_checkpoint_atomically
+from lmforge.training.optim import build_optimizer, build_scheduler
+from lmforge.training.state import TrainState
+from lmforge.training.tracking import RunLogger
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def pick_batches(batches: list[list[int]], tokens: list[int], steps: int) -> list[int]:
+    """Indices of batches to measure: the longest (the memory peak) first, then spread over lengths."""
+    order = sorted(range(len(batches)), key=lambda i: tokens[i])
+    longest = order[-1]
+    spread = [order[round(q * (len(order) - 1))] for q in np.linspace(0.05, 0.95, steps)]
+    return [longest, *spread]
+
+
+def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
+    from lmforge.training.recipe import make_train_loader, prepare_run, save_model
+
+    setup = prepare_run(cfg)
+    device, accelerator = setup.device, setup.accelerator
+    train = setup.datasets["train"]
+    sampler, loader = make_train_loader(cfg, train, setup.tokenizer, device)
+    collate = loader.collate_fn
+    batches = sampler.batches(0)
+    lengths = [len(row) for row in train.input_ids]
+    tokens = [len(b) * max(lengths[i] for i in b) for b in batches]
+    optimizer = build_optimizer(setup.model, cfg.training.learning_rate, cfg.training.weight_decay)
+    scheduler = build_scheduler(optimizer, "constant", 0, 1)
+    model, optimizer = accelerator.prepare(setup.model, optimizer)
+    model.train()
+
+    def step(index: int) -> tuple[float, float]:
+        """One optimizer step on batch ``index``: (forward+backward seconds, clip+update seconds)."""
+        batch = {k: v.to(device) for k, v in collate([train[i] for i in batches[index]]).items()}
+        _sync(device)
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        _sync(device)
+        middle = time.perf_counter()
+        if cfg.training.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return middle - start, time.perf_counter() - middle
+
+    picked = pick_batches(batches, tokens, steps)
+    # First pass: allocations, and kernel selection for each new shape (oneDNN/cuBLAS cache
+    # them); a run sees each shape many times, so only the second pass is timed.
+    first = [sum(step(index)) for index in picked]
+    micro, optimizer_seconds, new_shape_seconds = [], [], []
+    for n, index in enumerate(picked[1:], start=1):
+        forward_backward, update = step(index)
+        micro.append((tokens[index], forward_backward))
+        optimizer_seconds.append(update)
+        new_shape_seconds.append(max(first[n] - forward_backward - update, 0.0))
+    shapes = {(len(b), max(lengths[i] for i in b)) for b in batches}
+
+    eval_seconds_per_token, validation_tokens = 0.0, 0
+    validation = setup.datasets.get("validation")
+    if validation is not None and len(validation):
+        val_lengths = [len(row) for row in validation.input_ids]
+        order = length_sorted_batches(val_lengths, cfg.training.eval_batch_size)
+        validation_tokens = sum(len(b) * max(val_lengths[i] for i in b) for b in order)
+        sample = [order[len(order) // 2], order[0]][: len(order)]
+        sample_tokens = sum(len(b) * max(val_lengths[i] for i in b) for b in sample)
+        collect_logits(model, (collate([validation[i] for i in b]) for b in sample[:1]), device)  # warm-up
+        start = time.perf_counter()
+        collect_logits(model, (collate([validation[i] for i in b]) for b in sample), device)
+        eval_seconds_per_token = (time.perf_counter() - start) / sample_tokens
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # What the run also holds in memory: its TensorBoard writer and the report's plotting.
+        RunLogger(Path(tmp) / "logs").close()
+        pyplot()
+        start = time.perf_counter()
+        save_checkpoint_atomically(Path(tmp) / "checkpoints", TrainState(), accelerator.unwrap_model(model),
+                                   optimizer, scheduler, accelerator.scaler)
+        checkpoint_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        save_model(accelerator.unwrap_model(model), setup.method, Path(tmp), setup.tokenizer, cfg, setup.label_names)
+        save_seconds = time.perf_counter() - start
+        # The run ends by evaluating the saved model (a second copy, while the first one's
+        # memory mostly stays with the process): do the same.
+        texts = setup.splits.frames["train"]["text"].tolist()[: cfg.training.eval_batch_size]
+        Predictor.load(tmp, device=device, precision=cfg.training.precision).logits(texts)
+
+    return {"batch_size": cfg.training.batch_size, "peak_memory_bytes": peak_memory_bytes(device),
+            "micro_steps": micro, "optimizer_seconds": statistics.median(optimizer_seconds),
+            "new_shape_seconds": statistics.median(new_shape_seconds), "distinct_shapes": len(shapes),
+            "batch_tokens": tokens, "examples_per_epoch": len(train),
+            "eval_seconds_per_token": eval_seconds_per_token, "validation_tokens": validation_tokens,
+            "checkpoint_seconds": checkpoint_seconds, "save_seconds": save_seconds,
+            "threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    request = json.loads(sys.stdin.read())
+    cfg = RunConfig.model_validate(request["config"])
+    try:
+        result = measure(cfg, int(request["steps"]))
+    except torch.OutOfMemoryError:
+        result = {"error": "out of memory"}
+    except LmforgeError as err:
+        result = {"error": str(err)}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
