@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (GPU) build by installing it into $(VENV) first, or with `make TORCH_SPEC=torch==X.Y ...`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint format clean install
+.PHONY: demo test lint format clean install bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
+
+## make bench: lmforge vs HF Trainer / pipeline on Financial PhraseBank (needs ../shared/data; ~1 h on 2 cores)
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/speed.py examples/financial_phrasebank.yaml --repeats 3 \
+		--set training.epochs=3 --set training.learning_rate=5e-5 --set training.batch_size=32 \
+		--out benchmarks/results/speed_financial_phrasebank.json
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks

@@ -326,6 +326,9 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(level)
     root.propagate = False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers imports torchao when installed; its import-time notices are not the user's concern.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,8 +116,8 @@ def fit_step_time(samples: list[tuple[int, float]]) -> tuple[float, float]:
     return mean_s - b * mean_t, b
 
 
-def estimate(cfg: RunConfig, m: dict[str, Any]) -> tuple[float, float]:
-    """(train seconds, whole-run seconds) of ``cfg`` from one candidate's measurements."""
+def estimate(cfg: RunConfig, m: dict[str, Any]) -> tuple[float, float, float]:
+    """(train seconds, whole-run seconds, examples trained) of ``cfg`` from one candidate's measurements."""
     t = cfg.training
     a, b = fit_step_time([tuple(x) for x in m["micro_steps"]])
     micro = m["batch_tokens"]  # padded tokens of every micro-batch of one epoch, in order
@@ -138,7 +138,31 @@ def estimate(cfg: RunConfig, m: dict[str, Any]) -> tuple[float, float]:
     # Each evaluation may find a new best model (a save); at worst every one does.
     saves = max(evals, 1)
     total = (train + evals * eval_seconds + checkpoints * m["checkpoint_seconds"] + saves * m["save_seconds"])
-    return train, total
+    return train, total, epochs * m["examples_per_epoch"]
+
+
+def recommend(candidates: list[Candidate], budget: int) -> dict[str, Any]:
+    """The fastest candidate whose measured peak fits the budget (with headroom); ties: larger batch.
+
+    Raises:
+        LmforgeError: When none fits, naming the smallest need and the ways to lower it.
+    """
+    for c in candidates:
+        c.fits = c.error is None and c.peak_memory_bytes <= budget * (1 - HEADROOM)
+    fitting = [c for c in candidates if c.fits]
+    if not fitting:
+        measured = [c for c in candidates if c.error is None]
+        smallest = min(measured, key=lambda c: c.peak_memory_bytes) if measured else None
+        need = f"batch size {smallest.batch_size} needs {format_size(smallest.peak_memory_bytes)}" if smallest else (
+            "no candidate ran: " + "; ".join(f"batch {c.batch_size}: {c.error}" for c in candidates))
+        raise LmforgeError(f"no batch size fits the memory budget of {format_size(budget)} ({need}); raise "
+                           "training.memory_budget, or use method: lora or training.gradient_checkpointing: true")
+    best = max(fitting, key=lambda c: (c.examples_per_second, c.batch_size))
+    reason = (f"fastest that fits {format_size(budget)} with {int(HEADROOM * 100)}% headroom"
+              if len(fitting) > 1 else f"the only size that fits {format_size(budget)}")
+    return {"batch_size": best.batch_size, "gradient_accumulation_steps": best.gradient_accumulation_steps,
+            "peak_memory_bytes": best.peak_memory_bytes, "examples_per_second": best.examples_per_second,
+            "train_seconds": best.train_seconds, "total_seconds": best.total_seconds, "reason": reason}
 
 
 def measure_candidate(cfg: RunConfig, batch_size: int, steps: int) -> dict[str, Any]:
@@ -156,12 +180,13 @@ def measure_candidate(cfg: RunConfig, batch_size: int, steps: int) -> dict[str, 
 
 
 def plan_training(cfg: RunConfig, memory_budget: str | int | None = None, steps: int = 6,
-                  progress: Any = None) -> Plan:
+                  progress: Any = None, max_candidates: int = MAX_CANDIDATES) -> Plan:
     """Measure candidate batch sizes for ``cfg`` and recommend batch size x accumulation.
 
     Args:
         memory_budget: Overrides ``training.memory_budget``; default 90% of available memory.
-        steps: Measured optimizer steps per candidate (after one warm-up step).
+        steps: Measured optimizer steps per candidate (after a warm-up pass over the same batches).
+        max_candidates: How many batch sizes to try (the effective batch and its halvings).
         progress: Optional callable taking a message, for a CLI to show what is being measured.
     """
     from lmforge.training.precision import resolve_device, resolve_precision
@@ -170,10 +195,13 @@ def plan_training(cfg: RunConfig, memory_budget: str | int | None = None, steps:
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     budget_text = memory_budget if memory_budget is not None else t.memory_budget
-    budget = parse_size(budget_text) if budget_text is not None else int(0.9 * available_memory_bytes(device))
+    try:
+        budget = parse_size(budget_text) if budget_text is not None else int(0.9 * available_memory_bytes(device))
+    except ValueError as err:
+        raise LmforgeError(f"memory budget: {err}") from None
     effective = t.effective_batch_size if t.batch_size == "auto" else t.batch_size * t.gradient_accumulation_steps
     candidates = []
-    for size in candidate_batch_sizes(effective):
+    for size in candidate_batch_sizes(effective, max_candidates):
         accum = effective // size
         if progress:
             progress(f"measuring batch size {size} (x{accum} accumulation)")
@@ -185,26 +213,10 @@ def plan_training(cfg: RunConfig, memory_budget: str | int | None = None, steps:
         if c.error is None:
             c.measured = m
             c.peak_memory_bytes = m["peak_memory_bytes"]
-            c.train_seconds, c.total_seconds = estimate(probe_cfg, m)
-            c.examples_per_second = m["examples_per_epoch"] * (
-                probe_cfg.training.max_steps / math.ceil(len(m["batch_tokens"]) / accum)
-                if probe_cfg.training.max_steps else probe_cfg.training.epochs) / c.train_seconds
-            c.fits = c.peak_memory_bytes <= budget * (1 - HEADROOM)
+            c.train_seconds, c.total_seconds, examples = estimate(probe_cfg, m)
+            c.examples_per_second = examples / c.train_seconds
         candidates.append(c)
         log.info("batch %d: %s", size, c.error or f"peak {format_size(c.peak_memory_bytes)}, "
                  f"{c.examples_per_second:.1f} ex/s")
-    fitting = [c for c in candidates if c.fits]
-    if not fitting:
-        measured = [c for c in candidates if c.error is None]
-        smallest = min(measured, key=lambda c: c.peak_memory_bytes) if measured else None
-        need = f"batch size {smallest.batch_size} needs {format_size(smallest.peak_memory_bytes)}" if smallest else (
-            "no candidate ran: " + "; ".join(f"batch {c.batch_size}: {c.error}" for c in candidates))
-        raise LmforgeError(f"no batch size fits the memory budget of {format_size(budget)} ({need}); raise "
-                           "training.memory_budget, or use method: lora or training.gradient_checkpointing: true")
-    best = max(fitting, key=lambda c: (c.examples_per_second, c.batch_size))
-    reason = (f"fastest that fits {format_size(budget)} with {int(HEADROOM * 100)}% headroom"
-              if len(fitting) > 1 else f"the only size that fits {format_size(budget)}")
-    recommendation = {"batch_size": best.batch_size, "gradient_accumulation_steps": best.gradient_accumulation_steps,
-                      "peak_memory_bytes": best.peak_memory_bytes, "examples_per_second": best.examples_per_second,
-                      "train_seconds": best.train_seconds, "total_seconds": best.total_seconds, "reason": reason}
+    recommendation = recommend(candidates, budget)
     return Plan(device, precision, budget, effective, candidates, recommendation)

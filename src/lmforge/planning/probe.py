@@ -32,18 +32,20 @@ from lmforge.training.optim import build_optimizer, build_scheduler
 from lmforge.training.state import TrainState
 from lmforge.training.tracking import RunLogger
 
+TIMED_PASSES = 3
+RUN_IN_STEPS = 30
+
 
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def pick_batches(batches: list[list[int]], tokens: list[int], steps: int) -> list[int]:
-    """Indices of batches to measure: the longest (the memory peak) first, then spread over lengths."""
+def pick_batches(batches: list[list[int]], tokens: list[int], steps: int) -> tuple[list[int], int]:
+    """Batches to time, spread over the range of lengths, and the longest batch (the memory peak)."""
     order = sorted(range(len(batches)), key=lambda i: tokens[i])
-    longest = order[-1]
     spread = [order[round(q * (len(order) - 1))] for q in np.linspace(0.05, 0.95, steps)]
-    return [longest, *spread]
+    return spread, order[-1]
 
 
 def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
@@ -78,16 +80,23 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
         _sync(device)
         return middle - start, time.perf_counter() - middle
 
-    picked = pick_batches(batches, tokens, steps)
+    picked, longest = pick_batches(batches, tokens, steps)
     # First pass: allocations, and kernel selection for each new shape (oneDNN/cuBLAS cache
-    # them); a run sees each shape many times, so only the second pass is timed.
+    # them); a run sees each shape many times, so only the later passes are timed (median of
+    # TIMED_PASSES: shared machines are noisy). The longest batch comes last, as deep into a
+    # run: AdamW's state exists by then and the allocator has served many shapes.
     first = [sum(step(index)) for index in picked]
+    timed = [[step(index) for index in picked] for _ in range(TIMED_PASSES)]
     micro, optimizer_seconds, new_shape_seconds = [], [], []
-    for n, index in enumerate(picked[1:], start=1):
-        forward_backward, update = step(index)
+    for n, index in enumerate(picked):
+        forward_backward = statistics.median(t[n][0] for t in timed)
+        update = statistics.median(t[n][1] for t in timed)
         micro.append((tokens[index], forward_backward))
         optimizer_seconds.append(update)
         new_shape_seconds.append(max(first[n] - forward_backward - update, 0.0))
+    for index in range(min(RUN_IN_STEPS, len(batches))):  # the run's own order: as many shapes as it meets early
+        step(index)
+    step(longest)
     shapes = {(len(b), max(lengths[i] for i in b)) for b in batches}
 
     eval_seconds_per_token, validation_tokens = 0.0, 0

@@ -48,6 +48,7 @@ from lmforge.training.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
+from lmforge.training.dropout import use_fast_dropout
 from lmforge.training.interrupts import graceful_interrupts
 from lmforge.training.loop import LoopSettings, fit, total_optimizer_steps
 from lmforge.training.optim import build_optimizer, build_scheduler
@@ -228,6 +229,8 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None) -> RunSetu
                                "set it to false")
         # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings, LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.training.fast_dropout and device == "cpu":
+        log.debug("fast dropout in %d modules", use_fast_dropout(model))
     method = get_method(cfg.method.name)
     model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir)
     return RunSetup(task, splits, label_names, tokenizer, datasets, model, method, device, precision, accelerator)

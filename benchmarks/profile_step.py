@@ -1,0 +1,73 @@
+"""Where a MiniLM training step spends its time (torch.profiler, CPU), and its model FLOP/s.
+
+    python benchmarks/profile_step.py --batch 32 --length 32
+
+One bf16-autocast training step of the packaged MiniLM-L6 (forward, backward, clip, fused
+AdamW) on random token ids, profiled over 3 steps after 3 warm-up steps; prints the top
+operators by self time and the share of the step spent in matmuls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoModelForSequenceClassification
+from transformers import logging as hf_logging
+
+from lmforge.models.loading import resolve_model_path
+from lmforge.training.dropout import use_fast_dropout
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=32)
+    parser.add_argument("--fp32", action="store_true")
+    parser.add_argument("--stock-dropout", action="store_true", help="keep nn.Dropout (default: lmforge's)")
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("default"), num_labels=3).train()
+    if not args.stock_dropout:
+        use_fast_dropout(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+    ids = torch.randint(1000, 20000, (args.batch, args.length))
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, 3, (args.batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(3):
+        step()
+    seconds = (time.perf_counter() - start) / 3
+    cfg = model.config
+    d, layers, ff, t = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, args.length
+    flops = 3 * args.batch * (2 * layers * (4 * d * d + 2 * d * ff) * t + 2 * layers * 2 * d * t * t)
+    print(f"step {seconds * 1e3:.0f} ms, {args.batch / seconds:.1f} examples/s, "
+          f"model {flops / seconds / 1e9:.0f} GFLOP/s")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    print(f"matmuls: {100 * matmul / total:.0f}% of self CPU time")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
