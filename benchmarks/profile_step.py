@@ -29,13 +29,14 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--stock-dropout", action="store_true", help="keep nn.Dropout (default: lmforge's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("default"), num_labels=3).train()
     if not args.stock_dropout:
         use_fast_dropout(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)  # before compile: same parameters
     ids = torch.randint(1000, 20000, (args.batch, args.length))
     mask = torch.ones_like(ids)
     labels = torch.randint(0, 3, (args.batch,))
@@ -48,13 +49,18 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    forward_model = model
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+    start = time.perf_counter()
     for _ in range(3):
         step()
+    print(f"first 3 steps (with any compile): {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     for _ in range(3):
         step()
     seconds = (time.perf_counter() - start) / 3
-    cfg = model.config
+    cfg = forward_model.config
     d, layers, ff, t = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, args.length
     flops = 3 * args.batch * (2 * layers * (4 * d * d + 2 * d * ff) * t + 2 * layers * 2 * d * t * t)
     print(f"step {seconds * 1e3:.0f} ms, {args.batch / seconds:.1f} examples/s, "

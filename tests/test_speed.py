@@ -215,3 +215,56 @@ def test_auto_batch_size_trains_with_the_planned_batch(tmp_path, tiny_model_dir,
     assert rec["batch_size"] * rec["gradient_accumulation_steps"] == 4
     assert load_config(run / "config.yaml").training.batch_size == "auto"  # saved as asked
     assert train["peak_memory_bytes"] > 0
+
+
+# --- fast dropout -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_dropout_keeps_the_right_share_and_the_mean(p):
+    import torch
+
+    from lmforge.training.dropout import fast_dropout
+
+    torch.manual_seed(0)
+    y = fast_dropout(torch.ones(400_000), p)
+    kept = (y > 0).float().mean().item()
+    assert abs(kept - (1 - p)) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01  # scaled by 1/(1-p), as nn.Dropout
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p), rel=1e-3)
+
+
+def test_fast_dropout_is_seeded_and_its_gradient_is_the_mask():
+    import torch
+
+    from lmforge.training.dropout import FastDropout, fast_dropout, use_fast_dropout
+
+    x = torch.randn(8, 16, 32, requires_grad=True)
+    torch.manual_seed(3)
+    a = fast_dropout(x, 0.2)
+    torch.manual_seed(3)
+    b = fast_dropout(x, 0.2)
+    assert torch.equal(a, b)
+    a.sum().backward()
+    assert torch.allclose(x.grad, (a != 0).float() / 0.8, rtol=1e-3)  # p is rounded to 1/32768
+    assert torch.equal(fast_dropout(x, 0.0), x) and not fast_dropout(x, 1.0).any()
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1), torch.nn.Sequential(torch.nn.Dropout(0.3)))
+    assert use_fast_dropout(model) == 2
+    assert isinstance(model[1], FastDropout) and model[2][0].p == 0.3
+    model.eval()
+    z = torch.randn(5, 4)
+    assert torch.equal(model[1](z), z)  # evaluation: identity
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_a_plain_model(tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows):
+    from transformers import AutoModelForSequenceClassification
+
+    from lmforge.training.recipe import run_training
+
+    cfg = load_config(tiny_config(tiny_model_dir, sentiment_csv, epochs=2, compile=True))
+    run = run_training(cfg, tmp_path / "run")
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert model.num_labels == 2

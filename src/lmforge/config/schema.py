@@ -124,6 +124,9 @@ class TrainingConfig(_Section):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (little padding); batches stay shuffled."
     )
+    group_window: int = Field(
+        50, ge=2, le=10_000, description="With group_by_length: batches per sorting window (smaller: more random batches, more padding)."
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, about 30% more time."
     )

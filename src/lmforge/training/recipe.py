@@ -100,6 +100,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     model, optimizer = accelerator.prepare(model, optimizer)
     if parent is not None and cfg.continue_optimizer:
         restore_parent_optimizer(parent, optimizer)
+    unwrapped = accelerator.unwrap_model(model)  # what is saved and checkpointed
     if cfg.training.compile:
         model = compile_model(model)
     validation = datasets.get("validation")
@@ -107,13 +108,13 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     val_order = (length_sorted_batches([len(row) for row in validation.input_ids], cfg.training.eval_batch_size)
                  if validation is not None else [])
     policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
-    checkpointer = Checkpointer(run_dir / "checkpoints", policy, accelerator.unwrap_model(model), optimizer,
+    checkpointer = Checkpointer(run_dir / "checkpoints", policy, unwrapped, optimizer,
                                 scheduler, accelerator.scaler, enabled=accelerator.is_main_process)
 
     state, rng = TrainState(), None
     if resuming:
         checkpoint = latest_intact_checkpoint(run_dir / "checkpoints")
-        state, rng = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler,
+        state, rng = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler,
                                      accelerator.scaler)
         log.info("resuming from %s (step %d, epoch %d, batch %d)", checkpoint.name, state.step, state.epoch,
                  state.batches_in_epoch)
@@ -125,7 +126,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         return {"loss": loss, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
 
     def save(step: int | None = None) -> None:
-        save_model(accelerator.unwrap_model(model), method, run_dir, tokenizer, cfg, label_names)
+        save_model(unwrapped, method, run_dir, tokenizer, cfg, label_names)
 
     # Records after the checkpoint's step (from an interrupted process) are dropped and logged again.
     logger = RunLogger(run_dir / "logs", enabled=accelerator.is_main_process, resume_after_step=state.step)
@@ -151,7 +152,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     if state.best_step is None:  # no validation: the last weights are the model
         save()
     # The final evaluation loads the saved model; the training copy and optimizer state go first.
-    model = optimizer = scheduler = checkpointer = setup = None
+    model = unwrapped = optimizer = scheduler = checkpointer = setup = None
     accelerator.free_memory()  # drops its own references to them
     gc.collect()
     predictor = Predictor.load(run_dir, device=device, precision=cfg.training.precision)
@@ -242,7 +243,8 @@ def make_train_loader(cfg: RunConfig, dataset: EncodedDataset, tokenizer: Any,
     # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
     collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
     lengths = [len(row) for row in dataset.input_ids] if cfg.training.group_by_length else None
-    sampler = EpochBatchSampler(len(dataset), cfg.training.batch_size, cfg.training.seed, lengths=lengths)
+    sampler = EpochBatchSampler(len(dataset), cfg.training.batch_size, cfg.training.seed, lengths=lengths,
+                                window=cfg.training.group_window)
     # Its own generator: creating an epoch's iterator must not draw from the global RNG,
     # or a resumed run's dropout masks would differ from the uninterrupted run's.
     loader = torch.utils.data.DataLoader(

@@ -27,7 +27,7 @@ class EpochBatchSampler(Sampler[list[int]]):
     exactly the batches an uninterrupted run would have seen.
 
     With ``lengths``, batches are length-grouped: the epoch's permutation is cut into
-    windows of ``GROUP_WINDOW_BATCHES`` batches, each window is sorted by length and cut
+    windows of ``window`` batches, each window is sorted by length and cut
     into batches, and then *all* batches of the epoch are shuffled. The final shuffle is
     what keeps accuracy: the model never sees a run of short (or long) batches in a row,
     and batch composition stays random apart from length. Every example appears exactly
@@ -35,7 +35,7 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True,
-                 lengths: Sequence[int] | None = None):
+                 lengths: Sequence[int] | None = None, window: int = GROUP_WINDOW_BATCHES):
         if lengths is not None and len(lengths) != num_examples:
             raise ValueError(f"{num_examples} examples but {len(lengths)} lengths")
         self.num_examples = num_examples
@@ -43,6 +43,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.shuffle = shuffle
         self.lengths = None if lengths is None else np.asarray(lengths)
+        self.window = window
         self.epoch = 0
         self.start_batch = 0
 
@@ -62,7 +63,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         order = torch.randperm(self.num_examples, generator=generator).numpy()
         if self.lengths is None:
             return [order[i:i + size].tolist() for i in range(0, len(order), size)]
-        window = size * GROUP_WINDOW_BATCHES
+        window = size * self.window
         grouped = []
         for start in range(0, len(order), window):
             chunk = order[start:start + window]
