@@ -88,7 +88,7 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="measure what a training run will cost before running it",
                        description="A short measured dry run: for candidate batch sizes, a few real training "
-                                   "steps in a fresh process each (the longest batch first). Prints peak memory, "
+                                   "steps in a fresh process each (ending with the longest batch). Prints peak memory, "
                                    "examples/s and the estimated time of the whole run, and recommends batch "
                                    "size x gradient accumulation for the memory budget. "
                                    "`training.batch_size: auto` uses the same planner.")

@@ -2,11 +2,11 @@
 
 For each candidate micro-batch size a fresh process (see :mod:`lmforge.planning.probe`)
 builds the run exactly as ``lmforge train`` would (same data, tokenizer, model, method,
-precision, threads), runs a few real optimizer steps — the epoch's longest batch first,
-because it sets the memory peak, then batches spread over the range of lengths — and
-times a checkpoint and a model save. A fresh process per candidate is what makes the
-peak honest: a process's peak resident memory can only grow, so candidates measured one
-after another in one process would all report the largest.
+precision, threads), times real optimizer steps on batches spread over the data's lengths,
+runs the run's first batches in order and then its longest batch (which sets the memory
+peak), and times a checkpoint, a model save and the final reload. A fresh process per
+candidate is what makes the peak honest: a process's peak resident memory can only grow,
+so candidates measured one after another in one process would all report the largest.
 
 From the measured steps the planner fits ``seconds = a + b * padded_tokens`` and applies
 it to every batch of the run (the batch order is known before the run: it is a pure
