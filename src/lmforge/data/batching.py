@@ -62,3 +62,8 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def padded_tokens(batch: Sequence[int], lengths: Sequence[int]) -> int:
+    """Tokens a dynamically padded batch computes on: rows x its longest row."""
+    return len(batch) * max(lengths[i] for i in batch)

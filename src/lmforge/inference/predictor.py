@@ -8,6 +8,7 @@ input order.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,7 @@ def quantize_int8(model: torch.nn.Module, device: str) -> torch.nn.Module:
     """
     if device != "cpu":
         raise LmforgeError("--quantize int8 is for CPU inference; on a GPU use --precision bf16")
-    import logging as _logging
-
-    _logging.getLogger("torchao").setLevel(_logging.ERROR)  # it reports missing GPU kernels at import
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # it reports missing GPU kernels at import
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lmforge.config import RunConfig
-from lmforge.data.batching import length_sorted_batches
+from lmforge.data.batching import length_sorted_batches, padded_tokens
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.report import pyplot
 from lmforge.inference.forward import collect_logits
@@ -58,7 +58,7 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
     collate = loader.collate_fn
     batches = sampler.batches(0)
     lengths = [len(row) for row in train.input_ids]
-    tokens = [len(b) * max(lengths[i] for i in b) for b in batches]
+    tokens = [padded_tokens(b, lengths) for b in batches]
     optimizer = build_optimizer(setup.model, cfg.training.learning_rate, cfg.training.weight_decay)
     scheduler = build_scheduler(optimizer, "constant", 0, 1)
     model, optimizer = accelerator.prepare(setup.model, optimizer)
@@ -97,16 +97,16 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
     for index in range(min(RUN_IN_STEPS, len(batches))):  # the run's own order: as many shapes as it meets early
         step(index)
     step(longest)
-    shapes = {(len(b), max(lengths[i] for i in b)) for b in batches}
+    shapes = {(len(b), padded_tokens(b, lengths)) for b in batches}  # (rows, padded width)
 
     eval_seconds_per_token, validation_tokens = 0.0, 0
     validation = setup.datasets.get("validation")
     if validation is not None and len(validation):
         val_lengths = [len(row) for row in validation.input_ids]
         order = length_sorted_batches(val_lengths, cfg.training.eval_batch_size)
-        validation_tokens = sum(len(b) * max(val_lengths[i] for i in b) for b in order)
+        validation_tokens = sum(padded_tokens(b, val_lengths) for b in order)
         sample = [order[len(order) // 2], order[0]][: len(order)]
-        sample_tokens = sum(len(b) * max(val_lengths[i] for i in b) for b in sample)
+        sample_tokens = sum(padded_tokens(b, val_lengths) for b in sample)
         collect_logits(model, (collate([validation[i] for i in b]) for b in sample[:1]), device)  # warm-up
         start = time.perf_counter()
         collect_logits(model, (collate([validation[i] for i in b]) for b in sample), device)
