@@ -37,6 +37,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="start a NEW run from a finished run's weights (with this config's settings)")
     p.add_argument("--continue-optimizer", action="store_true",
                    help="with --continue-from: also restore the finished run's optimizer state")
+    scale = p.add_argument_group("several processes (docs/distributed.md)")
+    scale.add_argument("--nproc", type=int, metavar="N",
+                       help="train with N processes on this machine (torchrun; gloo on CPU, NCCL on GPU); "
+                            "the config's batch size stays the global batch")
+    scale.add_argument("--ray", action="store_true", help="train in Ray Train workers (pip install 'lmforge[ray]')")
+    scale.add_argument("--ray-address", metavar="ADDR", help="with --ray: an existing cluster (default: local Ray)")
+    scale.add_argument("--workers", type=int, default=2, help="with --ray: number of workers (default 2)")
+    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs per worker (default 0)")
+    scale.add_argument("--cpus-per-worker", type=int, help="with --ray: CPUs per worker (default: shared evenly)")
     p.set_defaults(func=cmd_train)
 
 
@@ -141,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.config import load_config
-    from lmforge.training.recipe import run_training
+    from lmforge.training.recipe import default_run_dir, run_training
 
     if args.resume:
         if args.config or args.continue_from:
@@ -150,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise LmforgeError(f"{run_dir} is not a run directory (no config.yaml); nothing to resume")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
-        run_dir = run_training(cfg, output_dir=run_dir, resume=True)
+        resume: bool | None = True
     else:
         if not args.config:
             raise LmforgeError("give a config file (lmforge train CONFIG.yaml) or --resume RUN_DIR")
@@ -159,8 +168,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides += [f"continue_from={args.continue_from}", f"continue_optimizer={args.continue_optimizer}"]
         elif args.continue_optimizer:
             raise LmforgeError("--continue-optimizer needs --continue-from RUN_DIR")
-        run_dir = run_training(load_config(args.config, overrides), output_dir=args.output)
-    _print_summary(run_dir)
+        cfg = load_config(args.config, overrides)
+        run_dir = Path(args.output or cfg.output_dir or default_run_dir(cfg))
+        resume = None
+    if args.nproc and args.ray:
+        raise LmforgeError("--nproc and --ray are two ways to start several processes: choose one")
+    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from lmforge.distributed.launch import launch_local, strip_options
+
+        argv = strip_options(args.argv, {"--nproc": True, "--output": True, "-o": True})
+        code = launch_local(argv, args.nproc, run_dir)
+        if code == 0:
+            _print_summary(run_dir)
+        return code
+    if args.ray:
+        from lmforge.distributed.ray_train import train_with_ray
+
+        run_dir = train_with_ray(cfg, run_dir, resume, args.workers, args.gpus_per_worker, args.cpus_per_worker,
+                                 args.ray_address)
+    else:
+        run_dir = run_training(cfg, output_dir=run_dir, resume=resume)
+    # Rank 0 of a run started by torchrun or Ray reports; under `--nproc` the launcher does.
+    if (run_dir / "metrics.json").is_file() and int(os.environ.get("RANK", "0")) == 0 \
+            and "LMFORGE_LAUNCHER" not in os.environ:
+        _print_summary(run_dir)
     return 0
 
 
@@ -333,8 +364,11 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    args.argv = argv
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun / Ray: only rank 0 reports progress
+    setup_logging(args.verbose, args.quiet or rank > 0)
     try:
         return args.func(args)
     except TrainingInterrupted as stop:

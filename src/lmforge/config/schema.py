@@ -93,7 +93,7 @@ class TrainingConfig(_Section):
     epochs: int = Field(3, ge=1, le=10_000, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int | Literal["auto"] = Field(
-        32, description="Examples per forward pass, per process; 'auto': measured by the planner (see `lmforge plan`)."
+        32, description="Examples per forward pass, all processes together (each of N processes takes 1/N); 'auto': measured by the planner (see `lmforge plan`)."
     )
     effective_batch_size: int = Field(
         32, ge=1, le=65_536, description="With batch_size: auto, examples per optimizer step (batch x accumulation)."
@@ -179,6 +179,18 @@ class CheckpointConfig(_Section):
     keep_best: bool = Field(True, description="Also keep the checkpoint of the best validation step.")
 
 
+class DistributedConfig(_Section):
+    """How a run started with several processes (--nproc, torchrun, --ray) shares the work."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="'ddp': every process holds the model; 'fsdp': parameters, gradients and optimizer "
+                           "state are sharded over the processes (method: full).")
+    cpu_offload: bool = Field(False, description="With fsdp on GPUs: keep the sharded parameters and optimizer "
+                                                 "state in CPU memory.")
+    timeout_minutes: float = Field(30.0, gt=0, le=1440, description="How long a process waits for the others "
+                                                                    "before the run fails.")
+
+
 class MethodConfig(BaseModel):
     """The fine-tuning method and its typed options (see lmforge.methods)."""
 
@@ -225,6 +237,8 @@ class RunConfig(_Section):
     method: MethodConfig = Field(default_factory=lambda: parse_method("full"), description="'full', 'lora', or a mapping with options.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimization.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="Several processes: strategy and timeouts.")
     output_dir: str | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
     resume: Literal["auto", "never"] = Field(
         "auto", description="'auto': when the output directory holds checkpoints of this run, resume it."

@@ -24,8 +24,9 @@ class FullFineTuning:
             p.requires_grad_(True)
         return model
 
-    def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
+    def save(self, model: Any, run_dir: Path, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> Path:
+        """``state_dict``: the full weights, when ``model`` holds only its shard of them (FSDP)."""
         out = run_dir / "model"
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(out)
         return out

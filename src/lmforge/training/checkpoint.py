@@ -86,18 +86,24 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint_atomically(root: Path, state: TrainState, model: torch.nn.Module, optimizer: Any,
-                               scheduler: Any, scaler: Any = None) -> Path:
-    """Write ``root/step-NNNNNNNN`` atomically and return it."""
+def save_checkpoint_atomically(root: Path, state: TrainState, model: torch.nn.Module | None, optimizer: Any,
+                               scheduler: Any, scaler: Any = None, *, weights: dict[str, torch.Tensor] | None = None,
+                               optimizer_state: dict[str, Any] | None = None,
+                               rng: dict[str, Any] | None = None) -> Path:
+    """Write ``root/step-NNNNNNNN`` atomically and return it.
+
+    ``weights``, ``optimizer_state`` and ``rng`` default to this process's model, optimizer
+    and RNGs; a distributed run passes them gathered from all ranks.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "model.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file(weights if weights is not None else trainable_state(model), tmp / "model.safetensors")
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(capture_rng(), tmp / "rng.pt")
+    torch.save(rng if rng is not None else capture_rng(), tmp / "rng.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(state.to_dict(), indent=2), encoding="utf-8")
@@ -164,11 +170,12 @@ def latest_intact_checkpoint(root: Path) -> Path:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                    scaler: Any = None) -> tuple[TrainState, dict[str, Any]]:
+                    scaler: Any = None, strategy: Any = None) -> tuple[TrainState, dict[str, Any]]:
     """Restore weights, optimizer, scheduler (and scaler) in place; return the state and RNG states.
 
     The RNG states are returned rather than applied: the caller restores them last, right
     before the first step, so that nothing built in between consumes random numbers.
+    ``strategy`` (a :class:`~lmforge.distributed.strategy.Strategy`) loads into a sharded model.
     """
     weights = load_file(path / "model.safetensors")
     expected = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -176,17 +183,33 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
         raise LmforgeError(f"checkpoint {path} does not fit this model (missing {missing[:3]}, "
                            f"unexpected {extra[:3]}); was the config changed?")
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    if strategy is not None:
+        strategy.load_model_state(model, weights)
+        strategy.load_optimizer_state(model, optimizer, optimizer_state)
+    else:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     state = TrainState.from_dict(json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
     return state, rng
+
+
+def rank_rng(rng: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """This rank's RNG states from a checkpoint (a distributed checkpoint keeps every rank's)."""
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == world_size:
+        return ranks[rank]
+    if world_size > 1 or ranks is not None:
+        log.warning("the checkpoint was written by %d process(es), this run has %d: the data order is the "
+                    "same, dropout masks will differ from an uninterrupted run", len(ranks or [rng]), world_size)
+    return {k: v for k, v in rng.items() if k != "ranks"}
 
 
 def prune_checkpoints(root: Path, keep_last: int, keep_step: int | None) -> None:
@@ -213,33 +236,52 @@ class CheckpointPolicy:
 
 
 class Checkpointer:
-    """Saves checkpoints for one run according to a policy and times what they cost."""
+    """Saves checkpoints for one run according to a policy and times what they cost.
+
+    In a distributed run every rank calls :meth:`save` (the state is gathered from all of
+    them, a collective under FSDP) and rank 0 writes.
+    """
 
     def __init__(self, root: Path, policy: CheckpointPolicy, model: torch.nn.Module, optimizer: Any,
-                 scheduler: Any, scaler: Any = None, enabled: bool = True):
-        self.root, self.policy, self.enabled = root, policy, enabled
+                 scheduler: Any, scaler: Any = None, strategy: Any = None):
+        self.root, self.policy, self.strategy = root, policy, strategy
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.last_step: int | None = None
         self.last_time = time.monotonic()
 
     def due(self, state: TrainState) -> bool:
-        """A scheduled (step- or time-based) checkpoint is due after this step."""
+        """A scheduled (step- or time-based) checkpoint is due after this step.
+
+        The time-based part differs between ranks; a distributed loop agrees on it first.
+        """
         p = self.policy
         if p.every_steps and state.step % p.every_steps == 0:
             return True
         return bool(p.every_minutes and time.monotonic() - self.last_time >= 60 * p.every_minutes)
 
     def save(self, state: TrainState, reason: str) -> Path | None:
-        if not self.enabled or self.last_step == state.step:
+        if self.last_step == state.step:
             return None
         start = time.perf_counter()
         state.checkpoints_written += 1
-        path = save_checkpoint_atomically(self.root, state, self.model, self.optimizer, self.scheduler,
-                                          self.scaler)
-        prune_checkpoints(self.root, self.policy.keep_last,
-                          state.best_step if self.policy.keep_best else None)
+        path = None
+        if self.strategy is None:
+            path = save_checkpoint_atomically(self.root, state, self.model, self.optimizer, self.scheduler,
+                                              self.scaler)
+        else:
+            weights = self.strategy.model_state(self.model)
+            optimizer_state = self.strategy.optimizer_state(self.model, self.optimizer)
+            rngs = self.strategy.ctx.gather(capture_rng())
+            if self.strategy.is_main:
+                rng = rngs[0] if len(rngs) == 1 else {**rngs[0], "ranks": rngs}
+                path = save_checkpoint_atomically(self.root, state, None, None, self.scheduler, self.scaler,
+                                                  weights=weights, optimizer_state=optimizer_state, rng=rng)
+        if path is not None:
+            prune_checkpoints(self.root, self.policy.keep_last,
+                              state.best_step if self.policy.keep_best else None)
         seconds = time.perf_counter() - start
         state.checkpoint_seconds += seconds
         self.last_step, self.last_time = state.step, time.monotonic()
-        log.debug("checkpoint %s (%s) in %.2f s", path.name, reason, seconds)
+        if path is not None:
+            log.debug("checkpoint %s (%s) in %.2f s", path.name, reason, seconds)
         return path

@@ -1,15 +1,18 @@
 """The training loop: a readable loop on Accelerate, not the Hugging Face Trainer.
 
-Accelerate owns devices, mixed precision and (later) distribution; this loop owns the
-order of things: accumulate, clip, step, schedule, log, evaluate, keep the best, stop
-early, checkpoint. Every counter lives in a :class:`TrainState`, so a checkpoint taken
-after any optimizer step resumes exactly where the run was.
+Accelerate owns devices and mixed precision, a :class:`~lmforge.distributed.strategy.Strategy`
+the spread over processes (DDP, FSDP); this loop owns the order of things: accumulate,
+clip, step, schedule, log, evaluate, keep the best, stop early, checkpoint. Every counter
+lives in a :class:`TrainState`, so a checkpoint taken after any optimizer step resumes
+exactly where the run was. In a distributed run every rank runs this loop in lockstep and
+takes every decision (stop, checkpoint, early stopping) on the same numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lmforge.distributed.strategy import Strategy
 from lmforge.training.checkpoint import Checkpointer
 from lmforge.training.interrupts import StopRequest, TrainingInterrupted
 from lmforge.training.sampler import EpochBatchSampler
@@ -71,7 +75,7 @@ def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int
 
 
 def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sampler: EpochBatchSampler,
-        accelerator: Any, settings: LoopSettings, state: TrainState,
+        strategy: Strategy, settings: LoopSettings, state: TrainState,
         evaluate: Callable[[], dict[str, float]], on_best: Callable[[int], None], logger: RunLogger,
         checkpointer: Checkpointer, stop: StopRequest) -> TrainState:
     """Train from ``state`` until the epochs or ``max_steps`` are done, or early stopping says stop.
@@ -89,8 +93,9 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
     total = total_optimizer_steps(batches_per_epoch, accum, settings.epochs, settings.max_steps)
     stopper = EarlyStopping(settings.metric, settings.patience, state.best_metric, state.bad_evals)
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not accelerator.is_local_main_process)
-    device = accelerator.device
+               disable=not strategy.is_main)
+    ctx = strategy.ctx
+    device = strategy.accelerator.device
     window_loss = torch.tensor(state.window_loss_sum, device=device)  # summed on device: no sync per step
     clock = {"segment": time.perf_counter(), "window": time.perf_counter()}
 
@@ -116,7 +121,8 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
         state.bad_evals = stopper.bad_evals
         state.stopped_early = stopper.should_stop
         shown = [k for k in ("loss", "accuracy", settings.metric) if isinstance(metrics.get(k), float)]
-        bar.write(f"step {state.step}: validation " + ", ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown)))
+        if strategy.is_main:
+            bar.write(f"step {state.step}: validation " + ", ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown)))
         resume_clock()
 
     def checkpoint(reason: str) -> None:
@@ -127,7 +133,8 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
 
     def log_window() -> None:
         elapsed = time.perf_counter() - clock["window"]
-        mean_loss = float(window_loss) / max(state.window_batches, 1)
+        # The mean over all ranks' micro-batches (one small all-reduce per logging window).
+        mean_loss = ctx.sum(float(window_loss)) / max(ctx.sum(state.window_batches), 1)
         values = {"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
                   "examples_per_second": state.window_examples / max(elapsed, 1e-9)}
         logger.log(state.step, values, "train")
@@ -142,24 +149,26 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
         sampler.set_epoch(state.epoch, start_batch=state.batches_in_epoch)
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            first_of_window = (state.batches_in_epoch // accum) * accum
+            index = state.batches_in_epoch
+            first_of_window = (index // accum) * accum
             window_size = min(accum, batches_per_epoch - first_of_window)  # the epoch's last window may be short
             state.batches_in_epoch += 1
             boundary = state.batches_in_epoch - first_of_window == window_size
-            # Skip the gradient all-reduce on micro-batches that do not end a window (DDP).
-            sync = contextlib.nullcontext() if boundary else accelerator.no_sync(model)
-            with sync:
-                loss = model(**batch).loss  # (,) mean over the micro-batch
-                accelerator.backward(loss / window_size)
-            window_loss += loss.detach()
+            # Skip the gradient all-reduce on micro-batches that do not end a window (DDP, FSDP).
+            with contextlib.nullcontext() if boundary else strategy.no_sync(model):
+                loss = model(**batch).loss  # (,) mean over this rank's part of the batch
+                # Weighted so that the ranks' averaged gradient is that of the global batch's mean loss.
+                share = sampler.loss_scale(state.epoch, index)
+                strategy.backward(loss * (share / window_size) if share != 1.0 or window_size != 1 else loss)
+            window_loss += loss.detach() * share if share != 1.0 else loss.detach()
             state.window_batches += 1
-            n = batch["input_ids"].shape[0]
+            n = sampler.global_size(state.epoch, index)
             state.examples_seen += n
             state.window_examples += n
             if not boundary:
                 continue
             if settings.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                strategy.clip_grad_norm(model, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -170,24 +179,28 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
                 log_window()
             if settings.evaluate and settings.eval_steps and state.step % settings.eval_steps == 0:
                 run_evaluation()
-            if stop.requested and not end_of_epoch:  # at an epoch's end, finish its evaluation first
+            # One decision for all ranks: a signal may reach only some of them, and clocks differ.
+            stop_now, due = ctx.any(stop.requested, checkpointer.due(state))
+            if stop_now and not stop.requested:
+                stop.signal = signal.SIGTERM  # another rank was told to stop
+            if stop_now and not end_of_epoch:  # at an epoch's end, finish its evaluation first
                 break
             if state.step >= total or state.stopped_early:
                 break
-            if checkpointer.due(state) and not end_of_epoch:
+            if due and not end_of_epoch:
                 checkpoint("scheduled")
         if state.batches_in_epoch == batches_per_epoch:  # the epoch ran to its end
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
             if settings.evaluate and not settings.eval_steps:
                 run_evaluation()
-            if checkpointer.policy.at_epoch_end or checkpointer.due(state):
+            if checkpointer.policy.at_epoch_end or ctx.any(checkpointer.due(state))[0]:
                 checkpoint("epoch end")
         if stop.requested:
             checkpoint("interrupt")  # a no-op when the epoch-end checkpoint just saved this step
             bar.close()
             raise TrainingInterrupted(stop.signal, str(checkpointer.root.parent), state.step)
     pause_clock()
-    if state.stopped_early:
+    if state.stopped_early and strategy.is_main:
         bar.write(f"early stopping: no {settings.metric} improvement in {settings.patience} evaluations")
     bar.close()
     return state

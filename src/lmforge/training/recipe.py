@@ -9,6 +9,10 @@ function. Read it first. Three ways in:
   checkpoint, as if it had never stopped;
 - **continue** (``continue_from: RUN``): a *new* run that starts from a finished run's
   weights (and optionally its optimizer state) with changed settings; it records its parent.
+
+Started by a distributed launcher (``--nproc``, torchrun, Ray Train), every process runs
+this same recipe: rank 0 decides the run directory, writes every file and evaluates at the
+end; all ranks train, each on its share of every global batch.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from lmforge.config import RunConfig, load_config, save_config
 from lmforge.data.batching import EncodedDataset, PaddingCollator, length_sorted_batches
 from lmforge.data.loading import load_splits
 from lmforge.data.tokenization import tokenize_texts
+from lmforge.distributed.context import DistContext
+from lmforge.distributed.strategy import Strategy
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.report import write_report
 from lmforge.inference.forward import collect_logits
@@ -46,6 +52,7 @@ from lmforge.training.checkpoint import (
     latest_intact_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    rank_rng,
     restore_rng,
 )
 from lmforge.training.dropout import use_fast_dropout
@@ -67,12 +74,17 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         resume: True to require resuming ``output_dir``; None to follow ``cfg.resume``.
     """
     # --- set up -------------------------------------------------------------------------------
-    run_dir, resuming = plan_run_dir(output_dir or cfg.output_dir, cfg, resume)
+    ctx = DistContext.from_environment(resolve_device(cfg.training.device), cfg.distributed.timeout_minutes)
+    # Rank 0 decides (a default directory name has a timestamp); every rank gets its answer or error.
+    run_dir, resuming = ctx.on_main(lambda: plan_run_dir(output_dir or cfg.output_dir, cfg, resume))
     parent = find_parent_run(cfg.continue_from) if cfg.continue_from else None
     requested, plan = cfg, None
     if cfg.training.batch_size == "auto":
+        if ctx.enabled:
+            raise LmforgeError("training.batch_size: auto plans one process; in a distributed run set the global "
+                               "batch size (run `lmforge plan` on one process to choose it)")
         cfg, plan = resolve_auto_batch(cfg, run_dir if resuming else None)
-    setup = prepare_run(cfg, parent)
+    setup = prepare_run(cfg, parent, ctx)
     task, splits, label_names, tokenizer, datasets = (setup.task, setup.splits, setup.label_names,
                                                      setup.tokenizer, setup.datasets)
     model, method, device, precision, accelerator = (setup.model, setup.method, setup.device, setup.precision,
@@ -82,25 +94,31 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
              f"{total_params:,}", 100 * trainable / total_params)
 
     # Inputs are valid (data read, model loaded): only now does the run directory appear.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        save_config(requested, run_dir / "config.yaml")  # as asked: 'auto' stays 'auto'
-    if plan is not None and not resuming:
-        (run_dir / "plan.json").write_text(json.dumps(plan, indent=2), encoding="utf-8")
-    log.info("run directory %s (device %s, precision %s)", run_dir, device, precision)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            save_config(requested, run_dir / "config.yaml")  # as asked: 'auto' stays 'auto'
+        if plan is not None and not resuming:
+            (run_dir / "plan.json").write_text(json.dumps(plan, indent=2), encoding="utf-8")
+    log.info("run directory %s (device %s, precision %s%s)", run_dir, device, precision,
+             f", {ctx.world_size} processes, {cfg.distributed.strategy}" if ctx.enabled else "")
 
     # --- optimization -------------------------------------------------------------------------
-    sampler, train_loader = make_train_loader(cfg, datasets["train"], tokenizer, device)
+    sampler, train_loader = make_train_loader(cfg, datasets["train"], tokenizer, device, ctx)
     collate = train_loader.collate_fn
     steps = total_optimizer_steps(len(sampler), cfg.training.gradient_accumulation_steps,
                                   cfg.training.epochs, cfg.training.max_steps)
-    optimizer = build_optimizer(model, cfg.training.learning_rate, cfg.training.weight_decay)
+    strategy = Strategy(cfg.distributed.strategy, ctx, accelerator, device, precision, cfg.distributed.cpu_offload)
+    if strategy.sharded and cfg.method.name != "full":
+        raise LmforgeError(f"distributed.strategy fsdp shards full fine-tuning; method {cfg.method.name} trains "
+                           "few parameters: use strategy ddp")
+    # unwrapped: the model without the DDP wrapper, what is saved and checkpointed.
+    model, optimizer, unwrapped = strategy.prepare(
+        model, lambda m: build_optimizer(m, cfg.training.learning_rate, cfg.training.weight_decay))
     scheduler = build_scheduler(optimizer, cfg.training.scheduler,
                                 int(round(cfg.training.warmup_ratio * steps)), steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
     if parent is not None and cfg.continue_optimizer:
-        restore_parent_optimizer(parent, optimizer)
-    unwrapped = accelerator.unwrap_model(model)  # what is saved and checkpointed
+        restore_parent_optimizer(parent, unwrapped, optimizer, strategy)
     if cfg.training.compile:
         model = compile_model(model)
     validation = datasets.get("validation")
@@ -109,27 +127,28 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                  if validation is not None else [])
     policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
     checkpointer = Checkpointer(run_dir / "checkpoints", policy, unwrapped, optimizer,
-                                scheduler, accelerator.scaler, enabled=accelerator.is_main_process)
+                                scheduler, accelerator.scaler, strategy=strategy)
 
     state, rng = TrainState(), None
     if resuming:
         checkpoint = latest_intact_checkpoint(run_dir / "checkpoints")
-        state, rng = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler,
-                                     accelerator.scaler)
+        state, rng = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, accelerator.scaler, strategy)
+        rng = rank_rng(rng, ctx.rank, ctx.world_size)
         log.info("resuming from %s (step %d, epoch %d, batch %d)", checkpoint.name, state.step, state.epoch,
                  state.batches_in_epoch)
 
     def evaluate() -> dict[str, float]:
-        batches = (collate([validation[i] for i in batch]) for batch in val_order)
-        logits, loss = collect_logits(model, batches, accelerator.device)
-        metrics = task.compute_metrics(logits, validation.labels[np.concatenate(val_order)], label_names)
-        return {"loss": loss, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
+        return evaluate_during_training(model, validation, val_order, collate, task, label_names, ctx,
+                                        accelerator.device)
 
     def save(step: int | None = None) -> None:
-        save_model(unwrapped, method, run_dir, tokenizer, cfg, label_names)
+        # Under FSDP gathering the full weights is a collective: every rank takes part, rank 0 writes.
+        weights = strategy.model_state(unwrapped, trainable_only=False) if strategy.sharded else None
+        if ctx.is_main:
+            save_model(unwrapped, method, run_dir, tokenizer, cfg, label_names, state_dict=weights)
 
     # Records after the checkpoint's step (from an interrupted process) are dropped and logged again.
-    logger = RunLogger(run_dir / "logs", enabled=accelerator.is_main_process, resume_after_step=state.step)
+    logger = RunLogger(run_dir / "logs", enabled=ctx.is_main, resume_after_step=state.step)
     settings = LoopSettings(
         epochs=cfg.training.epochs, max_steps=cfg.training.max_steps,
         accumulation=cfg.training.gradient_accumulation_steps, max_grad_norm=cfg.training.max_grad_norm,
@@ -142,7 +161,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     started = time.perf_counter()
     try:
         with graceful_interrupts() as stop:
-            state = fit(model, optimizer, scheduler, train_loader, sampler, accelerator, settings, state,
+            state = fit(model, optimizer, scheduler, train_loader, sampler, strategy, settings, state,
                         evaluate, save, logger, checkpointer, stop)
     finally:
         logger.close()
@@ -151,8 +170,12 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     # --- save and evaluate what was saved -----------------------------------------------------
     if state.best_step is None:  # no validation: the last weights are the model
         save()
+    rank_peaks = ctx.gather(peak_memory_bytes(device))  # training's peak in each process
+    ctx.close()  # the other ranks are done; rank 0 evaluates the saved model alone
+    if not ctx.is_main:
+        return run_dir
     # The final evaluation loads the saved model; the training copy and optimizer state go first.
-    model = unwrapped = optimizer = scheduler = checkpointer = setup = None
+    model = unwrapped = optimizer = scheduler = checkpointer = setup = strategy = None
     accelerator.free_memory()  # drops its own references to them
     gc.collect()
     predictor = Predictor.load(run_dir, device=device, precision=cfg.training.precision)
@@ -170,7 +193,10 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                   "trainable_parameters": trainable, "total_parameters": total_params,
                   "trainable_share": trainable / total_params, "precision": precision, "device": device,
                   "batch_size": cfg.training.batch_size,
-                  "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps},
+                  "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
+                  "processes": ctx.world_size,
+                  "strategy": cfg.distributed.strategy if ctx.enabled else "single",
+                  "train_peak_memory_bytes_per_process": rank_peaks},
         "data": splits.summary(),
     }
     for name in ("validation", "test"):
@@ -200,7 +226,7 @@ class RunSetup:
     accelerator: Any
 
 
-def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None) -> RunSetup:
+def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistContext | None = None) -> RunSetup:
     """Device, precision, seeded RNGs, data (tokenized, cached) and the model with its method applied."""
     from accelerate.utils import set_seed
 
@@ -215,10 +241,11 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None) -> RunSetu
     splits = load_splits(cfg.data, cfg.training.seed)
     label_names = task.label_names(splits.frames["train"]["label"].tolist(),
                                    parent["labels"] if parent else cfg.data.labels)
-    model_location = resolve_model_path(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
-    datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
-                for name, frame in splits.frames.items()}
+    with (ctx or DistContext()).main_first():  # rank 0 downloads and fills the token cache, the others reuse them
+        model_location = resolve_model_path(cfg.model.name_or_path)
+        tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
+        datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
+                    for name, frame in splits.frames.items()}
     log.info("data: %s; labels: %s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()), label_names)
 
     start_from, adapter_dir = (model_location, None) if parent is None else parent_weights(parent, cfg)
@@ -237,14 +264,18 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None) -> RunSetu
     return RunSetup(task, splits, label_names, tokenizer, datasets, model, method, device, precision, accelerator)
 
 
-def make_train_loader(cfg: RunConfig, dataset: EncodedDataset, tokenizer: Any,
-                      device: str) -> tuple[EpochBatchSampler, torch.utils.data.DataLoader]:
-    """The resumable batch sampler (length-grouped unless disabled) and its DataLoader."""
+def make_train_loader(cfg: RunConfig, dataset: EncodedDataset, tokenizer: Any, device: str,
+                      ctx: DistContext | None = None) -> tuple[EpochBatchSampler, torch.utils.data.DataLoader]:
+    """The resumable batch sampler (length-grouped unless disabled) and its DataLoader.
+
+    In a distributed run the sampler yields this rank's share of each global batch.
+    """
+    ctx = ctx or DistContext()
     # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
     collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
     lengths = [len(row) for row in dataset.input_ids] if cfg.training.group_by_length else None
     sampler = EpochBatchSampler(len(dataset), cfg.training.batch_size, cfg.training.seed, lengths=lengths,
-                                window=cfg.training.group_window)
+                                window=cfg.training.group_window, rank=ctx.rank, world_size=ctx.world_size)
     # Its own generator: creating an epoch's iterator must not draw from the global RNG,
     # or a resumed run's dropout masks would differ from the uninterrupted run's.
     loader = torch.utils.data.DataLoader(
@@ -301,7 +332,7 @@ def plan_run_dir(requested: str | Path | None, cfg: RunConfig, resume: bool | No
     if requested is None:
         if resume:
             raise LmforgeError("--resume needs the run directory to resume")
-        requested = Path("runs") / f"{cfg.name or cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        requested = default_run_dir(cfg)
     run_dir = Path(requested)
     if not run_dir.exists() or not any(run_dir.iterdir()):
         if resume:
@@ -322,6 +353,10 @@ def plan_run_dir(requested: str | Path | None, cfg: RunConfig, resume: bool | No
         raise LmforgeError(f"{run_dir} has no intact checkpoint to resume from; start a new run with "
                            "another --output")
     raise LmforgeError(f"output directory {run_dir} is not empty; choose another --output or remove it")
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.name or cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
@@ -380,12 +415,12 @@ def parent_weights(parent: dict[str, Any], cfg: RunConfig) -> tuple[str, Path | 
     return str(parent["dir"] / "model"), None
 
 
-def restore_parent_optimizer(parent: dict[str, Any], optimizer: Any) -> None:
+def restore_parent_optimizer(parent: dict[str, Any], model: Any, optimizer: Any, strategy: Strategy) -> None:
     """Load the optimizer state of the parent's newest intact checkpoint (moments, step counts)."""
     checkpoint = latest_intact_checkpoint(parent["dir"] / "checkpoints")
     state = torch.load(checkpoint / "optimizer.pt", weights_only=True, map_location="cpu")
     try:
-        optimizer.load_state_dict(state)
+        strategy.load_optimizer_state(model, optimizer, state)
     except (ValueError, KeyError) as err:
         raise LmforgeError(f"continue_optimizer: the optimizer state in {checkpoint} does not fit this model "
                            f"({err}); drop continue_optimizer") from None
@@ -404,8 +439,10 @@ def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: 
 
 
 def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunConfig,
-               label_names: list[str]) -> Path:
+               label_names: list[str], state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save through the method, plus lmforge's metadata beside the HF files.
+
+    ``state_dict``: the full weights when ``model`` holds only a shard of them (FSDP).
 
     The method writes into a staging directory that is then swapped in by rename, so a
     crash during the save never leaves a half-written ``model/`` behind.
@@ -414,7 +451,8 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
         shutil.rmtree(stale, ignore_errors=True)
     staging = run_dir / f".staging-{os.getpid()}"
     staging.mkdir()
-    out = method.save(model, staging, tokenizer)
+    out = (method.save(model, staging, tokenizer) if state_dict is None
+           else method.save(model, staging, tokenizer, state_dict=state_dict))
     meta = {"task": cfg.task, "max_length": cfg.data.max_length, "labels": label_names,
             "base_model": cfg.model.name_or_path, "method": cfg.method.name,
             "lmforge_version": lmforge.__version__}
@@ -428,6 +466,29 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
         shutil.rmtree(old, ignore_errors=True)
     staging.rmdir()
     return run_dir / out.name
+
+
+def evaluate_during_training(model: Any, validation: EncodedDataset, order: list[list[int]], collate: Any,
+                             task: Any, label_names: list[str], ctx: DistContext,
+                             device: Any) -> dict[str, float]:
+    """Validation metrics of the model being trained; in a distributed run each rank scores
+    every N-th batch and all ranks compute the metrics from everybody's logits (so early
+    stopping agrees). Each rank runs the same number of forward passes (FSDP's collectives
+    need that): a rank short of a batch repeats its first one and drops the result."""
+    def run(batches: list[list[int]]) -> tuple[np.ndarray, float | None]:
+        return collect_logits(model, (collate([validation[i] for i in batch]) for batch in batches), device)
+
+    mine = order[ctx.rank::ctx.world_size]
+    logits, loss = run(mine)
+    if len(mine) < -(-len(order) // ctx.world_size):
+        run(order[:1])  # the filler pass
+    parts = ctx.gather((logits, np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64),
+                        (loss or 0.0) * len(logits), len(logits)))
+    all_logits = np.concatenate([p[0] for p in parts if len(p[0])])
+    index = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    loss = sum(p[2] for p in parts) / max(sum(p[3] for p in parts), 1)
+    metrics = task.compute_metrics(all_logits, validation.labels[index], label_names)
+    return {"loss": loss, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
 
 
 def evaluate_split(predictor: Predictor, frame: Any, label_ids: np.ndarray, task: Any,

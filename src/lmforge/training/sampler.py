@@ -26,6 +26,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     depend on how many epochs were iterated before in this process, so a resumed run sees
     exactly the batches an uninterrupted run would have seen.
 
+    In a distributed run every rank computes the same global batches and takes its
+    :meth:`shard` of each, so the global batch is ``batch_size`` whatever the number of
+    processes, and the data order (hence a resume) does not depend on it either.
+
     With ``lengths``, batches are length-grouped: the epoch's permutation is cut into
     windows of ``window`` batches, each window is sorted by length and cut
     into batches, and then *all* batches of the epoch are shuffled. The final shuffle is
@@ -35,7 +39,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True,
-                 lengths: Sequence[int] | None = None, window: int = GROUP_WINDOW_BATCHES):
+                 lengths: Sequence[int] | None = None, window: int = GROUP_WINDOW_BATCHES,
+                 rank: int = 0, world_size: int = 1):
         if lengths is not None and len(lengths) != num_examples:
             raise ValueError(f"{num_examples} examples but {len(lengths)} lengths")
         self.num_examples = num_examples
@@ -44,8 +49,10 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.window = window
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start_batch = 0
+        self._cached: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
@@ -74,5 +81,33 @@ class EpochBatchSampler(Sampler[list[int]]):
         shuffle = torch.randperm(len(grouped), generator=generator).tolist()
         return [grouped[i] for i in shuffle]
 
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """:meth:`batches`, computed once per epoch."""
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self.batches(epoch))
+        return self._cached[1]
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This rank's part of a global batch: every ``world_size``-th example from ``rank`` on.
+
+        Striding (not cutting into blocks) gives every rank the same mix of lengths from a
+        length-sorted batch, so no rank waits for another. A rank left without an example
+        (a last batch smaller than the world) gets the batch's first one with weight 0.
+        """
+        return batch[self.rank::self.world_size] or batch[:1]
+
+    def loss_scale(self, epoch: int, index: int) -> float:
+        """Factor for this rank's mean loss on batch ``index`` so that the all-reduced (averaged)
+        gradient equals the gradient of the mean loss over the whole global batch."""
+        if self.world_size == 1:
+            return 1.0
+        batch = self.epoch_batches(epoch)[index]
+        return len(batch[self.rank::self.world_size]) * self.world_size / len(batch)
+
+    def global_size(self, epoch: int, index: int) -> int:
+        """Examples in global batch ``index`` of ``epoch`` (all ranks together)."""
+        return len(self.epoch_batches(epoch)[index])
+
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches(self.epoch)[self.start_batch:]
+        for batch in self.epoch_batches(self.epoch)[self.start_batch:]:
+            yield self.shard(batch) if self.world_size > 1 else batch

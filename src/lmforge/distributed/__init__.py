@@ -1,0 +1,1 @@
+"""Several processes, GPUs or nodes: torchrun and Ray Train launch, DDP and FSDP train."""
