@@ -6,7 +6,8 @@
 Runs ``lmforge train`` for each setup (one process; ``--nproc 2`` with DDP; ``--nproc 2``
 with FSDP), in rotating order, and reports the median training examples/s (evaluation
 and checkpoints excluded, as lmforge measures it) and each process's peak memory during
-training (``metrics.json: train.train_peak_memory_bytes_per_process``).
+training (``metrics.json: train.train_peak_memory_bytes_per_process``) and the bytes of
+parameters, gradients and optimizer state it holds (``train.model_state_bytes_per_process``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def run_once(config: str, overrides: list[str], extra: list[str]) -> dict:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         train = json.loads(Path(f"{tmp}/run/metrics.json").read_text())["train"]
     return {k: train[k] for k in ("examples_per_second", "train_seconds", "steps", "examples_seen", "final_loss",
-                                  "processes", "strategy", "train_peak_memory_bytes_per_process")}
+                                  "processes", "strategy", "train_peak_memory_bytes_per_process",
+                                  "model_state_bytes_per_process")}
 
 
 def main() -> int:
@@ -55,15 +57,19 @@ def main() -> int:
                   f"{[round(b / 1e9, 2) for b in row['train_peak_memory_bytes_per_process']]} GB", flush=True)
     base = statistics.median(r["examples_per_second"] for r in runs[names[0]])
     summary = []
-    print("\n| setup | examples/s (median) | vs 1 process | peak memory per process (median) | final loss |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| setup | examples/s (median) | vs 1 process | peak memory per process (median) "
+          "| parameters + gradients + optimizer state per process | final loss |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         speed = statistics.median(r["examples_per_second"] for r in runs[name])
         peak = statistics.median(max(r["train_peak_memory_bytes_per_process"]) for r in runs[name])
         loss = statistics.median(r["final_loss"] for r in runs[name])
+        state = max(runs[name][-1]["model_state_bytes_per_process"])
         summary.append({"setup": name, "examples_per_second": speed, "ratio": speed / base,
-                        "peak_memory_bytes_per_process": peak, "final_loss": loss})
-        print(f"| {name} | {speed:.1f} | {speed / base:.2f}x | {peak / 1e9:.2f} GB | {loss:.4f} |")
+                        "peak_memory_bytes_per_process": peak, "model_state_bytes_per_process": state,
+                        "final_loss": loss})
+        print(f"| {name} | {speed:.1f} | {speed / base:.2f}x | {peak / 1e9:.2f} GB | {state / 1e6:.0f} MB "
+              f"| {loss:.4f} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({

@@ -213,8 +213,8 @@ def test_killed_worker_then_resume_is_exact(tmp_path, tiny_model_dir, uneven_csv
 
 # --- Ray Train ---------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_ray_train_with_two_local_workers(tmp_path, single_run):
+    """About 30 s: a local Ray instance starts, two Ray Train workers run the recipe with DDP."""
     pytest.importorskip("ray.train")
     run_dir = tmp_path / "ray"
     result = subprocess.run([*LMFORGE, "train", str(single_run["config"]), "--output", str(run_dir), "--ray",

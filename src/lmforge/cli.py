@@ -372,11 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrainingInterrupted as stop:
-        print(f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}",
-              file=sys.stderr)
+        if rank == 0:
+            print(f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}",
+                  file=sys.stderr)
         return 128 + stop.signum
     except LmforgeError as err:
-        print(f"lmforge: error: {err}", file=sys.stderr)
+        print(f"lmforge: error: {err}" if rank == 0 else f"lmforge: error (process {rank}): {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

@@ -118,6 +118,21 @@ class Strategy:
         else:
             self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
 
+    @staticmethod
+    def state_bytes(model: torch.nn.Module, optimizer: Any) -> int:
+        """Bytes this process holds of parameters, their gradients (one per trainable parameter)
+        and optimizer state: what FSDP divides by the number of processes and DDP does not."""
+        def local(t: torch.Tensor) -> torch.Tensor:
+            return t.to_local() if hasattr(t, "to_local") else t  # a DTensor's own shard
+
+        total = 0
+        for p in model.parameters():
+            size = local(p).numel() * local(p).element_size()
+            total += size * (2 if p.requires_grad else 1)
+        for state in optimizer.state.values():
+            total += sum(local(v).numel() * local(v).element_size() for v in state.values() if torch.is_tensor(v))
+        return total
+
     # --- full state for checkpoints and saving (collective under fsdp) ---------------------------
 
     def model_state(self, model: torch.nn.Module, trainable_only: bool = True) -> dict[str, torch.Tensor] | None:

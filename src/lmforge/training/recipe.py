@@ -171,6 +171,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     if state.best_step is None:  # no validation: the last weights are the model
         save()
     rank_peaks = ctx.gather(peak_memory_bytes(device))  # training's peak in each process
+    rank_state = ctx.gather(strategy.state_bytes(model, optimizer))
     ctx.close()  # the other ranks are done; rank 0 evaluates the saved model alone
     if not ctx.is_main:
         return run_dir
@@ -196,7 +197,8 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                   "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
                   "processes": ctx.world_size,
                   "strategy": cfg.distributed.strategy if ctx.enabled else "single",
-                  "train_peak_memory_bytes_per_process": rank_peaks},
+                  "train_peak_memory_bytes_per_process": rank_peaks,
+                  "model_state_bytes_per_process": rank_state},
         "data": splits.summary(),
     }
     for name in ("validation", "test"):
