@@ -543,7 +543,7 @@ def test_cleaning_exact_counts():
         ("k", "x"), ("k", "x"), ("k", "y"),                    # 1 exact duplicate, then 2 conflicting
     ])
     out, report = clean_examples(frame)
-    assert report.as_dict() == {"rows_read": 16, "empty_text": 3, "missing_label": 2, "exact_duplicates": 4,
+    assert report.as_dict() == {"rows_read": 16, "empty_text": 3, "missing_pair": 0, "missing_label": 2, "exact_duplicates": 4,
                                 "conflicting_labels": 4, "rows_kept": 3}
     assert report.dropped == 13
     assert rows(out) == [("a", "x"), ("e", "x"), ("g h", "z")]
@@ -773,7 +773,7 @@ def test_load_splits_given_test_file_carves_only_validation(tmp_path):
 def test_load_splits_cleans_and_reports(tmp_path):
     train = str(write(tmp_path, "train.csv", "text,label\na,x\na,x\n,x\nb,y\nc,\nd,y\ne,x\n"))
     splits = load_splits(DataConfig(train_file=train, validation_size=0.0), seed=0)
-    assert splits.cleaning["train"].as_dict() == {"rows_read": 7, "empty_text": 1, "missing_label": 1,
+    assert splits.cleaning["train"].as_dict() == {"rows_read": 7, "empty_text": 1, "missing_pair": 0, "missing_label": 1,
                                                   "exact_duplicates": 1, "conflicting_labels": 0,
                                                   "rows_kept": 4}
     assert set(splits.frames) == {"train"}

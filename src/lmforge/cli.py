@@ -120,6 +120,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_reader_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", help="column with the text (default: the run's, else 'text')")
+    p.add_argument("--text-pair-column", help="column with the second text of pairs (default: the run's)")
     p.add_argument("--label-column", help="column with the label (default: the run's, else 'label')")
     p.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl", "parquet", "delimited"],
                    help="file format (default: by extension)")
@@ -131,6 +132,7 @@ def _add_reader_flags(p: argparse.ArgumentParser) -> None:
 
 def _reader_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"text_column": args.text_column, "label_column": args.label_column, "format": args.format,
+            "text_pair_column": args.text_pair_column,
             "delimiter": args.delimiter, "encoding": args.encoding, "header": args.header}
 
 
@@ -211,10 +213,15 @@ def _print_summary(run_dir: Path) -> None:
           f"({train['examples_per_second']} examples/s, {train['precision']} on {train['device']})")
     for split in ("validation", "test"):
         if split in metrics:
-            m = metrics[split]
-            print(f"{split:<10} n={m['n']:<5} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
-                  f"weighted-F1 {m['weighted_f1']:.4f}")
+            print(f"{split:<10} n={metrics[split]['n']:<5} {headline(metrics[split])}")
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model'}")
+
+
+def headline(m: dict[str, Any]) -> str:
+    """The main metrics of a split, whatever the task."""
+    from lmforge.tasks.registry import HEADLINE_METRICS
+
+    return "  ".join(f"{label} {m[key]:.4f}" for key, label in HEADLINE_METRICS if key in m)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -240,7 +247,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision,
                              args.quantize)
-    print(format_classification_report(metrics))
+    print(format_classification_report(metrics) if "per_class" in metrics else
+          f"n={metrics['n']}  {headline(metrics)}")
     if args.json_out:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -265,13 +273,14 @@ def format_classification_report(m: dict[str, Any]) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from lmforge.inference.predictor import Predictor
 
-    texts = read_prediction_input(args)
     predictor = Predictor.load(args.model, precision=args.precision, quantize=args.quantize)
-    rows = predictor.predict(texts, batch_size=args.batch_size)
+    texts, pairs = read_prediction_input(args) if not predictor.pairs else read_pair_input(args)
+    rows = predictor.predict(texts, batch_size=args.batch_size, pairs=pairs)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
-        for text, row in zip(texts, rows, strict=True):
-            out.write(json.dumps({"text": text, **row}, ensure_ascii=False) + "\n")
+        for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
+            given = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
+            out.write(json.dumps({**given, **row}, ensure_ascii=False) + "\n")
     finally:
         if args.output:
             out.close()
@@ -280,7 +289,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_prediction_input(args: argparse.Namespace) -> list[str]:
+def read_pair_input(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Text pairs from a table (CSV, TSV, JSONL, Parquet) with the run's text and pair columns."""
+    from lmforge.data.cleaning import clean_examples
+    from lmforge.data.readers import read_examples
+    from lmforge.evaluation.recipe import reader_options_for
+
+    if args.input == "-":
+        raise LmforgeError("this model scores text pairs: give --input a table (CSV, TSV, JSONL) with both columns")
+    opts = reader_options_for(args.model, {**_reader_overrides(args), "label_column": None})
+    if not opts.text_pair_column:
+        raise LmforgeError("this model scores text pairs: name the second column with --text-pair-column")
+    frame, report = clean_examples(read_examples(args.input, opts, require_label=False), drop_duplicates=False,
+                                   has_label=False)
+    if report.dropped:
+        logging.getLogger("lmforge").warning(report.summary(args.input))
+    if frame.empty:
+        raise LmforgeError(f"no text pairs in {args.input} ({report.summary(args.input)})")
+    return frame["text"].tolist(), frame["text_pair"].tolist()
+
+
+def read_prediction_input(args: argparse.Namespace) -> tuple[list[str], None]:
     """Texts from stdin or a plain text file (a line each), or the text column of a table."""
     from lmforge.data.readers import ReaderOptions, decode_file, detect_format, read_examples
 
@@ -297,7 +326,7 @@ def read_prediction_input(args: argparse.Namespace) -> list[str]:
                                  header=args.header is not False, encoding=encoding,
                                  text_column=args.text_column or "text", label_column=None)
             if detect_format(path, opts) != "delimited":
-                return [str(t) for t in read_examples(path, opts, require_label=False)["text"].fillna("")]
+                return [str(t) for t in read_examples(path, opts, require_label=False)["text"].fillna("")], None
         lines = decode_file(path, encoding).split("\n")
     texts = [line.strip() for line in lines if line.strip()]
     blank = sum(1 for line in lines if not line.strip()) - (1 if lines and not lines[-1].strip() else 0)
@@ -306,7 +335,7 @@ def read_prediction_input(args: argparse.Namespace) -> list[str]:
                                              "its text", blank, args.input)
     if not texts:
         raise LmforgeError(f"no texts in {args.input}; give one text per line")
-    return texts
+    return texts, None
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -57,7 +57,12 @@ class DataConfig(_Section):
     header: bool = Field(True, description="Whether CSV/TSV/delimited files start with a header row.")
     encoding: str = Field("utf-8", description="Text encoding of the files, e.g. 'latin-1'.")
     text_column: str = Field("text", description="Column holding the input text.")
+    text_pair_column: str | None = Field(
+        None, description="Column holding the second text of a pair (paraphrase, NLI, question-answer match).")
     label_column: str = Field("label", description="Column holding the label.")
+    label_delimiter: str = Field(
+        "|", min_length=1, description="multi_label_classification: separator of several labels in one cell "
+                                       "(a JSON list needs none).")
     hf_dataset: str | None = Field(None, description="Hugging Face dataset name or local dataset script/dir.")
     hf_config: str | None = Field(None, description="Configuration name of the Hugging Face dataset.")
     hf_train_split: str = Field("train", description="Split of hf_dataset used for training.")
@@ -115,7 +120,9 @@ class TrainingConfig(_Section):
     seed: int = Field(42, ge=0, description="Seed for weights, shuffling and the data split.")
     eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate on validation.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (with eval_strategy: steps).")
-    metric: str = Field("macro_f1", description="Validation metric for choosing the best model and early stopping.")
+    metric: str | None = Field(
+        None, description="Validation metric for choosing the best model and early stopping; default: the task's "
+                          "first (macro_f1 for classification, spearman for regression).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without improvement of the metric."
     )
@@ -277,6 +284,8 @@ class RunConfig(_Section):
         from lmforge.tasks.registry import TASK_METRICS
 
         metrics = TASK_METRICS[self.task]
+        if self.training.metric is None:
+            self.training.metric = metrics[0]
         if self.training.metric not in metrics:
             raise ValueError(f"training.metric '{self.training.metric}' is not reported by task "
                              f"{self.task}{did_you_mean(self.training.metric, metrics)}; "

@@ -10,19 +10,23 @@ from torch.utils.data import Dataset
 
 
 class EncodedDataset(Dataset):
-    """Token-id rows with optional integer labels."""
+    """Token-id rows with optional labels (class ids, or float targets) and pair starts."""
 
-    def __init__(self, input_ids: Sequence[np.ndarray], labels: np.ndarray | None = None):
+    def __init__(self, input_ids: Sequence[np.ndarray], labels: np.ndarray | None = None,
+                 pair_starts: np.ndarray | None = None):
         if labels is not None and len(labels) != len(input_ids):
             raise ValueError(f"{len(input_ids)} rows but {len(labels)} labels")
         self.input_ids = input_ids
         self.labels = labels
+        self.pair_starts = pair_starts
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, object]:
         item: dict[str, object] = {"input_ids": self.input_ids[i]}
+        if self.pair_starts is not None:
+            item["pair_start"] = int(self.pair_starts[i])
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
@@ -50,6 +54,9 @@ class PaddingCollator:
             ids[row, :n] = torch.as_tensor(item["input_ids"], dtype=torch.long)
             mask[row, :n] = 1
         out = {"input_ids": ids, "attention_mask": mask}
+        if "pair_start" in batch[0]:  # text pairs: token type 1 from the second text on (BERT)
+            starts = torch.tensor([item["pair_start"] for item in batch]).unsqueeze(1)  # (B, 1)
+            out["token_type_ids"] = ((torch.arange(width).unsqueeze(0) >= starts) & mask.bool()).long()  # (B, T)
         if "labels" in batch[0]:
             out["labels"] = torch.as_tensor(np.stack([item["labels"] for item in batch]))
         return out

@@ -19,6 +19,7 @@ class CleaningReport:
 
     rows_read: int = 0
     empty_text: int = 0
+    missing_pair: int = 0
     missing_label: int = 0
     exact_duplicates: int = 0
     conflicting_labels: int = 0
@@ -55,7 +56,8 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
     """Drop empty texts, missing labels, exact duplicates and texts with conflicting labels.
 
     Args:
-        frame: ``text`` (and ``label``) columns of strings or None.
+        frame: ``text`` (and ``label``, and for pairs ``text_pair``) columns of strings or None;
+            a pair with an empty side is dropped and counted.
         normalize_whitespace: Normalize texts with :func:`normalize_text` first.
         drop_duplicates: Keep one copy of exact duplicates; drop every copy of a text that
             appears with different labels (there is no way to know which one is right).
@@ -66,12 +68,20 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
     texts = [_as_str(t) for t in frame["text"]]
     texts = [normalize_text(t) for t in texts] if normalize_whitespace else texts
     columns = {"text": texts}
+    paired = "text_pair" in frame
+    if paired:
+        pairs = [_as_str(t) for t in frame["text_pair"]]
+        columns["text_pair"] = [normalize_text(t) for t in pairs] if normalize_whitespace else pairs
     if has_label:
         columns["label"] = [_as_str(v).strip() for v in frame["label"]]
     frame = pd.DataFrame(columns, dtype=object)
     keep = np.array([t.strip() != "" for t in texts], dtype=bool)
     report.empty_text = int((~keep).sum())
     frame = frame.loc[keep]
+    if paired:
+        present = np.array([t.strip() != "" for t in frame["text_pair"]], dtype=bool)
+        report.missing_pair = int((~present).sum())
+        frame = frame.loc[present]
     if has_label:
         present = np.array([label != "" for label in frame["label"]], dtype=bool)
         report.missing_label = int((~present).sum())
@@ -81,7 +91,8 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
         frame = frame.drop_duplicates()
         report.exact_duplicates = before - len(frame)
         if has_label:
-            conflicted = frame["text"].duplicated(keep=False).to_numpy(dtype=bool)
+            inputs = ["text", "text_pair"] if paired else ["text"]
+            conflicted = frame.duplicated(subset=inputs, keep=False).to_numpy(dtype=bool)
             report.conflicting_labels = int(conflicted.sum())
             frame = frame.loc[~conflicted]
     frame = frame.reset_index(drop=True)

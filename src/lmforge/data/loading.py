@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -34,14 +35,16 @@ class Splits:
 
 def reader_options(cfg: DataConfig) -> ReaderOptions:
     return ReaderOptions(format=cfg.format, delimiter=cfg.delimiter, header=cfg.header,
-                         encoding=cfg.encoding, text_column=cfg.text_column, label_column=cfg.label_column)
+                         encoding=cfg.encoding, text_column=cfg.text_column, label_column=cfg.label_column,
+                         text_pair_column=cfg.text_pair_column)
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
+def load_splits(cfg: DataConfig, seed: int, strata: Callable[[list[str]], list[str]] | None = None) -> Splits:
     """Read, clean and (when needed) split the configured data.
 
-    A validation (and test) split is carved from train, stratified by label, when no file
-    or hub split gives one. Every dropped row is counted and logged.
+    A validation (and test) split is carved from train, stratified by label (or by
+    ``strata(labels)``, e.g. score quantiles for regression), when no file or hub split
+    gives one. Every dropped row is counted and logged.
     """
     opts = reader_options(cfg)
     raw = _read_sources(cfg, opts)
@@ -58,7 +61,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     fractions = {name: share for name, share in (("validation", cfg.validation_size), ("test", cfg.test_size))
                  if name not in frames and share > 0}
     if fractions:
-        frames.update(stratified_split(frames.pop("train"), fractions, seed))
+        frames.update(stratified_split(frames.pop("train"), fractions, seed, strata=strata))
     _warn_overlap(frames)
     return Splits(frames=frames, cleaning=reports, carved=fractions)
 
@@ -74,11 +77,14 @@ def _read_sources(cfg: DataConfig, opts: ReaderOptions) -> dict[str, pd.DataFram
 
 def _warn_overlap(frames: dict[str, pd.DataFrame]) -> None:
     """Texts shared between train and an evaluation split inflate its metrics: say so."""
-    seen = set(frames["train"]["text"])
+    def inputs(frame: pd.DataFrame) -> pd.Series:  # a pair is one input: the same sentence may pair differently
+        return frame["text"] + "\x00" + frame["text_pair"] if "text_pair" in frame else frame["text"]
+
+    seen = set(inputs(frames["train"]))
     for name, frame in frames.items():
         if name == "train":
             continue
-        shared = int(frame["text"].isin(seen).sum())
+        shared = int(inputs(frame).isin(seen).sum())
         if shared:
             log.warning("%d of %d %s texts also appear in train; their metrics will look better than "
                         "they are", shared, len(frame), name)

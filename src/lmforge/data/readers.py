@@ -34,6 +34,7 @@ class ReaderOptions:
     encoding: str = "utf-8"
     text_column: str = "text"
     label_column: str | None = "label"
+    text_pair_column: str | None = None
 
 
 def read_examples(path: str | Path, opts: ReaderOptions, require_label: bool = True) -> pd.DataFrame:
@@ -212,6 +213,8 @@ def _select_columns(path: Path, frame: pd.DataFrame, opts: ReaderOptions, requir
         raise LmforgeError(f"{path} has duplicate column names {repeated}; rename them so each is unique")
     frame.columns = columns
     wanted = {"text": opts.text_column}
+    if opts.text_pair_column:
+        wanted["text_pair"] = opts.text_pair_column
     if opts.label_column and (require_label or opts.label_column in columns):
         wanted["label"] = opts.label_column
     for role, column in wanted.items():

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,15 @@ def tokenizer_threads() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
+@dataclass
+class Tokenized:
+    """Token ids per row; for text pairs, where each row's second segment starts (token types)."""
+
+    ids: list[np.ndarray]
+    pair_starts: np.ndarray | None
+    cached: bool
+
+
 def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int,
                    use_cache: bool = True) -> tuple[list[np.ndarray], bool]:
     """Token ids (with special tokens, truncated to ``max_length``) for each text.
@@ -67,38 +77,67 @@ def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int,
     Returns:
         The id arrays, and whether they came from the cache.
     """
+    out = tokenize(texts, tokenizer, max_length, use_cache)
+    return out.ids, out.cached
+
+
+def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: bool = True,
+             pairs: Sequence[str] | None = None) -> Tokenized:
+    """Token ids of texts, or of text pairs (``[CLS] a [SEP] b [SEP]``, the longer side truncated first).
+
+    For models with token types (BERT), ``pair_starts[i]`` is the position where row i's
+    second text begins, so the collator can rebuild ``token_type_ids`` without storing them.
+    """
     if not texts:
-        return [], False
+        return Tokenized([], None, False)
+    if pairs is not None and len(pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
     key = hashlib.sha256()
-    key.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{len(texts)}".encode())
-    for text in texts:
+    key.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{len(texts)}|{pairs is not None}".encode())
+    for i, text in enumerate(texts):
         key.update(text.encode("utf-8", "surrogatepass") + b"\x00")
+        if pairs is not None:
+            key.update(pairs[i].encode("utf-8", "surrogatepass") + b"\x01")
     path = cache_root() / "tokens" / f"{key.hexdigest()[:32]}.npz"
     if use_cache and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as cached:
                 ids, offsets = cached["ids"], cached["offsets"]
+                starts = cached.get("starts")
             if len(offsets) == len(texts) + 1:
-                return [ids[offsets[i]:offsets[i + 1]] for i in range(len(texts))], True
+                return Tokenized([ids[offsets[i]:offsets[i + 1]] for i in range(len(texts))], starts, True)
         except Exception:  # any damage (truncated zip, garbage, wrong arrays): rebuild it
             log.warning("token cache %s is unreadable; tokenizing again", path)
+    typed = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     with tokenizer_threads():
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length,
-                            add_special_tokens=True, return_attention_mask=False)["input_ids"]
-    rows = [np.asarray(row, dtype=np.int32) for row in encoded]
+        encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None,
+                            truncation="longest_first" if pairs is not None else True, max_length=max_length,
+                            add_special_tokens=True, return_attention_mask=False, return_token_type_ids=typed)
+    rows = [np.asarray(row, dtype=np.int32) for row in encoded["input_ids"]]
+    starts = None
+    if typed:
+        starts = np.array([_first_one(types) for types in encoded["token_type_ids"]], dtype=np.int32)
     if use_cache:
-        _save_atomically(path, rows)
-    return rows, False
+        _save_atomically(path, rows, starts)
+    return Tokenized(rows, starts, False)
 
 
-def _save_atomically(path: Path, rows: list[np.ndarray]) -> None:
+def _first_one(types: Sequence[int]) -> int:
+    for i, t in enumerate(types):
+        if t == 1:
+            return i
+    return len(types)
+
+
+def _save_atomically(path: Path, rows: list[np.ndarray], starts: np.ndarray | None = None) -> None:
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     ids = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, ids=ids, offsets=offsets)
+        extra = {"starts": starts} if starts is not None else {}
+        np.savez(tmp, ids=ids, offsets=offsets, **extra)
         os.replace(tmp, path)
     except OSError as err:  # a read-only cache must not stop training
         log.warning("could not write token cache %s: %s", path, err)

@@ -48,8 +48,11 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
     if frame.empty:
         raise LmforgeError(f"{data} has no usable rows ({report.summary(str(data))})")
     predictor = Predictor.load(model, precision=precision, quantize=quantize)
+    if predictor.pairs and "text_pair" not in frame:
+        raise LmforgeError(f"this model scores text pairs; {data} needs the second text too (--text-pair-column)")
     label_ids = predictor.task.encode_labels(frame["label"].tolist(), predictor.label_names, str(data))
-    logits = predictor.logits(frame["text"].tolist(), batch_size, use_cache=True)
+    pairs = frame["text_pair"].tolist() if predictor.pairs else None
+    logits = predictor.logits(frame["text"].tolist(), batch_size, use_cache=True, pairs=pairs)
     metrics = predictor.task.compute_metrics(logits, label_ids, predictor.label_names)
     metrics["rows_dropped"] = report.dropped
     metrics["data"] = str(data)

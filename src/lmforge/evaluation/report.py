@@ -83,8 +83,13 @@ def write_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[str,
         if split not in metrics:
             continue
         m = metrics[split]
-        parts += [f"## {split.capitalize()} ({m['n']} examples)", "",
-                  f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, "
+        parts += [f"## {split.capitalize()} ({m['n']} examples)", ""]
+        if "per_class" not in m:  # a score, not classes: the metrics as a table
+            parts += ["| metric | value |", "|---|---:|"]
+            parts += [f"| {key} | {value:.4f} |" for key, value in m.items() if isinstance(value, float)]
+            parts.append("")
+            continue
+        parts += [f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, "
                   f"weighted-F1 {m['weighted_f1']:.4f}", "", classification_table(m), ""]
         image = f"confusion_matrix_{split}.png"
         plot_confusion_matrix(m["confusion_matrix"], m["labels"], run_dir / image, f"{split} confusion matrix")

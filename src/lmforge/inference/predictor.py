@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lmforge.data.batching import PaddingCollator, length_sorted_batches
-from lmforge.data.tokenization import tokenize_texts
+from lmforge.data.tokenization import tokenize
 from lmforge.errors import LmforgeError
 from lmforge.inference.forward import collect_logits
 from lmforge.models.loading import load_tokenizer, resolve_model_path
@@ -51,7 +51,7 @@ class Predictor:
     """A model, its tokenizer and its task, ready to turn texts into predictions."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Any, label_names: list[str],
-                 max_length: int, device: str, autocast_dtype: torch.dtype | None):
+                 max_length: int, device: str, autocast_dtype: torch.dtype | None, pairs: bool = False):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.task = task
@@ -59,6 +59,7 @@ class Predictor:
         self.max_length = max_length
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.pairs = pairs  # trained on text pairs: predict needs both texts
         self.collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
 
     @classmethod
@@ -74,6 +75,7 @@ class Predictor:
         if task_name not in TASK_NAMES:
             raise LmforgeError(f"{model_dir}: unknown task '{task_name}' in {METADATA_FILE}")
         task = get_task(task_name)
+        task.configure(meta)  # e.g. a multi-label model's delimiter and tuned thresholds
         model = task.load_model(str(model_dir))
         label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         tokenizer = load_tokenizer(str(model_dir))
@@ -85,28 +87,34 @@ class Predictor:
             model, dtype = quantize_int8(model, device), None  # int8 matmuls; activations stay fp32
         elif quantize != "none":
             raise LmforgeError(f"unknown quantization '{quantize}'; use none or int8")
-        return cls(model, tokenizer, task, label_names, max_length, device, dtype)
+        return cls(model, tokenizer, task, label_names, max_length, device, dtype, bool(meta.get("text_pairs")))
 
-    def logits(self, texts: Sequence[str], batch_size: int = 64, use_cache: bool = False) -> np.ndarray:
+    def logits(self, texts: Sequence[str], batch_size: int = 64, use_cache: bool = False,
+               pairs: Sequence[str] | None = None) -> np.ndarray:
         """Logits (N, C) in input order.
 
         Args:
             use_cache: Reuse (and fill) the token cache; worth it for evaluation files that
                 are scored repeatedly, not for one-off prediction inputs.
+            pairs: The second text of each pair, for models trained on text pairs.
         """
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        ids, _ = tokenize_texts(texts, self.tokenizer, self.max_length, use_cache=use_cache)
+        encoded = tokenize(texts, self.tokenizer, self.max_length, use_cache=use_cache, pairs=pairs)
+        ids, starts = encoded.ids, encoded.pair_starts
         order = length_sorted_batches([len(row) for row in ids], batch_size)
-        batches = (self.collate([{"input_ids": ids[i]} for i in batch]) for batch in order)
+        batches = (self.collate([{"input_ids": ids[i]} if starts is None else
+                                 {"input_ids": ids[i], "pair_start": int(starts[i])} for i in batch])
+                   for batch in order)
         sorted_logits, _ = collect_logits(self.model, batches, self.device, self.autocast_dtype)
         out = np.empty_like(sorted_logits)
         out[np.concatenate(order)] = sorted_logits
         return out
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        """One dict per text: ``label``, ``score`` and ``probabilities``."""
-        return self.task.decode(self.logits(texts, batch_size), self.label_names)
+    def predict(self, texts: Sequence[str], batch_size: int = 64,
+                pairs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One dict per text: ``label``, ``score`` and ``probabilities`` (classification) or ``score``."""
+        return self.task.decode(self.logits(texts, batch_size, pairs=pairs), self.label_names)
 
 
 def quantize_int8(model: torch.nn.Module, device: str) -> torch.nn.Module:

@@ -12,12 +12,24 @@ from typing import Any
 # name -> (module, class). A new task adds one line here and one module.
 _TASKS: dict[str, tuple[str, str]] = {
     "sequence_classification": ("lmforge.tasks.sequence_classification", "SequenceClassification"),
+    "regression": ("lmforge.tasks.regression", "Regression"),
+    "multi_label_classification": ("lmforge.tasks.multi_label", "MultiLabelClassification"),
 }
 
 # Metrics each task reports on validation; ``training.metric`` must be one of them.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "sequence_classification": ("macro_f1", "accuracy", "weighted_f1", "loss"),
+    "regression": ("spearman", "pearson", "mse", "rmse", "mae", "loss"),
+    "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
 }
+
+# (key, label) of the metrics printed after training and by `lmforge eval`, for whichever task.
+HEADLINE_METRICS = (("accuracy", "accuracy"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"),
+                    ("weighted_f1", "weighted-F1"), ("subset_accuracy", "subset accuracy"),
+                    ("spearman", "Spearman"), ("pearson", "Pearson"), ("rmse", "RMSE"), ("mae", "MAE"))
+
+# Metrics where smaller is better (early stopping and the best model look for a minimum).
+LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})
 
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
 

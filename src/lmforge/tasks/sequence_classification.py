@@ -16,6 +16,9 @@ class SequenceClassification:
     name = "sequence_classification"
     peft_task_type = "SEQ_CLS"
 
+    def configure(self, options: dict[str, Any]) -> None:
+        """Nothing to configure (multi-label tasks take a delimiter and thresholds)."""
+
     def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
         """The ordered label list: ``fixed`` when configured, else the sorted train labels."""
         present = sorted(set(train_labels))
@@ -31,6 +34,10 @@ class SequenceClassification:
             raise LmforgeError(f"training data has a single class {names}; classification needs at least "
                                "two labels (check data.label_column)")
         return names
+
+    def strata(self, labels: Sequence[str]) -> list[str]:
+        """Carved validation/test sets keep each label's share."""
+        return list(labels)
 
     def encode_labels(self, labels: Sequence[str], label_names: Sequence[str], source: str) -> np.ndarray:
         """Label strings to ids; labels the model never saw are an error naming them."""

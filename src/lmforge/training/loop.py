@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.distributed.strategy import Strategy
+from lmforge.tasks.registry import LOWER_IS_BETTER
 from lmforge.training.checkpoint import Checkpointer
 from lmforge.training.interrupts import StopRequest, TrainingInterrupted
 from lmforge.training.sampler import EpochBatchSampler
@@ -49,7 +50,7 @@ class EarlyStopping:
 
     def __init__(self, metric: str, patience: int | None, best: float | None = None, bad_evals: int = 0):
         self.metric = metric
-        self.greater_is_better = metric != "loss"
+        self.greater_is_better = metric not in LOWER_IS_BETTER
         self.patience = patience
         self.best = best
         self.bad_evals = bad_evals

@@ -35,7 +35,7 @@ import lmforge
 from lmforge.config import RunConfig, load_config, save_config
 from lmforge.data.batching import EncodedDataset, PaddingCollator, length_sorted_batches
 from lmforge.data.loading import load_splits
-from lmforge.data.tokenization import tokenize_texts
+from lmforge.data.tokenization import tokenize
 from lmforge.distributed.context import DistContext
 from lmforge.distributed.strategy import Strategy
 from lmforge.errors import LmforgeError
@@ -201,10 +201,16 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                   "model_state_bytes_per_process": rank_state},
         "data": splits.summary(),
     }
-    for name in ("validation", "test"):
-        if name in datasets:
-            metrics[name] = evaluate_split(predictor, splits.frames[name], datasets[name].labels, task,
-                                           label_names, cfg.training.eval_batch_size)
+    logits = {name: split_logits(predictor, splits.frames[name], cfg.training.eval_batch_size)
+              for name in ("validation", "test") if name in datasets}
+    if hasattr(predictor.task, "tune_thresholds") and "validation" in logits:
+        # Multi-label: one threshold per label, tuned on validation, saved with the model.
+        thresholds = predictor.task.tune_thresholds(logits["validation"], datasets["validation"].labels)
+        predictor.task.configure({"thresholds": thresholds})
+        update_metadata(run_dir / "model", thresholds=thresholds)
+        metrics["thresholds"] = dict(zip(label_names, thresholds, strict=True))
+    for name, split in logits.items():
+        metrics[name] = predictor.task.compute_metrics(split, datasets[name].labels, label_names)
     metrics["train"]["peak_memory_bytes"] = peak_memory_bytes(device)  # the whole run's, evaluation included
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     write_report(run_dir, metrics, logger.history, cfg.training.metric)
@@ -239,8 +245,9 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
     accelerator = make_accelerator(precision, device)
     set_seed(cfg.training.seed)
     task = get_task(cfg.task)
+    task.configure({"label_delimiter": cfg.data.label_delimiter})
 
-    splits = load_splits(cfg.data, cfg.training.seed)
+    splits = load_splits(cfg.data, cfg.training.seed, strata=task.strata)
     label_names = task.label_names(splits.frames["train"]["label"].tolist(),
                                    parent["labels"] if parent else cfg.data.labels)
     with (ctx or DistContext()).main_first():  # rank 0 downloads and fills the token cache, the others reuse them
@@ -433,11 +440,12 @@ def restore_parent_optimizer(parent: dict[str, Any], model: Any, optimizer: Any,
 
 def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: list[str],
                  max_length: int) -> EncodedDataset:
-    """Token ids (cached) and label ids for one split."""
-    ids, cached = tokenize_texts(frame["text"].tolist(), tokenizer, max_length)
-    log.debug("%s: %d rows tokenized%s", name, len(ids), " (from cache)" if cached else "")
+    """Token ids (cached), pair starts for text pairs, and label ids (or targets) for one split."""
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+    encoded = tokenize(frame["text"].tolist(), tokenizer, max_length, pairs=pairs)
+    log.debug("%s: %d rows tokenized%s", name, len(encoded.ids), " (from cache)" if encoded.cached else "")
     labels = task.encode_labels(frame["label"].tolist(), label_names, f"{name} data")
-    return EncodedDataset(ids, labels)
+    return EncodedDataset(encoded.ids, labels, encoded.pair_starts)
 
 
 def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunConfig,
@@ -456,6 +464,7 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
     out = (method.save(model, staging, tokenizer) if state_dict is None
            else method.save(model, staging, tokenizer, state_dict=state_dict))
     meta = {"task": cfg.task, "max_length": cfg.data.max_length, "labels": label_names,
+            "text_pairs": cfg.data.text_pair_column is not None, "label_delimiter": cfg.data.label_delimiter,
             "base_model": cfg.model.name_or_path, "method": cfg.method.name,
             "lmforge_version": lmforge.__version__}
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -493,8 +502,16 @@ def evaluate_during_training(model: Any, validation: EncodedDataset, order: list
     return {"loss": loss, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
 
 
-def evaluate_split(predictor: Predictor, frame: Any, label_ids: np.ndarray, task: Any,
-                   label_names: list[str], batch_size: int) -> dict[str, Any]:
-    # The texts were tokenized (and cached) for training: the saved tokenizer hits the same cache.
-    logits = predictor.logits(frame["text"].tolist(), batch_size, use_cache=True)
-    return task.compute_metrics(logits, label_ids, label_names)
+def split_logits(predictor: Predictor, frame: Any, batch_size: int) -> np.ndarray:
+    """The saved model's logits on one split (the texts were tokenized and cached for training:
+    the saved tokenizer hits the same cache)."""
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+    return predictor.logits(frame["text"].tolist(), batch_size, use_cache=True, pairs=pairs)
+
+
+def update_metadata(model_dir: Path, **values: Any) -> None:
+    """Add ``values`` to the model's lmforge.json."""
+    file = model_dir / METADATA_FILE
+    meta = json.loads(file.read_text(encoding="utf-8"))
+    meta.update(values)
+    file.write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -1,0 +1,149 @@
+"""Multi-label classification: any number of labels per text (topics, intents, tags).
+
+Labels come as a JSON list (``["rates", "inflation"]``, what JSONL files hold) or as one
+string split at ``data.label_delimiter`` (``rates|inflation``); ``[]`` is a text with no
+label. The model has one sigmoid output per label (Hugging Face ``problem_type:
+multi_label_classification``, binary cross-entropy). A label is predicted when its
+probability reaches its threshold: 0.5 while training, then one threshold per label tuned
+on the validation split (the F1-maximizing one), saved with the model and used by
+``eval`` and ``predict``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lmforge.errors import LmforgeError
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
+
+
+class MultiLabelClassification:
+    """Label sets, model head, thresholds, metrics and decoding."""
+
+    name = "multi_label_classification"
+    peft_task_type = "SEQ_CLS"
+
+    def __init__(self) -> None:
+        self.delimiter = "|"
+        self.thresholds: list[float] | None = None
+
+    def configure(self, options: dict[str, Any]) -> None:
+        """``label_delimiter`` from the data config; ``thresholds`` saved with a trained model."""
+        self.delimiter = options.get("label_delimiter") or self.delimiter
+        if options.get("thresholds") is not None:
+            self.thresholds = [float(t) for t in options["thresholds"]]
+
+    def parse(self, label: str) -> list[str]:
+        text = label.strip()
+        if text.startswith("["):
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError:
+                raise LmforgeError(f"label {text[:60]!r} starts like a JSON list but is not one; write "
+                                   f'["a", "b"] or a|b (data.label_delimiter)') from None
+            if not isinstance(values, list):
+                raise LmforgeError(f"label {text[:60]!r} is not a list of labels")
+            parts = [str(v).strip() for v in values]
+        else:
+            parts = [p.strip() for p in text.split(self.delimiter)]
+        return sorted({p for p in parts if p})
+
+    def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
+        present = sorted({name for label in train_labels for name in self.parse(label)})
+        if fixed:
+            unknown = sorted(set(present) - set(fixed))
+            if unknown:
+                raise LmforgeError(f"train labels {unknown[:10]} are not in data.labels {list(fixed)}; "
+                                   "add them to data.labels or fix the data")
+            present = list(fixed)
+        if len(present) < 2:
+            raise LmforgeError(f"training data has {len(present)} distinct label(s) {present}; multi-label "
+                               "classification needs at least two (check data.label_column and data.label_delimiter)")
+        return present
+
+    def encode_labels(self, labels: Sequence[str], label_names: Sequence[str], source: str) -> np.ndarray:
+        """Multi-hot float32 rows (N, L); a label the model never saw is an error naming it."""
+        index = {name: i for i, name in enumerate(label_names)}
+        out = np.zeros((len(labels), len(label_names)), dtype=np.float32)
+        unseen: set[str] = set()
+        for row, label in enumerate(labels):
+            for name in self.parse(label):
+                if name in index:
+                    out[row, index[name]] = 1.0
+                else:
+                    unseen.add(name)
+        if unseen:
+            shown = ", ".join(repr(u) for u in sorted(unseen)[:10])
+            raise LmforgeError(f"{source} has {len(unseen)} label(s) the model was not trained on: {shown}; "
+                               f"the model knows: {', '.join(label_names)}")
+        return out
+
+    def strata(self, labels: Sequence[str]) -> list[str]:
+        """Carved splits stratified by each text's first label (its rarest combination would leave too few)."""
+        return [(self.parse(label) or ["(none)"])[0] for label in labels]
+
+    def load_model(self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        from lmforge.models.loading import load_pretrained
+
+        if label_names is not None:
+            kwargs.update(num_labels=len(label_names), problem_type="multi_label_classification",
+                          id2label=dict(enumerate(label_names)),
+                          label2id={name: i for i, name in enumerate(label_names)})
+        return load_pretrained(AutoModelForSequenceClassification, location, "model", **kwargs)
+
+    def tune_thresholds(self, logits: np.ndarray, targets: np.ndarray) -> list[float]:
+        """Per label, the grid threshold with the best F1 on these (validation) rows; ties go to
+        the one nearest 0.5. A label absent from the rows keeps 0.5."""
+        probs = _sigmoid(logits)
+        chosen = []
+        for j in range(targets.shape[1]):
+            truth = targets[:, j] > 0.5
+            if not truth.any():
+                chosen.append(0.5)
+                continue
+            scores = []
+            for t in THRESHOLD_GRID:
+                predicted = probs[:, j] >= t
+                tp = float((predicted & truth).sum())
+                denominator = float(predicted.sum() + truth.sum())
+                scores.append((2 * tp / denominator if denominator else 0.0, -abs(t - 0.5), float(t)))
+            chosen.append(max(scores)[2])
+        return chosen
+
+    def compute_metrics(self, logits: np.ndarray, targets: np.ndarray,
+                        label_names: Sequence[str]) -> dict[str, Any]:
+        """Micro/macro F1, subset accuracy (all labels right), per-label precision/recall/F1."""
+        from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+        truth = np.asarray(targets) > 0.5
+        thresholds = np.asarray(self.thresholds if self.thresholds else [0.5] * len(label_names))
+        predicted = _sigmoid(logits) >= thresholds
+        p, r, f, s = precision_recall_fscore_support(truth, predicted, zero_division=0)
+        return {
+            "n": int(len(truth)),
+            "micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+            "subset_accuracy": float((predicted == truth).all(axis=1).mean()) if len(truth) else 0.0,
+            "per_label": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                 "support": int(s[i]), "threshold": float(thresholds[i])}
+                          for i, name in enumerate(label_names)},
+        }
+
+    def decode(self, logits: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:
+        """Per row: the labels at or above their thresholds, and every label's probability."""
+        thresholds = np.asarray(self.thresholds if self.thresholds else [0.5] * len(label_names))
+        probs = _sigmoid(logits)
+        return [{"labels": [name for name, x, t in zip(label_names, row, thresholds, strict=True) if x >= t],
+                 "probabilities": {name: round(float(x), 6) for name, x in zip(label_names, row, strict=True)}}
+                for row in probs]
