@@ -214,7 +214,7 @@ def test_multi_label_metrics_and_thresholds_on_a_constructed_case():
     assert at_half["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 2))  # tp 2, fn 2, fp 0
     assert at_half["subset_accuracy"] == pytest.approx(2 / 4)  # rows 3 and 4 are fully right
     thresholds = task.tune_thresholds(logits, truth)
-    assert 0.2 < thresholds[0] <= 0.35 and thresholds[1] == 0.5  # b is perfect at 0.5 already: nearest 0.5 wins
+    assert 0.2 < thresholds[0] <= 0.35 and thresholds[1] == 0.5  # b is perfect at 0.5 already: it stays
     task.configure({"thresholds": thresholds})
     tuned = task.compute_metrics(logits, truth, names)
     assert tuned["micro_f1"] == 1.0 and tuned["subset_accuracy"] == 1.0
@@ -254,3 +254,19 @@ def test_multi_label_trains_tunes_thresholds_and_predicts_label_sets(tmp_path, t
                  "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["micro_f1"] == \
         pytest.approx(metrics["validation"]["micro_f1"])
+
+
+def test_thresholds_tuned_for_micro_f1_do_not_chase_a_rare_label():
+    """Per-label F1 would pick a low threshold for the barely learned label c (F1 0.4 instead of
+    0) and flood it with false positives; tuning for micro-F1 keeps 0.5 there."""
+    task = MultiLabelClassification()
+    n = 40
+    truth = np.zeros((n, 2), dtype=np.float32)
+    truth[:20, 0] = 1  # label a: learned (0.9 vs 0.1)
+    truth[:2, 1] = 1  # label c: rare, not learned (0.15 for everything)
+    probs = np.where(truth[:, :1] > 0, 0.9, 0.1)
+    probs = np.concatenate([probs, np.full((n, 1), 0.15)], axis=1)
+    logits = np.log(probs / (1 - probs))
+    assert task.tune_thresholds(logits, truth, "micro_f1") == [0.5, 0.5]
+    assert task.tune_thresholds(logits, truth, "macro_f1")[1] <= 0.15  # macro-F1 does reward it
+

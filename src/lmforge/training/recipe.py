@@ -205,7 +205,8 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
               for name in ("validation", "test") if name in datasets}
     if hasattr(predictor.task, "tune_thresholds") and "validation" in logits:
         # Multi-label: one threshold per label, tuned on validation, saved with the model.
-        thresholds = predictor.task.tune_thresholds(logits["validation"], datasets["validation"].labels)
+        thresholds = predictor.task.tune_thresholds(logits["validation"], datasets["validation"].labels,
+                                                    cfg.training.metric)
         predictor.task.configure({"thresholds": thresholds})
         update_metadata(run_dir / "model", thresholds=thresholds)
         metrics["thresholds"] = dict(zip(label_names, thresholds, strict=True))
