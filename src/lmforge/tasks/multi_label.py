@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.tasks.sequence_classification import with_fixed_labels
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
@@ -72,13 +73,7 @@ class MultiLabelClassification:
         return sorted({p for p in parts if p})
 
     def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
-        present = sorted({name for label in train_labels for name in self.parse(label)})
-        if fixed:
-            unknown = sorted(set(present) - set(fixed))
-            if unknown:
-                raise LmforgeError(f"train labels {unknown[:10]} are not in data.labels {list(fixed)}; "
-                                   "add them to data.labels or fix the data")
-            present = list(fixed)
+        present = with_fixed_labels(sorted({name for label in train_labels for name in self.parse(label)}), fixed)
         if len(present) < 2:
             raise LmforgeError(f"training data has {len(present)} distinct label(s) {present}; multi-label "
                                "classification needs at least two (check data.label_column and data.label_delimiter)")

@@ -10,6 +10,17 @@ import numpy as np
 from lmforge.errors import LmforgeError
 
 
+def with_fixed_labels(present: list[str], fixed: Sequence[str] | None) -> list[str]:
+    """``fixed`` (data.labels) when configured, checked to cover every train label; else ``present``."""
+    if not fixed:
+        return present
+    unknown = sorted(set(present) - set(fixed))
+    if unknown:
+        raise LmforgeError(f"train labels {unknown[:10]} are not in data.labels {list(fixed)}; "
+                           "add them to data.labels or fix the data")
+    return list(fixed)
+
+
 class SequenceClassification:
     """Label space, model head, metrics and decoding for single-label text classification."""
 
@@ -21,15 +32,7 @@ class SequenceClassification:
 
     def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
         """The ordered label list: ``fixed`` when configured, else the sorted train labels."""
-        present = sorted(set(train_labels))
-        if fixed:
-            unknown = sorted(set(present) - set(fixed))
-            if unknown:
-                raise LmforgeError(f"train labels {unknown[:10]} are not in data.labels {list(fixed)}; "
-                                   "add them to data.labels or fix the data")
-            names = list(fixed)
-        else:
-            names = present
+        names = with_fixed_labels(sorted(set(train_labels)), fixed)
         if len(names) < 2:
             raise LmforgeError(f"training data has a single class {names}; classification needs at least "
                                "two labels (check data.label_column)")
