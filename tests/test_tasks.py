@@ -166,8 +166,12 @@ def test_text_pair_classification_trains_and_predicts_pairs(tmp_path, tiny_model
                  str(tmp_path / "out.jsonl")]) == 0
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [set(r) >= {"text", "text_pair", "label"} for r in out] == [True] * 8
-    single = Predictor.load(tmp_path / "run").predict([out[0]["text"]], pairs=[out[0]["text_pair"]])
+    import lmforge
+
+    single = lmforge.predict(tmp_path / "run", [out[0]["text"]], pairs=[out[0]["text_pair"]])
     assert single[0]["label"] == out[0]["label"]
+    with pytest.raises(LmforgeError, match="scores text pairs"):
+        lmforge.predict(tmp_path / "run", [out[0]["text"]])
 
 
 def test_pair_model_refuses_single_texts(tmp_path, tiny_model_dir, capsys):
@@ -270,3 +274,16 @@ def test_thresholds_tuned_for_micro_f1_do_not_chase_a_rare_label():
     assert task.tune_thresholds(logits, truth, "micro_f1") == [0.5, 0.5]
     assert task.tune_thresholds(logits, truth, "macro_f1")[1] <= 0.15  # macro-F1 does reward it
 
+
+
+def test_lora_trains_a_regression_head(tmp_path, tiny_model_dir):
+    train = _write_jsonl(tmp_path / "train.jsonl", _scored_rows(24))
+    cfg = tiny_config(tiny_model_dir, train, epochs=2, batch_size=8)
+    cfg.update(task="regression", method="lora")
+    cfg["data"]["label_column"] = "score"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["-q", "train", str(config), "--output", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    rows = Predictor.load(tmp_path / "run").predict(["profit rose", "sales fell"])
+    assert [set(r) for r in rows] == [{"score"}, {"score"}]

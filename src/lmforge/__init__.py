@@ -37,11 +37,18 @@ def evaluate(model: str | Path, data: str | Path, **reader_options: Any) -> dict
     return run_evaluation(model, data, reader_options=reader_options)
 
 
-def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
-    """Predict labels and probabilities for raw texts with a run or model directory."""
+def predict(model: str | Path, texts: list[str], batch_size: int = 64,
+            pairs: list[str] | None = None) -> list[dict[str, Any]]:
+    """Predict with a run or model directory: labels and probabilities, a score (regression),
+    or label sets (multi-label); ``pairs`` gives the second texts for a text-pair model."""
     from lmforge.inference.predictor import Predictor
 
-    return Predictor.load(model).predict(texts, batch_size=batch_size)
+    predictor = Predictor.load(model)
+    if predictor.pairs and pairs is None:
+        from lmforge.errors import LmforgeError
+
+        raise LmforgeError("this model scores text pairs: pass pairs=[...] with the second texts")
+    return predictor.predict(texts, batch_size=batch_size, pairs=pairs)
 
 
 __all__ = ["LmforgeError", "__version__", "evaluate", "predict", "train"]
