@@ -173,6 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         run_dir = Path(args.output or cfg.output_dir or default_run_dir(cfg))
         resume = None
+    if args.nproc is not None and args.nproc < 1:
+        raise LmforgeError(f"--nproc must be at least 1 (got {args.nproc})")
     if args.nproc and args.ray:
         raise LmforgeError("--nproc and --ray are two ways to start several processes: choose one")
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -291,21 +293,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def read_pair_input(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Text pairs from a table (CSV, TSV, JSONL, Parquet) with the run's text and pair columns."""
-    from lmforge.data.cleaning import clean_examples
-    from lmforge.data.readers import read_examples
-    from lmforge.evaluation.recipe import reader_options_for
+    from lmforge.evaluation.recipe import read_table_for
 
     if args.input == "-":
         raise LmforgeError("this model scores text pairs: give --input a table (CSV, TSV, JSONL) with both columns")
-    opts = reader_options_for(args.model, {**_reader_overrides(args), "label_column": None})
-    if not opts.text_pair_column:
+    frame, _ = read_table_for(args.model, args.input, _reader_overrides(args), labeled=False)
+    if "text_pair" not in frame:
         raise LmforgeError("this model scores text pairs: name the second column with --text-pair-column")
-    frame, report = clean_examples(read_examples(args.input, opts, require_label=False), drop_duplicates=False,
-                                   has_label=False)
-    if report.dropped:
-        logging.getLogger("lmforge").warning(report.summary(args.input))
-    if frame.empty:
-        raise LmforgeError(f"no text pairs in {args.input} ({report.summary(args.input)})")
     return frame["text"].tolist(), frame["text_pair"].tolist()
 
 
@@ -402,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TrainingInterrupted as stop:
         if rank == 0:
-            print(f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}",
+            world = int(os.environ.get("WORLD_SIZE", "1"))  # a distributed run resumes with as many processes
+            again = f" --nproc {world}" if world > 1 else ""
+            print(f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}{again}",
                   file=sys.stderr)
         return 128 + stop.signum
     except LmforgeError as err:

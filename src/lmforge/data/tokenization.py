@@ -116,17 +116,12 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: b
     rows = [np.asarray(row, dtype=np.int32) for row in encoded["input_ids"]]
     starts = None
     if typed:
-        starts = np.array([_first_one(types) for types in encoded["token_type_ids"]], dtype=np.int32)
+        # Where token type 1 begins (the row's length when the second text was truncated away).
+        starts = np.array([next((i for i, t in enumerate(types) if t == 1), len(types))
+                           for types in encoded["token_type_ids"]], dtype=np.int32)
     if use_cache:
         _save_atomically(path, rows, starts)
     return Tokenized(rows, starts, False)
-
-
-def _first_one(types: Sequence[int]) -> int:
-    for i, t in enumerate(types):
-        if t == 1:
-            return i
-    return len(types)
 
 
 def _save_atomically(path: Path, rows: list[np.ndarray], starts: np.ndarray | None = None) -> None:

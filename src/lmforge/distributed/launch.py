@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
-
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +48,6 @@ def launch_local(argv: Sequence[str], nproc: int, output_dir: Path) -> int:
 
     The run directory is fixed here so that every process writes to the same one.
     """
-    if nproc < 1:
-        raise LmforgeError(f"--nproc must be at least 1 (got {nproc})")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "lmforge", *argv, "--output", str(output_dir)]
     env = dict(os.environ)

@@ -10,6 +10,7 @@ which on a multi-node cluster must be a path every node sees (a shared filesyste
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,6 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def _worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: the process group is up; run the recipe like a torchrun process."""
-    import os
-
     from lmforge.cli import setup_logging
     from lmforge.training.recipe import run_training
 

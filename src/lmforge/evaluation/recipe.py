@@ -33,6 +33,23 @@ def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOp
     return ReaderOptions(**fields)
 
 
+def read_table_for(model: str | Path, data: str | Path, overrides: dict[str, Any],
+                   labeled: bool = True) -> tuple[Any, Any]:
+    """Rows of a file read the way ``model``'s run read its data: (clean frame, cleaning report).
+
+    Rows with empty text (or, when ``labeled``, no label) are dropped and counted;
+    duplicates are kept (an evaluation set is measured as given).
+    """
+    opts = reader_options_for(model, overrides)
+    frame, report = clean_examples(read_examples(data, opts, require_label=labeled), drop_duplicates=False,
+                                   has_label=labeled)
+    if report.dropped:
+        log.warning(report.summary(str(data)))
+    if frame.empty:
+        raise LmforgeError(f"{data} has no usable rows ({report.summary(str(data))})")
+    return frame, report
+
+
 def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str, Any] | None = None,
                    batch_size: int = 64, precision: str = "auto", quantize: str = "none") -> dict[str, Any]:
     """Evaluate a run or model directory on a labeled file; return the metrics.
@@ -40,13 +57,7 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
     Rows with empty text or no label are dropped and counted; duplicates are kept (an
     evaluation set is measured as given).
     """
-    opts = reader_options_for(model, reader_options or {})
-    frame = read_examples(data, opts)
-    frame, report = clean_examples(frame, normalize_whitespace=True, drop_duplicates=False)
-    if report.dropped:
-        log.warning(report.summary(str(data)))
-    if frame.empty:
-        raise LmforgeError(f"{data} has no usable rows ({report.summary(str(data))})")
+    frame, report = read_table_for(model, data, reader_options or {})
     predictor = Predictor.load(model, precision=precision, quantize=quantize)
     if predictor.pairs and "text_pair" not in frame:
         raise LmforgeError(f"this model scores text pairs; {data} needs the second text too (--text-pair-column)")

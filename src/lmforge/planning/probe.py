@@ -97,7 +97,7 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
     for index in range(min(RUN_IN_STEPS, len(batches))):  # the run's own order: as many shapes as it meets early
         step(index)
     step(longest)
-    shapes = {(len(b), padded_tokens(b, lengths)) for b in batches}  # (rows, padded width)
+    shapes = {(len(b), padded_tokens(b, lengths)) for b in batches}  # one entry per distinct batch shape
 
     eval_seconds_per_token, validation_tokens = 0.0, 0
     validation = setup.datasets.get("validation")

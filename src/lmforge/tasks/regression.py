@@ -54,7 +54,7 @@ class Regression:
 
     def strata(self, labels: Sequence[str]) -> list[str]:
         """Score quintiles, so that carved validation/test sets span the whole range."""
-        values = np.array([_number(label) if _number(label) is not None else np.nan for label in labels])
+        values = np.array([np.nan if (v := _number(label)) is None else v for label in labels])
         finite = values[np.isfinite(values)]
         if len(finite) < STRATA_BINS:
             return ["all"] * len(labels)

@@ -238,12 +238,13 @@ class CheckpointPolicy:
 class Checkpointer:
     """Saves checkpoints for one run according to a policy and times what they cost.
 
-    In a distributed run every rank calls :meth:`save` (the state is gathered from all of
-    them, a collective under FSDP) and rank 0 writes.
+    Every rank calls :meth:`save`; the ``strategy`` (a
+    :class:`~lmforge.distributed.strategy.Strategy`, also for one process) gathers the state
+    from all of them (a collective under FSDP) and rank 0 writes.
     """
 
     def __init__(self, root: Path, policy: CheckpointPolicy, model: torch.nn.Module, optimizer: Any,
-                 scheduler: Any, scaler: Any = None, strategy: Any = None):
+                 scheduler: Any, scaler: Any, strategy: Any):
         self.root, self.policy, self.strategy = root, policy, strategy
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.last_step: int | None = None
@@ -265,17 +266,13 @@ class Checkpointer:
         start = time.perf_counter()
         state.checkpoints_written += 1
         path = None
-        if self.strategy is None:
-            path = save_checkpoint_atomically(self.root, state, self.model, self.optimizer, self.scheduler,
-                                              self.scaler)
-        else:
-            weights = self.strategy.model_state(self.model)
-            optimizer_state = self.strategy.optimizer_state(self.model, self.optimizer)
-            rngs = self.strategy.ctx.gather(capture_rng())
-            if self.strategy.is_main:
-                rng = rngs[0] if len(rngs) == 1 else {**rngs[0], "ranks": rngs}
-                path = save_checkpoint_atomically(self.root, state, None, None, self.scheduler, self.scaler,
-                                                  weights=weights, optimizer_state=optimizer_state, rng=rng)
+        weights = self.strategy.model_state(self.model)
+        optimizer_state = self.strategy.optimizer_state(self.model, self.optimizer)
+        rngs = self.strategy.ctx.gather(capture_rng())
+        if self.strategy.is_main:
+            rng = rngs[0] if len(rngs) == 1 else {**rngs[0], "ranks": rngs}
+            path = save_checkpoint_atomically(self.root, state, None, None, self.scheduler, self.scaler,
+                                              weights=weights, optimizer_state=optimizer_state, rng=rng)
         if path is not None:
             prune_checkpoints(self.root, self.policy.keep_last,
                               state.best_step if self.policy.keep_best else None)

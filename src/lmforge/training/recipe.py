@@ -41,7 +41,7 @@ from lmforge.distributed.strategy import Strategy
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.report import write_report
 from lmforge.inference.forward import collect_logits
-from lmforge.inference.predictor import METADATA_FILE, Predictor
+from lmforge.inference.predictor import METADATA_FILE, Predictor, read_metadata
 from lmforge.methods.registry import count_parameters, get_method
 from lmforge.models.loading import load_tokenizer, resolve_model_path
 from lmforge.planning.memory import peak_memory_bytes
@@ -512,7 +512,5 @@ def split_logits(predictor: Predictor, frame: Any, batch_size: int) -> np.ndarra
 
 def update_metadata(model_dir: Path, **values: Any) -> None:
     """Add ``values`` to the model's lmforge.json."""
-    file = model_dir / METADATA_FILE
-    meta = json.loads(file.read_text(encoding="utf-8"))
-    meta.update(values)
-    file.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    meta = {**read_metadata(model_dir), **values}
+    (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")

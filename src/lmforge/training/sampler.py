@@ -110,4 +110,4 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.epoch_batches(self.epoch)[self.start_batch:]:
-            yield self.shard(batch) if self.world_size > 1 else batch
+            yield self.shard(batch)
