@@ -544,7 +544,8 @@ def test_cleaning_exact_counts():
     ])
     out, report = clean_examples(frame)
     assert report.as_dict() == {"rows_read": 16, "empty_text": 3, "missing_pair": 0, "missing_label": 2, "exact_duplicates": 4,
-                                "conflicting_labels": 4, "rows_kept": 3}
+                                "conflicting_labels": 4, "rows_kept": 3,
+                                "repaired_tags": 0}
     assert report.dropped == 13
     assert rows(out) == [("a", "x"), ("e", "x"), ("g h", "z")]
     assert list(out.index) == [0, 1, 2]

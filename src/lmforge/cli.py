@@ -17,6 +17,7 @@ from typing import Any
 
 from lmforge import __version__
 from lmforge.errors import LmforgeError
+from lmforge.tasks.registry import TASK_NAMES as TASK_CHOICES
 from lmforge.training.interrupts import TrainingInterrupted
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
@@ -65,18 +66,40 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        description="Print a classification report for a run or model directory on a labeled "
                                    "file. Reading options default to the run's own data settings.")
     p.add_argument("model", help="run directory or Hugging Face model directory")
-    p.add_argument("--data", required=True, help="labeled file (CSV, TSV, JSONL, Parquet, delimited text)")
+    p.add_argument("--data", required=True, help="labeled file (CSV, TSV, JSONL, Parquet, delimited text; "
+                                                 "CoNLL or token JSONL for a token-classification model)")
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
+    p.add_argument("--task", choices=TASK_CHOICES, help="evaluate as this task (e.g. embedding, for the encoder of "
+                                                        "any model); default: the task the model was trained for")
+    p.add_argument("--corpus", help="embedding: more documents to rank besides the positives of --data "
+                                    "(a text file, one per line, or a table with a text column)")
     _add_reader_flags(p)
     _add_inference_flags(p)
     p.set_defaults(func=cmd_eval)
 
 
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="write an embedding vector for each input text",
+                       description="Embed texts with an embedding run or the encoder of any Hugging Face model "
+                                   "(mean pooling, unit length). Input: a text file (one text per line), a "
+                                   "CSV/TSV/JSONL/Parquet file with a text column, or - for standard input. Output: "
+                                   ".npy (a float32 matrix, one row per text, in input order), or .jsonl "
+                                   "(text and embedding per line).")
+    p.add_argument("model", help="run directory or Hugging Face model directory")
+    p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
+    p.add_argument("--output", "-o", required=True, help="output file: .npy or .jsonl")
+    _add_reader_flags(p)
+    _add_inference_flags(p)
+    p.set_defaults(func=cmd_embed)
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict labels for texts, as JSONL",
-                       description="Predict a label and probabilities for each input text. Input: a text file "
-                                   "(one text per line), a CSV/TSV/JSONL/Parquet file with a text column, or - "
-                                   "for standard input. Output: one JSON object per line.")
+                       description="Predict a label and probabilities for each input text (a score for "
+                                   "regression, label sets for multi-label, entity spans with character offsets "
+                                   "for NER). Input: a text file (one text per line), a CSV/TSV/JSONL/Parquet "
+                                   "file with a text column, or - for standard input. Output: one JSON object "
+                                   "per line.")
     p.add_argument("model", help="run directory or Hugging Face model directory")
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", help="output JSONL file (default: standard output)")
@@ -145,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_config):
+    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_config):
         add(sub)
     return parser
 
@@ -248,9 +271,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lmforge.evaluation.recipe import run_evaluation
 
     metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision,
-                             args.quantize)
-    print(format_classification_report(metrics) if "per_class" in metrics else
-          f"n={metrics['n']}  {headline(metrics)}")
+                             args.quantize, task=args.task, corpus=args.corpus)
+    if "per_class" in metrics:
+        print(format_classification_report(metrics))
+    elif "per_type" in metrics:
+        print(format_entity_report(metrics))
+    else:
+        print(f"n={metrics['n']}  {headline(metrics)}")
     if args.json_out:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +296,42 @@ def format_classification_report(m: dict[str, Any]) -> str:
               f"{'macro f1':>{width}}  {m['macro_precision']:9.4f}  {m['macro_recall']:6.4f}  "
               f"{m['macro_f1']:8.4f}  {m['n']:7d}",
               f"{'weighted f1':>{width}}  {'':9}  {'':6}  {m['weighted_f1']:8.4f}  {m['n']:7d}"]
+    return "\n".join(lines)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lmforge.inference.predictor import Predictor
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".npy", ".jsonl"):
+        raise LmforgeError(f"--output {out}: write .npy (a matrix) or .jsonl (text and embedding per line)")
+    predictor = Predictor.load(args.model, precision=args.precision, quantize=args.quantize, task="embedding")
+    texts, _ = read_prediction_input(args)
+    vectors = predictor.logits(texts, batch_size=args.batch_size).astype(np.float32)  # (N, H)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".npy":
+        np.save(out, vectors)
+    else:
+        with out.open("w", encoding="utf-8") as f:
+            for text, row in zip(texts, predictor.task.decode(vectors, []), strict=True):
+                f.write(json.dumps({"text": text, **row}, ensure_ascii=False) + "\n")
+    logging.getLogger("lmforge").info("wrote %d embeddings of size %d to %s", *vectors.shape, out)
+    return 0
+
+
+def format_entity_report(m: dict[str, Any]) -> str:
+    """Entity-level scores per type, like seqeval's classification_report."""
+    width = max(12, *(len(name) for name in m["per_type"]))
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
+    rows = [*m["per_type"].items(), ("", None),
+            ("all entities", {**m, "support": m["entities_true"]})]
+    for name, row in rows:
+        lines.append("" if row is None else f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+                                            f"{row['f1']:8.4f}  {row['support']:7d}")
+    lines.append(f"\n{m['n']} sentences, {m['words']} words, word accuracy {m['accuracy']:.4f}"
+                 + (f", {m['words_cut_off']} words past max_length (predicted O)" if m["words_cut_off"] else ""))
     return "\n".join(lines)
 
 

@@ -45,7 +45,9 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where the examples come from and how to read and clean them."""
 
-    train_file: str | None = Field(None, description="Training file (CSV, TSV, JSONL, Parquet or delimited text).")
+    train_file: str | None = Field(
+        None, description="Training file (CSV, TSV, JSONL, Parquet or delimited text; CoNLL or token JSONL "
+                          "for token_classification).")
     validation_file: str | None = Field(None, description="Validation file; carved from train_file when absent.")
     test_file: str | None = Field(None, description="Optional held-out test file, evaluated once at the end.")
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "delimited"] = Field(
@@ -59,10 +61,19 @@ class DataConfig(_Section):
     text_column: str = Field("text", description="Column holding the input text.")
     text_pair_column: str | None = Field(
         None, description="Column holding the second text of a pair (paraphrase, NLI, question-answer match).")
+    negative_column: str | None = Field(
+        None, description="embedding: column holding a hard negative for each (query, positive) pair.")
     label_column: str = Field("label", description="Column holding the label.")
     label_delimiter: str = Field(
         "|", min_length=1, description="multi_label_classification: separator of several labels in one cell "
                                        "(a JSON list needs none).")
+    tag_scheme: Literal["bio", "bioes"] = Field(
+        "bio", description="token_classification: tag scheme of the CoNLL/JSONL files (bio is IOB2).")
+    repair_tags: bool = Field(
+        True, description="token_classification: repair invalid tag transitions (I-x after O becomes B-x, "
+                          "counted and reported); false: reject the file.")
+    label_all_tokens: bool = Field(
+        False, description="token_classification: train on every sub-token of a word, not only the first.")
     hf_dataset: str | None = Field(None, description="Hugging Face dataset name or local dataset script/dir.")
     hf_config: str | None = Field(None, description="Configuration name of the Hugging Face dataset.")
     hf_train_split: str = Field("train", description="Split of hf_dataset used for training.")
@@ -122,7 +133,7 @@ class TrainingConfig(_Section):
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (with eval_strategy: steps).")
     metric: str | None = Field(
         None, description="Validation metric for choosing the best model and early stopping; default: the task's "
-                          "first (macro_f1 for classification, spearman for regression).")
+                          "first (macro_f1 for classification, spearman for regression, f1 for NER).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without improvement of the metric."
     )

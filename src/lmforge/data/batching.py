@@ -8,17 +8,27 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+IGNORE_INDEX = -100  # label positions the loss skips (PyTorch's and Hugging Face's default)
+
 
 class EncodedDataset(Dataset):
-    """Token-id rows with optional labels (class ids, or float targets) and pair starts."""
+    """Token-id rows with optional labels (class ids, float targets, or tag ids per word) and pair starts.
+
+    For token classification ``labels`` holds each sentence's word tags (what metrics compare
+    with), ``token_labels`` the sub-token labels the model trains on, and ``word_ids`` which
+    word each sub-token belongs to.
+    """
 
     def __init__(self, input_ids: Sequence[np.ndarray], labels: np.ndarray | None = None,
-                 pair_starts: np.ndarray | None = None):
+                 pair_starts: np.ndarray | None = None, token_labels: Sequence[np.ndarray] | None = None,
+                 word_ids: np.ndarray | None = None):
         if labels is not None and len(labels) != len(input_ids):
             raise ValueError(f"{len(input_ids)} rows but {len(labels)} labels")
         self.input_ids = input_ids
         self.labels = labels
         self.pair_starts = pair_starts
+        self.token_labels = token_labels
+        self.word_ids = word_ids
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -27,9 +37,15 @@ class EncodedDataset(Dataset):
         item: dict[str, object] = {"input_ids": self.input_ids[i]}
         if self.pair_starts is not None:
             item["pair_start"] = int(self.pair_starts[i])
-        if self.labels is not None:
+        if self.token_labels is not None:
+            item["token_labels"] = self.token_labels[i]
+        elif self.labels is not None:
             item["labels"] = self.labels[i]
         return item
+
+    def collator(self, pad_token_id: int, pad_to_multiple_of: int | None) -> PaddingCollator:
+        """The collator that batches this dataset's items."""
+        return PaddingCollator(pad_token_id, pad_to_multiple_of)
 
 
 class PaddingCollator:
@@ -59,7 +75,23 @@ class PaddingCollator:
             out["token_type_ids"] = ((torch.arange(width).unsqueeze(0) >= starts) & mask.bool()).long()  # (B, T)
         if "labels" in batch[0]:
             out["labels"] = torch.as_tensor(np.stack([item["labels"] for item in batch]))
+        if "token_labels" in batch[0]:  # one label per sub-token; padding is ignored by the loss
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+            for row, item in enumerate(batch):
+                labels[row, :len(item["token_labels"])] = torch.as_tensor(item["token_labels"])
+            out["labels"] = labels
         return out
+
+
+def ragged(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """A 1-D object array holding one array per row (sentences differ in length).
+
+    Unlike ``np.array(rows, dtype=object)`` it never turns equal-length rows into a 2-D array.
+    """
+    out = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        out[i] = row
+    return out
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -24,16 +24,21 @@ class CleaningReport:
     exact_duplicates: int = 0
     conflicting_labels: int = 0
     rows_kept: int = 0
+    repaired_tags: int = 0  # token files: invalid tag transitions repaired (rows kept)
 
     @property
     def dropped(self) -> int:
         return self.rows_read - self.rows_kept
 
     def summary(self, name: str) -> str:
-        reasons = [f"{n} {k.replace('_', ' ')}" for k, n in asdict(self).items()
-                   if k not in ("rows_read", "rows_kept") and n]
+        reasons = [f"{n} {k.replace('_', ' ')}" for k, n in self.drops().items() if n]
         why = f" ({', '.join(reasons)})" if reasons else ""
-        return f"{name}: read {self.rows_read} rows, kept {self.rows_kept}, dropped {self.dropped}{why}"
+        repaired = f"; {self.repaired_tags} invalid tag transitions repaired" if self.repaired_tags else ""
+        return f"{name}: read {self.rows_read} rows, kept {self.rows_kept}, dropped {self.dropped}{why}{repaired}"
+
+    def drops(self) -> dict[str, int]:
+        """Rows dropped, by reason."""
+        return {k: n for k, n in asdict(self).items() if k not in ("rows_read", "rows_kept", "repaired_tags")}
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -56,8 +61,8 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
     """Drop empty texts, missing labels, exact duplicates and texts with conflicting labels.
 
     Args:
-        frame: ``text`` (and ``label``, and for pairs ``text_pair``) columns of strings or None;
-            a pair with an empty side is dropped and counted.
+        frame: ``text`` (and ``label``, and for pairs ``text_pair``, and ``negative``) columns of
+            strings or None; a pair with an empty side is dropped and counted.
         normalize_whitespace: Normalize texts with :func:`normalize_text` first.
         drop_duplicates: Keep one copy of exact duplicates; drop every copy of a text that
             appears with different labels (there is no way to know which one is right).
@@ -69,17 +74,19 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
     texts = [normalize_text(t) for t in texts] if normalize_whitespace else texts
     columns = {"text": texts}
     paired = "text_pair" in frame
-    if paired:
-        pairs = [_as_str(t) for t in frame["text_pair"]]
-        columns["text_pair"] = [normalize_text(t) for t in pairs] if normalize_whitespace else pairs
+    sides = [side for side in ("text_pair", "negative") if side in frame]  # second texts, hard negatives
+    for side in sides:
+        values = [_as_str(t) for t in frame[side]]
+        columns[side] = [normalize_text(t) for t in values] if normalize_whitespace else values
     if has_label:
         columns["label"] = [_as_str(v).strip() for v in frame["label"]]
     frame = pd.DataFrame(columns, dtype=object)
     keep = np.array([t.strip() != "" for t in texts], dtype=bool)
     report.empty_text = int((~keep).sum())
     frame = frame.loc[keep]
-    if paired:
-        present = np.array([t.strip() != "" for t in frame["text_pair"]], dtype=bool)
+    if sides:
+        present = np.array([all(t.strip() != "" for t in row) for row in zip(*(frame[s] for s in sides), strict=True)],
+                           dtype=bool)
         report.missing_pair = int((~present).sum())
         frame = frame.loc[present]
     if has_label:

@@ -12,6 +12,7 @@ from lmforge.config.schema import DataConfig
 from lmforge.data.cleaning import CleaningReport, clean_examples
 from lmforge.data.readers import ReaderOptions, read_examples, read_hf_dataset
 from lmforge.data.splits import stratified_split
+from lmforge.data.token_files import load_token_frame
 from lmforge.errors import LmforgeError
 
 log = logging.getLogger(__name__)
@@ -36,25 +37,38 @@ class Splits:
 def reader_options(cfg: DataConfig) -> ReaderOptions:
     return ReaderOptions(format=cfg.format, delimiter=cfg.delimiter, header=cfg.header,
                          encoding=cfg.encoding, text_column=cfg.text_column, label_column=cfg.label_column,
-                         text_pair_column=cfg.text_pair_column)
+                         text_pair_column=cfg.text_pair_column, negative_column=cfg.negative_column)
 
 
-def load_splits(cfg: DataConfig, seed: int, strata: Callable[[list[str]], list[str]] | None = None) -> Splits:
+def load_splits(cfg: DataConfig, seed: int, strata: Callable[[list[str]], list[str]] | None = None,
+                tokens: bool = False, labeled: bool = True) -> Splits:
     """Read, clean and (when needed) split the configured data.
 
     A validation (and test) split is carved from train, stratified by label (or by
     ``strata(labels)``, e.g. score quantiles for regression), when no file or hub split
     gives one. Every dropped row is counted and logged.
+
+    Args:
+        tokens: Read CoNLL/JSONL token files (token classification) instead of tables.
+        labeled: Whether rows have a label (False for embedding pairs).
     """
-    opts = reader_options(cfg)
-    raw = _read_sources(cfg, opts)
-    if "train" not in raw:
+    if tokens:
+        if cfg.hf_dataset:
+            raise LmforgeError("token_classification reads CoNLL or token JSONL files: set data.train_file "
+                               "instead of data.hf_dataset")
+        files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
+        loaded = {name: load_token_frame(path, cfg.tag_scheme, cfg.repair_tags, cfg.encoding)
+                  for name, path in files.items() if path}
+    else:
+        loaded = {name: clean_examples(frame, cfg.normalize_whitespace, cfg.drop_duplicates, has_label=labeled)
+                  for name, frame in _read_sources(cfg, reader_options(cfg), labeled).items()}
+    if "train" not in loaded:
         raise LmforgeError("no training data: set data.train_file (a CSV/TSV/JSONL/Parquet/text file) "
                            "or data.hf_dataset")
     frames, reports = {}, {}
-    for name, frame in raw.items():
-        frames[name], reports[name] = clean_examples(frame, cfg.normalize_whitespace, cfg.drop_duplicates)
-        log.info(reports[name].summary(name))
+    for name, (frame, report) in loaded.items():
+        frames[name], reports[name] = frame, report
+        log.info(report.summary(name))
         if frames[name].empty:
             raise LmforgeError(f"{name} data has no usable rows after cleaning "
                                f"({reports[name].summary(name)}); check data.text_column / data.label_column")
@@ -66,13 +80,13 @@ def load_splits(cfg: DataConfig, seed: int, strata: Callable[[list[str]], list[s
     return Splits(frames=frames, cleaning=reports, carved=fractions)
 
 
-def _read_sources(cfg: DataConfig, opts: ReaderOptions) -> dict[str, pd.DataFrame]:
+def _read_sources(cfg: DataConfig, opts: ReaderOptions, labeled: bool = True) -> dict[str, pd.DataFrame]:
     if cfg.hf_dataset:
         splits = {"train": cfg.hf_train_split, "validation": cfg.hf_validation_split, "test": cfg.hf_test_split}
-        return {name: read_hf_dataset(cfg.hf_dataset, cfg.hf_config, split, opts)
+        return {name: read_hf_dataset(cfg.hf_dataset, cfg.hf_config, split, opts, labeled)
                 for name, split in splits.items() if split}
     files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
-    return {name: read_examples(path, opts) for name, path in files.items() if path}
+    return {name: read_examples(path, opts, require_label=labeled) for name, path in files.items() if path}
 
 
 def _warn_overlap(frames: dict[str, pd.DataFrame]) -> None:

@@ -35,6 +35,7 @@ class ReaderOptions:
     text_column: str = "text"
     label_column: str | None = "label"
     text_pair_column: str | None = None
+    negative_column: str | None = None
 
 
 def read_examples(path: str | Path, opts: ReaderOptions, require_label: bool = True) -> pd.DataFrame:
@@ -215,6 +216,8 @@ def _select_columns(path: Path, frame: pd.DataFrame, opts: ReaderOptions, requir
     wanted = {"text": opts.text_column}
     if opts.text_pair_column:
         wanted["text_pair"] = opts.text_pair_column
+    if opts.negative_column:
+        wanted["negative"] = opts.negative_column
     if opts.label_column and (require_label or opts.label_column in columns):
         wanted["label"] = opts.label_column
     for role, column in wanted.items():
@@ -225,7 +228,8 @@ def _select_columns(path: Path, frame: pd.DataFrame, opts: ReaderOptions, requir
     return out.astype(object).where(out.notna(), None)
 
 
-def read_hf_dataset(name: str, config: str | None, split: str, opts: ReaderOptions) -> pd.DataFrame:
+def read_hf_dataset(name: str, config: str | None, split: str, opts: ReaderOptions,
+                    labeled: bool = True) -> pd.DataFrame:
     """Load one split of a Hugging Face dataset (hub name or local path) as a DataFrame.
 
     Class-label features are turned into their names so that labels stay readable.
@@ -246,4 +250,4 @@ def read_hf_dataset(name: str, config: str | None, split: str, opts: ReaderOptio
         # ClassLabel ids to names; -1 marks an unlabeled row (e.g. GLUE test splits)
         frame[opts.label_column] = [None if v is None or int(v) < 0 else label_feature.int2str(int(v))
                                     for v in frame[opts.label_column]]
-    return _select_columns(Path(f"{name}[{split}]"), frame, opts, require_label=True)
+    return _select_columns(Path(f"{name}[{split}]"), frame, opts, require_label=labeled)

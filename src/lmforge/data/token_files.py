@@ -20,6 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from lmforge.data.cleaning import CleaningReport
 from lmforge.data.readers import decode_file
 from lmforge.errors import LmforgeError
 
@@ -145,3 +148,18 @@ def check_scheme(examples: Sequence[TokenExample], scheme: str = "bio", repair: 
             previous = (prefix, kind)
         out.append(TokenExample(example.tokens, tags))
     return out, repaired
+
+
+def load_token_frame(path: str | Path, scheme: str = "bio", repair: bool = True,
+                     encoding: str = "utf-8") -> tuple[pd.DataFrame, CleaningReport]:
+    """A token file as a frame (``tokens``, ``label`` = the tags, ``text`` = the words joined by
+    spaces) with its tags checked against ``scheme``; the report counts sentences and repairs.
+
+    Sentences are kept as given (no de-duplication: a short sentence such as "Thanks !" may
+    rightly occur many times in a corpus).
+    """
+    examples, repaired = check_scheme(read_token_file(path, encoding), scheme, repair, source=str(path))
+    report = CleaningReport(rows_read=len(examples), rows_kept=len(examples), repaired_tags=repaired)
+    frame = pd.DataFrame({"text": [" ".join(e.tokens) for e in examples], "tokens": [e.tokens for e in examples],
+                          "label": [e.tags for e in examples]})
+    return frame, report

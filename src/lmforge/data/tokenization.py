@@ -63,11 +63,13 @@ def tokenizer_threads() -> Iterator[None]:
 
 @dataclass
 class Tokenized:
-    """Token ids per row; for text pairs, where each row's second segment starts (token types)."""
+    """Token ids per row; for text pairs, where each row's second segment starts (token types);
+    for pre-split words (NER), the word each sub-token belongs to (-1: a special token)."""
 
     ids: list[np.ndarray]
     pair_starts: np.ndarray | None
     cached: bool
+    word_ids: list[np.ndarray] | None = None
 
 
 def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int,
@@ -81,6 +83,34 @@ def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int,
     return out.ids, out.cached
 
 
+def _cache_path(tokenizer: Any, max_length: int, kind: str, rows: Sequence[Sequence[str]]) -> Path:
+    """The cache file of these rows (each row one or more strings: a text, a pair, a sentence's words)."""
+    key = hashlib.sha256()
+    key.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{len(rows)}|{kind}".encode())
+    for row in rows:
+        for part in row:
+            key.update(part.encode("utf-8", "surrogatepass") + b"\x1f")
+        key.update(b"\x00")
+    return cache_root() / "tokens" / f"{key.hexdigest()[:32]}.npz"
+
+
+def _load_cache(path: Path, n: int) -> Tokenized | None:
+    """The cached rows, or None when there is no usable cache file."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            ids, offsets = cached["ids"], cached["offsets"]
+            starts, words = cached.get("starts"), cached.get("words")
+    except Exception:  # any damage (truncated zip, garbage, wrong arrays): rebuild it
+        log.warning("token cache %s is unreadable; tokenizing again", path)
+        return None
+    if len(offsets) != n + 1:
+        return None
+    cut = [slice(offsets[i], offsets[i + 1]) for i in range(n)]
+    return Tokenized([ids[s] for s in cut], starts, True, [words[s] for s in cut] if words is not None else None)
+
+
 def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: bool = True,
              pairs: Sequence[str] | None = None) -> Tokenized:
     """Token ids of texts, or of text pairs (``[CLS] a [SEP] b [SEP]``, the longer side truncated first).
@@ -92,47 +122,69 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: b
         return Tokenized([], None, False)
     if pairs is not None and len(pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
-    key = hashlib.sha256()
-    key.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{len(texts)}|{pairs is not None}".encode())
-    for i, text in enumerate(texts):
-        key.update(text.encode("utf-8", "surrogatepass") + b"\x00")
-        if pairs is not None:
-            key.update(pairs[i].encode("utf-8", "surrogatepass") + b"\x01")
-    path = cache_root() / "tokens" / f"{key.hexdigest()[:32]}.npz"
-    if use_cache and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as cached:
-                ids, offsets = cached["ids"], cached["offsets"]
-                starts = cached.get("starts")
-            if len(offsets) == len(texts) + 1:
-                return Tokenized([ids[offsets[i]:offsets[i + 1]] for i in range(len(texts))], starts, True)
-        except Exception:  # any damage (truncated zip, garbage, wrong arrays): rebuild it
-            log.warning("token cache %s is unreadable; tokenizing again", path)
+    rows = [(t,) for t in texts] if pairs is None else list(zip(texts, pairs, strict=True))
+    path = _cache_path(tokenizer, max_length, "pairs" if pairs is not None else "texts", rows)
+    if use_cache and (hit := _load_cache(path, len(texts))) is not None:
+        return hit
     typed = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     with tokenizer_threads():
         encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None,
                             truncation="longest_first" if pairs is not None else True, max_length=max_length,
                             add_special_tokens=True, return_attention_mask=False, return_token_type_ids=typed)
-    rows = [np.asarray(row, dtype=np.int32) for row in encoded["input_ids"]]
+    ids = [np.asarray(row, dtype=np.int32) for row in encoded["input_ids"]]
     starts = None
     if typed:
         # Where token type 1 begins (the row's length when the second text was truncated away).
         starts = np.array([next((i for i, t in enumerate(types) if t == 1), len(types))
                            for types in encoded["token_type_ids"]], dtype=np.int32)
+    out = Tokenized(ids, starts, False)
     if use_cache:
-        _save_atomically(path, rows, starts)
-    return Tokenized(rows, starts, False)
+        _save_atomically(path, out)
+    return out
 
 
-def _save_atomically(path: Path, rows: list[np.ndarray], starts: np.ndarray | None = None) -> None:
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    ids = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int32)
+def tokenize_words(sentences: Sequence[Sequence[str]], tokenizer: Any, max_length: int,
+                   use_cache: bool = True) -> Tokenized:
+    """Token ids of pre-split sentences (NER), with the word index of every sub-token.
+
+    ``word_ids[i][j]`` is the word that sub-token ``j`` of sentence ``i`` belongs to, or -1
+    for special tokens. Words past ``max_length`` sub-tokens are cut off (they have no
+    sub-token); a word the tokenizer reduces to nothing (a lone control character) neither.
+    """
+    if not sentences:
+        return Tokenized([], None, False, [])
+    if not getattr(tokenizer, "is_fast", False):
+        from lmforge.errors import LmforgeError
+
+        raise LmforgeError("token classification needs a fast (Rust) tokenizer to align words and sub-tokens; "
+                           "this model only ships a slow one")
+    path = _cache_path(tokenizer, max_length, "words", sentences)
+    if use_cache and (hit := _load_cache(path, len(sentences))) is not None:
+        return hit
+    with tokenizer_threads():
+        encoded = tokenizer([list(words) for words in sentences], is_split_into_words=True, truncation=True,
+                            max_length=max_length, add_special_tokens=True, return_attention_mask=False)
+    ids = [np.asarray(row, dtype=np.int32) for row in encoded["input_ids"]]
+    words = [np.array([-1 if w is None else w for w in encoded.word_ids(i)], dtype=np.int32)
+             for i in range(len(ids))]
+    out = Tokenized(ids, None, False, words)
+    if use_cache:
+        _save_atomically(path, out)
+    return out
+
+
+def _save_atomically(path: Path, out: Tokenized) -> None:
+    offsets = np.zeros(len(out.ids) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in out.ids], out=offsets[1:])
+    arrays = {"ids": np.concatenate(out.ids) if out.ids else np.zeros(0, dtype=np.int32), "offsets": offsets}
+    if out.pair_starts is not None:
+        arrays["starts"] = out.pair_starts
+    if out.word_ids is not None:
+        arrays["words"] = np.concatenate(out.word_ids) if out.word_ids else np.zeros(0, dtype=np.int32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        extra = {"starts": starts} if starts is not None else {}
-        np.savez(tmp, ids=ids, offsets=offsets, **extra)
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
     except OSError as err:  # a read-only cache must not stop training
         log.warning("could not write token cache %s: %s", path, err)

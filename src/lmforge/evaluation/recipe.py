@@ -7,12 +7,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lmforge.config import load_config
 from lmforge.data.cleaning import clean_examples
 from lmforge.data.loading import reader_options
-from lmforge.data.readers import ReaderOptions, read_examples
+from lmforge.data.readers import ReaderOptions, decode_file, read_examples
+from lmforge.data.token_files import load_token_frame
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
+from lmforge.tasks.embedding import text_ids
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +55,26 @@ def read_table_for(model: str | Path, data: str | Path, overrides: dict[str, Any
 
 
 def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str, Any] | None = None,
-                   batch_size: int = 64, precision: str = "auto", quantize: str = "none") -> dict[str, Any]:
+                   batch_size: int = 64, precision: str = "auto", quantize: str = "none",
+                   task: str | None = None, corpus: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a run or model directory on a labeled file; return the metrics.
 
     Rows with empty text or no label are dropped and counted; duplicates are kept (an
     evaluation set is measured as given).
+
+    Args:
+        task: The task of a model directory lmforge did not train (e.g. 'embedding').
+        corpus: Embedding models: more documents to rank besides the file's positives.
     """
+    predictor = Predictor.load(model, precision=precision, quantize=quantize, task=task)
+    if predictor.task.word_level:
+        return evaluate_token_file(predictor, data, (reader_options or {}).get("encoding") or "utf-8", batch_size)
+    if not predictor.task.labeled:
+        return evaluate_retrieval(predictor, model, data, reader_options or {}, batch_size, corpus)
+    if corpus is not None:
+        raise LmforgeError("--corpus is for embedding models; this model is a "
+                           f"{predictor.task.name.replace('_', ' ')} model")
     frame, report = read_table_for(model, data, reader_options or {})
-    predictor = Predictor.load(model, precision=precision, quantize=quantize)
     if predictor.pairs and "text_pair" not in frame:
         raise LmforgeError(f"this model scores text pairs; {data} needs the second text too (--text-pair-column)")
     label_ids = predictor.task.encode_labels(frame["label"].tolist(), predictor.label_names, str(data))
@@ -68,3 +84,56 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
     metrics["rows_dropped"] = report.dropped
     metrics["data"] = str(data)
     return metrics
+
+
+def evaluate_token_file(predictor: Predictor, data: str | Path, encoding: str, batch_size: int) -> dict[str, Any]:
+    """A token-classification model on a CoNLL/JSONL file: entity precision/recall/F1 per type.
+
+    Invalid tag transitions in the file are repaired the way seqeval reads them and counted.
+    """
+    frame, report = load_token_frame(data, predictor.task.scheme, repair=True, encoding=encoding)
+    if report.repaired_tags:
+        log.warning(report.summary(str(data)))
+    tags = predictor.task.encode_labels(frame["label"].tolist(), predictor.label_names, str(data))
+    logits = predictor.word_logits(frame["tokens"].tolist(), batch_size, use_cache=True)
+    metrics = predictor.task.compute_metrics(logits, tags, predictor.label_names)
+    metrics["repaired_tags"] = report.repaired_tags
+    metrics["rows_dropped"] = 0
+    metrics["data"] = str(data)
+    return metrics
+
+
+def evaluate_retrieval(predictor: Predictor, model: str | Path, data: str | Path, overrides: dict[str, Any],
+                       batch_size: int, corpus: str | Path | None) -> dict[str, Any]:
+    """An embedding model on (query, positive) pairs: every distinct query ranks the distinct
+    positives (plus the ``corpus`` file's texts); recall@k, MRR, nDCG@10."""
+    frame, report = read_table_for(model, data, overrides, labeled=False)
+    if "text_pair" not in frame:
+        raise LmforgeError(f"{data}: retrieval evaluation needs (query, positive) pairs; name the positive "
+                           "column with --text-pair-column (and the query column with --text-column)")
+    labels = np.stack([text_ids(frame["text"].tolist()), text_ids(frame["text_pair"].tolist())], axis=1)
+    outputs = predictor.task.split_outputs(predictor, frame, batch_size)
+    extra = None
+    if corpus is not None:
+        positives = set(frame["text_pair"])
+        documents = [t for t in read_corpus(corpus, overrides.get("encoding") or "utf-8") if t not in positives]
+        extra = predictor.logits(list(dict.fromkeys(documents)), batch_size, use_cache=True)
+    metrics = predictor.task.compute_metrics(outputs, labels, [], extra_corpus=extra)
+    metrics["rows_dropped"] = report.dropped
+    metrics["data"] = str(data)
+    return metrics
+
+
+def read_corpus(path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """Documents: one per line of a text file, or the ``text`` column of a CSV/TSV/JSONL/Parquet file."""
+    path = Path(path)
+    if path.suffix.lower() in (".txt", ""):
+        if not path.is_file():
+            raise LmforgeError(f"corpus file {path} not found")
+        texts = [line.strip() for line in decode_file(path, encoding).split("\n") if line.strip()]
+    else:
+        frame = read_examples(path, ReaderOptions(encoding=encoding, label_column=None), require_label=False)
+        texts = [t.strip() for t in frame["text"] if t and t.strip()]
+    if not texts:
+        raise LmforgeError(f"corpus file {path} has no documents")
+    return texts

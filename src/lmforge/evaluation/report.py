@@ -101,9 +101,10 @@ def write_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[str,
         parts += ["## Data", "", "| split | rows |", "|---|---:|"]
         parts += [f"| {name} | {n} |" for name, n in data["rows"].items()]
         for name, counts in data["cleaning"].items():
-            dropped = {k: v for k, v in counts.items() if k not in ("rows_read", "rows_kept") and v}
+            dropped = {k: v for k, v in counts.items() if k not in ("rows_read", "rows_kept", "repaired_tags") and v}
             parts.append(f"\n{name} file: {counts['rows_read']} rows read, {counts['rows_kept']} kept"
-                         + (f"; dropped: {dropped}" if dropped else ""))
+                         + (f"; dropped: {dropped}" if dropped else "")
+                         + (f"; {counts['repaired_tags']} tags repaired" if counts.get("repaired_tags") else ""))
         parts.append("")
     path = run_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.data.batching import PaddingCollator, length_sorted_batches
-from lmforge.data.tokenization import tokenize
+from lmforge.data.batching import PaddingCollator, length_sorted_batches, ragged
+from lmforge.data.tokenization import tokenize, tokenize_words
 from lmforge.errors import LmforgeError
 from lmforge.inference.forward import collect_logits
 from lmforge.models.loading import load_tokenizer, resolve_model_path
 from lmforge.tasks.registry import TASK_NAMES, get_task
+from lmforge.tasks.token_classification import split_words, word_logits
 from lmforge.training.precision import resolve_device, resolve_precision
 
 METADATA_FILE = "lmforge.json"
@@ -63,20 +64,23 @@ class Predictor:
         self.collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", quantize: str = "none") -> Predictor:
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", quantize: str = "none",
+             task: str | None = None) -> Predictor:
         """Load from a run directory (uses its ``model/``) or a Hugging Face model directory.
 
         Args:
             quantize: 'int8' for dynamic int8 quantization of the linear layers (CPU).
+            task: Load as this task instead of the saved one (default: the saved task, else
+                sequence_classification); e.g. 'embedding' for the encoder of any model.
         """
         model_dir = find_model_dir(path)
         meta = read_metadata(model_dir)
-        task_name = meta.get("task", "sequence_classification")
+        task_name = task or meta.get("task", "sequence_classification")
         if task_name not in TASK_NAMES:
             raise LmforgeError(f"{model_dir}: unknown task '{task_name}' in {METADATA_FILE}")
-        task = get_task(task_name)
-        task.configure(meta)  # e.g. a multi-label model's delimiter and tuned thresholds
-        model = task.load_model(str(model_dir))
+        task_plugin = get_task(task_name)
+        task_plugin.configure(meta)  # e.g. a multi-label model's delimiter and tuned thresholds
+        model = task_plugin.load_model(str(model_dir))
         label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         tokenizer = load_tokenizer(str(model_dir))
         max_length = int(meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512))
@@ -87,7 +91,7 @@ class Predictor:
             model, dtype = quantize_int8(model, device), None  # int8 matmuls; activations stay fp32
         elif quantize != "none":
             raise LmforgeError(f"unknown quantization '{quantize}'; use none or int8")
-        return cls(model, tokenizer, task, label_names, max_length, device, dtype, bool(meta.get("text_pairs")))
+        return cls(model, tokenizer, task_plugin, label_names, max_length, device, dtype, bool(meta.get("text_pairs")))
 
     def logits(self, texts: Sequence[str], batch_size: int = 64, use_cache: bool = False,
                pairs: Sequence[str] | None = None) -> np.ndarray:
@@ -111,9 +115,28 @@ class Predictor:
         out[np.concatenate(order)] = sorted_logits
         return out
 
+    def word_logits(self, sentences: Sequence[Sequence[str]], batch_size: int = 64,
+                    use_cache: bool = False) -> np.ndarray:
+        """Token classification: per sentence of words, the logits (words, C) of each word's first
+        sub-token (NaN for a word past ``max_length``), in input order."""
+        encoded = tokenize_words(sentences, self.tokenizer, self.max_length, use_cache=use_cache)
+        order = length_sorted_batches([len(row) for row in encoded.ids], batch_size)
+        batches = (self.collate([{"input_ids": encoded.ids[i]} for i in batch]) for batch in order)
+        sorted_logits, _ = collect_logits(self.model, batches, self.device, self.autocast_dtype)
+        rows = ragged([None] * len(sentences))
+        if order:
+            rows[np.concatenate(order)] = sorted_logits
+        return word_logits(rows, encoded.word_ids, [len(words) for words in sentences])
+
     def predict(self, texts: Sequence[str], batch_size: int = 64,
                 pairs: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """One dict per text: ``label``, ``score`` and ``probabilities`` (classification) or ``score``."""
+        """One dict per text: ``label``, ``score`` and ``probabilities`` (classification), ``score``
+        (regression), ``labels`` (multi-label), or ``entities`` with character offsets (NER)."""
+        if self.task.word_level:
+            words = [split_words(text) for text in texts]
+            logits = self.word_logits([[w for w, _, _ in row] for row in words], batch_size)
+            return [{"entities": self.task.entities(text, row, sentence, self.label_names)}
+                    for text, row, sentence in zip(texts, words, logits, strict=True)]
         return self.task.decode(self.logits(texts, batch_size, pairs=pairs), self.label_names)
 
 

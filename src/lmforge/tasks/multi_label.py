@@ -46,6 +46,8 @@ class MultiLabelClassification:
 
     name = "multi_label_classification"
     peft_task_type = "SEQ_CLS"
+    word_level = False  # one prediction per text (token_classification: per word)
+    labeled = True
 
     def __init__(self) -> None:
         self.delimiter = "|"

@@ -14,6 +14,8 @@ _TASKS: dict[str, tuple[str, str]] = {
     "sequence_classification": ("lmforge.tasks.sequence_classification", "SequenceClassification"),
     "regression": ("lmforge.tasks.regression", "Regression"),
     "multi_label_classification": ("lmforge.tasks.multi_label", "MultiLabelClassification"),
+    "token_classification": ("lmforge.tasks.token_classification", "TokenClassification"),
+    "embedding": ("lmforge.tasks.embedding", "Embedding"),
 }
 
 # Metrics each task reports on validation; ``training.metric`` must be one of them.
@@ -21,12 +23,16 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "sequence_classification": ("macro_f1", "accuracy", "weighted_f1", "loss"),
     "regression": ("spearman", "pearson", "mse", "rmse", "mae", "loss"),
     "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
+    "token_classification": ("f1", "precision", "recall", "accuracy", "loss"),
+    "embedding": ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10", "loss"),
 }
 
 # (key, label) of the metrics printed after training and by `lmforge eval`, for whichever task.
-HEADLINE_METRICS = (("accuracy", "accuracy"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"),
+HEADLINE_METRICS = (("f1", "entity F1"), ("precision", "entity precision"), ("recall", "entity recall"),
+                    ("accuracy", "accuracy"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"),
                     ("weighted_f1", "weighted-F1"), ("subset_accuracy", "subset accuracy"),
-                    ("spearman", "Spearman"), ("pearson", "Pearson"), ("rmse", "RMSE"), ("mae", "MAE"))
+                    ("spearman", "Spearman"), ("pearson", "Pearson"), ("rmse", "RMSE"), ("mae", "MAE"),
+                    ("recall@1", "recall@1"), ("recall@5", "recall@5"), ("mrr", "MRR"), ("ndcg@10", "nDCG@10"))
 
 # Metrics where smaller is better (early stopping and the best model look for a minimum).
 LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})

@@ -32,6 +32,8 @@ class Regression:
 
     name = "regression"
     peft_task_type = "SEQ_CLS"
+    word_level = False  # one prediction per text (token_classification: per word)
+    labeled = True
 
     def configure(self, options: dict[str, Any]) -> None:
         """Nothing to configure (multi-label tasks take a delimiter and thresholds)."""

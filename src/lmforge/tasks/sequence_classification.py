@@ -26,6 +26,8 @@ class SequenceClassification:
 
     name = "sequence_classification"
     peft_task_type = "SEQ_CLS"
+    word_level = False  # one prediction per text (token_classification: per word)
+    labeled = True
 
     def configure(self, options: dict[str, Any]) -> None:
         """Nothing to configure (multi-label tasks take a delimiter and thresholds)."""

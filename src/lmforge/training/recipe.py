@@ -33,7 +33,7 @@ import torch
 
 import lmforge
 from lmforge.config import RunConfig, load_config, save_config
-from lmforge.data.batching import EncodedDataset, PaddingCollator, length_sorted_batches
+from lmforge.data.batching import EncodedDataset, length_sorted_batches
 from lmforge.data.loading import load_splits
 from lmforge.data.tokenization import tokenize
 from lmforge.distributed.context import DistContext
@@ -46,6 +46,7 @@ from lmforge.methods.registry import count_parameters, get_method
 from lmforge.models.loading import load_tokenizer, resolve_model_path
 from lmforge.planning.memory import peak_memory_bytes
 from lmforge.tasks.registry import get_task
+from lmforge.tasks.token_classification import word_logits
 from lmforge.training.checkpoint import (
     Checkpointer,
     CheckpointPolicy,
@@ -246,10 +247,12 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
     accelerator = make_accelerator(precision, device)
     set_seed(cfg.training.seed)
     task = get_task(cfg.task)
-    task.configure({"label_delimiter": cfg.data.label_delimiter})
+    task.configure(task_options(cfg))
 
-    splits = load_splits(cfg.data, cfg.training.seed, strata=task.strata)
-    label_names = task.label_names(splits.frames["train"]["label"].tolist(),
+    splits = load_splits(cfg.data, cfg.training.seed, strata=task.strata, tokens=task.word_level,
+                         labeled=task.labeled)
+    train = splits.frames["train"]
+    label_names = task.label_names(train["label"].tolist() if "label" in train else [],
                                    parent["labels"] if parent else cfg.data.labels)
     with (ctx or DistContext()).main_first():  # rank 0 downloads and fills the token cache, the others reuse them
         model_location = resolve_model_path(cfg.model.name_or_path)
@@ -282,7 +285,7 @@ def make_train_loader(cfg: RunConfig, dataset: EncodedDataset, tokenizer: Any, d
     """
     ctx = ctx or DistContext()
     # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
-    collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
+    collate = dataset.collator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
     lengths = [len(row) for row in dataset.input_ids] if cfg.training.group_by_length else None
     sampler = EpochBatchSampler(len(dataset), cfg.training.batch_size, cfg.training.seed, lengths=lengths,
                                 window=cfg.training.group_window, rank=ctx.rank, world_size=ctx.world_size)
@@ -439,9 +442,21 @@ def restore_parent_optimizer(parent: dict[str, Any], model: Any, optimizer: Any,
     log.info("optimizer state restored from %s", checkpoint)
 
 
+def task_options(cfg: RunConfig) -> dict[str, Any]:
+    """The data settings a task reads (and that are saved with its model)."""
+    return {"label_delimiter": cfg.data.label_delimiter, "tag_scheme": cfg.data.tag_scheme,
+            "label_all_tokens": cfg.data.label_all_tokens, "max_length": cfg.data.max_length}
+
+
 def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: list[str],
                  max_length: int) -> EncodedDataset:
-    """Token ids (cached), pair starts for text pairs, and label ids (or targets) for one split."""
+    """Token ids (cached), pair starts for text pairs, and label ids (or targets) for one split.
+
+    Tasks whose examples are not one text with a label (NER's words, embedding pairs) bring
+    their own ``encode``.
+    """
+    if hasattr(task, "encode"):
+        return task.encode(frame, name, tokenizer, label_names, max_length)
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
     encoded = tokenize(frame["text"].tolist(), tokenizer, max_length, pairs=pairs)
     log.debug("%s: %d rows tokenized%s", name, len(encoded.ids), " (from cache)" if encoded.cached else "")
@@ -464,8 +479,9 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
     staging.mkdir()
     out = (method.save(model, staging, tokenizer) if state_dict is None
            else method.save(model, staging, tokenizer, state_dict=state_dict))
-    meta = {"task": cfg.task, "max_length": cfg.data.max_length, "labels": label_names,
-            "text_pairs": cfg.data.text_pair_column is not None, "label_delimiter": cfg.data.label_delimiter,
+    meta = {"task": cfg.task, "labels": label_names,
+            # whether the model scores a pair of texts (a bi-encoder embeds one text at a time)
+            "text_pairs": cfg.data.text_pair_column is not None and cfg.task != "embedding", **task_options(cfg),
             "base_model": cfg.model.name_or_path, "method": cfg.method.name,
             "lmforge_version": lmforge.__version__}
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -499,13 +515,18 @@ def evaluate_during_training(model: Any, validation: EncodedDataset, order: list
     all_logits = np.concatenate([p[0] for p in parts if len(p[0])])
     index = np.concatenate([p[1] for p in parts]).astype(np.int64)
     loss = sum(p[2] for p in parts) / max(sum(p[3] for p in parts), 1)
+    if getattr(validation, "word_ids", None) is not None:  # per sub-token -> per word, as the final evaluation
+        labels = validation.labels[index]
+        all_logits = word_logits(all_logits, validation.word_ids[index], [len(row) for row in labels])
     metrics = task.compute_metrics(all_logits, validation.labels[index], label_names)
     return {"loss": loss, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
 
 
 def split_logits(predictor: Predictor, frame: Any, batch_size: int) -> np.ndarray:
     """The saved model's logits on one split (the texts were tokenized and cached for training:
-    the saved tokenizer hits the same cache)."""
+    the saved tokenizer hits the same cache); tasks with their own inputs say how (``split_outputs``)."""
+    if hasattr(predictor.task, "split_outputs"):
+        return predictor.task.split_outputs(predictor, frame, batch_size)
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
     return predictor.logits(frame["text"].tolist(), batch_size, use_cache=True, pairs=pairs)
 
