@@ -776,7 +776,7 @@ def test_load_splits_cleans_and_reports(tmp_path):
     splits = load_splits(DataConfig(train_file=train, validation_size=0.0), seed=0)
     assert splits.cleaning["train"].as_dict() == {"rows_read": 7, "empty_text": 1, "missing_pair": 0, "missing_label": 1,
                                                   "exact_duplicates": 1, "conflicting_labels": 0,
-                                                  "rows_kept": 4}
+                                                  "rows_kept": 4, "repaired_tags": 0}
     assert set(splits.frames) == {"train"}
 
 

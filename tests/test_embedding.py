@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_config
 
 from lmforge.cli import main
 from lmforge.inference.predictor import Predictor
 from lmforge.tasks.embedding import Embedding
-from tests.conftest import tiny_config
 
 INTENTS = {
     "card arrival": ["when will my card arrive", "my new card has not come yet", "is my card in the mail"],
@@ -121,7 +121,8 @@ def test_embedding_with_hard_negatives_and_lora(tmp_path, tiny_model_dir):
     data = _write_jsonl(tmp_path / "pairs.jsonl", rows)
     cfg = tiny_config(tiny_model_dir, data, epochs=2, batch_size=6)
     cfg.update(task="embedding", method={"name": "lora", "r": 4})
-    cfg["data"].update(text_column="query", text_pair_column="positive", negative_column="negative")
+    cfg["data"].update(text_column="query", text_pair_column="positive", negative_column="negative",
+                       validation_size=0.25)  # carved at random: pairs have no classes
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
     assert main(["-q", "train", str(config), "--output", str(tmp_path / "run")]) == 0
@@ -129,6 +130,7 @@ def test_embedding_with_hard_negatives_and_lora(tmp_path, tiny_model_dir):
     assert 0 < metrics["train"]["trainable_share"] < 0.2
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "run" / "model" / "modules.json").is_file()  # the merged model is a sentence-transformer
+    assert metrics["data"]["rows"] == {"train": 9, "validation": 3} and metrics["validation"]["n"] == 3
 
 
 def test_embedding_needs_pairs_in_one_line(tmp_path, tiny_model_dir, capsys):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_config
 
 from lmforge.cli import main
 from lmforge.data.batching import ragged
@@ -16,7 +16,6 @@ from lmforge.data.token_files import TokenExample, write_conll, write_jsonl
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
 from lmforge.tasks.token_classification import TokenClassification, split_words, word_logits
-from tests.conftest import tiny_config
 
 NAMES = ["Anna", "Peter", "Maria", "Tomasz", "Ingrid"]
 CITIES = ["Paris", "Berlin", "Kraków", "Lisbon", "Oslo"]
@@ -240,6 +239,36 @@ def test_long_sentences_are_cut_and_reported(tmp_path, tiny_model_dir, capsys):
     assert "train: 1 of 12 sentences are longer than data.max_length=16" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "run"), "--data", str(train), "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["words_cut_off"] == 41 - 14
+
+
+def test_ner_in_two_processes_gathers_every_validation_sentence(tmp_path, tiny_model_dir):
+    """Ragged per-sentence logits are scored in shards and gathered (DDP on CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    train = tmp_path / "train.conll"
+    write_conll(_sentences(40), train)
+    cfg = tiny_config(tiny_model_dir, train, epochs=2, batch_size=7, eval_strategy="epoch")
+    cfg["task"] = "token_classification"
+    cfg["data"]["validation_size"] = 0.25
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, "-m", "lmforge", "-q", "train", str(config), "--output",
+                             str(tmp_path / "run"), "--nproc", "2"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["processes"] == 2
+    history = [json.loads(line) for line in (tmp_path / "run" / "logs" / "history.jsonl").read_text().splitlines()]
+    scored = [r for r in history if r["split"] == "validation"]
+    assert len(scored) == 2 and all(0.0 <= r["f1"] <= 1.0 for r in scored)
+    # the saved best model scored in one process agrees with its evaluation gathered from two
+    best = next(r for r in scored if r["step"] == metrics["train"]["best_step"])
+    assert metrics["validation"]["n"] == metrics["data"]["rows"]["validation"] == 10
+    assert (best["f1"], best["accuracy"]) == pytest.approx((metrics["validation"]["f1"],
+                                                            metrics["validation"]["accuracy"]), abs=1e-6)
 
 
 def test_hf_dataset_is_refused_for_ner(tmp_path, tiny_model_dir):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,7 +22,6 @@ from lmforge.planning.planner import (
     recommend,
 )
 from lmforge.training.sampler import EpochBatchSampler
-from tests.conftest import tiny_config
 
 # --- grouped batching ---------------------------------------------------------------------------
 

@@ -171,4 +171,4 @@ def test_duplicate_rows_are_reported(tmp_path, tiny_model_dir, sentiment_rows):
     run_dir = _train(tmp_path, tiny_model_dir, train, epochs=1)
     cleaning = json.loads((run_dir / "metrics.json").read_text())["data"]["cleaning"]["train"]
     assert cleaning == {"rows_read": 21, "empty_text": 1, "missing_pair": 0, "missing_label": 0, "exact_duplicates": 3,
-                        "conflicting_labels": 2, "rows_kept": 15}
+                        "conflicting_labels": 2, "rows_kept": 15, "repaired_tags": 0}

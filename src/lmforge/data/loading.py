@@ -75,7 +75,8 @@ def load_splits(cfg: DataConfig, seed: int, strata: Callable[[list[str]], list[s
     fractions = {name: share for name, share in (("validation", cfg.validation_size), ("test", cfg.test_size))
                  if name not in frames and share > 0}
     if fractions:
-        frames.update(stratified_split(frames.pop("train"), fractions, seed, strata=strata))
+        frames.update(stratified_split(frames.pop("train"), fractions, seed, strata=strata,
+                                       label_column="label" if labeled else "text"))
     _warn_overlap(frames)
     return Splits(frames=frames, cleaning=reports, carved=fractions)
 

@@ -29,12 +29,9 @@ METADATA_FILE = "lmforge.json"
 
 
 def find_model_dir(path: str | Path) -> Path:
-    """The model directory for a run directory or a model directory."""
-    path = Path(path)
-    if not path.exists():
-        raise LmforgeError(f"{path} does not exist; give a run directory (with model/) or a model directory")
-    location = Path(resolve_model_path(str(path)))
-    return location
+    """The model directory of a run directory or a model directory; 'default' and hub ids resolve too
+    (a path that looks local but does not exist is a one-line error)."""
+    return Path(resolve_model_path(str(path)))
 
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:
