@@ -1,0 +1,1 @@
+"""Generative fine-tuning and text generation: chat records, chat templates, sampling, metrics."""

@@ -1,0 +1,429 @@
+"""Batched text generation with stop strings, seeded sampling and streaming, plus two text metrics.
+
+Decisions worth knowing:
+
+* **Left padding, done here.** Decoder-only models continue the *last* position of each row,
+  so prompts are padded on the left and the attention mask hides the padding (Hugging Face
+  derives position ids from that mask). The padding is built by hand, so the caller's
+  tokenizer is never modified: no ``padding_side`` flip, no pad token assigned. The pad id is
+  the tokenizer's pad token, else its EOS, else 0 (masked either way).
+* **Sampling that does not depend on the batch.** ``torch.multinomial`` draws from one
+  generator for the whole batch, so a prompt's sample would change with its batch mates.
+  Instead every prompt gets its own generator, seeded from ``(seed, prompt index)``, and a
+  sample is drawn with the Gumbel-max trick: ``argmax(logits / T + Gumbel noise)`` is an exact
+  draw from ``softmax(logits / T)`` (after top-k / top-p filtering). Generation then runs in
+  greedy mode over the noised scores. The same seed gives the same text for a prompt whatever
+  the batch size (the stream is keyed by the prompt's position in the list).
+* **Repetition penalty that ignores padding.** Hugging Face's processor penalizes every id in
+  the row, left padding included (the pad id is often EOS, which would make padded rows stop
+  later); ours skips each row's padding. Otherwise it is the same CTRL penalty
+  (https://arxiv.org/abs/1909.05858) over prompt and generated tokens.
+* **Stop strings** stop generation per row (Hugging Face's ``StopStringCriteria``, which
+  matches across token boundaries); the text is cut before the first stop string.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from lmforge.data.batching import length_sorted_batches
+from lmforge.errors import LmforgeError
+from lmforge.generation.chat import end_of_turn_token_id, render_chat
+
+
+@dataclass
+class GenerationOptions:
+    """How text is generated; validated on creation."""
+
+    max_new_tokens: int = 128
+    """Most tokens generated per prompt (the prompt is not counted)."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0); below 1 sharper, above 1 more random. Ignored when greedy."""
+    top_k: int | None = None
+    """Sample only among the k most likely tokens (>= 1); None: no limit. Ignored when greedy."""
+    top_p: float | None = None
+    """Nucleus sampling: keep the fewest tokens holding this probability (0 < p <= 1)."""
+    repetition_penalty: float = 1.0
+    """Divide the scores of tokens already present by this (> 0; 1.0: off, ~1.1-1.3: common)."""
+    greedy: bool = False
+    """Always pick the most likely token (deterministic); temperature, top_k, top_p unused."""
+    stop: list[str] = field(default_factory=list)
+    """Stop a completion at the first of these strings; the string itself is not returned."""
+    seed: int | None = None
+    """Seed for sampling (>= 0): same seed, same text per prompt. None: different each call."""
+
+    def __post_init__(self) -> None:
+        def fail(name: str, rule: str) -> LmforgeError:
+            return LmforgeError(f"generation {name} must be {rule}, got {getattr(self, name)!r}")
+
+        if not _is_int(self.max_new_tokens, minimum=1):
+            raise fail("max_new_tokens", "an integer >= 1")
+        if not self.greedy and not _is_positive(self.temperature):
+            raise LmforgeError(
+                f"generation temperature must be > 0 when sampling, got {self.temperature!r}; "
+                "set greedy for deterministic output"
+            )
+        if self.top_k is not None and not _is_int(self.top_k, minimum=1):
+            raise fail("top_k", "an integer >= 1 (or unset)")
+        if self.top_p is not None and not (_is_positive(self.top_p) and self.top_p <= 1):
+            raise fail("top_p", "in (0, 1] (or unset)")
+        if not _is_positive(self.repetition_penalty):
+            raise fail("repetition_penalty", "> 0 (1.0: off)")
+        if isinstance(self.stop, str):
+            raise fail("stop", "a list of strings (write one stop string as a one-item list)")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise fail("stop", "a list of non-empty strings")
+        if self.seed is not None and not _is_int(self.seed, minimum=0):
+            raise fail("seed", "an integer >= 0 (or unset)")
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_positive(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: GenerationOptions,
+    batch_size: int = 8,
+    stream: TextIO | None = None,
+    chat: bool = False,
+) -> list[str]:
+    """Complete each prompt; return only the new text, cut before the first stop string.
+
+    Args:
+        model: A Hugging Face causal LM (decoder-only). It is put in eval mode while
+            generating and given back in the mode it was in.
+        tokenizer: Its tokenizer; not modified.
+        prompts: The prompts, returned in the same order.
+        options: Length, sampling and stopping settings.
+        batch_size: Prompts per forward pass; prompts of similar length are batched together.
+        stream: With exactly one prompt, text is written (and flushed) here as it is generated.
+        chat: Wrap each prompt as one user message through the tokenizer's chat template,
+            ending with the assistant header; the end-of-turn token then also stops generation.
+
+    Returns:
+        One completion per prompt (special tokens removed).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if stream is not None and len(prompts) != 1:
+        raise ValueError(f"streaming writes one completion, got {len(prompts)} prompts")
+    if not prompts:
+        return []
+    stop_ids = _stop_token_ids(model, tokenizer, chat)
+    pad_id = next(i for i in (tokenizer.pad_token_id, *stop_ids, 0) if i is not None)
+    encoded = [_encode_prompt(p, n, tokenizer, chat) for n, p in enumerate(prompts, 1)]
+    seed = options.seed if options.seed is not None else int(torch.randint(2**62, ()).item())
+    config = _generation_config(options, stop_ids, pad_id)
+
+    was_training = model.training
+    model.eval()
+    results: list[str] = [""] * len(prompts)
+    try:
+        for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
+            ids, mask = _left_pad([encoded[i] for i in batch], pad_id)  # (B, T), (B, T)
+            processors = _logits_processors(options, mask, [(seed, i) for i in batch])
+            streamer = None
+            if stream is not None:
+                streamer = _StopStringStreamer(tokenizer, stream, options.stop, stop_ids)
+            out = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                generation_config=config,
+                logits_processor=processors,
+                tokenizer=tokenizer,  # for stop strings
+                streamer=streamer,
+            )  # (B, T + new)
+            for i, new_ids in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
+                results[i] = _completion_text(new_ids, tokenizer, options.stop, stop_ids)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _stop_token_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
+    """Ids that end a completion: tokenizer and model EOS; with chat, the end of turn."""
+    ids: list[int] = []
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    candidates = [
+        tokenizer.eos_token_id,
+        *(model_eos if isinstance(model_eos, list) else [model_eos]),
+    ]
+    if chat:
+        candidates.append(end_of_turn_token_id(tokenizer))
+    for i in candidates:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def _encode_prompt(prompt: str, number: int, tokenizer: Any, chat: bool) -> list[int]:
+    if chat:
+        text = render_chat(
+            [{"role": "user", "content": prompt}], tokenizer, add_generation_prompt=True
+        )
+        # the template writes BOS itself, where the model has one
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if not ids:  # a model cannot continue nothing
+        raise LmforgeError(f"prompt {number} is empty; give every prompt some text")
+    return ids
+
+
+def _generation_config(options: GenerationOptions, stop_ids: list[int], pad_id: int) -> Any:
+    """A greedy-mode config: sampling is done by our logits processors (see the module docstring).
+
+    Fields left unset are filled by Hugging Face from the model's own generation config, so
+    every setting that lmforge owns is written explicitly (a hub config with
+    ``do_sample: true, temperature: 0.6`` must not leak in).
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=options.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=1.0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        stop_strings=list(options.stop) or None,
+        eos_token_id=stop_ids or None,
+        pad_token_id=pad_id,
+    )
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the left to the longest row, and the mask of real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for row, r in enumerate(rows):
+        ids[row, width - len(r) :] = torch.as_tensor(r, dtype=torch.long)
+        mask[row, width - len(r) :] = 1
+    return ids, mask
+
+
+def _completion_text(
+    ids: Sequence[int], tokenizer: Any, stop: Sequence[str], stop_ids: Sequence[int]
+) -> str:
+    """Decode new ids up to the first stop id, then cut before the first stop string."""
+    end = next((n for n, i in enumerate(ids) if i in stop_ids), len(ids))
+    return _cut_at_stop(tokenizer.decode(list(ids[:end]), skip_special_tokens=True), stop)[0]
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    cut = min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
+
+
+# --- logits processors -------------------------------------------------------------------------
+
+
+class _UnpaddedRepetitionPenalty:
+    """CTRL repetition penalty over each row's own tokens, skipping its left padding."""
+
+    def __init__(self, penalty: float, prompt_mask: torch.Tensor):
+        self.penalty = penalty
+        self.prompt_mask = prompt_mask  # (B, T): 0 on padding
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        prompt = self.prompt_mask.to(input_ids.device)
+        generated = input_ids.shape[1] - prompt.shape[1]
+        real = torch.cat([prompt, prompt.new_ones(len(prompt), generated)], dim=1)  # (B, L)
+        counts = torch.zeros_like(scores).scatter_add_(1, input_ids, real.to(scores.dtype))
+        seen = counts > 0  # (B, V)
+        penalized = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)  # (B, V)
+        return torch.where(seen, penalized, scores)
+
+
+class _GumbelSample:
+    """Add Gumbel noise from one generator per prompt; argmax then draws a sample (Gumbel-max)."""
+
+    def __init__(self, keys: list[tuple[int, int]]):
+        # SeedSequence mixes (seed, index) into well-separated seeds: seed 1 prompt 0 and
+        # seed 0 prompt 1 do not share a stream, as they would with seed + index.
+        self.seeds = [
+            int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+            for key in keys
+        ]
+        self.generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generators is None:  # created on the scores' device, on first use
+            self.generators = [
+                torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds
+            ]
+        vocab = scores.shape[1]
+        uniform = torch.stack(
+            [
+                torch.rand(vocab, generator=g, device=scores.device, dtype=torch.float32)
+                for g in self.generators
+            ]
+        )  # (B, V)
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))  # (B, V)
+        return scores + gumbel.to(scores.dtype)  # filtered tokens stay at -inf
+
+
+def _logits_processors(
+    options: GenerationOptions, prompt_mask: torch.Tensor, keys: list[tuple[int, int]]
+) -> Any:
+    """Repetition penalty, then temperature, top-k and top-p (Hugging Face's order), then the draw.
+
+    ``keys`` are the ``(seed, prompt index)`` of the batch rows, one random stream each.
+    """
+    from transformers import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if options.repetition_penalty != 1.0:
+        processors.append(_UnpaddedRepetitionPenalty(options.repetition_penalty, prompt_mask))
+    if options.greedy:
+        return processors
+    if options.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(options.temperature))
+    if options.top_k is not None:
+        processors.append(TopKLogitsWarper(top_k=options.top_k))
+    if options.top_p is not None and options.top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p=options.top_p))
+    processors.append(_GumbelSample(keys))
+    return processors
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+
+class _StopStringStreamer:
+    """Write a single completion to ``stream`` as tokens arrive, ending before any stop string.
+
+    Hugging Face's ``TextStreamer`` prints to stdout and knows nothing of stop strings. This
+    one re-decodes all new ids at every step and writes the part that can no longer change:
+    it holds back a tail that could be the start of a stop string, an incomplete UTF-8
+    character (decoded as U+FFFD), and trailing whitespace (``clean_up_tokenization_spaces``
+    may still join it with punctuation). What it writes adds up to the returned text.
+    """
+
+    def __init__(
+        self, tokenizer: Any, stream: TextIO, stop: Sequence[str], stop_ids: Sequence[int]
+    ):
+        self.tokenizer = tokenizer
+        self.stream = stream
+        self.stop = list(stop)
+        self.stop_ids = set(stop_ids)
+        self.ids: list[int] = []
+        self.written = 0  # characters of the completion already written
+        self.prompt_seen = False
+        self.done = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt itself
+            self.prompt_seen = True
+            return
+        if self.done:
+            return
+        for token in value.reshape(-1).tolist():
+            if token in self.stop_ids:
+                self.done = True
+                break
+            self.ids.append(token)
+        self._write(final=self.done)
+
+    def end(self) -> None:
+        if not self.done:
+            self._write(final=True)
+        self.done = True
+
+    def _write(self, final: bool) -> None:
+        text, stopped = _cut_at_stop(
+            self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stop
+        )
+        if stopped:
+            self.done = True
+        end = len(text) if final or stopped else self._settled(text)
+        if end > self.written:
+            self.stream.write(text[self.written : end])
+            self.stream.flush()
+            self.written = end
+
+    def _settled(self, text: str) -> int:
+        """How much of ``text`` later tokens can neither change nor turn into a stop string."""
+        end = len(text.rstrip())
+        while end and text[end - 1] == "\ufffd":
+            end -= 1
+        settled = end
+        for s in self.stop:  # a tail that may grow into a stop string waits for the next token
+            for n in range(min(len(s) - 1, end), 0, -1):
+                if text[end - n : end] == s[:n]:
+                    settled = min(settled, end - n)
+                    break
+        return settled
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference, whitespace collapsed (case-sensitive)."""
+    _check_pairs(predictions, references)
+    return sum(
+        " ".join(p.split()) == " ".join(r.split())
+        for p, r in zip(predictions, references, strict=True)
+    ) / len(predictions)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 over whitespace tokens (case-sensitive, no stemming).
+
+    Per pair: with ``L`` the longest common subsequence, ``P = L / len(prediction)``,
+    ``R = L / len(reference)`` and ``F = 2PR / (P + R)`` (Lin, 2004, with beta = 1, as the
+    ``rouge_score`` package reports). Two empty texts score 1, one empty text 0.
+    """
+    _check_pairs(predictions, references)
+    total = 0.0
+    for prediction, reference in zip(predictions, references, strict=True):
+        p, r = prediction.split(), reference.split()
+        if not p or not r:
+            total += float(not p and not r)
+            continue
+        common = _lcs_length(p, r)
+        total += 0.0 if common == 0 else 2 * common / (len(p) + len(r))  # = 2PR / (P + R)
+    return total / len(predictions)
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Longest common subsequence length, dynamic programming over two rows: O(len(a) * len(b))."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("no predictions to score")
