@@ -93,6 +93,32 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_embed)
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text with a causal language model",
+                       description="Continue a prompt (--prompt) or every prompt of a file (--input: a text file "
+                                   "with one prompt per line, or JSONL with 'prompt' and optionally 'reference'; "
+                                   "with references, exact match and ROUGE-L are printed). A single prompt streams "
+                                   "to the terminal as it is generated.")
+    p.add_argument("model", help="run directory or Hugging Face model directory (a causal LM)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", "-p", help="one prompt")
+    source.add_argument("--input", "-i", help="prompts: a text file (one per line) or JSONL (prompt, reference)")
+    p.add_argument("--output", "-o", help="write one JSON object per prompt to this file")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability mass")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    p.add_argument("--seed", type=int, help="seed: the same seed gives the same text")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn of the chat template")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="inference precision (default: bf16 where supported)")
+    p.set_defaults(func=cmd_generate)
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict labels for texts, as JSONL",
                        description="Predict a label and probabilities for each input text (a score for "
@@ -168,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_config):
+    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_generate, _add_config):
         add(sub)
     return parser
 
@@ -297,6 +323,64 @@ def format_classification_report(m: dict[str, Any]) -> str:
               f"{m['macro_f1']:8.4f}  {m['n']:7d}",
               f"{'weighted f1':>{width}}  {'':9}  {'':6}  {m['weighted_f1']:8.4f}  {m['n']:7d}"]
     return "\n".join(lines)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lmforge.generation.generate import GenerationOptions, exact_match, generate, rouge_l
+    from lmforge.inference.predictor import Predictor
+
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, repetition_penalty=args.repetition_penalty, greedy=args.greedy,
+                                stop=args.stop, seed=args.seed)
+    prompts, references = ([args.prompt], None) if args.prompt is not None else read_prompts(args.input)
+    predictor = Predictor.load(args.model, precision=args.precision, task="causal_lm")
+    stream = sys.stdout if len(prompts) == 1 and not args.output else None
+    texts = generate(predictor.model, predictor.tokenizer, prompts, options, batch_size=args.batch_size,
+                     stream=stream, chat=args.chat)
+    if stream is not None:
+        print()
+    elif args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+                row = {"prompt": prompt, "generated": text, **({"reference": references[i]} if references else {})}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        logging.getLogger("lmforge").info("wrote %d generations to %s", len(texts), args.output)
+    else:
+        for prompt, text in zip(prompts, texts, strict=True):
+            print(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False))
+    if references:
+        print(f"n={len(texts)}  exact match {exact_match(texts, references):.4f}  "
+              f"ROUGE-L {rouge_l(texts, references):.4f}")
+    return 0
+
+
+def read_prompts(path: str) -> tuple[list[str], list[str] | None]:
+    """Prompts from a text file (one per line) or JSONL (``prompt``, optional ``reference``)."""
+    from lmforge.data.readers import decode_file
+
+    file = Path(path)
+    if not file.is_file():
+        raise LmforgeError(f"prompt file {file} not found")
+    lines = [line for line in decode_file(file, "utf-8").split("\n") if line.strip()]
+    if not lines:
+        raise LmforgeError(f"{file} has no prompts")
+    if not lines[0].lstrip().startswith("{"):
+        return [line.strip() for line in lines], None
+    prompts, references = [], []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise LmforgeError(f"{file}: line {number} is not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise LmforgeError(f'{file}: line {number} needs a "prompt" string')
+        prompts.append(record["prompt"])
+        references.append(record.get("reference"))
+    given = [r for r in references if r is not None]
+    if given and len(given) != len(references):
+        raise LmforgeError(f'{file}: {len(references) - len(given)} of {len(references)} lines have no "reference"; '
+                           "give one on every line or on none")
+    return prompts, [str(r) for r in references] if given else None
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -40,6 +40,30 @@ class ModelConfig(_Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
+    from_scratch: FromScratchConfig | None = Field(
+        None, description="causal_lm / masked_lm: build a new model of this shape instead of loading name_or_path.")
+
+
+class FromScratchConfig(_Section):
+    """A new, randomly initialized model (causal_lm / masked_lm pretraining)."""
+
+    arch: Literal["llama", "gpt2", "bert"] = Field(..., description="Architecture: llama or gpt2 (causal_lm), bert (masked_lm).")
+    layers: int = Field(4, ge=1, le=256, description="Transformer layers.")
+    hidden: int = Field(256, ge=8, le=65_536, description="Hidden size.")
+    heads: int = Field(4, ge=1, le=1024, description="Attention heads (must divide hidden).")
+    kv_heads: int | None = Field(None, ge=1, le=1024, description="llama: key/value heads (grouped-query attention); default: heads.")
+    intermediate: int | None = Field(None, ge=8, description="Feed-forward size; default 4 x hidden.")
+    vocab_size: int = Field(8000, ge=300, le=1_000_000, description="Size of the tokenizer trained on the training corpus.")
+    max_positions: int | None = Field(None, ge=8, description="Longest sequence the model can take; default data.max_length.")
+    tokenizer: str | None = Field(None, description="Use this tokenizer (directory or hub id) instead of training one.")
+
+    @model_validator(mode="after")
+    def _heads(self) -> FromScratchConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"model.from_scratch.heads ({self.heads}) must divide hidden ({self.hidden})")
+        if self.kv_heads and self.heads % self.kv_heads:
+            raise ValueError(f"model.from_scratch.kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
+        return self
 
 
 class DataConfig(_Section):
@@ -50,7 +74,7 @@ class DataConfig(_Section):
                           "for token_classification).")
     validation_file: str | None = Field(None, description="Validation file; carved from train_file when absent.")
     test_file: str | None = Field(None, description="Optional held-out test file, evaluated once at the end.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "delimited"] = Field(
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "delimited", "text"] = Field(
         "auto", description="File format; 'auto' decides from the extension, then the content."
     )
     delimiter: str | None = Field(
@@ -74,6 +98,17 @@ class DataConfig(_Section):
                           "counted and reported); false: reject the file.")
     label_all_tokens: bool = Field(
         False, description="token_classification: train on every sub-token of a word, not only the first.")
+    documents: Literal["line", "blank_line"] = Field(
+        "line", description="causal_lm / masked_lm, plain-text corpora: one document per line, or documents "
+                            "separated by blank lines.")
+    packing: Literal["packed", "documents"] = Field(
+        "packed", description="causal_lm / masked_lm: 'packed' cuts the token stream into full blocks of "
+                              "max_length; 'documents' gives each document its own (padded) blocks.")
+    isolate_documents: bool = Field(
+        True, description="causal_lm, packed: documents in one block do not attend to each other (where the "
+                          "model supports a block-diagonal mask; else the end-of-document token separates them).")
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="masked_lm: share of tokens to predict.")
+    whole_word_masking: bool = Field(False, description="masked_lm: mask all sub-tokens of a chosen word together.")
     hf_dataset: str | None = Field(None, description="Hugging Face dataset name or local dataset script/dir.")
     hf_config: str | None = Field(None, description="Configuration name of the Hugging Face dataset.")
     hf_train_split: str = Field("train", description="Split of hf_dataset used for training.")
@@ -266,6 +301,13 @@ class RunConfig(_Section):
     )
     continue_optimizer: bool = Field(False, description="With continue_from: also restore its optimizer state.")
     name: str | None = Field(None, description="Run name used in the default output directory.")
+
+    @model_validator(mode="after")
+    def _scratch_task(self) -> RunConfig:
+        if self.model.from_scratch is not None and self.task not in ("causal_lm", "masked_lm"):
+            raise ValueError(f"model.from_scratch builds a model for pretraining; task {self.task} fine-tunes a "
+                             "pretrained one: remove model.from_scratch or set task: causal_lm / masked_lm")
+        return self
 
     @field_validator("task")
     @classmethod

@@ -23,12 +23,7 @@ log = logging.getLogger(__name__)
 
 def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOptions:
     """Reading options: the run's own data settings when ``model`` is a run, then overrides."""
-    fields: dict[str, Any] = {}
-    path = Path(model)
-    for config_file in (path / "config.yaml", path.parent / "config.yaml"):
-        if config_file.is_file():
-            fields = asdict(reader_options(load_config(config_file).data))
-            break
+    fields = asdict(reader_options(run_config_for(model).data))  # the defaults equal ReaderOptions' own
     fields.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(fields) - set(ReaderOptions.__dataclass_fields__)
     if unknown:
@@ -67,6 +62,8 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
         corpus: Embedding models: more documents to rank besides the file's positives.
     """
     predictor = Predictor.load(model, precision=precision, quantize=quantize, task=task)
+    if getattr(predictor.task, "loss_only", False):
+        return evaluate_corpus(predictor, model, data, reader_options or {}, batch_size)
     if predictor.task.word_level:
         return evaluate_token_file(predictor, data, (reader_options or {}).get("encoding") or "utf-8", batch_size)
     if not predictor.task.labeled:
@@ -137,3 +134,44 @@ def read_corpus(path: str | Path, encoding: str = "utf-8") -> list[str]:
     if not texts:
         raise LmforgeError(f"corpus file {path} has no documents")
     return texts
+
+
+def evaluate_corpus(predictor: Predictor, model: str | Path, data: str | Path, overrides: dict[str, Any],
+                    batch_size: int) -> dict[str, Any]:
+    """A language model on a text corpus: loss per predicted token and perplexity, over blocks of the
+    model's training length cut the way its run cut them."""
+    from lmforge.data.packing import PackedBlocks, plan_blocks
+    from lmforge.tasks.language_modeling import (
+        BlockDataset,
+        bind_tokenizer,
+        corpus_spec,
+        corpus_token_file,
+        evaluate_loss,
+    )
+
+    cfg = run_config_for(model)
+    data_cfg = cfg.data.model_copy(update={k: v for k, v in {"text_column": overrides.get("text_column"),
+                                                              "encoding": overrides.get("encoding"),
+                                                              "format": overrides.get("format")}.items() if v})
+    task = predictor.task
+    bind_tokenizer(task, predictor.tokenizer)
+    if hasattr(task, "check_model"):
+        task.check_model(predictor.model)
+    tokens = corpus_token_file(corpus_spec(data_cfg, str(data)), predictor.tokenizer)
+    plan = plan_blocks(tokens.doc_offsets, task.block_size, task.packing)
+    blocks = BlockDataset(PackedBlocks(tokens.tokens, tokens.doc_offsets, plan, task.isolate), task, str(data))
+    metrics = evaluate_loss(predictor.model, blocks, batch_size, task, predictor.device,
+                            autocast_dtype=predictor.autocast_dtype)
+    metrics.update(documents=tokens.n_documents, dropped_tokens=plan.dropped_tokens, data=str(data))
+    return metrics
+
+
+def run_config_for(model: str | Path) -> Any:
+    """The run's config when ``model`` is a run (or its model/) directory, else the defaults."""
+    from lmforge.config import RunConfig
+
+    path = Path(model)
+    for config_file in (path / "config.yaml", path.parent / "config.yaml"):
+        if config_file.is_file():
+            return load_config(config_file)
+    return RunConfig()

@@ -16,6 +16,8 @@ _TASKS: dict[str, tuple[str, str]] = {
     "multi_label_classification": ("lmforge.tasks.multi_label", "MultiLabelClassification"),
     "token_classification": ("lmforge.tasks.token_classification", "TokenClassification"),
     "embedding": ("lmforge.tasks.embedding", "Embedding"),
+    "causal_lm": ("lmforge.tasks.language_modeling", "CausalLM"),
+    "masked_lm": ("lmforge.tasks.language_modeling", "MaskedLM"),
 }
 
 # Metrics each task reports on validation; ``training.metric`` must be one of them.
@@ -25,6 +27,8 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
     "token_classification": ("f1", "precision", "recall", "accuracy", "loss"),
     "embedding": ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10", "loss"),
+    "causal_lm": ("perplexity", "loss"),
+    "masked_lm": ("perplexity", "loss"),
 }
 
 # (key, label) of the metrics printed after training and by `lmforge eval`, for whichever task.
@@ -32,10 +36,11 @@ HEADLINE_METRICS = (("f1", "entity F1"), ("precision", "entity precision"), ("re
                     ("accuracy", "accuracy"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"),
                     ("weighted_f1", "weighted-F1"), ("subset_accuracy", "subset accuracy"),
                     ("spearman", "Spearman"), ("pearson", "Pearson"), ("rmse", "RMSE"), ("mae", "MAE"),
-                    ("recall@1", "recall@1"), ("recall@5", "recall@5"), ("mrr", "MRR"), ("ndcg@10", "nDCG@10"))
+                    ("recall@1", "recall@1"), ("recall@5", "recall@5"), ("mrr", "MRR"), ("ndcg@10", "nDCG@10"),
+                    ("perplexity", "perplexity"))
 
 # Metrics where smaller is better (early stopping and the best model look for a minimum).
-LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})
+LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae", "perplexity"})
 
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
 

@@ -45,6 +45,13 @@ from lmforge.inference.predictor import METADATA_FILE, Predictor, read_metadata
 from lmforge.methods.registry import count_parameters, get_method
 from lmforge.models.loading import load_tokenizer, resolve_model_path
 from lmforge.planning.memory import peak_memory_bytes
+from lmforge.tasks.language_modeling import (
+    bind_tokenizer,
+    default_scratch_tokenizer,
+    evaluate_loss,
+    is_language_modeling,
+    scratch_options,
+)
 from lmforge.tasks.registry import get_task
 from lmforge.tasks.token_classification import word_logits
 from lmforge.training.checkpoint import (
@@ -125,7 +132,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     validation = datasets.get("validation")
     # Length-sorted evaluation batches pad almost nothing; labels are put in the same order.
     val_order = (length_sorted_batches([len(row) for row in validation.input_ids], cfg.training.eval_batch_size)
-                 if validation is not None else [])
+                 if validation is not None and not is_language_modeling(task) else [])
     policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
     checkpointer = Checkpointer(run_dir / "checkpoints", policy, unwrapped, optimizer,
                                 scheduler, accelerator.scaler, strategy=strategy)
@@ -139,6 +146,8 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                  state.batches_in_epoch)
 
     def evaluate() -> dict[str, float]:
+        if is_language_modeling(task):
+            return evaluate_loss(model, validation, cfg.training.eval_batch_size, task, accelerator.device, ctx)
         return evaluate_during_training(model, validation, val_order, collate, task, label_names, ctx,
                                         accelerator.device)
 
@@ -180,7 +189,6 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     model = unwrapped = optimizer = scheduler = checkpointer = setup = strategy = None
     accelerator.free_memory()  # drops its own references to them
     gc.collect()
-    predictor = Predictor.load(run_dir, device=device, precision=cfg.training.precision)
     metrics: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method.name, "labels": label_names,
         "parent_run": str(parent["dir"]) if parent else None,
@@ -202,6 +210,11 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                   "model_state_bytes_per_process": rank_state},
         "data": splits.summary(),
     }
+    if is_language_modeling(task):
+        metrics.update(evaluate_saved_language_model(run_dir, task, datasets, cfg, device))
+        finish_report(run_dir, metrics, logger, cfg, device)
+        return run_dir
+    predictor = Predictor.load(run_dir, device=device, precision=cfg.training.precision)
     logits = {name: split_logits(predictor, splits.frames[name], cfg.training.eval_batch_size)
               for name in ("validation", "test") if name in datasets}
     if hasattr(predictor.task, "tune_thresholds") and "validation" in logits:
@@ -213,11 +226,37 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         metrics["thresholds"] = dict(zip(label_names, thresholds, strict=True))
     for name, split in logits.items():
         metrics[name] = predictor.task.compute_metrics(split, datasets[name].labels, label_names)
+    finish_report(run_dir, metrics, logger, cfg, device)
+    return run_dir
+
+
+def finish_report(run_dir: Path, metrics: dict[str, Any], logger: RunLogger, cfg: RunConfig, device: str) -> None:
+    """metrics.json and report.md of a finished run."""
     metrics["train"]["peak_memory_bytes"] = peak_memory_bytes(device)  # the whole run's, evaluation included
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     write_report(run_dir, metrics, logger.history, cfg.training.metric)
     log.info("wrote %s", run_dir / "report.md")
-    return run_dir
+
+
+def evaluate_saved_language_model(run_dir: Path, task: Any, datasets: dict[str, Any], cfg: RunConfig,
+                                  device: str) -> dict[str, Any]:
+    """Loss and perplexity of the saved model on the validation and test blocks."""
+    model = task.load_model(str(run_dir / "model")).to(device)
+    mode = resolve_precision(cfg.training.precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+    return {name: evaluate_loss(model, datasets[name], cfg.training.eval_batch_size, task, device,
+                                autocast_dtype=dtype)
+            for name in ("validation", "test") if name in datasets}
+
+
+@dataclass
+class CorpusSplits:
+    """What reading and cutting the corpora did (the counterpart of data.loading.Splits)."""
+
+    info: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        return self.info
 
 
 @dataclass
@@ -249,17 +288,30 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
     task = get_task(cfg.task)
     task.configure(task_options(cfg))
 
-    splits = load_splits(cfg.data, cfg.training.seed, strata=task.strata, tokens=task.word_level,
-                         labeled=task.labeled)
-    train = splits.frames["train"]
-    label_names = task.label_names(train["label"].tolist() if "label" in train else [],
-                                   parent["labels"] if parent else cfg.data.labels)
-    with (ctx or DistContext()).main_first():  # rank 0 downloads and fills the token cache, the others reuse them
-        model_location = resolve_model_path(cfg.model.name_or_path)
-        tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
-        datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
-                    for name, frame in splits.frames.items()}
-    log.info("data: %s; labels: %s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()), label_names)
+    if is_language_modeling(task):  # raw-text corpora, tokenized to disk and cut into blocks
+        label_names = task.label_names([], cfg.data.labels)
+        with (ctx or DistContext()).main_first():  # rank 0 trains the tokenizer and fills the token cache
+            model_location = resolve_model_path(cfg.model.name_or_path)
+            tokenizer = (default_scratch_tokenizer(cfg, task) if cfg.model.from_scratch
+                         else load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code))
+            bind_tokenizer(task, tokenizer)
+            if cfg.model.from_scratch:
+                task.configure({**task_options(cfg), "from_scratch": scratch_options(cfg, tokenizer)})
+            datasets, summary = task.load_corpus(cfg, tokenizer)
+        splits = CorpusSplits(summary)
+    else:
+        splits = load_splits(cfg.data, cfg.training.seed, strata=task.strata, tokens=task.word_level,
+                             labeled=task.labeled)
+        train = splits.frames["train"]
+        label_names = task.label_names(train["label"].tolist() if "label" in train else [],
+                                       parent["labels"] if parent else cfg.data.labels)
+        with (ctx or DistContext()).main_first():  # rank 0 downloads and fills the token cache, the others reuse it
+            model_location = resolve_model_path(cfg.model.name_or_path)
+            tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
+            datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
+                        for name, frame in splits.frames.items()}
+    log.info("data: %s%s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()),
+             f"; labels: {label_names}" if label_names else "")
 
     start_from, adapter_dir = (model_location, None) if parent is None else parent_weights(parent, cfg)
     model = task.load_model(start_from, label_names, revision=cfg.model.revision,
@@ -272,6 +324,8 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.training.fast_dropout and device == "cpu":
         log.debug("fast dropout in %d modules", use_fast_dropout(model))
+    if is_language_modeling(task):
+        task.check_model(model)  # e.g. whether packed documents can be isolated
     method = get_method(cfg.method.name)
     model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir)
     return RunSetup(task, splits, label_names, tokenizer, datasets, model, method, device, precision, accelerator)
@@ -286,7 +340,9 @@ def make_train_loader(cfg: RunConfig, dataset: EncodedDataset, tokenizer: Any, d
     ctx = ctx or DistContext()
     # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
     collate = dataset.collator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
-    lengths = [len(row) for row in dataset.input_ids] if cfg.training.group_by_length else None
+    # Corpus blocks have no input_ids list (they are read from disk) and share one length anyway.
+    rows = getattr(dataset, "input_ids", None)
+    lengths = [len(row) for row in rows] if cfg.training.group_by_length and rows is not None else None
     sampler = EpochBatchSampler(len(dataset), cfg.training.batch_size, cfg.training.seed, lengths=lengths,
                                 window=cfg.training.group_window, rank=ctx.rank, world_size=ctx.world_size)
     # Its own generator: creating an epoch's iterator must not draw from the global RNG,
@@ -445,7 +501,10 @@ def restore_parent_optimizer(parent: dict[str, Any], model: Any, optimizer: Any,
 def task_options(cfg: RunConfig) -> dict[str, Any]:
     """The data settings a task reads (and that are saved with its model)."""
     return {"label_delimiter": cfg.data.label_delimiter, "tag_scheme": cfg.data.tag_scheme,
-            "label_all_tokens": cfg.data.label_all_tokens, "max_length": cfg.data.max_length}
+            "label_all_tokens": cfg.data.label_all_tokens, "max_length": cfg.data.max_length,
+            "packing": cfg.data.packing, "isolate_documents": cfg.data.isolate_documents,
+            "mlm_probability": cfg.data.mlm_probability, "whole_word_masking": cfg.data.whole_word_masking,
+            "seed": cfg.training.seed}
 
 
 def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: list[str],
@@ -482,7 +541,8 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
     meta = {"task": cfg.task, "labels": label_names,
             # whether the model scores a pair of texts (a bi-encoder embeds one text at a time)
             "text_pairs": cfg.data.text_pair_column is not None and cfg.task != "embedding", **task_options(cfg),
-            "base_model": cfg.model.name_or_path, "method": cfg.method.name,
+            "base_model": (f"from_scratch:{cfg.model.from_scratch.arch}" if cfg.model.from_scratch
+                           else cfg.model.name_or_path), "method": cfg.method.name,
             "lmforge_version": lmforge.__version__}
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     for part in sorted(staging.iterdir()):
