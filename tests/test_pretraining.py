@@ -136,3 +136,63 @@ def test_pretraining_bad_input_fails_in_one_line(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "run")]) == 2
     assert "nothing-*.txt" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+CHATS = [("which planet is red", "mars is red"), ("which planet has rings", "saturn has rings"),
+         ("which planet is largest", "jupiter is largest"), ("which planet is ours", "earth is ours")]
+
+
+def test_chat_fine_tuning_learns_the_answers_and_generates_them(tmp_path, capsys):
+    scratch = {"arch": "llama", "layers": 2, "hidden": 32, "heads": 4, "vocab_size": 300}
+    base = tmp_path / "base"
+    config = _config(tmp_path, "causal_lm", {"from_scratch": scratch}, epochs=1)
+    # the base model's tokenizer learns the words of the conversations (whole-word tokens)
+    words = " ".join(f"{q} {a} name a planet venus hello goodbye" for q, a in CHATS)
+    (tmp_path / "corpus.txt").write_text((words + "\n") * 40, encoding="utf-8")
+    assert main(["-q", "train", str(config), "--output", str(base)]) == 0
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in CHATS]
+    rows.append({"messages": [{"role": "system", "content": "answer briefly"}, {"role": "user", "content": "hi"},
+                              {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
+                              {"role": "assistant", "content": "goodbye"}]})
+    rows.append({"instruction": "name a planet", "input": "", "output": "venus"})  # Alpaca records too
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 4), encoding="utf-8")
+    cfg = {"task": "chat", "model": str(base / "model"),
+           "data": {"train_file": str(data), "validation_file": str(data), "max_length": 64},
+           "training": {"epochs": 40, "batch_size": 6, "learning_rate": 5e-3, "warmup_ratio": 0.0,
+                        "precision": "fp32", "logging_steps": 10}}
+    config = tmp_path / "chat.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "chat"
+    assert main(["-q", "train", str(config), "--output", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation"]["perplexity"] < _history(run)[0]["perplexity"] / 3
+    assert metrics["data"]["conversations"]["train"]["conversations"] == 24
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    assert "<|im_start|>" in tokenizer.chat_template  # the default template is saved with the model
+    capsys.readouterr()
+    assert main(["generate", str(run), "--chat", "-p", "which planet has rings", "--greedy",
+                 "--max-new-tokens", "40", "--precision", "fp32"]) == 0
+    assert capsys.readouterr().out.strip() == "saturn has rings"  # and it stops at the end of its turn
+    # eval on the conversations: loss on the assistant tokens only
+    assert main(["eval", str(run), "--data", str(data), "--precision", "fp32", "--json", str(tmp_path / "e.json")]) == 0
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["perplexity"] == pytest.approx(metrics["validation"]["perplexity"], rel=1e-4)
+
+
+def test_chat_records_without_an_assistant_turn_fail_in_one_line(tmp_path, capsys):
+    scratch = {"arch": "gpt2", "layers": 1, "hidden": 32, "heads": 2, "vocab_size": 300}
+    base = tmp_path / "base"
+    assert main(["-q", "train", str(_config(tmp_path, "causal_lm", {"from_scratch": scratch}, epochs=1)),
+                 "--output", str(base)]) == 0
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n", encoding="utf-8")
+    config = tmp_path / "chat.yaml"
+    config.write_text(yaml.safe_dump({"task": "instruction", "model": str(base / "model"),
+                                      "data": {"train_file": str(data)}}))
+    capsys.readouterr()
+    assert main(["train", str(config), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lmforge: error: ") and "chat.jsonl" in err[-1] and "line 1" in err[-1]

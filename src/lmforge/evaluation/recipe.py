@@ -138,16 +138,9 @@ def read_corpus(path: str | Path, encoding: str = "utf-8") -> list[str]:
 
 def evaluate_corpus(predictor: Predictor, model: str | Path, data: str | Path, overrides: dict[str, Any],
                     batch_size: int) -> dict[str, Any]:
-    """A language model on a text corpus: loss per predicted token and perplexity, over blocks of the
-    model's training length cut the way its run cut them."""
-    from lmforge.data.packing import PackedBlocks, plan_blocks
-    from lmforge.tasks.language_modeling import (
-        BlockDataset,
-        bind_tokenizer,
-        corpus_spec,
-        corpus_token_file,
-        evaluate_loss,
-    )
+    """A language model on a text corpus (or a chat model on conversations): loss per predicted
+    token and perplexity, over blocks of the model's training length cut the way its run cut them."""
+    from lmforge.tasks.language_modeling import bind_tokenizer, evaluate_loss
 
     cfg = run_config_for(model)
     data_cfg = cfg.data.model_copy(update={k: v for k, v in {"text_column": overrides.get("text_column"),
@@ -155,14 +148,11 @@ def evaluate_corpus(predictor: Predictor, model: str | Path, data: str | Path, o
                                                               "format": overrides.get("format")}.items() if v})
     task = predictor.task
     bind_tokenizer(task, predictor.tokenizer)
-    if hasattr(task, "check_model"):
-        task.check_model(predictor.model)
-    tokens = corpus_token_file(corpus_spec(data_cfg, str(data)), predictor.tokenizer)
-    plan = plan_blocks(tokens.doc_offsets, task.block_size, task.packing)
-    blocks = BlockDataset(PackedBlocks(tokens.tokens, tokens.doc_offsets, plan, task.isolate), task, str(data))
-    metrics = evaluate_loss(predictor.model, blocks, batch_size, task, predictor.device,
+    task.check_model(predictor.model)
+    dataset, info = task.file_dataset(data_cfg, str(data), predictor.tokenizer)
+    metrics = evaluate_loss(predictor.model, dataset, batch_size, task, predictor.device,
                             autocast_dtype=predictor.autocast_dtype)
-    metrics.update(documents=tokens.n_documents, dropped_tokens=plan.dropped_tokens, data=str(data))
+    metrics.update(info, data=str(data))
     return metrics
 
 

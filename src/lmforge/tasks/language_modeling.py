@@ -143,12 +143,7 @@ class _LanguageModeling:
                 continue
             tokens = corpus_token_file(corpus_spec(cfg.data, path), tokenizer)
             plan = plan_blocks(tokens.doc_offsets, self.block_size, self.packing)
-            summary["corpus"][name] = {"documents": tokens.n_documents, "tokens": tokens.n_tokens,
-                                       "blocks": len(plan.ranges), "dropped_tokens": plan.dropped_tokens,
-                                       "split_documents": plan.split_documents}
-            if plan.split_documents and self.packing == "documents":
-                log.info("%s: %d documents are longer than data.max_length=%d tokens and were split into "
-                         "several blocks", name, plan.split_documents, self.block_size)
+            summary["corpus"][name] = self.describe(tokens, plan, name)
             if name == "train" and not cfg.data.validation_file and cfg.data.validation_size > 0:
                 order = np.random.default_rng(cfg.training.seed).permutation(len(plan.ranges))
                 held = max(1, int(round(len(order) * cfg.data.validation_size)))
@@ -167,6 +162,23 @@ class _LanguageModeling:
                                           path)
         summary["rows"] = {name: len(d) for name, d in datasets.items()}
         return datasets, summary
+
+    def describe(self, tokens: Any, plan: Any, name: str) -> dict[str, int]:
+        """What cutting a corpus into blocks did (logged when documents were split)."""
+        if plan.split_documents and self.packing == "documents":
+            log.info("%s: %d documents are longer than data.max_length=%d tokens and were split into several "
+                     "blocks", name, plan.split_documents, self.block_size)
+        return {"documents": tokens.n_documents, "tokens": tokens.n_tokens, "blocks": len(plan.ranges),
+                "dropped_tokens": plan.dropped_tokens, "split_documents": plan.split_documents}
+
+    def file_dataset(self, data_cfg: Any, path: str, tokenizer: Any) -> tuple[BlockDataset, dict[str, int]]:
+        """All blocks of one corpus file (or glob), e.g. for ``lmforge eval``."""
+        from lmforge.data.packing import PackedBlocks, plan_blocks
+
+        tokens = corpus_token_file(corpus_spec(data_cfg, path), tokenizer)
+        plan = plan_blocks(tokens.doc_offsets, self.block_size, self.packing)
+        blocks = PackedBlocks(tokens.tokens, tokens.doc_offsets, plan, self.isolate)
+        return BlockDataset(blocks, self, path), self.describe(tokens, plan, path)
 
     # --- model ---------------------------------------------------------------------------
     def load_model(self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
@@ -300,7 +312,10 @@ class MaskedLM(_LanguageModeling):
 
 
 def bind_tokenizer(task: Any, tokenizer: Any) -> None:
-    """Give a language-modeling task the tokenizer its collators need."""
+    """Give a language-modeling task the tokenizer its collators need (a chat task first makes
+    sure it has a chat template)."""
+    if hasattr(task, "bind"):
+        task.bind(tokenizer)
     task.tokenizer = tokenizer
     task.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 

@@ -18,6 +18,8 @@ _TASKS: dict[str, tuple[str, str]] = {
     "embedding": ("lmforge.tasks.embedding", "Embedding"),
     "causal_lm": ("lmforge.tasks.language_modeling", "CausalLM"),
     "masked_lm": ("lmforge.tasks.language_modeling", "MaskedLM"),
+    "chat": ("lmforge.tasks.chat", "Chat"),
+    "instruction": ("lmforge.tasks.chat", "Instruction"),
 }
 
 # Metrics each task reports on validation; ``training.metric`` must be one of them.
@@ -29,6 +31,8 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "embedding": ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10", "loss"),
     "causal_lm": ("perplexity", "loss"),
     "masked_lm": ("perplexity", "loss"),
+    "chat": ("perplexity", "loss"),
+    "instruction": ("perplexity", "loss"),
 }
 
 # (key, label) of the metrics printed after training and by `lmforge eval`, for whichever task.
