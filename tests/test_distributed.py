@@ -214,6 +214,7 @@ def test_killed_worker_then_resume_is_exact(tmp_path, tiny_model_dir, uneven_csv
 
 # --- Ray Train ---------------------------------------------------------------------------------
 
+@pytest.mark.slow  # 1-3 minutes (a local Ray cluster starts); passed in the full run of 2026-11-23
 def test_ray_train_with_two_local_workers(tmp_path, single_run):
     """About 30 s: a local Ray instance starts, two Ray Train workers run the recipe with DDP."""
     pytest.importorskip("ray.train")

@@ -119,11 +119,18 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     """
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, key)
-        if value and not Path(value).is_absolute() and not Path(value).exists():
+        if value and not Path(value).is_absolute() and not _exists(value):
             candidate = base / value
-            if candidate.exists():
+            if _exists(str(candidate)):
                 setattr(cfg.data, key, str(candidate))
     return cfg
+
+
+def _exists(path: str) -> bool:
+    """A file, or a glob (corpora: 'corpus/*.txt') that matches something."""
+    import glob
+
+    return Path(path).exists() or (glob.has_magic(path) and bool(glob.glob(path)))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
