@@ -48,6 +48,20 @@ class EncodedDataset(Dataset):
         return PaddingCollator(pad_token_id, pad_to_multiple_of)
 
 
+def pad_rows(rows: Sequence[np.ndarray], pad_id: int, multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id rows right-padded to the longest (rounded up to ``multiple``): ids (B, T) and the
+    attention mask (B, T), 1 on real tokens. Every collator pads through here."""
+    width = max(len(row) for row in rows)
+    if multiple:
+        width = -(-width // multiple) * multiple
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.as_tensor(np.asarray(row), dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
 class PaddingCollator:
     """Pad to the longest row of the batch (dynamic padding), optionally to a multiple of 8.
 
@@ -60,15 +74,8 @@ class PaddingCollator:
         self.multiple = pad_to_multiple_of
 
     def __call__(self, batch: list[dict[str, object]]) -> dict[str, torch.Tensor]:
-        lengths = [len(item["input_ids"]) for item in batch]
-        width = max(lengths)
-        if self.multiple:
-            width = -(-width // self.multiple) * self.multiple
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-        for row, (item, n) in enumerate(zip(batch, lengths, strict=True)):
-            ids[row, :n] = torch.as_tensor(item["input_ids"], dtype=torch.long)
-            mask[row, :n] = 1
+        ids, mask = pad_rows([item["input_ids"] for item in batch], self.pad_token_id, self.multiple)
+        width = ids.shape[1]
         out = {"input_ids": ids, "attention_mask": mask}
         if "pair_start" in batch[0]:  # text pairs: token type 1 from the second text on (BERT)
             starts = torch.tensor([item["pair_start"] for item in batch]).unsqueeze(1)  # (B, 1)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lmforge.data.batching import IGNORE_INDEX
+from lmforge.data.batching import IGNORE_INDEX, pad_rows
 from lmforge.errors import LmforgeError, did_you_mean
 
 MODES = ("packed", "documents")
@@ -209,14 +209,8 @@ class CausalLMCollator:
 
     def __call__(self, batch: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         lengths = [len(item["input_ids"]) for item in batch]
-        width = max(lengths)
-        if self.multiple:
-            width = -(-width // self.multiple) * self.multiple
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)  # (B, T)
-        valid = torch.zeros((len(batch), width), dtype=torch.bool)  # (B, T)
-        for row, (item, n) in enumerate(zip(batch, lengths, strict=True)):
-            ids[row, :n] = torch.as_tensor(item["input_ids"], dtype=torch.long)
-            valid[row, :n] = True
+        ids, mask = pad_rows([item["input_ids"] for item in batch], self.pad_token_id, self.multiple)
+        valid, width = mask.bool(), ids.shape[1]  # (B, T)
         labels = ids.masked_fill(~valid, IGNORE_INDEX)  # (B, T)
         if not self.isolate_documents:
             return {"input_ids": ids, "attention_mask": valid.long(), "labels": labels}

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
+from lmforge.data.batching import pad_rows
 from lmforge.errors import LmforgeError
 
 # The module paths and config keys of sentence-transformers 2.x-5.x, which 6.x still loads
@@ -153,15 +154,7 @@ class PairCollator:
         return out
 
     def _pad(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(row) for row in rows)
-        if self.multiple:
-            width = -(-width // self.multiple) * self.multiple
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
-        for i, row in enumerate(rows):
-            ids[i, :len(row)] = torch.as_tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = 1
-        return ids, mask
+        return pad_rows(rows, self.pad_token_id, self.multiple)
 
 
 def _present(batch: list[dict[str, Any]], key: str) -> bool:
