@@ -62,6 +62,12 @@ def test_a_tiny_causal_lm_from_scratch_learns_a_repeated_pattern(tmp_path, arch,
     evaluated = json.loads((tmp_path / "e.json").read_text())
     assert evaluated["perplexity"] == pytest.approx(metrics["validation"]["perplexity"], rel=1e-4)
 
+    # predict points to generate
+    capsys.readouterr()
+    (tmp_path / "in.txt").write_text("alpha beta\n", encoding="utf-8")
+    assert main(["predict", str(run), "-i", str(tmp_path / "in.txt")]) == 2
+    assert "use `lmforge generate`" in capsys.readouterr().err
+
     # greedy generation continues the pattern and stops at a stop string
     capsys.readouterr()
     assert main(["generate", str(run), "-p", "alpha beta gamma", "--greedy", "--max-new-tokens", "12",

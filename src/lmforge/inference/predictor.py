@@ -129,6 +129,8 @@ class Predictor:
                 pairs: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """One dict per text: ``label``, ``score`` and ``probabilities`` (classification), ``score``
         (regression), ``labels`` (multi-label), or ``entities`` with character offsets (NER)."""
+        if getattr(self.task, "loss_only", False):  # before any forward pass over (T, vocab) logits
+            raise LmforgeError(f"a {self.task.name} model generates text: use `lmforge generate`, not predict")
         if self.task.word_level:
             words = [split_words(text) for text in texts]
             logits = self.word_logits([[w for w, _, _ in row] for row in words], batch_size)
