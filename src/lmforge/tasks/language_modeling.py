@@ -69,17 +69,25 @@ def corpus_spec(cfg: Any, path: str) -> Any:
                       encoding=cfg.encoding)
 
 
-def corpus_token_file(spec: Any, tokenizer: Any) -> Any:
-    """The corpus tokenized into the token cache (built once per files, settings and tokenizer)."""
-    from lmforge.data.corpus import TokenFile, expand_sources, iter_documents, write_token_file
-    from lmforge.data.tokenization import cache_root, tokenizer_fingerprint
+def corpus_key(spec: Any, *settings: Any) -> str:
+    """A cache key for what is built from a corpus: its files (path, size, modification time), how
+    they are read, and ``settings`` (the tokenizer, a vocabulary size, ...)."""
+    from lmforge.data.corpus import expand_sources
 
-    key = hashlib.sha256(tokenizer_fingerprint(tokenizer).encode())
-    key.update(json.dumps([spec.format, spec.text_field, spec.documents, spec.encoding]).encode())
+    key = hashlib.sha256(json.dumps([spec.format, spec.text_field, spec.documents, spec.encoding,
+                                     *map(str, settings)]).encode())
     for path in expand_sources(spec.sources):
         stat = path.stat()
         key.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    path = cache_root() / "corpora" / key.hexdigest()[:32]
+    return key.hexdigest()[:32]
+
+
+def corpus_token_file(spec: Any, tokenizer: Any) -> Any:
+    """The corpus tokenized into the token cache (built once per files, settings and tokenizer)."""
+    from lmforge.data.corpus import TokenFile, iter_documents, write_token_file
+    from lmforge.data.tokenization import cache_root, tokenizer_fingerprint
+
+    path = cache_root() / "corpora" / corpus_key(spec, tokenizer_fingerprint(tokenizer))
     try:
         return TokenFile.open(path)
     except LmforgeError:
@@ -361,7 +369,7 @@ def evaluate_loss(model: torch.nn.Module, dataset: BlockDataset, batch_size: int
 def default_scratch_tokenizer(cfg: Any, task: Any) -> Any:
     """The tokenizer of a from-scratch model: ``model.from_scratch.tokenizer``, or one trained on
     the training corpus (cached by corpus and settings)."""
-    from lmforge.data.corpus import expand_sources, iter_documents
+    from lmforge.data.corpus import iter_documents
     from lmforge.data.tokenization import cache_root
     from lmforge.models.loading import load_tokenizer, resolve_model_path
     from lmforge.models.tokenizer_training import train_tokenizer
@@ -371,12 +379,7 @@ def default_scratch_tokenizer(cfg: Any, task: Any) -> Any:
         return load_tokenizer(resolve_model_path(scratch.tokenizer))
     kind = "wordpiece" if scratch.arch == "bert" else "bpe"
     spec = corpus_spec(cfg.data, cfg.data.train_file)
-    key = hashlib.sha256(json.dumps([kind, scratch.vocab_size, spec.format, spec.text_field, spec.documents,
-                                     task.block_size]).encode())
-    for path in expand_sources(spec.sources):
-        stat = path.stat()
-        key.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    out = cache_root() / "tokenizers" / key.hexdigest()[:32]
+    out = cache_root() / "tokenizers" / corpus_key(spec, kind, scratch.vocab_size, task.block_size)
     if (out / "tokenizer.json").is_file():
         return load_tokenizer(str(out))
     log.info("training a %s tokenizer (%d tokens) on %s", kind, scratch.vocab_size, cfg.data.train_file)

@@ -14,6 +14,7 @@ without a sub-token (cut off by ``data.max_length``) has NaN logits and is predi
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -49,6 +50,14 @@ def word_logits(token_logits: Sequence[np.ndarray], word_ids: Sequence[np.ndarra
         row[words[first]] = logits[first]
         out.append(row)
     return ragged(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _inside_tags(label_names: tuple[str, ...]) -> dict[int, int]:
+    """Tag id -> the id of its type's I- tag (what continuation sub-tokens learn with label_all_tokens)."""
+    index = {name: i for i, name in enumerate(label_names)}
+    return {i: index[f"I-{name[2:]}"] for i, name in enumerate(label_names)
+            if name[:2] in ("B-", "I-", "E-", "S-") and f"I-{name[2:]}" in index}
 
 
 def _tag_order(tag: str) -> tuple[str, int]:
@@ -96,8 +105,7 @@ class TokenClassification:
         """Sub-token labels: each word's tag on its first sub-token, -100 elsewhere (special tokens,
         and continuation sub-tokens unless ``label_all_tokens``)."""
         out = np.full(len(word_ids), IGNORE_INDEX, dtype=np.int64)
-        inside = {i: label_names.index(f"I-{name[2:]}") for i, name in enumerate(label_names)
-                  if name[:2] in ("B-", "I-", "E-", "S-") and f"I-{name[2:]}" in label_names}
+        inside = _inside_tags(tuple(label_names)) if self.label_all_tokens else {}
         previous = -1
         for position, word in enumerate(word_ids):
             if word >= 0:
