@@ -514,3 +514,74 @@ def test_rouge_l_on_a_hand_computed_example():
     assert rouge_l(
         ["the cat sat on the mat", "a b c d"], ["the cat was on the mat", "d c b a"]
     ) == pytest.approx((5 / 6 + 1 / 4) / 2)
+
+
+# --- LoRA and the chat markers it adds -----------------------------------------------------------
+
+def test_lora_trains_the_new_marker_embeddings_and_nothing_else_of_the_table():
+    """With new_token_ids, LoRA trains those embedding rows (tied to the LM head) and leaves the rest."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmforge.methods.lora import LoRA, LoraOptions
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    model.resize_token_embeddings(42)
+    before = model.get_input_embeddings().weight.detach().clone()
+    peft_model = LoRA().apply(model, LoraOptions(r=4), "CAUSAL_LM", new_token_ids=[40, 41])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.tensor([[1, 40, 5, 7, 41, 2, 40, 9]])
+    for _ in range(3):
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    merged = peft_model.merge_and_unload()
+    after = merged.get_input_embeddings().weight.detach()
+    assert (after[40:] - before[40:]).abs().amax(dim=1).min() > 1e-3  # both new rows trained
+    assert torch.equal(after[:40], before[:40])  # the pretrained rows did not move
+    assert merged.get_output_embeddings().weight.data_ptr() == merged.get_input_embeddings().weight.data_ptr()
+
+
+SIMPLE_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}"
+                   "{{ eos_token }}{% endif %}; {% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+@pytest.mark.parametrize("source", ["string", "file"])
+def test_chat_template_from_the_config_replaces_the_default(tmp_path, source):
+    import yaml
+
+    from lmforge.config import load_config
+    from lmforge.tasks.chat import Chat
+    from lmforge.training.recipe import task_options
+
+    value = SIMPLE_TEMPLATE
+    if source == "file":  # a relative path resolves against the config file
+        (tmp_path / "simple.jinja").write_text(SIMPLE_TEMPLATE, encoding="utf-8")
+        value = "simple.jinja"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"task": "chat", "data": {"chat_template": value}}))
+    cfg = load_config(tmp_path / "run.yaml")
+    task, tokenizer = Chat(), _tokenizer()
+    size = len(tokenizer)
+    task.configure(task_options(cfg))
+    task.bind(tokenizer)
+    assert tokenizer.chat_template == SIMPLE_TEMPLATE and len(tokenizer) == size and task.new_token_ids == []
+    encoded = encode_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+                                  tokenizer, 64)
+    assert tokenizer.decode(encoded.input_ids) == "user: hi; assistant: ok" + tokenizer.eos_token + "; "
+    targets = tokenizer.decode(encoded.labels[encoded.labels != IGNORE_INDEX])
+    assert targets.strip().startswith("ok" + tokenizer.eos_token) and "hi" not in targets  # the answer only
+
+
+def test_chatml_from_the_config_overrides_the_tokenizers_template_and_a_missing_file_fails():
+    from lmforge.tasks.chat import Chat
+
+    tokenizer = _tokenizer()
+    tokenizer.chat_template = SIMPLE_TEMPLATE
+    task = Chat()
+    task.configure({"chat_template": "chatml"})
+    task.bind(tokenizer)
+    assert "<|im_start|>" in tokenizer.chat_template and len(task.new_token_ids) == 2
+    task.configure({"chat_template": "no/such/template.jinja"})
+    with pytest.raises(LmforgeError, match="data.chat_template: file no/such/template.jinja not found"):
+        task.bind(_tokenizer())

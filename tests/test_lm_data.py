@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lmforge.data.batching import IGNORE_INDEX
 from lmforge.data.mlm import MaskedLMCollator
-from lmforge.data.packing import CausalLMCollator, PackedBlocks, plan_blocks
+from lmforge.data.packing import CausalLMCollator, PackedBlocks, PackedSequences, pack_sequences, plan_blocks
 from lmforge.errors import LmforgeError
 
 EOD = 1  # end-of-document token of the toy corpora
@@ -202,6 +202,46 @@ def test_padded_document_blocks_compute_as_if_alone():
         for row, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
             alone = model(input_ids=torch.as_tensor(tokens[a:b], dtype=torch.long)[None]).logits[0]
             torch.testing.assert_close(logits[row, :b - a], alone, atol=1e-4, rtol=0)
+
+
+# --- packing whole sequences (chat) -------------------------------------------------------------
+
+@given(st.lists(st.integers(1, 32), min_size=1, max_size=60), st.integers(32, 64))
+def test_sequence_packing_keeps_each_sequence_whole_once(lengths, capacity):
+    rows = pack_sequences(lengths, capacity)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))  # each exactly once
+    assert all(sum(lengths[i] for i in row) <= capacity and row == sorted(row) for row in rows)
+    # best fit leaves at most one row half empty or less (two could be merged)
+    assert sum(sum(lengths[i] for i in row) <= capacity // 2 for row in rows) <= 1
+    assert rows == pack_sequences(lengths, capacity)
+
+
+def test_sequence_packing_refuses_a_sequence_longer_than_a_row():
+    with pytest.raises(LmforgeError, match="does not fit"):
+        pack_sequences([3, 9], 8)
+
+
+def test_packed_conversations_keep_their_labels_and_compute_as_if_alone():
+    model = tiny_model("llama", "sdpa")
+    rng = np.random.default_rng(4)
+    ids = [rng.integers(2, VOCAB, n) for n in (7, 5, 12, 3)]
+    labels = [np.where(rng.random(len(row)) < 0.5, row, IGNORE_INDEX) for row in ids]  # (assistant tokens)
+    for row in labels:
+        row[0] = IGNORE_INDEX  # a conversation's first token is never the assistant's
+    packed = PackedSequences(ids, labels, capacity=16)
+    assert len(packed) == 2
+    batch = CausalLMCollator(pad_token_id=0, isolate_documents=True)([packed[i] for i in range(len(packed))])
+    for row in range(len(packed)):
+        members = packed.rows[row]
+        width = sum(len(ids[j]) for j in members)
+        assert batch["labels"][row, :width].tolist() == np.concatenate([labels[j] for j in members]).tolist()
+        assert (batch["labels"][row, width:] == IGNORE_INDEX).all()
+    with torch.no_grad():
+        packed_loss = model(**batch).loss
+        alone = [model(input_ids=torch.as_tensor(i)[None], labels=torch.as_tensor(l)[None]).loss
+                 for i, l in zip(ids, labels, strict=True)]
+    targets = torch.tensor([float((l[1:] != IGNORE_INDEX).sum()) for l in labels])
+    torch.testing.assert_close(packed_loss, (torch.stack(alone) * targets).sum() / targets.sum(), atol=1e-5, rtol=0)
 
 
 def test_isolation_unsupported_without_eager_or_sdpa():

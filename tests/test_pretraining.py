@@ -187,6 +187,31 @@ def test_chat_fine_tuning_learns_the_answers_and_generates_them(tmp_path, capsys
     evaluated = json.loads((tmp_path / "e.json").read_text())
     assert evaluated["perplexity"] == pytest.approx(metrics["validation"]["perplexity"], rel=1e-4)
 
+    # LoRA on packed conversations: several conversations per row, the ChatML markers train too
+    cfg["method"] = {"name": "lora", "r": 4}
+    cfg["data"]["packing"] = "packed"
+    cfg["training"]["epochs"] = 2
+    config.write_text(yaml.safe_dump(cfg))
+    lora = tmp_path / "lora"
+    assert main(["-q", "train", str(config), "--output", str(lora)]) == 0
+    metrics = json.loads((lora / "metrics.json").read_text())
+    packing = metrics["data"]["conversations"]["train"]
+    assert packing["packed_rows"] < packing["conversations"] and metrics["data"]["rows"]["train"] == packing["packed_rows"]
+    from safetensors.torch import load_file
+
+    assert any("trainable_tokens" in key for key in load_file(lora / "adapter" / "adapter_model.safetensors"))
+    # isolation is exact: the packed validation scores what one conversation per row scores
+    from lmforge.config import load_config
+    from lmforge.inference.predictor import Predictor
+    from lmforge.tasks.language_modeling import bind_tokenizer, evaluate_loss
+
+    predictor = Predictor.load(lora, device="cpu", precision="fp32")
+    bind_tokenizer(predictor.task, predictor.tokenizer)
+    predictor.task.check_model(predictor.model)
+    alone, _ = predictor.task.file_dataset(load_config(lora / "config.yaml").data, str(data), predictor.tokenizer)
+    unpacked = evaluate_loss(predictor.model, alone, 8, predictor.task, "cpu")
+    assert unpacked["perplexity"] == pytest.approx(metrics["validation"]["perplexity"], rel=1e-4)
+
 
 def test_chat_records_without_an_assistant_turn_fail_in_one_line(tmp_path, capsys):
     scratch = {"arch": "gpt2", "layers": 1, "hidden": 32, "heads": 2, "vocab_size": 300}
@@ -202,3 +227,43 @@ def test_chat_records_without_an_assistant_turn_fail_in_one_line(tmp_path, capsy
     assert main(["train", str(config), "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lmforge: error: ") and "chat.jsonl" in err[-1] and "line 1" in err[-1]
+
+
+def test_auto_batch_size_plans_a_causal_lm(tmp_path):
+    """The planner measures language-model candidates (blocks from a token file, loss-only evaluation)."""
+    scratch = {"arch": "llama", "layers": 1, "hidden": 32, "heads": 4, "vocab_size": 300}
+    config = _config(tmp_path, "causal_lm", {"from_scratch": scratch}, epochs=1, batch_size="auto",
+                     effective_batch_size=2)
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(config), "--output", str(run)]) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    assert [c["batch_size"] for c in plan["candidates"]] == [2, 1]
+    assert all(c["error"] is None and c["measured"]["eval_seconds_per_token"] > 0 for c in plan["candidates"])
+    train = json.loads((run / "metrics.json").read_text())["train"]
+    assert (train["batch_size"], train["gradient_accumulation_steps"]) == (
+        plan["recommendation"]["batch_size"], plan["recommendation"]["gradient_accumulation_steps"])
+
+
+@pytest.mark.parametrize("task", ["masked_lm", pytest.param("causal_lm", marks=pytest.mark.slow)])
+def test_a_killed_pretraining_run_resumes_exactly(tmp_path, tiny_model_dir, task):
+    """SIGKILL mid-run, resume: the same weights and perplexity as the uninterrupted run (masked LM
+    draws its masks from the restored RNG; a from-scratch model reuses its trained tokenizer)."""
+    import subprocess
+
+    from test_resume import LMFORGE, _env, _max_difference, _weights, train_with_random_kills
+
+    model = (str(tiny_model_dir) if task == "masked_lm"
+             else {"from_scratch": {"arch": "llama", "layers": 1, "hidden": 32, "heads": 4, "vocab_size": 300}})
+    config = _config(tmp_path, task, model, epochs=2, logging_steps=2)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["checkpoint"] = {"every_steps": 1, "every_minutes": None, "keep_last": 2}
+    config.write_text(yaml.safe_dump(cfg))
+    reference = tmp_path / "reference"
+    result = subprocess.run([*LMFORGE, "train", str(config), "--output", str(reference)], env=_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    killed = tmp_path / "killed"
+    assert train_with_random_kills(config, killed, _env(tmp_path), kills=1, seed=3) == 1
+    assert _max_difference(_weights(killed), _weights(reference)) == 0.0
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (killed, reference)]
+    assert metrics[0]["validation"] == metrics[1]["validation"] and metrics[0]["train"]["resumed"]

@@ -123,7 +123,16 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             candidate = base / value
             if _exists(str(candidate)):
                 setattr(cfg.data, key, str(candidate))
+    template = cfg.data.chat_template
+    if template and is_template_file(template) and not Path(template).is_absolute() and not Path(template).exists():
+        if (base / template).exists():
+            cfg.data.chat_template = str(base / template)
     return cfg
+
+
+def is_template_file(value: str) -> bool:
+    """Whether ``data.chat_template`` names a file (not 'chatml', not a Jinja string)."""
+    return value != "chatml" and "{{" not in value and "{%" not in value and "\n" not in value
 
 
 def _exists(path: str) -> bool:

@@ -101,12 +101,18 @@ class DataConfig(_Section):
     documents: Literal["line", "blank_line"] = Field(
         "line", description="causal_lm / masked_lm, plain-text corpora: one document per line, or documents "
                             "separated by blank lines.")
-    packing: Literal["packed", "documents"] = Field(
-        "packed", description="causal_lm / masked_lm: 'packed' cuts the token stream into full blocks of "
-                              "max_length; 'documents' gives each document its own (padded) blocks.")
+    packing: Literal["packed", "documents"] | None = Field(
+        None, description="causal_lm / masked_lm: 'packed' (default) cuts the token stream into full blocks of "
+                          "max_length; 'documents' gives each document its own (padded) blocks. chat: 'packed' "
+                          "puts several whole conversations in one row of up to max_length; 'documents' "
+                          "(default) one conversation per row.")
     isolate_documents: bool = Field(
-        True, description="causal_lm, packed: documents in one block do not attend to each other (where the "
-                          "model supports a block-diagonal mask; else the end-of-document token separates them).")
+        True, description="causal_lm and chat, packed: documents in one row do not attend to each other (where "
+                          "the model supports a block-diagonal mask; else the end-of-document token separates them).")
+    chat_template: str | None = Field(
+        None, description="chat / instruction: 'chatml' (lmforge's default, even where the tokenizer has a "
+                          "template), a .jinja file, or a Jinja template string; default: the tokenizer's own "
+                          "template, else chatml.")
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="masked_lm: share of tokens to predict.")
     whole_word_masking: bool = Field(False, description="masked_lm: mask all sub-tokens of a chosen word together.")
     hf_dataset: str | None = Field(None, description="Hugging Face dataset name or local dataset script/dir.")

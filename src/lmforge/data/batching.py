@@ -33,6 +33,11 @@ class EncodedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each row."""
+        return [len(row) for row in self.input_ids]
+
     def __getitem__(self, i: int) -> dict[str, object]:
         item: dict[str, object] = {"input_ids": self.input_ids[i]}
         if self.pair_starts is not None:

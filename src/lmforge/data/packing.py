@@ -35,8 +35,10 @@ What transformers 5.23 does with such inputs (read in ``masking_utils.py`` and m
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +148,11 @@ class PackedBlocks(Dataset):
     def __len__(self) -> int:
         return len(self.ranges)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each block."""
+        return (self.ranges[:, 1] - self.ranges[:, 0]).tolist()
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         start, end = (int(x) for x in self.ranges[i])
         item = {"input_ids": np.asarray(self.tokens[start:end], dtype=np.int64)}  # (L,)
@@ -160,7 +167,8 @@ class CausalLMCollator:
     """Batch blocks for a Hugging Face causal LM: ``input_ids``, ``labels`` and a mask.
 
     ``labels`` equal ``input_ids`` (the model shifts them: logits at ``t`` predict label
-    ``t + 1``), with ``-100`` on padding. Plain packing (``isolate_documents=False``) keeps the
+    ``t + 1``), with ``-100`` on padding; items that carry their own ``labels`` (packed chat
+    conversations, -100 outside the assistant's turns) keep them. Plain packing (``isolate_documents=False``) keeps the
     label after each end-of-document token: the model sees the previous document, so learning
     what starts a document is a fair task, and the ``(B, T)`` mask only hides padding (items'
     ``position_ids`` are ignored: the model numbers the block 0..T-1 itself).
@@ -211,7 +219,12 @@ class CausalLMCollator:
         lengths = [len(item["input_ids"]) for item in batch]
         ids, mask = pad_rows([item["input_ids"] for item in batch], self.pad_token_id, self.multiple)
         valid, width = mask.bool(), ids.shape[1]  # (B, T)
-        labels = ids.masked_fill(~valid, IGNORE_INDEX)  # (B, T)
+        if "labels" in batch[0]:  # per-token targets (chat: the assistant's tokens only)
+            labels = torch.full_like(ids, IGNORE_INDEX)  # (B, T)
+            for row, (item, n) in enumerate(zip(batch, lengths, strict=True)):
+                labels[row, :n] = torch.as_tensor(item["labels"], dtype=torch.long)
+        else:
+            labels = ids.masked_fill(~valid, IGNORE_INDEX)  # (B, T)
         if not self.isolate_documents:
             return {"input_ids": ids, "attention_mask": valid.long(), "labels": labels}
 
@@ -234,3 +247,57 @@ class CausalLMCollator:
         blocked = torch.finfo(self.mask_dtype).min
         mask = torch.zeros(allowed.shape, dtype=self.mask_dtype).masked_fill_(~allowed, blocked)  # (B, T, T)
         return mask.unsqueeze(1)  # (B, 1, T, T)
+
+
+def pack_sequences(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group whole sequences into rows of at most ``capacity`` tokens (best-fit decreasing).
+
+    Longest first, each sequence goes into the row it fills most tightly, or a new row. Unlike
+    packing a token stream, no sequence is ever cut (a conversation split across rows would lose
+    the context of its answer). Rows list their sequences in input order; the result is a pure
+    function of ``lengths``.
+    """
+    free: list[tuple[int, int]] = []  # (room left, row), sorted
+    rows: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        need = int(lengths[i])
+        if need > capacity:
+            raise LmforgeError(f"a sequence of {need} tokens does not fit in a row of {capacity}")
+        k = bisect.bisect_left(free, (need, -1))
+        if k < len(free):
+            room, row = free.pop(k)
+            rows[row].append(i)
+            bisect.insort(free, (room - need, row))
+        else:
+            rows.append([i])
+            bisect.insort(free, (capacity - need, len(rows) - 1))
+    return [sorted(row) for row in rows]
+
+
+class PackedSequences(Dataset):
+    """Rows of several whole sequences (:func:`pack_sequences`), each with its own labels.
+
+    Each item is ``{"input_ids", "labels", "position_ids"}``, all ``(L,)`` int64; positions
+    restart at 0 where each sequence starts, which is what :class:`CausalLMCollator` builds its
+    block-diagonal mask from.
+    """
+
+    def __init__(self, input_ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], capacity: int):
+        self.input_ids = input_ids
+        self.token_labels = labels
+        self.rows = pack_sequences([len(row) for row in input_ids], capacity)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each row."""
+        return [sum(len(self.input_ids[j]) for j in row) for row in self.rows]
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        members = self.rows[i]
+        return {"input_ids": np.concatenate([self.input_ids[j] for j in members]).astype(np.int64),
+                "labels": np.concatenate([self.token_labels[j] for j in members]).astype(np.int64),
+                "position_ids": np.concatenate([np.arange(len(self.input_ids[j]), dtype=np.int64)
+                                                for j in members])}

@@ -159,8 +159,9 @@ class ChatTemplateSetup:
         return self.template_set
 
 
-def ensure_chat_template(tokenizer: Any) -> ChatTemplateSetup:
-    """Give ``tokenizer`` :data:`DEFAULT_CHAT_TEMPLATE` when it has no chat template.
+def ensure_chat_template(tokenizer: Any, template: str | None = None) -> ChatTemplateSetup:
+    """Give ``tokenizer`` :data:`DEFAULT_CHAT_TEMPLATE` when it has no chat template (or
+    ``template="chatml"``), or the Jinja ``template`` given.
 
     ``<|im_start|>`` and ``<|im_end|>`` are added as *special* tokens (only those the
     vocabulary lacks). As plain text a byte-level BPE would split each into ~6 pieces that can
@@ -170,9 +171,14 @@ def ensure_chat_template(tokenizer: Any) -> ChatTemplateSetup:
     (c) ``decode(..., skip_special_tokens=True)`` drops them. The cost is two new embedding
     rows to train, and user text that literally contains ``<|im_end|>`` is read as the marker.
 
-    The tokenizer is changed in place; a tokenizer with a template is left as it is.
+    A Jinja ``template`` is set as it is (its markers must already be tokens of the
+    tokenizer); no tokens are added. The tokenizer is changed in place; without ``template``,
+    one that has a template is left as it is.
     """
-    if getattr(tokenizer, "chat_template", None):
+    if template and template != "chatml":
+        tokenizer.chat_template = template
+        return ChatTemplateSetup(template_set=True, tokens_added=0)
+    if getattr(tokenizer, "chat_template", None) and template != "chatml":
         return ChatTemplateSetup(template_set=False, tokens_added=0)
     added = tokenizer.add_special_tokens(
         {"extra_special_tokens": [CHATML_START, CHATML_END]}, replace_extra_special_tokens=False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ class FullOptions(BaseModel):
 @register_method("full", FullOptions)
 class FullFineTuning:
     def apply(self, model: Any, options: FullOptions, peft_task_type: str | None,
-              adapter_dir: Path | None = None) -> Any:
+              adapter_dir: Path | None = None, new_token_ids: Sequence[int] = ()) -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         return model

@@ -7,6 +7,7 @@ into a plain Hugging Face model, which is what eval, predict and export use).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ class LoraOptions(BaseModel):
 @register_method("lora", LoraOptions)
 class LoRA:
     def apply(self, model: Any, options: LoraOptions, peft_task_type: str | None,
-              adapter_dir: Path | None = None) -> Any:
+              adapter_dir: Path | None = None, new_token_ids: Sequence[int] = ()) -> Any:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if adapter_dir is not None:  # continue training a finished run's adapter
@@ -44,6 +45,8 @@ class LoRA:
             lora_alpha=options.alpha,
             lora_dropout=options.dropout,
             target_modules=options.target_modules,
+            # New embedding rows (chat markers) train in full; PEFT ties them to a tied LM head.
+            trainable_token_indices=list(new_token_ids) or None,
         )
         return get_peft_model(model, config)
 

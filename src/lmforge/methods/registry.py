@@ -7,6 +7,7 @@ config validation and ``--help`` never load torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,10 +17,13 @@ from pydantic import BaseModel
 class Method(Protocol):
     """What the training recipe needs from a fine-tuning method."""
 
-    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None) -> Any:
+    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
+              new_token_ids: Sequence[int] = ()) -> Any:
         """Return the model ready for training (wrapped, frozen parts set).
 
         ``adapter_dir`` holds a previous run's adapter to keep training (continue mode).
+        ``new_token_ids`` are embedding rows added for this run (chat markers): randomly
+        initialized, so a method that freezes the embeddings must still train them.
         """
 
     def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:

@@ -48,6 +48,16 @@ def pick_batches(batches: list[list[int]], tokens: list[int], steps: int) -> tup
     return spread, order[-1]
 
 
+@torch.inference_mode()
+def loss_forward(model: torch.nn.Module, batches: Any, device: str) -> None:
+    """Forward passes that compute the loss only (how language models are evaluated)."""
+    was_training = model.training
+    model.eval()
+    for batch in batches:
+        model(**{k: v.to(device) for k, v in batch.items()}).loss.item()
+    model.train(was_training)
+
+
 def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
     from lmforge.training.recipe import make_train_loader, prepare_run, save_model
 
@@ -57,7 +67,7 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
     sampler, loader = make_train_loader(cfg, train, setup.tokenizer, device)
     collate = loader.collate_fn
     batches = sampler.batches(0)
-    lengths = [len(row) for row in train.input_ids]
+    lengths = train.lengths
     tokens = [padded_tokens(b, lengths) for b in batches]
     optimizer = build_optimizer(setup.model, cfg.training.learning_rate, cfg.training.weight_decay)
     scheduler = build_scheduler(optimizer, "constant", 0, 1)
@@ -101,15 +111,18 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
 
     eval_seconds_per_token, validation_tokens = 0.0, 0
     validation = setup.datasets.get("validation")
+    # Language models are evaluated by their loss alone: gathering (B, T, vocab) logits as the
+    # classification path does would time (and hold in memory) work the run never does.
+    forward = loss_forward if getattr(setup.task, "loss_only", False) else collect_logits
     if validation is not None and len(validation):
-        val_lengths = [len(row) for row in validation.input_ids]
+        val_lengths = validation.lengths
         order = length_sorted_batches(val_lengths, cfg.training.eval_batch_size)
         validation_tokens = sum(padded_tokens(b, val_lengths) for b in order)
         sample = [order[len(order) // 2], order[0]][: len(order)]
         sample_tokens = sum(padded_tokens(b, val_lengths) for b in sample)
-        collect_logits(model, (collate([validation[i] for i in b]) for b in sample[:1]), device)  # warm-up
+        forward(model, (collate([validation[i] for i in b]) for b in sample[:1]), device)  # warm-up
         start = time.perf_counter()
-        collect_logits(model, (collate([validation[i] for i in b]) for b in sample), device)
+        forward(model, (collate([validation[i] for i in b]) for b in sample), device)
         eval_seconds_per_token = (time.perf_counter() - start) / sample_tokens
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,8 +138,12 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
         save_seconds = time.perf_counter() - start
         # The run ends by evaluating the saved model (a second copy, while the first one's
         # memory mostly stays with the process): do the same.
-        texts = setup.splits.frames["train"]["text"].tolist()[: cfg.training.eval_batch_size]
-        Predictor.load(tmp, device=device, precision=cfg.training.precision).logits(texts)
+        saved = Predictor.load(tmp, device=device, precision=cfg.training.precision)
+        if forward is loss_forward:
+            loss_forward(saved.model, [collate([train[i] for i in batches[longest][: cfg.training.eval_batch_size]])],
+                         device)
+        else:
+            saved.logits(setup.splits.frames["train"]["text"].tolist()[: cfg.training.eval_batch_size])
 
     return {"batch_size": cfg.training.batch_size, "peak_memory_bytes": peak_memory_bytes(device),
             "micro_steps": micro, "optimizer_seconds": statistics.median(optimizer_seconds),

@@ -9,9 +9,13 @@ assistant's tokens (its content and end-of-turn marker): the model learns to ans
 write the user's questions (:func:`lmforge.generation.chat.encode_conversation`).
 
 Conversations longer than ``data.max_length`` lose tokens from the right (counted); one left
-without any assistant token teaches nothing and is dropped (counted). Rows are padded per
-batch (no packing). Evaluation is the loss per assistant token and its perplexity;
-``lmforge generate RUN --chat`` answers prompts through the same template.
+without any assistant token teaches nothing and is dropped (counted). By default each row holds
+one conversation, padded per batch; ``data.packing: packed`` puts several whole conversations in
+a row of up to ``data.max_length`` tokens (best-fit, never cut), kept apart by the same
+block-diagonal mask and restarted positions as packed pretraining documents, so each is computed
+exactly as alone while short conversations stop costing padding. Evaluation is the loss per
+assistant token and its perplexity; ``lmforge generate RUN --chat`` answers prompts through the
+same template.
 """
 
 from __future__ import annotations
@@ -36,28 +40,39 @@ class Chat(CausalLM):
 
     def __init__(self) -> None:
         super().__init__()
+        self.packing = "documents"  # one conversation per row unless data.packing: packed
         self.isolate = False
         self.tokens_added = 0
+        self.new_token_ids: list[int] = []  # the chat markers added to the vocabulary: new embedding rows
+        self.chat_template: str | None = None
 
     def configure(self, options: dict[str, Any]) -> None:
         super().configure(options)
-        self.isolate = False  # one conversation per row: nothing to isolate
+        self.chat_template = options.get("chat_template") or self.chat_template
+        if self.packing not in ("packed", "documents"):
+            raise LmforgeError(f"data.packing: {self.packing!r}; task {self.name} takes 'packed' or 'documents'")
 
     def bind(self, tokenizer: Any) -> None:
         """Give the tokenizer a chat template when it has none (new special tokens are counted,
         so that :meth:`check_model` resizes the embeddings)."""
         from lmforge.generation.chat import ensure_chat_template
 
-        setup = ensure_chat_template(tokenizer)
-        if setup.template_set:
-            log.info("the tokenizer has no chat template: using lmforge's default (ChatML)%s",
+        template = self.chat_template
+        custom = template not in (None, "chatml")
+        setup = ensure_chat_template(tokenizer, _template_text(template) if custom else template)
+        if setup.template_set and not custom:
+            log.info("%s: using lmforge's default (ChatML)%s",
+                     "data.chat_template: chatml" if template else "the tokenizer has no chat template",
                      f", {setup.tokens_added} special tokens added" if setup.tokens_added else "")
         self.tokens_added = setup.tokens_added
+        self.new_token_ids = list(range(len(tokenizer) - setup.tokens_added, len(tokenizer)))
 
     def check_model(self, model: Any) -> None:
-        """Make room for added special tokens; stop generation at the end of a turn too."""
+        """Make room for added special tokens; stop generation at the end of a turn too; packed
+        conversations fall back to plain packing where the model cannot isolate them."""
         from lmforge.generation.chat import end_of_turn_token_id
 
+        super().check_model(model)
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(self.tokenizer))
         end = end_of_turn_token_id(self.tokenizer)
@@ -66,8 +81,26 @@ class Chat(CausalLM):
         if end is not None and end not in stops:
             model.generation_config.eos_token_id = [*stops, end]  # saved with the model for any HF tool
 
-    def collator(self, pad_to_multiple_of: int | None, seed: int | None = None) -> PaddingCollator:
+    def collator(self, pad_to_multiple_of: int | None, seed: int | None = None) -> Any:
+        from lmforge.data.packing import CausalLMCollator
+
+        if self.packing == "packed":
+            return CausalLMCollator(self.pad_id, self.isolate, pad_to_multiple_of, mask_dtype=self.mask_dtype)
         return PaddingCollator(self.pad_id, pad_to_multiple_of)
+
+    def packed(self, dataset: EncodedDataset, name: str) -> tuple[Any, dict[str, Any]]:
+        """``dataset`` as rows of several conversations, when packing is on; how full the rows are."""
+        from lmforge.data.packing import PackedSequences
+        from lmforge.tasks.language_modeling import BlockDataset
+
+        if self.packing != "packed":
+            return dataset, {}
+        rows = PackedSequences(dataset.input_ids, dataset.token_labels, self.block_size)
+        tokens = sum(len(row) for row in dataset.input_ids)
+        info = {"packed_rows": len(rows), "fill": round(tokens / (len(rows) * self.block_size), 4)}
+        log.info("%s: %d conversations packed into %d rows of %d tokens (%.0f%% full)", name, len(dataset),
+                 len(rows), self.block_size, 100 * info["fill"])
+        return BlockDataset(rows, self, name), info
 
     def file_dataset(self, data_cfg: Any, path: str, tokenizer: Any) -> tuple[EncodedDataset, dict[str, Any]]:
         """Encode every conversation of a JSONL file; counts of what truncation did."""
@@ -133,6 +166,9 @@ class Chat(CausalLM):
                                                     token_labels=[dataset.token_labels[i] for i in index])
                 continue
             datasets[name] = dataset
+        for name in list(datasets):
+            datasets[name], info = self.packed(datasets[name], name)
+            summary["conversations"].setdefault(name, {}).update(info)
         summary["rows"] = {name: len(d) for name, d in datasets.items()}
         return datasets, summary
 
@@ -141,6 +177,25 @@ class Instruction(Chat):
     """The same task under the name users of instruction data look for."""
 
     name = "instruction"
+
+
+def _template_text(value: str) -> str:
+    """``data.chat_template``: a Jinja string as it is, or the contents of the file it names."""
+    from pathlib import Path
+
+    from lmforge.config.loader import is_template_file
+
+    if not is_template_file(value):
+        return value
+    file = Path(value)
+    if not file.is_file():
+        raise LmforgeError(f"data.chat_template: file {file} not found; give a .jinja file, a Jinja template "
+                           "string, or 'chatml'")
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LmforgeError(f"data.chat_template: {file} is not UTF-8 text; a chat template is a Jinja text "
+                           "file") from None
 
 
 def _existing(path: str) -> Any:

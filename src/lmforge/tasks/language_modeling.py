@@ -51,6 +51,11 @@ class BlockDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.blocks)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each block."""
+        return self.blocks.lengths
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.blocks[i]
 
@@ -342,7 +347,10 @@ def evaluate_loss(model: torch.nn.Module, dataset: BlockDataset, batch_size: int
     from lmforge.distributed.context import DistContext
 
     ctx = ctx or DistContext()
-    collate = (task.collator(None, seed=task.seed) if isinstance(task, MaskedLM) else task.collator(None))
+    # The dataset's own collator: packed blocks go through the task's, one chat conversation per
+    # row through plain padding.
+    collate = (task.collator(None, seed=task.seed) if isinstance(task, MaskedLM)
+               else dataset.collator(task.pad_id, None))
     batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
     mine = batches[ctx.rank::ctx.world_size]
     rounds = -(-len(batches) // ctx.world_size)

@@ -131,7 +131,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         model = compile_model(model)
     validation = datasets.get("validation")
     # Length-sorted evaluation batches pad almost nothing; labels are put in the same order.
-    val_order = (length_sorted_batches([len(row) for row in validation.input_ids], cfg.training.eval_batch_size)
+    val_order = (length_sorted_batches(validation.lengths, cfg.training.eval_batch_size)
                  if validation is not None and not is_language_modeling(task) else [])
     policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
     checkpointer = Checkpointer(run_dir / "checkpoints", policy, unwrapped, optimizer,
@@ -327,7 +327,9 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
     if is_language_modeling(task):
         task.check_model(model)  # e.g. whether packed documents can be isolated
     method = get_method(cfg.method.name)
-    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir)
+    # Rows the task added to the embeddings (chat markers): adapter methods must train them too.
+    new_tokens = list(getattr(task, "new_token_ids", []))
+    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir, new_token_ids=new_tokens)
     return RunSetup(task, splits, label_names, tokenizer, datasets, model, method, device, precision, accelerator)
 
 
@@ -504,7 +506,7 @@ def task_options(cfg: RunConfig) -> dict[str, Any]:
             "label_all_tokens": cfg.data.label_all_tokens, "max_length": cfg.data.max_length,
             "packing": cfg.data.packing, "isolate_documents": cfg.data.isolate_documents,
             "mlm_probability": cfg.data.mlm_probability, "whole_word_masking": cfg.data.whole_word_masking,
-            "seed": cfg.training.seed}
+            "chat_template": cfg.data.chat_template, "seed": cfg.training.seed}
 
 
 def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: list[str],
