@@ -21,7 +21,7 @@ from lmforge.config import (
 from lmforge.config.errors import format_validation_error
 from lmforge.errors import LmforgeError, did_you_mean
 from lmforge.methods.full import FullOptions
-from lmforge.methods.lora import LoraOptions
+from lmforge.methods.peft_methods import LoraOptions
 
 EXAMPLES = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "examples" / "*.yaml")))
 

@@ -522,14 +522,15 @@ def test_lora_trains_the_new_marker_embeddings_and_nothing_else_of_the_table():
     """With new_token_ids, LoRA trains those embedding rows (tied to the LM head) and leaves the rest."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmforge.methods.lora import LoRA, LoraOptions
+    from lmforge.methods.peft_methods import LoraOptions
+    from lmforge.methods.registry import get_method
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
     model.resize_token_embeddings(42)
     before = model.get_input_embeddings().weight.detach().clone()
-    peft_model = LoRA().apply(model, LoraOptions(r=4), "CAUSAL_LM", new_token_ids=[40, 41])
+    peft_model = get_method("lora").apply(model, LoraOptions(r=4), "CAUSAL_LM", new_token_ids=[40, 41])
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     ids = torch.tensor([[1, 40, 5, 7, 41, 2, 40, 9]])
     for _ in range(3):

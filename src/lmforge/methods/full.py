@@ -20,7 +20,7 @@ class FullOptions(BaseModel):
 @register_method("full", FullOptions)
 class FullFineTuning:
     def apply(self, model: Any, options: FullOptions, peft_task_type: str | None,
-              adapter_dir: Path | None = None, new_token_ids: Sequence[int] = ()) -> Any:
+              adapter_dir: Path | None = None, new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         return model

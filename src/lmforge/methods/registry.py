@@ -18,12 +18,13 @@ class Method(Protocol):
     """What the training recipe needs from a fine-tuning method."""
 
     def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
-              new_token_ids: Sequence[int] = ()) -> Any:
+              new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
         """Return the model ready for training (wrapped, frozen parts set).
 
         ``adapter_dir`` holds a previous run's adapter to keep training (continue mode).
         ``new_token_ids`` are embedding rows added for this run (chat markers): randomly
         initialized, so a method that freezes the embeddings must still train them.
+        ``total_steps``: the run's optimizer steps (AdaLoRA schedules its rank budget over them).
         """
 
     def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
@@ -45,6 +46,12 @@ def register_method(name: str, options: type[BaseModel]):
     return wrap
 
 
+def add_method(name: str, options: type[BaseModel], handler: Method) -> None:
+    """Register a handler instance (one class serving several methods, e.g. the PEFT ones)."""
+    METHOD_OPTIONS[name] = options
+    METHODS[name] = handler
+
+
 def get_method(name: str) -> Method:
     return METHODS[name]
 
@@ -57,4 +64,4 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 # Registration happens on import; keep this list in sync with the modules in this package.
-from lmforge.methods import full, lora  # noqa: E402,F401
+from lmforge.methods import adapter, freeze, full, peft_methods  # noqa: E402,F401

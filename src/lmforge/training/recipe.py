@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,9 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     try:
         with graceful_interrupts() as stop:
             state = fit(model, optimizer, scheduler, train_loader, sampler, strategy, settings, state,
-                        evaluate, save, logger, checkpointer, stop)
+                        evaluate, save, logger, checkpointer, stop,
+                        after_update=partial(method.after_update, unwrapped) if hasattr(method, "after_update")
+                        else None)
     finally:
         logger.close()
     wall_seconds = time.perf_counter() - started
@@ -329,7 +332,11 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
     method = get_method(cfg.method.name)
     # Rows the task added to the embeddings (chat markers): adapter methods must train them too.
     new_tokens = list(getattr(task, "new_token_ids", []))
-    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir, new_token_ids=new_tokens)
+    steps = total_optimizer_steps(-(-len(datasets["train"]) // cfg.training.batch_size),
+                                  cfg.training.gradient_accumulation_steps, cfg.training.epochs,
+                                  cfg.training.max_steps)
+    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir, new_token_ids=new_tokens,
+                         total_steps=steps)
     return RunSetup(task, splits, label_names, tokenizer, datasets, model, method, device, precision, accelerator)
 
 

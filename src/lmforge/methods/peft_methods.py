@@ -1,0 +1,247 @@
+"""Parameter-efficient methods through PEFT: LoRA, DoRA, AdaLoRA, IA3, prefix and prompt tuning.
+
+Each method is a typed options class plus a function that turns the options into a PEFT
+config; one handler (:class:`PeftMethod`) applies, saves and continues them all. What differs
+is whether the trained delta can be folded into the base weights:
+
+- **mergeable** (lora, dora, adalora, ia3): ``adapter/`` holds the small PEFT adapter and
+  ``model/`` the merged plain Hugging Face model, which eval, predict, export and serve use
+  with no PEFT at run time.
+- **not mergeable** (prefix, prompt): virtual tokens cannot be folded into weights. ``model/``
+  then holds the adapter itself, its ``adapter_config.json`` naming the base model by absolute
+  path, so ``AutoPeftModelFor...from_pretrained(run/model)`` (plain ``peft``) and lmforge's
+  loaders (:func:`lmforge.models.loading.load_pretrained`) rebuild base + adapter.
+
+Target modules default to PEFT's per-architecture choice (``target_modules: null``) and can be
+overridden. Classification heads train in full (PEFT's ``modules_to_save`` for the task type).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmforge.errors import LmforgeError
+from lmforge.methods.registry import add_method
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraOptions(_Options):
+    """Options of ``method: {name: lora | dora, ...}``."""
+
+    r: int = Field(8, ge=1, le=1024, description="Rank of the update matrices.")
+    alpha: int = Field(16, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default: PEFT's choice for the architecture.")
+    save_merged: bool = Field(True, description="Also save the merged plain model in model/.")
+
+
+class AdaLoraOptions(_Options):
+    """Options of ``method: {name: adalora, ...}`` (Zhang et al. 2023): LoRA whose rank budget is
+    redistributed during training by importance, from ``init_r`` down to ``target_r`` on average."""
+
+    init_r: int = Field(12, ge=1, description="Initial rank of every adapted matrix.")
+    target_r: int = Field(8, ge=1, description="Average rank left after pruning.")
+    alpha: int = Field(16, ge=1, description="Scaling numerator.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    warmup_share: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the steps before pruning starts (tinit).")
+    final_share: float = Field(0.2, ge=0.0, lt=1.0, description="Share of the steps at the end with a fixed budget "
+                                                                 "(tfinal).")
+    interval: int = Field(10, ge=1, description="Steps between two budget reallocations (deltaT).")
+    orth_reg_weight: float = Field(0.5, ge=0.0, description="Weight of the orthogonality regularizer.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; default: PEFT's choice.")
+    save_merged: bool = Field(True, description="Also save the merged plain model in model/.")
+
+
+class IA3Options(_Options):
+    """Options of ``method: {name: ia3, ...}`` (Liu et al. 2022): learned vectors that rescale
+    keys, values and feed-forward activations; the fewest trainable parameters of all."""
+
+    target_modules: list[str] | None = Field(None, description="Modules to rescale; default: PEFT's choice.")
+    feedforward_modules: list[str] | None = Field(
+        None, description="Which of target_modules are feed-forward (rescaled at their input); default: PEFT's.")
+    save_merged: bool = Field(True, description="Also save the merged plain model in model/.")
+
+
+class PrefixOptions(_Options):
+    """Options of ``method: {name: prefix, ...}`` (Li & Liang 2021): trained key/value vectors
+    prepended at every layer."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Prefix length.")
+    projection: bool = Field(False, description="Reparameterize the prefix through an MLP (more stable, more "
+                                                "parameters during training).")
+    projection_hidden: int | None = Field(None, ge=1, description="Hidden size of that MLP; default: the model's.")
+
+
+class PromptOptions(_Options):
+    """Options of ``method: {name: prompt, ...}`` (Lester et al. 2021): trained soft-prompt
+    embeddings prepended to the input."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Soft-prompt length.")
+    init: Literal["random", "text"] = Field("random", description="Initialize from random vectors or from the "
+                                                                   "embeddings of init_text.")
+    init_text: str | None = Field(None, description="With init: text, the text whose token embeddings start the "
+                                                    "prompt (e.g. 'Classify the sentiment:').")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a config builder may need besides the method's options."""
+
+    task_type: str | None  # PEFT's task type of the lmforge task (None: plain encoder / masked LM)
+    base_location: str  # where the base model was loaded from (prompt tuning tokenizes init_text with it)
+    new_token_ids: Sequence[int] = ()  # embedding rows added for this run (chat markers)
+    total_steps: int = 0  # optimizer steps of the run (AdaLoRA schedules its budget over them)
+
+
+class PeftMethod:
+    """Apply, save and continue one PEFT method; ``build`` turns its options into a PEFT config."""
+
+    def __init__(self, name: str, build: Callable[[Any, Setting], Any], mergeable: bool,
+                 needs_task_type: bool = False, check: Callable[[Any, str | None], None] | None = None):
+        self.name = name
+        self.build = build
+        self.mergeable = mergeable
+        self.needs_task_type = needs_task_type
+        self.check = check  # refuses a model the method cannot adapt, before any training
+
+    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
+              new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
+        from peft import PeftModel, get_peft_model
+
+        if adapter_dir is not None:  # continue training a finished run's adapter
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        if self.needs_task_type and peft_task_type is None:
+            raise LmforgeError(f"method {self.name} is not available for this task (PEFT has no task type for it); "
+                               "use method: lora or full")
+        if self.check is not None:
+            self.check(model, peft_task_type)
+        setting = Setting(peft_task_type, model.config._name_or_path, new_token_ids, total_steps)
+        try:
+            return get_peft_model(model, self.build(options, setting))
+        except (ValueError, TypeError) as err:  # e.g. target modules that match nothing
+            first = str(err).strip().splitlines()[0]
+            raise LmforgeError(f"method {self.name} cannot adapt {type(model).__name__}: {first}; set "
+                               "method.target_modules to module names of this model") from None
+
+    def after_update(self, model: Any, step: int) -> None:
+        """AdaLoRA reallocates its rank budget from the gradients, after each optimizer step."""
+        base = getattr(model, "base_model", None)
+        if self.name == "adalora" and hasattr(base, "update_and_allocate"):
+            base.update_and_allocate(step)
+
+    def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
+        adapter_dir = run_dir / "adapter"
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        absolute_base_path(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        out = run_dir / "model"
+        if not self.mergeable:  # model/ is the adapter: loaders rebuild base + adapter from it
+            shutil.copytree(adapter_dir, out)
+            return out
+        # merge_and_unload() would merge in place and break further training; merge a copy.
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        return out
+
+
+def absolute_base_path(adapter_dir: Path) -> None:
+    """Point the adapter at its base model by absolute path when the base is a local directory,
+    so that the run loads from any working directory."""
+    file = adapter_dir / "adapter_config.json"
+    config = json.loads(file.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if base and Path(base).exists() and not Path(base).is_absolute():
+        config["base_model_name_or_path"] = str(Path(base).resolve())
+        file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _lora(options: LoraOptions, setting: Setting, dora: bool = False) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=setting.task_type, r=options.r, lora_alpha=options.alpha,
+                      lora_dropout=options.dropout, target_modules=options.target_modules, use_dora=dora,
+                      # New embedding rows (chat markers) train in full; PEFT ties them to a tied LM head.
+                      trainable_token_indices=list(setting.new_token_ids) or None)
+
+
+def _dora(options: LoraOptions, setting: Setting) -> Any:
+    return _lora(options, setting, dora=True)
+
+
+def _adalora(options: AdaLoraOptions, setting: Setting) -> Any:
+    from peft import AdaLoraConfig
+
+    if options.target_r > options.init_r:
+        raise LmforgeError(f"method.target_r ({options.target_r}) must not exceed method.init_r ({options.init_r})")
+    total_steps = setting.total_steps
+    tinit, tfinal = int(total_steps * options.warmup_share), int(total_steps * options.final_share)
+    if total_steps - tinit - tfinal <= 0:
+        raise LmforgeError(f"method adalora: {total_steps} steps leave no budget phase after warmup_share and "
+                           "final_share; train longer or lower them")
+    return AdaLoraConfig(task_type=setting.task_type, init_r=options.init_r, target_r=options.target_r,
+                         lora_alpha=options.alpha, lora_dropout=options.dropout, tinit=tinit, tfinal=tfinal,
+                         deltaT=options.interval, orth_reg_weight=options.orth_reg_weight, total_step=total_steps,
+                         target_modules=options.target_modules)
+
+
+def _ia3(options: IA3Options, setting: Setting) -> Any:
+    from peft import IA3Config
+
+    return IA3Config(task_type=setting.task_type, target_modules=options.target_modules,
+                     feedforward_modules=options.feedforward_modules)
+
+
+def _prefix(options: PrefixOptions, setting: Setting) -> Any:
+    from peft import PrefixTuningConfig
+
+    return PrefixTuningConfig(task_type=setting.task_type, num_virtual_tokens=options.num_virtual_tokens,
+                              prefix_projection=options.projection,
+                              **({"encoder_hidden_size": options.projection_hidden} if options.projection_hidden
+                                 else {}))
+
+
+def takes_past_key_values(model: Any, task_type: str | None) -> None:
+    """Prefix tuning feeds its vectors as ``past_key_values``. Decoders take them (as their KV
+    cache); for classification PEFT looks for the argument by name, which encoders (BERT and kin)
+    no longer have in transformers 5, so PEFT would fail at the first forward pass."""
+    import inspect
+
+    if task_type == "CAUSAL_LM":
+        return
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), model)
+    if not any("past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)):
+        raise LmforgeError(f"method prefix needs a model that takes past_key_values; {type(model).__name__} does "
+                           "not (encoders lost it in transformers 5): use method prompt, adapter or lora, or prefix "
+                           "on a causal LM")
+
+
+def _prompt(options: PromptOptions, setting: Setting) -> Any:
+    from peft import PromptTuningConfig
+
+    if options.init == "text" and not options.init_text:
+        raise LmforgeError("method.init: text needs method.init_text, the text whose embeddings start the prompt")
+    return PromptTuningConfig(task_type=setting.task_type, num_virtual_tokens=options.num_virtual_tokens,
+                              prompt_tuning_init=options.init.upper(), prompt_tuning_init_text=options.init_text,
+                              tokenizer_name_or_path=setting.base_location if options.init == "text" else None)
+
+
+add_method("lora", LoraOptions, PeftMethod("lora", _lora, mergeable=True))
+add_method("dora", LoraOptions, PeftMethod("dora", _dora, mergeable=True))
+add_method("adalora", AdaLoraOptions, PeftMethod("adalora", _adalora, mergeable=True))
+add_method("ia3", IA3Options, PeftMethod("ia3", _ia3, mergeable=True))
+add_method("prefix", PrefixOptions, PeftMethod("prefix", _prefix, mergeable=False, needs_task_type=True,
+                                                check=takes_past_key_values))
+add_method("prompt", PromptOptions, PeftMethod("prompt", _prompt, mergeable=False, needs_task_type=True))

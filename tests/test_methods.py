@@ -1,0 +1,162 @@
+"""Fine-tuning methods: which parameters train, that each one learns, and what it saves."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from lmforge.config import load_config
+from lmforge.errors import LmforgeError
+from lmforge.methods.registry import METHOD_OPTIONS, get_method
+
+# What may train under each method on a BERT classifier (the head always trains).
+TRAINABLE = {
+    "full": r".*",
+    "freeze": r"^bert\.encoder\.layer\.1\.|^bert\.pooler\.|^classifier\.",
+    "lora": r"lora_[AB]|classifier",
+    "dora": r"lora_[AB]|lora_magnitude|classifier",
+    "adalora": r"lora_[ABE]|classifier",
+    "ia3": r"ia3_l|classifier",
+    "prompt": r"prompt_encoder|classifier",
+    "adapter": r"\.adapters\.default\.|classifier",
+}
+OPTIONS = {"freeze": {"layers": 1}, "adalora": {"init_r": 4, "target_r": 2, "interval": 2},
+           "adapter": {"placement": "houlsby", "reduction_factor": 4}}
+
+
+def _tiny_bert() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE))
+def test_only_the_intended_parameters_receive_gradients(name):
+    model = _tiny_bert()
+    options = METHOD_OPTIONS[name](**OPTIONS.get(name, {}))
+    model = get_method(name).apply(model, options, "SEQ_CLS", total_steps=100)
+    ids = torch.randint(5, 100, (4, 12))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    pattern = re.compile(TRAINABLE[name])
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and trained <= trainable
+    assert all(pattern.search(n) for n in trainable), sorted(n for n in trainable if not pattern.search(n))
+    if name == "freeze":  # embeddings and layer 0 frozen, the rest trains
+        assert not any(n.startswith(("bert.embeddings", "bert.encoder.layer.0.")) for n in trainable)
+        assert any(n.startswith("bert.encoder.layer.1.") for n in trained)
+    if name != "full":
+        assert any("classifier" in n for n in trained)  # the new head trains
+        total = sum(p.numel() for p in model.parameters())
+        assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) < total
+
+
+def _train(tmp_path, model_dir, train_csv, name: str, epochs: int = 12, **training):
+    from conftest import tiny_config
+
+    from lmforge.training.recipe import run_training
+
+    cfg = tiny_config(model_dir, train_csv, epochs=epochs, **training)
+    cfg["method"] = {"name": name, **OPTIONS.get(name, {})}
+    return run_training(load_config(cfg), tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def warm_encoder(tmp_path_factory, tiny_model_dir):
+    """The tiny BERT after full fine-tuning on the sentiment sentences, saved without its head.
+
+    Prompt tuning and IA3 steer what a pretrained model already computes; on a random network
+    there is nothing to steer and their loss does not move. This encoder stands in for the
+    pretrained model such methods are meant for, at test size.
+    """
+    from conftest import NEGATIVE, POSITIVE, write_csv
+    from transformers import AutoModel, AutoTokenizer
+
+    tmp = tmp_path_factory.mktemp("warm")
+    rows = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+    run = _train(tmp, tiny_model_dir, write_csv(tmp / "train.csv", rows), "full", epochs=20, learning_rate=3e-3)
+    AutoModel.from_pretrained(run / "model").save_pretrained(tmp / "encoder")
+    AutoTokenizer.from_pretrained(run / "model").save_pretrained(tmp / "encoder")
+    return tmp / "encoder"
+
+
+@pytest.mark.parametrize("name", ["lora", "adalora", "ia3", "prompt", "adapter", "freeze"])
+def test_each_method_learns_and_its_saved_model_reproduces_the_trained_one(tmp_path, warm_encoder,
+                                                                           sentiment_csv, name):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from lmforge.inference.predictor import Predictor
+
+    # Prompt tuning wants a large learning rate (Lester et al. 2021 use 0.3).
+    run = _train(tmp_path, warm_encoder, sentiment_csv, name, learning_rate=5e-2 if name == "prompt" else 1e-2)
+    history = [json.loads(line) for line in (run / "logs" / "history.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in history if r["split"] == "train"]
+    assert losses[-1] < 0.8 * losses[0]  # it learns
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == name and 0 < metrics["train"]["trainable_share"] < 1
+
+    texts = ["a wonderful film", "dull and far too long"]
+    predictor = Predictor.load(run, device="cpu", precision="fp32")  # what eval / predict / serve load
+    served = predictor.logits(texts)
+    if name == "freeze":
+        return
+    # The adapter on its base (plain peft) gives the same outputs; mergeable methods' model/ is plain HF.
+    labels = metrics["labels"]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        warm_encoder, num_labels=len(labels), id2label=dict(enumerate(labels)))
+    if name == "adapter":  # lmforge's bottleneck adapters load through lmforge
+        from lmforge.methods.bottleneck import load_adapter
+
+        adapted = load_adapter(base, run / "adapter").eval()
+    else:
+        adapted = PeftModel.from_pretrained(base, run / "adapter").eval()
+    batch = predictor.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = adapted(**batch).logits.numpy()
+    assert abs(served - reference).max() < 1e-4
+    adapter_bytes = sum(f.stat().st_size for f in (run / "adapter").glob("adapter_model.*"))
+    model_bytes = sum(f.stat().st_size for f in (run / "model").glob("*.safetensors"))
+    if name in ("prompt", "adapter"):  # not mergeable: model/ is the adapter, naming its base
+        assert (run / "model" / "adapter_config.json").is_file() and not (run / "model" / "config.json").exists()
+    else:
+        assert (run / "model" / "config.json").is_file() and adapter_bytes < model_bytes / 2
+
+
+def test_adapter_methods_fail_in_one_line_where_they_cannot_apply(tmp_path, tiny_model_dir):
+    model = _tiny_bert()
+    with pytest.raises(LmforgeError, match="not available for this task"):
+        get_method("prefix").apply(model, METHOD_OPTIONS["prefix"](), None)
+    with pytest.raises(LmforgeError, match="method prefix needs a model that takes past_key_values"):
+        get_method("prefix").apply(model, METHOD_OPTIONS["prefix"](), "SEQ_CLS")
+    with pytest.raises(LmforgeError, match="method.target_modules"):
+        get_method("lora").apply(_tiny_bert(), METHOD_OPTIONS["lora"](target_modules=["nothing_here"]), "SEQ_CLS")
+    with pytest.raises(LmforgeError, match="method.layers: 5, but the model has 2 layers"):
+        get_method("freeze").apply(_tiny_bert(), METHOD_OPTIONS["freeze"](layers=5), "SEQ_CLS")
+    with pytest.raises(LmforgeError, match="init_text"):
+        get_method("prompt").apply(_tiny_bert(), METHOD_OPTIONS["prompt"](init="text"), "SEQ_CLS")
+    with pytest.raises(LmforgeError, match="unknown method 'lorra'.*lora"):
+        load_config({"method": "lorra"})
+
+
+@pytest.mark.parametrize("name", ["prefix", "prompt", "lora", "ia3"])
+def test_decoder_methods_train_only_their_parameters(name):
+    """Prefix tuning needs past_key_values: decoders (Llama) take them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    model = get_method(name).apply(model, METHOD_OPTIONS[name](), "CAUSAL_LM")
+    ids = torch.randint(0, 64, (2, 10))
+    model(input_ids=ids, labels=ids).loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    pattern = {"prefix": "prompt_encoder", "prompt": "prompt_encoder", "lora": "lora_", "ia3": "ia3_l"}[name]
+    assert trainable and all(pattern in n for n in trainable)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable and "lora_A" not in n)
