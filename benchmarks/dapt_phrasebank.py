@@ -66,9 +66,11 @@ def main() -> int:
     print(f"masked-LM run: {mlm['train']['steps']} steps, validation perplexity {mlm['validation']['perplexity']:.1f}")
     print("| model | seeds | val accuracy (mean ± sd) | val macro-F1 (mean ± sd) |")
     print("|---|---:|---:|---:|")
+    def spread(xs: list[float]) -> str:
+        return f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else ""
+
     for variant, group in by_model.items():
         acc, f1 = [r["accuracy"] for r in group], [r["macro_f1"] for r in group]
-        spread = (lambda xs: f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else "")
         print(f"| {variant} | {len(group)} | {statistics.mean(acc):.4f}{spread(acc)} | "
               f"{statistics.mean(f1):.4f}{spread(f1)} |")
     print("paired accuracy gain per seed: " + ", ".join(f"{g:+.4f}" for g in gains))

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from lmforge.data.batching import IGNORE_INDEX
 from lmforge.data.mlm import MaskedLMCollator
-from lmforge.data.packing import CausalLMCollator, PackedBlocks, PackedSequences, pack_sequences, plan_blocks
+from lmforge.data.packing import (
+    CausalLMCollator,
+    PackedBlocks,
+    PackedSequences,
+    pack_sequences,
+    plan_blocks,
+)
 from lmforge.errors import LmforgeError
 
 EOD = 1  # end-of-document token of the toy corpora
@@ -238,9 +244,9 @@ def test_packed_conversations_keep_their_labels_and_compute_as_if_alone():
         assert (batch["labels"][row, width:] == IGNORE_INDEX).all()
     with torch.no_grad():
         packed_loss = model(**batch).loss
-        alone = [model(input_ids=torch.as_tensor(i)[None], labels=torch.as_tensor(l)[None]).loss
-                 for i, l in zip(ids, labels, strict=True)]
-    targets = torch.tensor([float((l[1:] != IGNORE_INDEX).sum()) for l in labels])
+        alone = [model(input_ids=torch.as_tensor(row)[None], labels=torch.as_tensor(target)[None]).loss
+                 for row, target in zip(ids, labels, strict=True)]
+    targets = torch.tensor([float((target[1:] != IGNORE_INDEX).sum()) for target in labels])
     torch.testing.assert_close(packed_loss, (torch.stack(alone) * targets).sum() / targets.sum(), atol=1e-5, rtol=0)
 
 

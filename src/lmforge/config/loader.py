@@ -124,9 +124,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             if _exists(str(candidate)):
                 setattr(cfg.data, key, str(candidate))
     template = cfg.data.chat_template
-    if template and is_template_file(template) and not Path(template).is_absolute() and not Path(template).exists():
-        if (base / template).exists():
-            cfg.data.chat_template = str(base / template)
+    if (template and is_template_file(template) and not Path(template).is_absolute()
+            and not Path(template).exists() and (base / template).exists()):
+        cfg.data.chat_template = str(base / template)
     return cfg
 
 

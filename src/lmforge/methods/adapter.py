@@ -42,7 +42,12 @@ class AdapterOptions(BaseModel):
 class BottleneckAdapters:
     def apply(self, model: Any, options: AdapterOptions, peft_task_type: str | None,
               adapter_dir: Path | None = None, new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
-        from lmforge.methods.bottleneck import BottleneckConfig, add_adapter, load_adapter, mark_only_adapters_trainable
+        from lmforge.methods.bottleneck import (
+            BottleneckConfig,
+            add_adapter,
+            load_adapter,
+            mark_only_adapters_trainable,
+        )
 
         if adapter_dir is not None:  # continue training a finished run's adapter (and head)
             load_adapter(model, adapter_dir)
