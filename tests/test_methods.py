@@ -160,3 +160,49 @@ def test_decoder_methods_train_only_their_parameters(name):
     pattern = {"prefix": "prompt_encoder", "prompt": "prompt_encoder", "lora": "lora_", "ia3": "ia3_l"}[name]
     assert trainable and all(pattern in n for n in trainable)
     assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable and "lora_A" not in n)
+
+
+# --- regularization and robustness in the engine ------------------------------------------------
+
+def test_regularization_options_train_end_to_end(tmp_path, warm_encoder, sentiment_csv):
+    """Label smoothing, dropout override, layer-wise LR decay, FGM and augmentation in one run."""
+    cfg_extra = {"regularization": {"label_smoothing": 0.1, "dropout": 0.2, "layerwise_lr_decay": 0.8,
+                                    "adversarial": "fgm", "adversarial_epsilon": 0.5},
+                 "augment": {"operations": ["swap", "delete", "synonym"], "copies": 2, "rate": 0.2}}
+    from conftest import tiny_config
+
+    from lmforge.training.recipe import run_training
+
+    cfg = tiny_config(warm_encoder, sentiment_csv, epochs=6, learning_rate=3e-3)
+    cfg.update(cfg_extra)
+    run = run_training(load_config(cfg), tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"]["augmented"]["eda"]["original"] == 16
+    assert metrics["train"]["examples_seen"] > 16 * 6 * 2  # the augmented copies were trained on
+    history = [r["loss"] for r in map(json.loads, (run / "logs" / "history.jsonl").read_text().splitlines())
+               if r["split"] == "train"]
+    assert history[-1] < history[0]
+
+
+def test_layerwise_lr_decay_scales_each_depth():
+    from lmforge.training.optim import build_optimizer
+
+    model = _tiny_bert()
+    optimizer = build_optimizer(model, 1e-3, 0.01, layer_decay=0.5)
+    rates = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            rates[id(p)] = group["lr"]
+    named = dict(model.named_parameters())
+    assert rates[id(named["classifier.weight"])] == pytest.approx(1e-3)
+    assert rates[id(named["bert.encoder.layer.1.attention.self.query.weight"])] == pytest.approx(5e-4)
+    assert rates[id(named["bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(2.5e-4)
+    assert rates[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
+
+
+def test_label_smoothing_is_refused_where_there_are_no_classes():
+    from lmforge.tasks.registry import get_task
+    from lmforge.training.recipe import training_loss
+
+    with pytest.raises(LmforgeError, match="label_smoothing applies to classification"):
+        training_loss(get_task("regression"), 0.1)

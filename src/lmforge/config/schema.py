@@ -287,6 +287,43 @@ def parse_method(value: Any) -> MethodConfig:
     return MethodConfig(name=name, options=options)
 
 
+class RegularizationConfig(_Section):
+    """Remedies for overfitting and for brittle models (all off by default)."""
+
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Classification and NER: spread this share "
+                                                                     "of each target's probability over all classes.")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Override every dropout probability of the "
+                                                                      "model (hidden, attention, classifier).")
+    layerwise_lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="Learning rate of layer l = "
+                                      "learning_rate x decay^(layers - l): lower layers change less (1.0: off).")
+    adversarial: Literal["none", "fgm", "pgd"] = Field(
+        "none", description="Adversarial training on the embeddings: fgm (one extra forward/backward per batch) "
+                            "or pgd (adversarial_steps extra).")
+    adversarial_epsilon: float = Field(1.0, gt=0.0, description="L2 radius of the perturbation, per example.")
+    adversarial_alpha: float = Field(0.3, gt=0.0, description="pgd: step size of each inner step.")
+    adversarial_steps: int = Field(3, ge=1, le=100, description="pgd: inner steps.")
+
+
+class AugmentConfig(_Section):
+    """Offline data augmentation of the training split (EDA operations, back-translation)."""
+
+    operations: list[Literal["swap", "delete", "insert", "synonym"]] = Field(
+        default_factory=list, description="EDA operations to draw from (synonym: nearest neighbours in the "
+                                          "model's own embedding table); empty: no augmentation.")
+    rate: float = Field(0.1, gt=0.0, le=1.0, description="Share of the words of a text each operation changes.")
+    copies: int = Field(1, ge=1, le=32, description="Augmented copies per training text.")
+    back_translation: list[str] | None = Field(
+        None, description="Two translation models [there, back] (e.g. Helsinki-NLP/opus-mt-en-de, "
+                          "Helsinki-NLP/opus-mt-de-en): one back-translated copy per training text.")
+
+    @field_validator("back_translation")
+    @classmethod
+    def _two_models(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError("back_translation takes two models: [to the pivot language, back]")
+        return value
+
+
 class RunConfig(_Section):
     """One training run: task, model, data, method and optimization."""
 
@@ -295,6 +332,10 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Input data.")
     method: MethodConfig = Field(default_factory=lambda: parse_method("full"), description="'full', 'lora', or a mapping with options.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimization.")
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig,
+                                                 description="Label smoothing, dropout, layer-wise LR decay, "
+                                                             "adversarial training.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-data augmentation.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig,
                                            description="Several processes: strategy and timeouts.")

@@ -25,12 +25,14 @@ class Splits:
     frames: dict[str, pd.DataFrame]
     cleaning: dict[str, CleaningReport] = field(default_factory=dict)
     carved: dict[str, float] = field(default_factory=dict)
+    augmented: dict[str, dict[str, int]] = field(default_factory=dict)  # what augmentation added to train
 
     def summary(self) -> dict[str, object]:
         return {
             "rows": {name: len(f) for name, f in self.frames.items()},
             "cleaning": {name: r.as_dict() for name, r in self.cleaning.items()},
             "carved_from_train": self.carved,
+            **({"augmented": self.augmented} if self.augmented else {}),
         }
 
 

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.errors import LmforgeError
 from lmforge.methods.full import FullFineTuning
 from lmforge.methods.registry import register_method
+from lmforge.models.structure import embedding_modules, transformer_layers
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +30,6 @@ class FreezeOptions(BaseModel):
     embeddings: bool = Field(True, description="Freeze the embedding layer (token, position and type "
                                                "embeddings; a tied LM head with them).")
     layers: int = Field(0, ge=0, description="Freeze the first N transformer layers.")
-
-
-def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's stack of transformer blocks: the longest ``ModuleList`` of identical blocks
-    (``encoder.layer`` in BERT, ``model.layers`` in Llama, ``transformer.h`` in GPT-2)."""
-    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)
-              and len({type(block) for block in m}) == 1]
-    if not stacks:
-        raise LmforgeError(f"method freeze: {type(model).__name__} has no stack of transformer layers to freeze")
-    return max(stacks, key=len)
-
-
-def embedding_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The input embeddings: BERT's whole ``embeddings`` block where there is one (word, position,
-    type, LayerNorm), else the token embedding plus GPT-2's learned positions."""
-    token = model.get_input_embeddings()
-    for name, module in model.named_modules():
-        if name.split(".")[-1] == "embeddings" and any(m is token for m in module.modules()):
-            return [module]
-    extra = [m for name, m in model.named_modules() if name.split(".")[-1] == "wpe"]
-    return [token, *extra]
 
 
 @register_method("freeze", FreezeOptions)

@@ -27,6 +27,7 @@ class SequenceClassification:
     name = "sequence_classification"
     peft_task_type = "SEQ_CLS"
     word_level = False  # one prediction per text (token_classification: per word)
+    smoothable = True  # one class per target: label smoothing applies
     labeled = True
 
     def configure(self, options: dict[str, Any]) -> None:

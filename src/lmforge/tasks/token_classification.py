@@ -71,6 +71,7 @@ class TokenClassification:
     name = "token_classification"
     peft_task_type = "TOKEN_CLS"
     word_level = True
+    smoothable = True  # one class per target: label smoothing applies
     labeled = True
 
     def __init__(self) -> None:

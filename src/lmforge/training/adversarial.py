@@ -27,9 +27,9 @@ Use in a training loop (hooks are installed by :func:`make_adversary`)::
         if adversary is not None:  # adds the adversarial loss's gradients to the same .grad
             adv_loss = adversary.train_step(lambda: model(**batch).loss, accelerator.backward)
 
-The config keys are ``training.adversarial`` (fgm | pgd | none),
-``training.adversarial_epsilon``, ``training.adversarial_alpha`` and
-``training.adversarial_steps``.
+The config keys are ``regularization.adversarial`` (fgm | pgd | none),
+``regularization.adversarial_epsilon``, ``regularization.adversarial_alpha`` and
+``regularization.adversarial_steps``.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def find_embedding_module(model: nn.Module) -> nn.Module:
             continue
         if isinstance(embeddings, nn.Module) and isinstance(getattr(embeddings, "weight", None), torch.Tensor):
             return embeddings
-    raise LmforgeError(f"training.adversarial: cannot find the word embeddings of {type(model).__name__} "
-                       "(no get_input_embeddings()); set training.adversarial: none")
+    raise LmforgeError(f"regularization.adversarial: cannot find the word embeddings of {type(model).__name__} "
+                       "(no get_input_embeddings()); set regularization.adversarial: none")
 
 
 def find_word_embeddings(model: nn.Module) -> nn.Parameter:
@@ -262,27 +262,27 @@ def _check_positive(key: str, value: float) -> None:
 
 def make_adversary(model: nn.Module, kind: str = "none", epsilon: float = 1.0, alpha: float = 0.3,
                    steps: int = 3) -> EmbeddingAdversary | None:
-    """The adversary for ``training.adversarial``, hooked onto ``model``; None for "none".
+    """The adversary for ``regularization.adversarial``, hooked onto ``model``; None for "none".
 
     Args:
         model: the module the loop calls.
-        kind: ``training.adversarial``: "fgm", "pgd" or "none".
-        epsilon: ``training.adversarial_epsilon``, the per-example L2 radius.
-        alpha: ``training.adversarial_alpha``, PGD's step size (FGM steps by ``epsilon``).
-        steps: ``training.adversarial_steps``, PGD's number of steps (FGM takes one).
+        kind: ``regularization.adversarial``: "fgm", "pgd" or "none".
+        epsilon: ``regularization.adversarial_epsilon``, the per-example L2 radius.
+        alpha: ``regularization.adversarial_alpha``, PGD's step size (FGM steps by ``epsilon``).
+        steps: ``regularization.adversarial_steps``, PGD's number of steps (FGM takes one).
 
     Raises:
         LmforgeError: an unknown kind, or a non-positive epsilon / alpha / steps.
     """
     if kind not in KINDS:
-        raise LmforgeError(f"training.adversarial: unknown kind {kind!r}{did_you_mean(str(kind), KINDS)}; "
+        raise LmforgeError(f"regularization.adversarial: unknown kind {kind!r}{did_you_mean(str(kind), KINDS)}; "
                            "use fgm, pgd or none")
     if kind == "none":
         return None
     _check_positive("adversarial_epsilon", epsilon)
     _check_positive("adversarial_alpha", alpha)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise LmforgeError(f"training.adversarial_steps must be a whole number >= 1, got {steps!r}")
+        raise LmforgeError(f"regularization.adversarial_steps must be a whole number >= 1, got {steps!r}")
     if kind == "fgm":
         return EmbeddingAdversary(model, epsilon, alpha=epsilon, steps=1, kind="fgm")
     return EmbeddingAdversary(model, epsilon, alpha=alpha, steps=steps, kind="pgd")

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -70,6 +71,11 @@ class EarlyStopping:
         return self.patience is not None and self.bad_evals >= self.patience
 
 
+def weighted_loss(loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor], model: Any,
+                  batch: dict[str, torch.Tensor], weight: float) -> torch.Tensor:
+    return loss_fn(model, batch) * weight
+
+
 def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int, max_steps: int | None) -> int:
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / accumulation))
     return max_steps if max_steps else steps_per_epoch * epochs
@@ -79,7 +85,9 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
         strategy: Strategy, settings: LoopSettings, state: TrainState,
         evaluate: Callable[[], dict[str, float]], on_best: Callable[[int], None], logger: RunLogger,
         checkpointer: Checkpointer, stop: StopRequest,
-        after_update: Callable[[int], None] | None = None) -> TrainState:
+        after_update: Callable[[int], None] | None = None,
+        loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+        adversary: Any = None) -> TrainState:
     """Train from ``state`` until the epochs or ``max_steps`` are done, or early stopping says stop.
 
     Args:
@@ -88,11 +96,16 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
         stop: Set by SIGINT/SIGTERM; honoured after the current optimizer step with a checkpoint.
         after_update: Called with the new step number after each optimizer step, while the
             gradients still exist (AdaLoRA reallocates its rank budget from them).
+        loss_fn: ``(model, batch) -> loss``; default the model's own loss (label smoothing
+            brings its own).
+        adversary: An :class:`~lmforge.training.adversarial.EmbeddingAdversary`: after each
+            micro-batch's backward it adds the gradients of the loss under an embedding attack.
 
     Raises:
         TrainingInterrupted: After saving a checkpoint, when ``stop`` was requested.
     """
     accum = settings.accumulation
+    loss_fn = loss_fn or (lambda model, batch: model(**batch).loss)
     batches_per_epoch = len(sampler)
     total = total_optimizer_steps(batches_per_epoch, accum, settings.epochs, settings.max_steps)
     stopper = EarlyStopping(settings.metric, settings.patience, state.best_metric, state.bad_evals)
@@ -160,10 +173,13 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
             boundary = state.batches_in_epoch - first_of_window == window_size
             # Skip the gradient all-reduce on micro-batches that do not end a window (DDP, FSDP).
             with contextlib.nullcontext() if boundary else strategy.no_sync(model):
-                loss = model(**batch).loss  # (,) mean over this rank's part of the batch
+                loss = loss_fn(model, batch)  # (,) mean over this rank's part of the batch
                 # Weighted so that the ranks' averaged gradient is that of the global batch's mean loss.
                 share = sampler.loss_scale(state.epoch, index)
-                strategy.backward(loss * (share / window_size) if share != 1.0 or window_size != 1 else loss)
+                weight = share / window_size
+                strategy.backward(loss * weight if weight != 1.0 else loss)
+                if adversary is not None:  # the same batch once more, under attack (same weight)
+                    adversary.train_step(partial(weighted_loss, loss_fn, model, batch, weight), strategy.backward)
             window_loss += loss.detach() * share if share != 1.0 else loss.detach()
             state.window_batches += 1
             n = sampler.global_size(state.epoch, index)

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -34,7 +35,7 @@ import torch
 
 import lmforge
 from lmforge.config import RunConfig, load_config, save_config
-from lmforge.data.batching import EncodedDataset, length_sorted_batches
+from lmforge.data.batching import IGNORE_INDEX, EncodedDataset, length_sorted_batches
 from lmforge.data.loading import load_splits
 from lmforge.data.tokenization import tokenize
 from lmforge.distributed.context import DistContext
@@ -44,7 +45,8 @@ from lmforge.evaluation.report import write_report
 from lmforge.inference.forward import collect_logits
 from lmforge.inference.predictor import METADATA_FILE, Predictor, read_metadata
 from lmforge.methods.registry import count_parameters, get_method
-from lmforge.models.loading import load_tokenizer, resolve_model_path
+from lmforge.models.loading import load_pretrained, load_tokenizer, resolve_model_path
+from lmforge.models.structure import set_dropout
 from lmforge.planning.memory import peak_memory_bytes
 from lmforge.tasks.language_modeling import (
     bind_tokenizer,
@@ -55,6 +57,7 @@ from lmforge.tasks.language_modeling import (
 )
 from lmforge.tasks.registry import get_task
 from lmforge.tasks.token_classification import word_logits
+from lmforge.training.adversarial import make_adversary
 from lmforge.training.checkpoint import (
     Checkpointer,
     CheckpointPolicy,
@@ -123,7 +126,11 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                            "few parameters: use strategy ddp")
     # unwrapped: the model without the DDP wrapper, what is saved and checkpointed.
     model, optimizer, unwrapped = strategy.prepare(
-        model, lambda m: build_optimizer(m, cfg.training.learning_rate, cfg.training.weight_decay))
+        model, lambda m: build_optimizer(m, cfg.training.learning_rate, cfg.training.weight_decay,
+                                         cfg.regularization.layerwise_lr_decay))
+    reg = cfg.regularization
+    adversary = make_adversary(unwrapped, reg.adversarial, reg.adversarial_epsilon, reg.adversarial_alpha,
+                               reg.adversarial_steps)
     scheduler = build_scheduler(optimizer, cfg.training.scheduler,
                                 int(round(cfg.training.warmup_ratio * steps)), steps)
     if parent is not None and cfg.continue_optimizer:
@@ -175,9 +182,11 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
             state = fit(model, optimizer, scheduler, train_loader, sampler, strategy, settings, state,
                         evaluate, save, logger, checkpointer, stop,
                         after_update=partial(method.after_update, unwrapped) if hasattr(method, "after_update")
-                        else None)
+                        else None, loss_fn=training_loss(task, reg.label_smoothing), adversary=adversary)
     finally:
         logger.close()
+        if adversary is not None:
+            adversary.remove()
     wall_seconds = time.perf_counter() - started
 
     # --- save and evaluate what was saved -----------------------------------------------------
@@ -311,6 +320,8 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
         with (ctx or DistContext()).main_first():  # rank 0 downloads and fills the token cache, the others reuse it
             model_location = resolve_model_path(cfg.model.name_or_path)
             tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
+            if cfg.augment.operations or cfg.augment.back_translation:
+                augment_training_split(splits, cfg, task, model_location, tokenizer)
             datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
                         for name, frame in splits.frames.items()}
     log.info("data: %s%s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()),
@@ -325,6 +336,8 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
                                "set it to false")
         # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings, LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.regularization.dropout is not None:
+        log.info("dropout %.2f in %d modules", cfg.regularization.dropout, set_dropout(model, cfg.regularization.dropout))
     if cfg.training.fast_dropout and device == "cpu":
         log.debug("fast dropout in %d modules", use_fast_dropout(model))
     if is_language_modeling(task):
@@ -604,3 +617,64 @@ def update_metadata(model_dir: Path, **values: Any) -> None:
     """Add ``values`` to the model's lmforge.json."""
     meta = {**read_metadata(model_dir), **values}
     (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def training_loss(task: Any, label_smoothing: float) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
+    """The loss the loop minimizes: the model's own, or cross-entropy with label smoothing
+    (Szegedy et al. 2016) computed from its logits, for tasks with one class per target."""
+    if not label_smoothing:
+        return lambda model, batch: model(**batch).loss
+    if not getattr(task, "smoothable", False):
+        raise LmforgeError(f"regularization.label_smoothing applies to classification and NER; task {task.name} "
+                           "has no classes to smooth over: set it to 0")
+
+    def smoothed(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, C) or (B, T, C)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), batch["labels"].flatten(),
+                                                 ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+    return smoothed
+
+
+def augment_training_split(splits: Any, cfg: RunConfig, task: Any, model_location: str, tokenizer: Any) -> None:
+    """Add augmented copies of the training texts (validation and test stay as they are)."""
+    from lmforge.data.augmentation import (
+        AugmentConfig,
+        EmbeddingNeighbours,
+        augment_rows,
+        back_translate,
+    )
+
+    frame = splits.frames["train"]
+    if getattr(task, "word_level", False) or "text_pair" in frame or "text" not in frame:
+        raise LmforgeError(f"augment: works on single-text tasks; task {cfg.task} with these columns cannot be "
+                           "augmented word by word: remove augment")
+    texts, labels = frame["text"].tolist(), frame["label"].tolist()
+    added = {}
+    if cfg.augment.operations:
+        neighbours = None
+        if "synonym" in cfg.augment.operations:
+            from transformers import AutoModel
+
+            encoder = load_pretrained(AutoModel, model_location, "model")
+            neighbours = EmbeddingNeighbours.from_model(encoder, tokenizer)
+            del encoder
+        config = AugmentConfig(tuple(cfg.augment.operations), cfg.augment.rate, cfg.augment.copies,
+                               cfg.training.seed)
+        new_texts, new_labels, summary = augment_rows(texts, labels, config, neighbours)
+        added["eda"] = summary
+        texts_out, labels_out = new_texts, new_labels
+    else:
+        texts_out, labels_out = list(texts), list(labels)
+    if cfg.augment.back_translation:
+        there, back = cfg.augment.back_translation
+        translated = back_translate(texts, there, back)
+        kept = [(t, y) for t, o, y in zip(translated, texts, labels, strict=True) if t.strip() and t != o]
+        added["back_translation"] = {"added": len(kept), "unchanged": len(texts) - len(kept)}
+        texts_out += [t for t, _ in kept]
+        labels_out += [y for _, y in kept]
+    import pandas as pd
+
+    splits.frames["train"] = pd.DataFrame({"text": texts_out, "label": labels_out})
+    splits.augmented = added
+    log.info("augment: %d training texts -> %d", len(texts), len(texts_out))
