@@ -206,3 +206,81 @@ def test_label_smoothing_is_refused_where_there_are_no_classes():
 
     with pytest.raises(LmforgeError, match="label_smoothing applies to classification"):
         training_loss(get_task("regression"), 0.1)
+
+
+# --- ensemble, robustness check, comparison -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, warm_encoder):
+    from conftest import NEGATIVE, POSITIVE, write_csv
+
+    tmp = tmp_path_factory.mktemp("ensemble")
+    rows = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+    data = write_csv(tmp / "train.csv", rows)
+    runs = [_train(tmp / f"seed{seed}", warm_encoder, data, "lora", epochs=4, learning_rate=1e-2, seed=seed)
+            for seed in (1, 2)]
+    return runs, data
+
+
+def test_an_ensemble_of_two_identical_runs_equals_either_run(two_runs, capsys):
+    from lmforge.cli import main
+    from lmforge.evaluation.ensemble import run_ensemble
+    from lmforge.evaluation.recipe import run_evaluation
+
+    (run, other), data = two_runs
+    alone = run_evaluation(run, data, precision="fp32")
+    same = run_ensemble([run, run], data, precision="fp32")
+    assert same["accuracy"] == alone["accuracy"] and same["macro_f1"] == alone["macro_f1"]
+    assert same["per_class"] == alone["per_class"]
+    assert main(["ensemble", str(run), str(other), "--data", str(data), "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("member") == 2 and "ensemble  accuracy" in out
+
+
+def test_ensemble_and_perturb_refuse_what_they_cannot_do(two_runs, tmp_path):
+    from lmforge.evaluation.ensemble import run_ensemble
+    from lmforge.evaluation.recipe import run_evaluation
+
+    (run, _), data = two_runs
+    with pytest.raises(LmforgeError, match="at least two runs"):
+        run_ensemble([run], data)
+    with pytest.raises(LmforgeError, match="unknown perturbation|typos"):
+        run_evaluation(run, data, perturbations=["spelling"])
+
+
+def test_eval_scores_perturbed_texts(two_runs, capsys):
+    from lmforge.cli import main
+
+    (run, _), data = two_runs
+    assert main(["eval", str(run), "--data", str(data), "--perturb", "typos,casing,word_drop", "--perturb-rate",
+                 "0.5", "--precision", "fp32", "--json", str(run / "robust.json")]) == 0
+    assert capsys.readouterr().out.count("perturbed (") == 3
+    metrics = json.loads((run / "robust.json").read_text())
+    for kind in ("typos", "casing", "word_drop"):
+        scores = metrics["robustness"][kind]
+        assert scores["texts_changed"] > 0
+        assert scores["accuracy_drop"] == pytest.approx(metrics["accuracy"] - scores["accuracy"])
+
+
+def test_compare_tabulates_methods_on_one_config(tmp_path, warm_encoder, sentiment_csv, capsys):
+    from conftest import tiny_config
+
+    from lmforge.cli import main
+
+    cfg = tiny_config(warm_encoder, sentiment_csv, epochs=2)
+    cfg["data"]["validation_size"] = 0.25
+    cfg["training"]["eval_strategy"] = "epoch"
+    (tmp_path / "run.yaml").write_text(json.dumps(cfg))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "run.yaml"), "--methods", "full,lora", "--output", str(out),
+                 "--lr", "lora=1e-2"]) == 0
+    table = json.loads((out / "compare.json").read_text())
+    full, lora = table["rows"]
+    assert (full["method"], lora["method"]) == ("full", "lora")
+    assert full["trainable_share"] == 1.0 and lora["trainable_share"] < 0.1
+    assert lora["size_on_disk_bytes"] < full["size_on_disk_bytes"] / 5
+    assert isinstance(lora["validation"], float) and lora["peak_memory_bytes"] > 0
+    assert load_config(out / "lora" / "config.yaml").training.learning_rate == 1e-2
+    assert "| lora |" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "run.yaml"), "--methods", "lorra", "--output", str(out)]) == 2
+    assert "unknown method(s) lorra" in capsys.readouterr().err

@@ -71,11 +71,44 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
     p.add_argument("--task", choices=TASK_CHOICES, help="evaluate as this task (e.g. embedding, for the encoder of "
                                                         "any model); default: the task the model was trained for")
+    p.add_argument("--perturb", help="also score perturbed copies of the texts: a comma list of typos, casing, "
+                                     "word_drop (a robustness check; labels unchanged)")
+    p.add_argument("--perturb-rate", type=float, default=0.1,
+                   help="typos/word_drop: share of words changed; casing: share of texts (default 0.1)")
     p.add_argument("--corpus", help="embedding: more documents to rank besides the positives of --data "
                                     "(a text file, one per line, or a table with a text column)")
     _add_reader_flags(p)
     _add_inference_flags(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ensemble", help="evaluate the probability average of several runs",
+                       description="Average the predicted probabilities of several runs (same task and labels) "
+                                   "on a labeled file; prints the ensemble's metrics and each member's.")
+    p.add_argument("models", nargs="+", help="two or more run directories")
+    p.add_argument("--data", required=True, help="labeled file, read the way the first run read its data")
+    p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="inference precision (default: bf16 where supported)")
+    _add_reader_flags(p)
+    p.set_defaults(func=cmd_ensemble)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="train one config with several methods and tabulate them",
+                       description="Train CONFIG once per method (same data, split, seed and budget) and write "
+                                   "OUTPUT/compare.md and compare.json: trainable parameters, size on disk, peak "
+                                   "memory, train time, examples/s, validation metric.")
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--methods", required=True, help="comma list, e.g. full,lora,adalora,ia3,prompt,adapter")
+    p.add_argument("--output", "-o", required=True, help="directory for the runs and the table")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every method")
+    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
+                   help="learning rate of one method (adapter methods want larger ones), repeatable")
+    p.set_defaults(func=cmd_compare)
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
@@ -194,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_generate, _add_config):
+    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_generate, _add_compare,
+                _add_ensemble, _add_config):
         add(sub)
     return parser
 
@@ -296,20 +330,58 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from lmforge.evaluation.recipe import run_evaluation
 
+    kinds = [k.strip() for k in args.perturb.split(",") if k.strip()] if args.perturb else []
     metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision,
-                             args.quantize, task=args.task, corpus=args.corpus)
+                             args.quantize, task=args.task, corpus=args.corpus, perturbations=kinds,
+                             perturb_rate=args.perturb_rate)
     if "per_class" in metrics:
         print(format_classification_report(metrics))
     elif "per_type" in metrics:
         print(format_entity_report(metrics))
     else:
         print(f"n={metrics['n']}  {headline(metrics)}")
-    if args.json_out:
-        out = Path(args.json_out)
+    for kind, scores in metrics.get("robustness", {}).items():
+        print(f"perturbed ({kind}, {scores['texts_changed']} texts changed): {headline(scores)}")
+    _write_json(metrics, args.json_out)
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from lmforge.evaluation.ensemble import run_ensemble
+
+    metrics = run_ensemble(args.models, args.data, _reader_overrides(args), args.batch_size, args.precision)
+    for model, scores in metrics["members"].items():
+        print(f"member    {headline(scores)}  ({model})")
+    print(f"ensemble  {headline(metrics)}  (n={metrics['n']}, {len(metrics['members'])} runs)")
+    _write_json(metrics, args.json_out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lmforge.evaluation.compare import run_comparison
+
+    rates = {}
+    for item in args.lr:
+        method, sep, value = item.partition("=")
+        try:
+            rates[method.strip()] = float(value)
+        except ValueError:
+            raise LmforgeError(f"--lr {item!r}: expected METHOD=LR, e.g. --lr lora=5e-4") from None
+        if not sep:
+            raise LmforgeError(f"--lr {item!r}: expected METHOD=LR, e.g. --lr lora=5e-4")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    run_comparison(args.config, methods, Path(args.output), args.overrides, rates)
+    print((Path(args.output) / "compare.md").read_text(encoding="utf-8"), end="")
+    print(f"table: {Path(args.output) / 'compare.md'} (and compare.json)")
+    return 0
+
+
+def _write_json(metrics: dict[str, Any], path: str | None) -> None:
+    if path:
+        out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         print(f"metrics: {out}")
-    return 0
 
 
 def format_classification_report(m: dict[str, Any]) -> str:

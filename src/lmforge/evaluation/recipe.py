@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ def read_table_for(model: str | Path, data: str | Path, overrides: dict[str, Any
 
 def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str, Any] | None = None,
                    batch_size: int = 64, precision: str = "auto", quantize: str = "none",
-                   task: str | None = None, corpus: str | Path | None = None) -> dict[str, Any]:
+                   task: str | None = None, corpus: str | Path | None = None,
+                   perturbations: Sequence[str] = (), perturb_rate: float = 0.1, seed: int = 0) -> dict[str, Any]:
     """Evaluate a run or model directory on a labeled file; return the metrics.
 
     Rows with empty text or no label are dropped and counted; duplicates are kept (an
@@ -60,8 +62,15 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
     Args:
         task: The task of a model directory lmforge did not train (e.g. 'embedding').
         corpus: Embedding models: more documents to rank besides the file's positives.
+        perturbations: Also score the file's texts perturbed this way ("typos", "casing",
+            "word_drop"; labels unchanged): ``metrics["robustness"][kind]``.
+        perturb_rate: How much each perturbation changes (see :func:`lmforge.data.augmentation.perturb`).
     """
     predictor = Predictor.load(model, precision=precision, quantize=quantize, task=task)
+    if perturbations and (getattr(predictor.task, "loss_only", False) or predictor.task.word_level
+                          or not predictor.task.labeled):
+        raise LmforgeError("--perturb measures text classifiers and regressors; this model is a "
+                           f"{predictor.task.name.replace('_', ' ')} model")
     if getattr(predictor.task, "loss_only", False):
         return evaluate_corpus(predictor, model, data, reader_options or {}, batch_size)
     if predictor.task.word_level:
@@ -80,7 +89,28 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
     metrics = predictor.task.compute_metrics(logits, label_ids, predictor.label_names)
     metrics["rows_dropped"] = report.dropped
     metrics["data"] = str(data)
+    if perturbations:
+        metrics["robustness"] = robustness(predictor, frame["text"].tolist(), pairs, label_ids, metrics,
+                                           perturbations, perturb_rate, seed, batch_size)
     return metrics
+
+
+def robustness(predictor: Predictor, texts: list[str], pairs: list[str] | None, label_ids: Any,
+               clean: dict[str, Any], kinds: Sequence[str], rate: float, seed: int,
+               batch_size: int) -> dict[str, dict[str, float]]:
+    """The headline metrics on perturbed copies of ``texts`` (labels unchanged), and how much
+    each fell from the clean score."""
+    from lmforge.data.augmentation import perturb
+
+    out = {}
+    for kind in kinds:
+        changed = perturb(texts, kind, rate, seed)
+        logits = predictor.logits(changed, batch_size, pairs=pairs)
+        metrics = predictor.task.compute_metrics(logits, label_ids, predictor.label_names)
+        scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        out[kind] = {**scores, **{f"{k}_drop": clean[k] - v for k, v in scores.items() if k in clean},
+                     "texts_changed": sum(a != b for a, b in zip(texts, changed, strict=True))}
+    return out
 
 
 def evaluate_token_file(predictor: Predictor, data: str | Path, encoding: str, batch_size: int) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+"""Ensembles: several trained runs vote by averaging their probabilities.
+
+Averaging probabilities (not logits, not votes) is the usual deep-ensemble rule
+(Lakshminarayanan et al. 2017): it keeps each member's confidence and is calibrated better
+than any member. Classification averages softmax probabilities, multi-label the per-label
+sigmoids (with the mean of the members' tuned thresholds), regression the predicted values.
+The members may differ in method, seed or base model, but must share the task and the label
+set; their label orders may differ (they are aligned by name).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.errors import LmforgeError
+from lmforge.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_TASKS = ("sequence_classification", "multi_label_classification", "regression")
+
+
+def run_ensemble(models: Sequence[str | Path], data: str | Path, reader_options: dict[str, Any] | None = None,
+                 batch_size: int = 64, precision: str = "auto") -> dict[str, Any]:
+    """Evaluate the probability average of ``models`` on a labeled file; the members' scores too."""
+    from lmforge.evaluation.recipe import read_table_for
+
+    if len(models) < 2:
+        raise LmforgeError("an ensemble needs at least two runs")
+    members = [Predictor.load(m, precision=precision) for m in models]
+    first = members[0]
+    if first.task.name not in ENSEMBLE_TASKS:
+        raise LmforgeError(f"ensembles average {', '.join(ENSEMBLE_TASKS)} models; {models[0]} is a "
+                           f"{first.task.name} model")
+    for model, member in zip(models[1:], members[1:], strict=True):
+        if member.task.name != first.task.name or sorted(member.label_names) != sorted(first.label_names):
+            raise LmforgeError(f"{model} is a {member.task.name} model over {member.label_names}; {models[0]} a "
+                               f"{first.task.name} model over {first.label_names}: an ensemble needs one task "
+                               "and one label set")
+    frame, report = read_table_for(models[0], data, reader_options or {})
+    texts = frame["text"].tolist()
+    pairs = frame["text_pair"].tolist() if first.pairs and "text_pair" in frame else None
+    label_ids = first.task.encode_labels(frame["label"].tolist(), first.label_names, str(data))
+
+    scores, per_member = [], {}
+    for model, member in zip(models, members, strict=True):
+        logits = member.logits(texts, batch_size, pairs=pairs)
+        order = [member.label_names.index(name) for name in first.label_names]  # align to the first
+        logits = logits[:, order] if logits.ndim == 2 and first.task.name != "regression" else logits
+        per_member[str(model)] = first.task.compute_metrics(logits, label_ids, first.label_names)
+        scores.append(to_probabilities(first.task.name, logits))
+    averaged = from_probabilities(first.task.name, np.mean(scores, axis=0))
+    if first.task.name == "multi_label_classification":
+        thresholds = np.mean([np.asarray(m.task.thresholds or [0.5] * len(m.label_names))[
+            [m.label_names.index(n) for n in first.label_names]] for m in members], axis=0)
+        first.task.configure({"thresholds": thresholds.tolist()})
+    metrics = first.task.compute_metrics(averaged, label_ids, first.label_names)
+    metrics.update(members={k: _scalars(v) for k, v in per_member.items()}, rows_dropped=report.dropped,
+                   data=str(data))
+    return metrics
+
+
+def to_probabilities(task: str, logits: np.ndarray) -> np.ndarray:
+    if task == "sequence_classification":
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    if task == "multi_label_classification":
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits  # regression: the values themselves
+
+
+def from_probabilities(task: str, probabilities: np.ndarray) -> np.ndarray:
+    """Back to the logit space each task's metrics read (argmax and thresholds are unchanged)."""
+    tiny = np.finfo(np.float32).tiny
+    if task == "sequence_classification":
+        return np.log(np.maximum(probabilities, tiny))
+    if task == "multi_label_classification":
+        p = np.clip(probabilities, tiny, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)
+    return probabilities
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
