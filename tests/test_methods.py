@@ -284,3 +284,10 @@ def test_compare_tabulates_methods_on_one_config(tmp_path, warm_encoder, sentime
     assert "| lora |" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "run.yaml"), "--methods", "lorra", "--output", str(out)]) == 2
     assert "unknown method(s) lorra" in capsys.readouterr().err
+
+
+def test_qlora_says_what_it_needs_on_a_machine_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: qlora's requirements are met here")
+    with pytest.raises(LmforgeError, match="method qlora .* needs a CUDA GPU; on this machine use method: lora"):
+        get_method("qlora").apply(_tiny_bert(), METHOD_OPTIONS["qlora"](), "SEQ_CLS")

@@ -245,3 +245,43 @@ add_method("ia3", IA3Options, PeftMethod("ia3", _ia3, mergeable=True))
 add_method("prefix", PrefixOptions, PeftMethod("prefix", _prefix, mergeable=False, needs_task_type=True,
                                                 check=takes_past_key_values))
 add_method("prompt", PromptOptions, PeftMethod("prompt", _prompt, mergeable=False, needs_task_type=True))
+
+
+class QLoraOptions(LoraOptions):
+    """Options of ``method: {name: qlora, ...}``: LoRA's, on a base held in 4-bit NF4."""
+
+
+class QLoRA(PeftMethod):
+    """LoRA on a 4-bit NF4 base (Dettmers et al. 2023): the base model is reloaded quantized by
+    bitsandbytes, prepared for k-bit training (PEFT), then adapted. CUDA only. ``adapter/`` is
+    the portable result (apply it to the full-precision base); ``model/`` is PEFT's merge into
+    the 4-bit base. The GPU path has not run on lmforge's CI (no GPU there)."""
+
+    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
+              new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LmforgeError("method qlora quantizes the base to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                               "on this machine use method: lora")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise LmforgeError("method qlora needs bitsandbytes: pip install bitsandbytes (or use method: lora)") \
+                from None
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        location = model.config._name_or_path
+        quantized = type(model).from_pretrained(location, config=model.config, quantization_config=quantization,
+                                                device_map={"": torch.cuda.current_device()})
+        if quantized.get_input_embeddings().num_embeddings != model.get_input_embeddings().num_embeddings:
+            quantized.resize_token_embeddings(model.get_input_embeddings().num_embeddings)
+        del model
+        quantized = prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+        return super().apply(quantized, options, peft_task_type, adapter_dir, new_token_ids, total_steps)
+
+
+add_method("qlora", QLoraOptions, QLoRA("qlora", _lora, mergeable=True))
