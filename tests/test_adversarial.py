@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from lmforge.regularization.adversarial import (
+from lmforge.training.adversarial import (
     EmbeddingAdversary,
     find_word_embeddings,
     make_adversary,
@@ -241,12 +241,12 @@ def test_make_adversary_kinds_and_errors():
     fgm = make_adversary(model, "fgm", epsilon=2.0, alpha=0.1, steps=7)
     assert isinstance(fgm, EmbeddingAdversary) and (fgm.kind, fgm.alpha, fgm.steps) == ("fgm", 2.0, 1)
     fgm.remove()
-    with pytest.raises(LmforgeError, match=r"training\.adversarial: unknown kind 'fmg' \(did you mean 'fgm'\?\).*fgm, pgd or none"):
+    with pytest.raises(LmforgeError, match=r"regularization\.adversarial: unknown kind 'fmg' \(did you mean 'fgm'\?\).*fgm, pgd or none"):
         make_adversary(model, "fmg")
     for kwargs, key in (({"epsilon": 0.0}, "adversarial_epsilon"), ({"epsilon": -1.0}, "adversarial_epsilon"),
                         ({"alpha": 0}, "adversarial_alpha"), ({"steps": 0}, "adversarial_steps"),
                         ({"steps": 1.5}, "adversarial_steps")):
-        with pytest.raises(LmforgeError, match=rf"training\.{key}"):
+        with pytest.raises(LmforgeError, match=rf"regularization\.{key}"):
             make_adversary(model, "pgd", **kwargs)
 
 

@@ -229,10 +229,11 @@ def test_build_corpus_dedups_positives_in_first_seen_order():
 def _tokenizer(tmp_path):
     from transformers import BertTokenizerFast
 
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n",
-                     encoding="utf-8")
-    return BertTokenizerFast(vocab_file=str(vocab))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    # vocab= (a mapping): transformers 5 ignores vocab_file= here and would map every word to [UNK].
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
+    assert len(tokenizer) == len(tokens) and tokenizer.convert_tokens_to_ids("w3") == tokens.index("w3")
+    return tokenizer
 
 
 @pytest.mark.parametrize("normalize", [True, False])

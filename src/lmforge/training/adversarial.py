@@ -257,7 +257,7 @@ class EmbeddingAdversary:
 
 def _check_positive(key: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
-        raise LmforgeError(f"training.{key} must be a positive number, got {value!r}")
+        raise LmforgeError(f"regularization.{key} must be a positive number, got {value!r}")
 
 
 def make_adversary(model: nn.Module, kind: str = "none", epsilon: float = 1.0, alpha: float = 0.3,
