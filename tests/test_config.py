@@ -234,7 +234,7 @@ def test_unknown_method_name_suggests(tmp_path):
     msg = config_error(write(tmp_path, "method: lroa\n"))
     assert "unknown method 'lroa'" in msg
     assert "did you mean 'lora'" in msg
-    assert "full, lora" in msg
+    assert "full, ia3, lora" in msg
 
 
 def test_unknown_method_option_suggests():

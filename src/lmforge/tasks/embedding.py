@@ -37,6 +37,11 @@ class ContrastiveDataset(torch.utils.data.Dataset):
         self.negative_ids = negative_ids
         self.labels = labels
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each query."""
+        return [len(row) for row in self.input_ids]
+
     def __len__(self) -> int:
         return len(self.input_ids)
 
