@@ -6,14 +6,14 @@ import copy
 
 import pytest
 import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from lmforge.errors import LmforgeError
 from lmforge.training.adversarial import (
     EmbeddingAdversary,
     find_word_embeddings,
     make_adversary,
 )
-from transformers import BertConfig, BertForSequenceClassification
-
-from lmforge.errors import LmforgeError
 
 EPSILON = 0.5
 
