@@ -229,6 +229,7 @@ def test_chat_records_without_an_assistant_turn_fail_in_one_line(tmp_path, capsy
     assert err[-1].startswith("lmforge: error: ") and "chat.jsonl" in err[-1] and "line 1" in err[-1]
 
 
+@pytest.mark.slow  # three processes; the planner itself is covered by tests/test_speed.py
 def test_auto_batch_size_plans_a_causal_lm(tmp_path):
     """The planner measures language-model candidates (blocks from a token file, loss-only evaluation)."""
     scratch = {"arch": "llama", "layers": 1, "hidden": 32, "heads": 4, "vocab_size": 300}
