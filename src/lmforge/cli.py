@@ -89,10 +89,8 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="+", help="two or more run directories")
     p.add_argument("--data", required=True, help="labeled file, read the way the first run read its data")
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="inference precision (default: bf16 where supported)")
     _add_reader_flags(p)
+    _add_inference_flags(p)
     p.set_defaults(func=cmd_ensemble)
 
 
@@ -349,7 +347,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from lmforge.evaluation.ensemble import run_ensemble
 
-    metrics = run_ensemble(args.models, args.data, _reader_overrides(args), args.batch_size, args.precision)
+    metrics = run_ensemble(args.models, args.data, _reader_overrides(args), args.batch_size, args.precision,
+                           args.quantize)
     for model, scores in metrics["members"].items():
         print(f"member    {headline(scores)}  ({model})")
     print(f"ensemble  {headline(metrics)}  (n={metrics['n']}, {len(metrics['members'])} runs)")
@@ -362,13 +361,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     rates = {}
     for item in args.lr:
-        method, sep, value = item.partition("=")
+        method, _, value = item.partition("=")
         try:
             rates[method.strip()] = float(value)
-        except ValueError:
+        except ValueError:  # also no "=" at all: float("")
             raise LmforgeError(f"--lr {item!r}: expected METHOD=LR, e.g. --lr lora=5e-4") from None
-        if not sep:
-            raise LmforgeError(f"--lr {item!r}: expected METHOD=LR, e.g. --lr lora=5e-4")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     run_comparison(args.config, methods, Path(args.output), args.overrides, rates)
     print((Path(args.output) / "compare.md").read_text(encoding="utf-8"), end="")

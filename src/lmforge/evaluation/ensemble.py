@@ -26,13 +26,13 @@ ENSEMBLE_TASKS = ("sequence_classification", "multi_label_classification", "regr
 
 
 def run_ensemble(models: Sequence[str | Path], data: str | Path, reader_options: dict[str, Any] | None = None,
-                 batch_size: int = 64, precision: str = "auto") -> dict[str, Any]:
+                 batch_size: int = 64, precision: str = "auto", quantize: str = "none") -> dict[str, Any]:
     """Evaluate the probability average of ``models`` on a labeled file; the members' scores too."""
     from lmforge.evaluation.recipe import read_table_for
 
     if len(models) < 2:
         raise LmforgeError("an ensemble needs at least two runs")
-    members = [Predictor.load(m, precision=precision) for m in models]
+    members = [Predictor.load(m, precision=precision, quantize=quantize) for m in models]
     first = members[0]
     if first.task.name not in ENSEMBLE_TASKS:
         raise LmforgeError(f"ensembles average {', '.join(ENSEMBLE_TASKS)} models; {models[0]} is a "
