@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +13,16 @@ from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.methods.registry import METHOD_OPTIONS, get_method
 
-# What may train under each method on a BERT classifier (the head always trains).
+# What may train under each method on a BERT classifier (the head, pooler and classifier, always trains).
 TRAINABLE = {
     "full": r".*",
     "freeze": r"^bert\.encoder\.layer\.1\.|^bert\.pooler\.|^classifier\.",
-    "lora": r"lora_[AB]|classifier",
-    "dora": r"lora_[AB]|lora_magnitude|classifier",
-    "adalora": r"lora_[ABE]|classifier",
-    "ia3": r"ia3_l|classifier",
-    "prompt": r"prompt_encoder|classifier",
-    "adapter": r"\.adapters\.default\.|classifier",
+    "lora": r"lora_[AB]|classifier|pooler",
+    "dora": r"lora_[AB]|lora_magnitude|classifier|pooler",
+    "adalora": r"lora_[ABE]|classifier|pooler",
+    "ia3": r"ia3_l|classifier|pooler",
+    "prompt": r"prompt_encoder|classifier|pooler",
+    "adapter": r"\.adapters\.default\.|classifier|pooler",
 }
 OPTIONS = {"freeze": {"layers": 1}, "adalora": {"init_r": 4, "target_r": 2, "interval": 2},
            "adapter": {"placement": "houlsby", "reduction_factor": 4}}
@@ -53,6 +54,7 @@ def test_only_the_intended_parameters_receive_gradients(name):
         assert any(n.startswith("bert.encoder.layer.1.") for n in trained)
     if name != "full":
         assert any("classifier" in n for n in trained)  # the new head trains
+        assert any("pooler" in n for n in trained)  # and the pooler the classifier reads
         total = sum(p.numel() for p in model.parameters())
         assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) < total
 
@@ -260,6 +262,85 @@ def test_eval_scores_perturbed_texts(two_runs, capsys):
         scores = metrics["robustness"][kind]
         assert scores["texts_changed"] > 0
         assert scores["accuracy_drop"] == pytest.approx(metrics["accuracy"] - scores["accuracy"])
+
+
+def test_eval_and_ensemble_rescore_a_runs_own_validation_split(tmp_path, tiny_model_dir, sentiment_csv, capsys):
+    """``--split validation`` derives the carved split again: its scores equal the run's own."""
+    from conftest import tiny_config
+
+    from lmforge.cli import main
+    from lmforge.evaluation.recipe import run_evaluation
+    from lmforge.training.recipe import run_training
+
+    cfg = tiny_config(tiny_model_dir, sentiment_csv, epochs=2)
+    cfg["data"]["validation_size"] = 0.3
+    run = run_training(load_config(cfg), tmp_path / "run")
+    trained = json.loads((run / "metrics.json").read_text())["validation"]
+    again = run_evaluation(run, None, precision="fp32", split="validation")
+    assert again["n"] == trained["n"] and again["macro_f1"] == pytest.approx(trained["macro_f1"])
+    assert again["data"] == f"the validation split of {run}"
+    assert main(["ensemble", str(run), str(run), "--split", "validation", "--precision", "fp32"]) == 0
+    assert f"n={trained['n']}" in capsys.readouterr().out
+
+    with pytest.raises(LmforgeError, match="no test split"):
+        run_evaluation(run, None, split="test")
+    with pytest.raises(LmforgeError, match="either --data FILE or --split"):
+        run_evaluation(run, sentiment_csv, split="validation")
+    with pytest.raises(LmforgeError, match="no run directory"):
+        run_evaluation(tiny_model_dir, None, split="validation")
+    with pytest.raises(SystemExit):  # argparse: --data and --split exclude each other
+        main(["eval", str(run), "--data", str(sentiment_csv), "--split", "validation"])
+    lines = sentiment_csv.read_text().splitlines()
+    sentiment_csv.write_text("\n".join(lines[:-4]) + "\n")  # the data changed since training
+    with pytest.raises(LmforgeError, match="data files changed"):
+        run_evaluation(run, None, split="validation")
+
+
+@pytest.mark.parametrize("kind", ["lora", "adapter"])
+def test_adapter_runs_share_one_base_and_switch(kind, two_runs, tmp_path, capsys):
+    """Each adapter of the set predicts what its run predicts alone, in any order of switching."""
+    import numpy as np
+
+    from lmforge.cli import main
+    from lmforge.inference.adapters import AdapterSet
+    from lmforge.inference.predictor import Predictor
+
+    (lora_a, lora_b), data = two_runs
+    base = json.loads((lora_a / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if kind == "lora":
+        runs = {"a": lora_a, "b": lora_b}
+    else:
+        runs = {name: _train(tmp_path / name, Path(base), data, "adapter", epochs=3, learning_rate=1e-2, seed=seed)
+                for name, seed in (("a", 1), ("b", 2))}
+    texts = ["a wonderful, moving film", "dull and far too long", "it was fine"]
+    alone = {name: Predictor.load(run, precision="fp32").logits(texts) for name, run in runs.items()}
+    assert not np.allclose(alone["a"], alone["b"], atol=1e-4)  # two different models
+    adapters = AdapterSet.load(runs, precision="fp32")
+    for name in ("a", "b", "a"):
+        np.testing.assert_allclose(adapters.use(name).logits(texts), alone[name], atol=1e-4)
+
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    assert main(["predict", str(runs["a"]), str(runs["b"]), "--input", str(tmp_path / "in.txt"),
+                 "--precision", "fp32"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in lines] == texts
+    assert set(lines[0]["predictions"]) == {str(runs["a"]), str(runs["b"])}
+    assert lines[0]["predictions"][str(runs["a"])]["label"] == adapters.use("a").predict(texts[:1])[0]["label"]
+
+
+def test_adapter_sets_refuse_runs_that_cannot_share_a_base(two_runs, tmp_path):
+    from lmforge.inference.adapters import AdapterSet
+
+    (lora_a, _), data = two_runs
+    base = json.loads((lora_a / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    full = _train(tmp_path / "full", Path(base), data, "full", epochs=1)
+    with pytest.raises(LmforgeError, match="has no adapter"):
+        AdapterSet.load({"a": lora_a, "full": full})
+    bottleneck = _train(tmp_path / "adapter", Path(base), data, "adapter", epochs=1)
+    with pytest.raises(LmforgeError, match="adapter kind"):
+        AdapterSet.load({"a": lora_a, "b": bottleneck})
+    with pytest.raises(LmforgeError, match="no adapter named 'c'"):
+        AdapterSet.load({"a": lora_a}).use("c")
 
 
 def test_compare_tabulates_methods_on_one_config(tmp_path, warm_encoder, sentiment_csv, capsys):

@@ -66,8 +66,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        description="Print a classification report for a run or model directory on a labeled "
                                    "file. Reading options default to the run's own data settings.")
     p.add_argument("model", help="run directory or Hugging Face model directory")
-    p.add_argument("--data", required=True, help="labeled file (CSV, TSV, JSONL, Parquet, delimited text; "
-                                                 "CoNLL or token JSONL for a token-classification model)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="labeled file (CSV, TSV, JSONL, Parquet, delimited text; "
+                                       "CoNLL or token JSONL for a token-classification model)")
+    source.add_argument("--split", choices=("validation", "test"),
+                        help="the run's own split, derived again from its config (text classifiers and "
+                             "regressors; e.g. when validation was carved from the training file)")
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
     p.add_argument("--task", choices=TASK_CHOICES, help="evaluate as this task (e.g. embedding, for the encoder of "
                                                         "any model); default: the task the model was trained for")
@@ -87,7 +91,10 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
                        description="Average the predicted probabilities of several runs (same task and labels) "
                                    "on a labeled file; prints the ensemble's metrics and each member's.")
     p.add_argument("models", nargs="+", help="two or more run directories")
-    p.add_argument("--data", required=True, help="labeled file, read the way the first run read its data")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="labeled file, read the way the first run read its data")
+    source.add_argument("--split", choices=("validation", "test"),
+                        help="the first run's own split, derived again from its config")
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
     _add_reader_flags(p)
     _add_inference_flags(p)
@@ -116,7 +123,9 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
                                    "CSV/TSV/JSONL/Parquet file with a text column, or - for standard input. Output: "
                                    ".npy (a float32 matrix, one row per text, in input order), or .jsonl "
                                    "(text and embedding per line).")
-    p.add_argument("model", help="run directory or Hugging Face model directory")
+    p.add_argument("model", nargs="+",
+                   help="run directory or Hugging Face model directory; several adapter runs of one base model "
+                        "load the base once and predict with each (one key per run, as given, in each line)")
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", required=True, help="output file: .npy or .jsonl")
     _add_reader_flags(p)
@@ -157,7 +166,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                                    "for NER). Input: a text file (one text per line), a CSV/TSV/JSONL/Parquet "
                                    "file with a text column, or - for standard input. Output: one JSON object "
                                    "per line.")
-    p.add_argument("model", help="run directory or Hugging Face model directory")
+    p.add_argument("model", nargs="+",
+                   help="run directory or Hugging Face model directory; several adapter runs of one base model "
+                        "load the base once and predict with each (one key per run, as given, in each line)")
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", help="output JSONL file (default: standard output)")
     _add_reader_flags(p)
@@ -331,7 +342,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.perturb.split(",") if k.strip()] if args.perturb else []
     metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision,
                              args.quantize, task=args.task, corpus=args.corpus, perturbations=kinds,
-                             perturb_rate=args.perturb_rate)
+                             perturb_rate=args.perturb_rate, split=args.split)
     if "per_class" in metrics:
         print(format_classification_report(metrics))
     elif "per_type" in metrics:
@@ -348,7 +359,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from lmforge.evaluation.ensemble import run_ensemble
 
     metrics = run_ensemble(args.models, args.data, _reader_overrides(args), args.batch_size, args.precision,
-                           args.quantize)
+                           args.quantize, split=args.split)
     for model, scores in metrics["members"].items():
         print(f"member    {headline(scores)}  ({model})")
     print(f"ensemble  {headline(metrics)}  (n={metrics['n']}, {len(metrics['members'])} runs)")
@@ -491,9 +502,18 @@ def format_entity_report(m: dict[str, Any]) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from lmforge.inference.predictor import Predictor
 
-    predictor = Predictor.load(args.model, precision=args.precision, quantize=args.quantize)
+    runs, args.model = args.model, args.model[0]  # the first run's data settings read the input
+    if len(runs) == 1:
+        predictor = Predictor.load(runs[0], precision=args.precision, quantize=args.quantize)
+    else:
+        predictor, adapters = adapter_set(runs, args)
     texts, pairs = read_prediction_input(args) if not predictor.pairs else read_pair_input(args)
-    rows = predictor.predict(texts, batch_size=args.batch_size, pairs=pairs)
+    if len(runs) == 1:
+        rows = predictor.predict(texts, batch_size=args.batch_size, pairs=pairs)
+    else:  # {"text": ..., "predictions": {run: prediction}}: every adapter on the one base model
+        per_run = {name: adapters.use(name).predict(texts, batch_size=args.batch_size, pairs=pairs)
+                   for name in adapters.names}
+        rows = [{"predictions": {name: per_run[name][i] for name in per_run}} for i in range(len(texts))]
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
@@ -505,6 +525,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output:
         logging.getLogger("lmforge").info("wrote %d predictions to %s", len(rows), args.output)
     return 0
+
+
+def adapter_set(runs: list[str], args: argparse.Namespace) -> tuple[Any, Any]:
+    """Several adapter runs on one base model, named as given: (predictor, AdapterSet)."""
+    from lmforge.inference.adapters import AdapterSet
+
+    if args.quantize != "none":
+        raise LmforgeError("--quantize applies to one model; predict with several adapter runs without it")
+    if len(set(runs)) < len(runs):
+        raise LmforgeError(f"a run is given twice ({', '.join(runs)}); give each once")
+    adapters = AdapterSet.load({run: run for run in runs}, precision=args.precision)
+    return adapters.predictor, adapters
 
 
 def read_pair_input(args: argparse.Namespace) -> tuple[list[str], list[str]]:

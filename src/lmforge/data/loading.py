@@ -32,8 +32,22 @@ class Splits:
             "rows": {name: len(f) for name, f in self.frames.items()},
             "cleaning": {name: r.as_dict() for name, r in self.cleaning.items()},
             "carved_from_train": self.carved,
+            # a run's evaluation rows, so that `eval --split` can tell when its files changed since
+            "fingerprints": {name: fingerprint(f) for name, f in self.frames.items() if name != "train"},
             **({"augmented": self.augmented} if self.augmented else {}),
         }
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A short hash of a split's rows (texts and labels, in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for column in sorted(frame.columns):
+        digest.update(column.encode())
+        for value in frame[column]:
+            digest.update(repr(value).encode("utf-8", "surrogatepass") + b"\x00")
+    return digest.hexdigest()[:16]
 
 
 def reader_options(cfg: DataConfig) -> ReaderOptions:

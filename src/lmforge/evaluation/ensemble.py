@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 ENSEMBLE_TASKS = ("sequence_classification", "multi_label_classification", "regression")
 
 
-def run_ensemble(models: Sequence[str | Path], data: str | Path, reader_options: dict[str, Any] | None = None,
-                 batch_size: int = 64, precision: str = "auto", quantize: str = "none") -> dict[str, Any]:
-    """Evaluate the probability average of ``models`` on a labeled file; the members' scores too."""
+def run_ensemble(models: Sequence[str | Path], data: str | Path | None, reader_options: dict[str, Any] | None = None,
+                 batch_size: int = 64, precision: str = "auto", quantize: str = "none",
+                 split: str | None = None) -> dict[str, Any]:
+    """Evaluate the probability average of ``models`` on a labeled file (or the first run's own
+    ``split``); the members' scores too."""
     from lmforge.evaluation.recipe import read_table_for
 
     if len(models) < 2:
@@ -42,10 +44,11 @@ def run_ensemble(models: Sequence[str | Path], data: str | Path, reader_options:
             raise LmforgeError(f"{model} is a {member.task.name} model over {member.label_names}; {models[0]} a "
                                f"{first.task.name} model over {first.label_names}: an ensemble needs one task "
                                "and one label set")
-    frame, report = read_table_for(models[0], data, reader_options or {})
+    frame, report = read_table_for(models[0], data, reader_options or {}, split=split)
+    source = str(data) if split is None else f"the {split} split of {models[0]}"
     texts = frame["text"].tolist()
     pairs = frame["text_pair"].tolist() if first.pairs and "text_pair" in frame else None
-    label_ids = first.task.encode_labels(frame["label"].tolist(), first.label_names, str(data))
+    label_ids = first.task.encode_labels(frame["label"].tolist(), first.label_names, source)
 
     scores, per_member = [], {}
     for model, member in zip(models, members, strict=True):
@@ -61,7 +64,7 @@ def run_ensemble(models: Sequence[str | Path], data: str | Path, reader_options:
         first.task.configure({"thresholds": thresholds.tolist()})
     metrics = first.task.compute_metrics(averaged, label_ids, first.label_names)
     metrics.update(members={k: _scalars(v) for k, v in per_member.items()}, rows_dropped=report.dropped,
-                   data=str(data))
+                   data=source)
     return metrics
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -11,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from lmforge.config import load_config
-from lmforge.data.cleaning import clean_examples
-from lmforge.data.loading import reader_options
+from lmforge.data.cleaning import CleaningReport, clean_examples
+from lmforge.data.loading import fingerprint, load_splits, reader_options
 from lmforge.data.readers import ReaderOptions, decode_file, read_examples
 from lmforge.data.token_files import load_token_frame
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
 from lmforge.tasks.embedding import text_ids
+from lmforge.tasks.registry import get_task
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,20 @@ def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOp
     return ReaderOptions(**fields)
 
 
-def read_table_for(model: str | Path, data: str | Path, overrides: dict[str, Any],
-                   labeled: bool = True) -> tuple[Any, Any]:
+def read_table_for(model: str | Path, data: str | Path | None, overrides: dict[str, Any],
+                   labeled: bool = True, split: str | None = None) -> tuple[Any, Any]:
     """Rows of a file read the way ``model``'s run read its data: (clean frame, cleaning report).
 
     Rows with empty text (or, when ``labeled``, no label) are dropped and counted;
-    duplicates are kept (an evaluation set is measured as given).
+    duplicates are kept (an evaluation set is measured as given). With ``split`` instead of
+    ``data``, the run's own validation/test rows (see :func:`read_run_split`).
     """
+    if split is not None:
+        if data is not None:
+            raise LmforgeError("give either --data FILE or --split, not both")
+        return read_run_split(model, split), CleaningReport()
+    if data is None:
+        raise LmforgeError("no evaluation data: give --data FILE (or --split validation for a run's own split)")
     opts = reader_options_for(model, overrides)
     frame, report = clean_examples(read_examples(data, opts, require_label=labeled), drop_duplicates=False,
                                    has_label=labeled)
@@ -50,11 +59,12 @@ def read_table_for(model: str | Path, data: str | Path, overrides: dict[str, Any
     return frame, report
 
 
-def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str, Any] | None = None,
+def run_evaluation(model: str | Path, data: str | Path | None, reader_options: dict[str, Any] | None = None,
                    batch_size: int = 64, precision: str = "auto", quantize: str = "none",
                    task: str | None = None, corpus: str | Path | None = None,
-                   perturbations: Sequence[str] = (), perturb_rate: float = 0.1, seed: int = 0) -> dict[str, Any]:
-    """Evaluate a run or model directory on a labeled file; return the metrics.
+                   perturbations: Sequence[str] = (), perturb_rate: float = 0.1, seed: int = 0,
+                   split: str | None = None) -> dict[str, Any]:
+    """Evaluate a run or model directory on a labeled file (or on the run's own ``split``); return the metrics.
 
     Rows with empty text or no label are dropped and counted; duplicates are kept (an
     evaluation set is measured as given).
@@ -65,12 +75,18 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
         perturbations: Also score the file's texts perturbed this way ("typos", "casing",
             "word_drop"; labels unchanged): ``metrics["robustness"][kind]``.
         perturb_rate: How much each perturbation changes (see :func:`lmforge.data.augmentation.perturb`).
+        split: "validation" or "test": the run's own rows instead of ``data`` (text classifiers
+            and regressors).
     """
     predictor = Predictor.load(model, precision=precision, quantize=quantize, task=task)
     if perturbations and (getattr(predictor.task, "loss_only", False) or predictor.task.word_level
                           or not predictor.task.labeled):
         raise LmforgeError("--perturb measures text classifiers and regressors; this model is a "
                            f"{predictor.task.name.replace('_', ' ')} model")
+    if split is not None and (getattr(predictor.task, "loss_only", False) or predictor.task.word_level
+                              or not predictor.task.labeled):
+        raise LmforgeError("--split works for text classifiers and regressors; this model is a "
+                           f"{predictor.task.name.replace('_', ' ')} model: give --data FILE")
     if getattr(predictor.task, "loss_only", False):
         return evaluate_corpus(predictor, model, data, reader_options or {}, batch_size)
     if predictor.task.word_level:
@@ -80,15 +96,16 @@ def run_evaluation(model: str | Path, data: str | Path, reader_options: dict[str
     if corpus is not None:
         raise LmforgeError("--corpus is for embedding models; this model is a "
                            f"{predictor.task.name.replace('_', ' ')} model")
-    frame, report = read_table_for(model, data, reader_options or {})
+    frame, report = read_table_for(model, data, reader_options or {}, split=split)
+    source = str(data) if split is None else f"the {split} split of {model}"
     if predictor.pairs and "text_pair" not in frame:
-        raise LmforgeError(f"this model scores text pairs; {data} needs the second text too (--text-pair-column)")
-    label_ids = predictor.task.encode_labels(frame["label"].tolist(), predictor.label_names, str(data))
+        raise LmforgeError(f"this model scores text pairs; {source} needs the second text too (--text-pair-column)")
+    label_ids = predictor.task.encode_labels(frame["label"].tolist(), predictor.label_names, source)
     pairs = frame["text_pair"].tolist() if predictor.pairs else None
     logits = predictor.logits(frame["text"].tolist(), batch_size, use_cache=True, pairs=pairs)
     metrics = predictor.task.compute_metrics(logits, label_ids, predictor.label_names)
     metrics["rows_dropped"] = report.dropped
-    metrics["data"] = str(data)
+    metrics["data"] = source
     if perturbations:
         metrics["robustness"] = robustness(predictor, frame["text"].tolist(), pairs, label_ids, metrics,
                                            perturbations, perturb_rate, seed, batch_size)
@@ -184,6 +201,35 @@ def evaluate_corpus(predictor: Predictor, model: str | Path, data: str | Path, o
                             autocast_dtype=predictor.autocast_dtype)
     metrics.update(info, data=str(data))
     return metrics
+
+
+def read_run_split(model: str | Path, split: str) -> Any:
+    """A run's own ``split`` rows, derived again from its config.yaml: the same files,
+    cleaning and seeded stratified split as in training (augmentation only ever touches
+    train). An error when ``model`` is no run, or when the rows differ from those the run
+    recorded (``data.fingerprints`` in its metrics.json): the files changed since training."""
+    path = Path(model)
+    run_dir = next((d for d in (path, path.parent) if (d / "config.yaml").is_file()), None)
+    if run_dir is None:
+        raise LmforgeError(f"--split {split} re-reads a run's data, and {model} is no run directory "
+                           "(it has no config.yaml); give --data FILE")
+    cfg = load_config(run_dir / "config.yaml")
+    task = get_task(cfg.task)
+    if task.word_level or not task.labeled or getattr(task, "loss_only", False):
+        raise LmforgeError(f"--split works for text classifiers and regressors; {run_dir} is a "
+                           f"{cfg.task.replace('_', ' ')} run: give --data FILE")
+    frames = load_splits(cfg.data, cfg.training.seed, strata=task.strata).frames
+    if split not in frames:
+        raise LmforgeError(f"{run_dir} has no {split} split (its data.{split}_file and data.{split}_size "
+                           "are unset); give --data FILE")
+    metrics_file = run_dir / "metrics.json"
+    recorded = json.loads(metrics_file.read_text(encoding="utf-8")).get("data", {}) if metrics_file.is_file() else {}
+    expected = recorded.get("fingerprints", {}).get(split)
+    if expected is not None and expected != fingerprint(frames[split]):
+        raise LmforgeError(f"the {split} split of {run_dir} is not the one it was trained with "
+                           f"({len(frames[split])} rows now, {recorded.get('rows', {}).get(split)} then): its data "
+                           "files changed; give --data FILE")
+    return frames[split]
 
 
 def run_config_for(model: str | Path) -> Any:

@@ -18,10 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.methods.registry import register_method
+from lmforge.models.structure import head_modules
 
 log = logging.getLogger(__name__)
 
-HEADS = ("classifier", "score")  # task heads that start new and always train (PEFT's modules_to_save)
 
 
 class AdapterOptions(BaseModel):
@@ -56,7 +56,7 @@ class BottleneckAdapters:
                                                 reduction_factor=options.reduction_factor,
                                                 non_linearity=options.non_linearity,
                                                 target_modules=options.target_modules))
-        mark_only_adapters_trainable(model, "default", also=HEADS)
+        mark_only_adapters_trainable(model, "default", also=head_modules(model, peft_task_type))
         if new_token_ids:  # new rows (chat markers) start random: the table must train
             log.warning("method adapter: the embedding table trains too: %d of its rows are new tokens",
                         len(new_token_ids))

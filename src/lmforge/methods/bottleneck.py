@@ -557,6 +557,12 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise LmforgeError(f"cannot read bottleneck adapter weights {path}: {e}") from None
 
 
+def saved_extra_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The ``extra_state`` saved with an adapter (e.g. its trained head), keyed as in the model."""
+    saved = _read_tensors(Path(directory) / WEIGHTS_NAME)
+    return {k[len(_EXTRA_PREFIX):]: v for k, v in saved.items() if k.startswith(_EXTRA_PREFIX)}
+
+
 def load_adapter(model: nn.Module, directory: str | Path, name: str = "default") -> nn.Module:
     """Add the adapter saved in ``directory`` to ``model`` as ``name`` and make it active.
 

@@ -13,7 +13,8 @@ is whether the trained delta can be folded into the base weights:
   loaders (:func:`lmforge.models.loading.load_pretrained`) rebuild base + adapter.
 
 Target modules default to PEFT's per-architecture choice (``target_modules: null``) and can be
-overridden. Classification heads train in full (PEFT's ``modules_to_save`` for the task type).
+overridden. Classification heads train in full (PEFT's ``modules_to_save`` for the task type,
+plus BERT's pooler for sequence classification: :func:`lmforge.models.structure.head_modules`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.errors import LmforgeError
 from lmforge.methods.registry import add_method
+from lmforge.models.structure import NEW_HEADS, head_modules
 
 
 class _Options(BaseModel):
@@ -128,8 +130,13 @@ class PeftMethod:
         if self.check is not None:
             self.check(model, peft_task_type)
         setting = Setting(peft_task_type, model.config._name_or_path, new_token_ids, total_steps)
+        config = self.build(options, setting)
+        # The head above the encoder trains in full: PEFT adds the new one itself, lmforge the pooler.
+        extra = [m for m in head_modules(model, peft_task_type) if m not in NEW_HEADS]
+        if extra:
+            config.modules_to_save = [*(config.modules_to_save or []), *extra]
         try:
-            return get_peft_model(model, self.build(options, setting))
+            return get_peft_model(model, config)
         except (ValueError, TypeError) as err:  # e.g. target modules that match nothing
             first = str(err).strip().splitlines()[0]
             raise LmforgeError(f"method {self.name} cannot adapt {type(model).__name__}: {first}; set "

@@ -32,6 +32,23 @@ def embedding_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [token, *extra]
 
 
+# Task heads that start new (PEFT's modules_to_save for classification).
+NEW_HEADS = ("classifier", "score")
+
+
+def head_modules(model: torch.nn.Module, task_type: str | None) -> list[str]:
+    """The modules a classifier's prediction passes through above the encoder, which
+    parameter-efficient methods train in full: the new head, and BERT's pooler where a
+    sequence classifier reads the pooled output. PEFT's default leaves that pretrained
+    pooler (a dense layer trained for next-sentence prediction) frozen (docs/methods.md)."""
+    names = list(NEW_HEADS)
+    if task_type == "SEQ_CLS" and any(name.split(".")[-1] == "pooler" and module is not None
+                                      and any(True for _ in module.parameters())
+                                      for name, module in model.named_modules()):
+        names.append("pooler")
+    return names
+
+
 def layer_depths(model: torch.nn.Module) -> tuple[dict[int, int], int]:
     """Depth of each parameter (by ``id``): 0 for the embeddings, ``i + 1`` for layer ``i``, and
     ``layers + 1`` for everything above (pooler, task head); and that top depth."""

@@ -1,0 +1,138 @@
+"""Several adapter runs on one base model, held in memory once and switched per call.
+
+Ten LoRA variants of one 22M-parameter encoder cost ten full models when each run is
+loaded on its own; here the base weights are shared and each adapter adds only its own
+weights and head. PEFT adapters switch with PEFT's ``set_adapter`` (each keeps its own
+copy of the classification head in ``modules_to_save``); lmforge's bottleneck adapters
+switch with :func:`lmforge.methods.bottleneck.set_active_adapter`, and their heads, which
+live in the base model, are swapped in by copy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.inference.predictor import Predictor, find_model_dir, read_metadata
+from lmforge.models.loading import ADAPTER_CONFIG, load_tokenizer
+from lmforge.tasks.registry import get_task
+from lmforge.training.precision import resolve_device, resolve_precision
+
+
+def adapter_dir_of(run: str | Path) -> Path:
+    """The adapter of a run: ``run/adapter`` (every PEFT run keeps it beside the merged model)
+    or ``model/`` itself when the method does not merge (prompt, prefix, bottleneck)."""
+    run = Path(run)
+    for candidate in (run / "adapter", run / "model", run):
+        if (candidate / ADAPTER_CONFIG).is_file():
+            return candidate
+    raise LmforgeError(f"{run} has no adapter ({ADAPTER_CONFIG} in {run}/adapter or {run}/model): only runs "
+                       "of an adapter method (lora, dora, adalora, ia3, prompt, prefix, adapter) share a base; "
+                       "load a full fine-tuning run on its own")
+
+
+class AdapterSet:
+    """Adapter runs of one base model and one task; :meth:`use` returns the predictor of one.
+
+    All runs must name the same base model, train the same task with the same number of
+    labels (the heads share a shape), and be adapters of one kind (all LoRA, all IA3, ...,
+    or all bottleneck): one PEFT model holds adapters of one PEFT type.
+    """
+
+    def __init__(self, predictor: Predictor, entries: dict[str, dict[str, Any]], kind: str):
+        self.predictor = predictor
+        self._entries = entries  # name -> internal adapter name, labels, tokenizer, head tensors
+        self._kind = kind
+        self.active: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    @classmethod
+    def load(cls, runs: Mapping[str, str | Path], device: str = "auto", precision: str = "auto") -> AdapterSet:
+        """Load ``runs`` ({name: run directory}) onto one copy of their base model."""
+        if not runs:
+            raise LmforgeError("an adapter set needs at least one run")
+        infos = {name: _describe(run) for name, run in runs.items()}
+        first_name, first = next(iter(infos.items()))
+        for name, info in infos.items():
+            for key, what in (("base", "base model"), ("task", "task"), ("kind", "adapter kind"),
+                              ("num_labels", "number of labels")):
+                if info[key] != first[key]:
+                    raise LmforgeError(f"{runs[name]} has {what} {info[key]!r} and {runs[first_name]} has "
+                                       f"{first[key]!r}: adapters share one base only with the same {what}; "
+                                       "load them separately")
+        task = get_task(first["task"])
+        task.configure(first["meta"])
+        model = task.load_model(str(first["dir"]), first["labels"])  # base + the first adapter as "default"
+        entries: dict[str, dict[str, Any]] = {}
+        for i, (name, info) in enumerate(infos.items()):
+            internal = "default" if i == 0 else f"adapter{i}"
+            if i and first["kind"] == "bottleneck":
+                from lmforge.methods.bottleneck import load_adapter
+
+                load_adapter(model, info["dir"], internal)
+            elif i:
+                model.load_adapter(str(info["dir"]), adapter_name=internal)
+            entries[name] = {"internal": internal, "labels": info["labels"], "meta": info["meta"],
+                             "tokenizer": load_tokenizer(str(info["dir"])),
+                             "head": _head(info["dir"]) if first["kind"] == "bottleneck" else {}}
+        device = resolve_device(device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device))
+        meta = first["meta"]
+        tokenizer = entries[first_name]["tokenizer"]
+        max_length = int(meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512))
+        predictor = Predictor(model, tokenizer, task, first["labels"], max_length, device, dtype,
+                              bool(meta.get("text_pairs")))
+        adapters = cls(predictor, entries, first["kind"])
+        adapters.use(first_name)
+        return adapters
+
+    def use(self, name: str) -> Predictor:
+        """Make adapter ``name`` the active one; its predictor (labels, task options) is returned."""
+        if name not in self._entries:
+            raise LmforgeError(f"no adapter named {name!r}; loaded: {', '.join(self._entries)}")
+        entry = self._entries[name]
+        model = self.predictor.model
+        if self._kind == "bottleneck":
+            from lmforge.methods.bottleneck import set_active_adapter
+
+            set_active_adapter(model, entry["internal"])
+            state = model.state_dict()
+            with torch.no_grad():  # the head lives in the base model: copy this adapter's in
+                for key, value in entry["head"].items():
+                    state[key].copy_(value)
+        else:
+            model.set_adapter(entry["internal"])
+        self.predictor.label_names = entry["labels"]
+        self.predictor.tokenizer = entry["tokenizer"]
+        self.predictor.task.configure(entry["meta"])
+        self.active = name
+        return self.predictor
+
+
+def _describe(run: str | Path) -> dict[str, Any]:
+    directory = adapter_dir_of(run)
+    meta = read_metadata(find_model_dir(run))
+    try:
+        config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise LmforgeError(f"cannot read the adapter in {directory}: {err}") from None
+    labels = list(meta.get("labels") or [])
+    return {"dir": directory, "meta": meta, "labels": labels or None, "num_labels": len(labels),
+            "task": meta.get("task", "sequence_classification"), "base": config.get("base_model_name_or_path"),
+            # one PEFT model holds adapters of one PEFT type (LoRA with LoRA, IA3 with IA3)
+            "kind": "bottleneck" if config.get("adapter_type") == "bottleneck" else config.get("peft_type")}
+
+
+def _head(directory: Path) -> dict[str, torch.Tensor]:
+    """A bottleneck adapter's extra state (its trained head); PEFT adapters keep theirs per adapter."""
+    from lmforge.methods.bottleneck import saved_extra_state
+
+    return saved_extra_state(directory)
