@@ -111,12 +111,14 @@ class PeftMethod:
     """Apply, save and continue one PEFT method; ``build`` turns its options into a PEFT config."""
 
     def __init__(self, name: str, build: Callable[[Any, Setting], Any], mergeable: bool,
-                 needs_task_type: bool = False, check: Callable[[Any, str | None], None] | None = None):
+                 needs_task_type: bool = False, check: Callable[[Any, str | None], None] | None = None,
+                 after_update: Callable[[Any, int], None] | None = None):
         self.name = name
         self.build = build
         self.mergeable = mergeable
         self.needs_task_type = needs_task_type
         self.check = check  # refuses a model the method cannot adapt, before any training
+        self.after_update = after_update  # (model, step) after each optimizer step, when the method needs it
 
     def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
               new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
@@ -141,12 +143,6 @@ class PeftMethod:
             first = str(err).strip().splitlines()[0]
             raise LmforgeError(f"method {self.name} cannot adapt {type(model).__name__}: {first}; set "
                                "method.target_modules to module names of this model") from None
-
-    def after_update(self, model: Any, step: int) -> None:
-        """AdaLoRA reallocates its rank budget from the gradients, after each optimizer step."""
-        base = getattr(model, "base_model", None)
-        if self.name == "adalora" and hasattr(base, "update_and_allocate"):
-            base.update_and_allocate(step)
 
     def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
         adapter_dir = run_dir / "adapter"
@@ -204,6 +200,11 @@ def _adalora(options: AdaLoraOptions, setting: Setting) -> Any:
                          target_modules=options.target_modules)
 
 
+def reallocate_ranks(model: Any, step: int) -> None:
+    """AdaLoRA moves its rank budget by the gradients' importance, after each optimizer step."""
+    model.base_model.update_and_allocate(step)
+
+
 def _ia3(options: IA3Options, setting: Setting) -> Any:
     from peft import IA3Config
 
@@ -247,7 +248,7 @@ def _prompt(options: PromptOptions, setting: Setting) -> Any:
 
 add_method("lora", LoraOptions, PeftMethod("lora", _lora, mergeable=True))
 add_method("dora", LoraOptions, PeftMethod("dora", _dora, mergeable=True))
-add_method("adalora", AdaLoraOptions, PeftMethod("adalora", _adalora, mergeable=True))
+add_method("adalora", AdaLoraOptions, PeftMethod("adalora", _adalora, mergeable=True, after_update=reallocate_ranks))
 add_method("ia3", IA3Options, PeftMethod("ia3", _ia3, mergeable=True))
 add_method("prefix", PrefixOptions, PeftMethod("prefix", _prefix, mergeable=False, needs_task_type=True,
                                                 check=takes_past_key_values))

@@ -42,10 +42,12 @@ def head_modules(model: torch.nn.Module, task_type: str | None) -> list[str]:
     sequence classifier reads the pooled output. PEFT's default leaves that pretrained
     pooler (a dense layer trained for next-sentence prediction) frozen (docs/methods.md)."""
     names = list(NEW_HEADS)
-    if task_type == "SEQ_CLS" and any(name.split(".")[-1] == "pooler" and module is not None
-                                      and any(True for _ in module.parameters())
-                                      for name, module in model.named_modules()):
-        names.append("pooler")
+    if task_type != "SEQ_CLS":
+        return names
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "pooler":  # its linear layers: PEFT merges a saved module by its weight
+            names += [f"pooler.{child}" for child, layer in module.named_children()
+                      if isinstance(layer, torch.nn.Linear) and f"pooler.{child}" not in names]
     return names
 
 

@@ -181,7 +181,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         with graceful_interrupts() as stop:
             state = fit(model, optimizer, scheduler, train_loader, sampler, strategy, settings, state,
                         evaluate, save, logger, checkpointer, stop,
-                        after_update=partial(method.after_update, unwrapped) if hasattr(method, "after_update")
+                        after_update=partial(method.after_update, unwrapped) if getattr(method, "after_update", None)
                         else None, loss_fn=training_loss(task, reg.label_smoothing), adversary=adversary)
     finally:
         logger.close()
