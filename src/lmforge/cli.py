@@ -123,9 +123,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
                                    "CSV/TSV/JSONL/Parquet file with a text column, or - for standard input. Output: "
                                    ".npy (a float32 matrix, one row per text, in input order), or .jsonl "
                                    "(text and embedding per line).")
-    p.add_argument("model", nargs="+",
-                   help="run directory or Hugging Face model directory; several adapter runs of one base model "
-                        "load the base once and predict with each (one key per run, as given, in each line)")
+    p.add_argument("model", help="run directory or Hugging Face model directory")
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", required=True, help="output file: .npy or .jsonl")
     _add_reader_flags(p)
