@@ -20,7 +20,7 @@ every token, padding included, by ``epsilon`` and make the attack grow with the 
 
 Use in a training loop (hooks are installed by :func:`make_adversary`)::
 
-    adversary = make_adversary(model, kind="pgd", epsilon=1.0, alpha=0.3, steps=3)
+    adversary = make_adversary(model, kind="pgd", epsilon=0.2, alpha=0.06, steps=3)
     for batch in loader:
         loss = model(**batch).loss  # the hook notes the embedding output
         accelerator.backward(loss)  # ... and reads its gradient
@@ -260,7 +260,7 @@ def _check_positive(key: str, value: float) -> None:
         raise LmforgeError(f"regularization.{key} must be a positive number, got {value!r}")
 
 
-def make_adversary(model: nn.Module, kind: str = "none", epsilon: float = 1.0, alpha: float = 0.3,
+def make_adversary(model: nn.Module, kind: str = "none", epsilon: float = 0.2, alpha: float = 0.06,
                    steps: int = 3) -> EmbeddingAdversary | None:
     """The adversary for ``regularization.adversarial``, hooked onto ``model``; None for "none".
 
