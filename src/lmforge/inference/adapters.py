@@ -19,6 +19,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor, find_model_dir, read_metadata
+from lmforge.methods.bottleneck import saved_extra_state
 from lmforge.models.loading import ADAPTER_CONFIG, load_tokenizer
 from lmforge.tasks.registry import get_task
 from lmforge.training.precision import resolve_device, resolve_precision
@@ -82,7 +83,8 @@ class AdapterSet:
                 model.load_adapter(str(info["dir"]), adapter_name=internal)
             entries[name] = {"internal": internal, "labels": info["labels"], "meta": info["meta"],
                              "tokenizer": load_tokenizer(str(info["dir"])),
-                             "head": _head(info["dir"]) if first["kind"] == "bottleneck" else {}}
+                             # a bottleneck adapter's head lives in the base model; PEFT keeps one per adapter
+                             "head": saved_extra_state(info["dir"]) if first["kind"] == "bottleneck" else {}}
         device = resolve_device(device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device))
         meta = first["meta"]
@@ -130,9 +132,3 @@ def _describe(run: str | Path) -> dict[str, Any]:
             # one PEFT model holds adapters of one PEFT type (LoRA with LoRA, IA3 with IA3)
             "kind": "bottleneck" if config.get("adapter_type") == "bottleneck" else config.get("peft_type")}
 
-
-def _head(directory: Path) -> dict[str, torch.Tensor]:
-    """A bottleneck adapter's extra state (its trained head); PEFT adapters keep theirs per adapter."""
-    from lmforge.methods.bottleneck import saved_extra_state
-
-    return saved_extra_state(directory)
