@@ -501,12 +501,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lmforge.inference.predictor import Predictor
 
     runs, args.model = args.model, args.model[0]  # the first run's data settings read the input
-    if len(runs) == 1:
-        predictor = Predictor.load(runs[0], precision=args.precision, quantize=args.quantize)
-    else:
-        predictor, adapters = adapter_set(runs, args)
+    adapters = adapter_set(runs, args) if len(runs) > 1 else None
+    predictor = (Predictor.load(runs[0], precision=args.precision, quantize=args.quantize) if adapters is None
+                 else adapters.predictor)
     texts, pairs = read_prediction_input(args) if not predictor.pairs else read_pair_input(args)
-    if len(runs) == 1:
+    if adapters is None:
         rows = predictor.predict(texts, batch_size=args.batch_size, pairs=pairs)
     else:  # {"text": ..., "predictions": {run: prediction}}: every adapter on the one base model
         per_run = {name: adapters.use(name).predict(texts, batch_size=args.batch_size, pairs=pairs)
@@ -525,16 +524,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def adapter_set(runs: list[str], args: argparse.Namespace) -> tuple[Any, Any]:
-    """Several adapter runs on one base model, named as given: (predictor, AdapterSet)."""
+def adapter_set(runs: list[str], args: argparse.Namespace) -> Any:
+    """Several adapter runs on one base model, named as given (an AdapterSet)."""
     from lmforge.inference.adapters import AdapterSet
 
     if args.quantize != "none":
         raise LmforgeError("--quantize applies to one model; predict with several adapter runs without it")
     if len(set(runs)) < len(runs):
         raise LmforgeError(f"a run is given twice ({', '.join(runs)}); give each once")
-    adapters = AdapterSet.load({run: run for run in runs}, precision=args.precision)
-    return adapters.predictor, adapters
+    return AdapterSet.load({run: run for run in runs}, precision=args.precision)
 
 
 def read_pair_input(args: argparse.Namespace) -> tuple[list[str], list[str]]:

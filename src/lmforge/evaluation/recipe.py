@@ -79,14 +79,10 @@ def run_evaluation(model: str | Path, data: str | Path | None, reader_options: d
             and regressors).
     """
     predictor = Predictor.load(model, precision=precision, quantize=quantize, task=task)
-    if perturbations and (getattr(predictor.task, "loss_only", False) or predictor.task.word_level
-                          or not predictor.task.labeled):
-        raise LmforgeError("--perturb measures text classifiers and regressors; this model is a "
-                           f"{predictor.task.name.replace('_', ' ')} model")
-    if split is not None and (getattr(predictor.task, "loss_only", False) or predictor.task.word_level
-                              or not predictor.task.labeled):
-        raise LmforgeError("--split works for text classifiers and regressors; this model is a "
-                           f"{predictor.task.name.replace('_', ' ')} model: give --data FILE")
+    for flag, wanted in (("--perturb", perturbations), ("--split", split)):
+        if wanted and not scores_texts(predictor.task):
+            raise LmforgeError(f"{flag} works for text classifiers and regressors; this model is a "
+                               f"{predictor.task.name.replace('_', ' ')} model")
     if getattr(predictor.task, "loss_only", False):
         return evaluate_corpus(predictor, model, data, reader_options or {}, batch_size)
     if predictor.task.word_level:
@@ -110,6 +106,12 @@ def run_evaluation(model: str | Path, data: str | Path | None, reader_options: d
         metrics["robustness"] = robustness(predictor, frame["text"].tolist(), pairs, label_ids, metrics,
                                            perturbations, perturb_rate, seed, batch_size)
     return metrics
+
+
+def scores_texts(task: Any) -> bool:
+    """Whether a task maps one text to a label or score (classification, regression): what
+    --perturb and --split evaluate."""
+    return task.labeled and not task.word_level and not getattr(task, "loss_only", False)
 
 
 def robustness(predictor: Predictor, texts: list[str], pairs: list[str] | None, label_ids: Any,
@@ -208,14 +210,13 @@ def read_run_split(model: str | Path, split: str) -> Any:
     cleaning and seeded stratified split as in training (augmentation only ever touches
     train). An error when ``model`` is no run, or when the rows differ from those the run
     recorded (``data.fingerprints`` in its metrics.json): the files changed since training."""
-    path = Path(model)
-    run_dir = next((d for d in (path, path.parent) if (d / "config.yaml").is_file()), None)
+    run_dir = run_dir_for(model)
     if run_dir is None:
         raise LmforgeError(f"--split {split} re-reads a run's data, and {model} is no run directory "
                            "(it has no config.yaml); give --data FILE")
     cfg = load_config(run_dir / "config.yaml")
     task = get_task(cfg.task)
-    if task.word_level or not task.labeled or getattr(task, "loss_only", False):
+    if not scores_texts(task):
         raise LmforgeError(f"--split works for text classifiers and regressors; {run_dir} is a "
                            f"{cfg.task.replace('_', ' ')} run: give --data FILE")
     frames = load_splits(cfg.data, cfg.training.seed, strata=task.strata).frames
@@ -232,12 +233,15 @@ def read_run_split(model: str | Path, split: str) -> Any:
     return frames[split]
 
 
+def run_dir_for(model: str | Path) -> Path | None:
+    """The run directory of a run (or its model/) directory; None for a bare model directory."""
+    path = Path(model)
+    return next((d for d in (path, path.parent) if (d / "config.yaml").is_file()), None)
+
+
 def run_config_for(model: str | Path) -> Any:
     """The run's config when ``model`` is a run (or its model/) directory, else the defaults."""
     from lmforge.config import RunConfig
 
-    path = Path(model)
-    for config_file in (path / "config.yaml", path.parent / "config.yaml"):
-        if config_file.is_file():
-            return load_config(config_file)
-    return RunConfig()
+    run_dir = run_dir_for(model)
+    return load_config(run_dir / "config.yaml") if run_dir else RunConfig()

@@ -53,7 +53,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
     """Write ``out_dir/model.onnx`` (plus tokenizer, config and lmforge.json) for the
     sequence classifier in ``model_dir`` (a run or model directory), and measure its logits
     against the PyTorch model's on ``sample_texts``."""
-    from lmforge.inference.predictor import Predictor, find_model_dir
+    from lmforge.inference.predictor import METADATA_FILE, Predictor, find_model_dir, read_metadata
 
     if quantize not in ("none", "int8"):
         raise LmforgeError(f"unknown quantization '{quantize}' for ONNX; use none or int8")
@@ -82,9 +82,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)
     source = find_model_dir(model_dir)
-    meta = json.loads((source / "lmforge.json").read_text(encoding="utf-8")) if (source / "lmforge.json").is_file() else {}
+    meta = read_metadata(source)
     meta.update(format="onnx", quantize=quantize, onnx_inputs=names, exported_from=str(source))
-    (out / "lmforge.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     with torch.inference_mode():
         expected = model(**inputs).logits.float().numpy()
