@@ -13,7 +13,7 @@ from conftest import tiny_config, write_csv
 
 from lmforge.cli import main
 
-SUBCOMMANDS = ["demo", "train", "eval", "predict", "config"]
+SUBCOMMANDS = ["demo", "train", "eval", "predict", "export", "verify", "config"]
 
 
 def run_cli(args, capsys, stdin: str | None = None, monkeypatch=None):

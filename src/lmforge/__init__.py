@@ -6,6 +6,7 @@ The Python API mirrors the CLI verbs::
     run_dir = lmforge.train("examples/demo.yaml", overrides=["training.epochs=1"])
     report = lmforge.evaluate(run_dir, data="test.csv")
     rows = lmforge.predict(run_dir, texts=["Profit rose 12%."])
+    verified = lmforge.export(run_dir, "exports/onnx-int8", format="onnx", quantize="int8")
 
 Heavy libraries (torch, transformers) are imported only when one of these is called,
 so ``import lmforge`` and ``lmforge --help`` stay instant.
@@ -51,7 +52,16 @@ def predict(model: str | Path, texts: list[str], batch_size: int = 64,
     return predictor.predict(texts, batch_size=batch_size, pairs=pairs)
 
 
-__all__ = ["LmforgeError", "__version__", "evaluate", "predict", "train"]
+def export(model: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
+    """Export a run (``format="hf"|"onnx"``, ``quantize``, ``distill``, ``prune``, ``recover_epochs``,
+    ``data`` / ``split``, ``tolerance``, ...: the ``lmforge export`` flags) and verify it against the
+    original; return the verification report. Raises ``LmforgeError`` when it fails the tolerance."""
+    from lmforge.export.recipe import ExportOptions, run_export
+
+    return run_export(model, output, ExportOptions(**options)).as_dict()
+
+
+__all__ = ["LmforgeError", "__version__", "evaluate", "export", "predict", "train"]
 
 
 def __getattr__(name: str) -> Any:

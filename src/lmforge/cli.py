@@ -199,6 +199,65 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plan)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="compress and export a trained model, verified against the original",
+                       description="Write a self-contained model directory (a Hugging Face directory with adapters "
+                                   "merged, or ONNX), optionally int8, distilled into fewer layers or pruned, and "
+                                   "verify it against the original: size, latency p50/p95 at batch 1, throughput, "
+                                   "and the task metric on held-out rows (OUTPUT/export_report.md and .json). An "
+                                   "export that loses more than --tolerance points exits with code 1.")
+    p.add_argument("model", help="run directory (or its model/ or adapter/, or a model directory)")
+    p.add_argument("--output", "-o", required=True, help="directory for the export (new or empty)")
+    p.add_argument("--format", dest="export_format", choices=["hf", "onnx"], default="hf",
+                   help="hf: Hugging Face directory, safetensors (default); onnx: model.onnx for ONNX Runtime")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: dynamic int8 weights (ONNX Runtime for onnx, torchao for hf)")
+    compress = p.add_argument_group("compression (docs/export.md)")
+    compress.add_argument("--distill", metavar="LAYERS",
+                          help="distil into a student with this many of the model's layers (e.g. 3), or these "
+                               "layer indices (e.g. 1,3,5), trained on the run's own data")
+    compress.add_argument("--distill-epochs", type=int, help="epochs of the distillation (default: the run's)")
+    compress.add_argument("--prune", metavar="KIND:SHARE[,...]",
+                          help="remove a share of single weights (unstructured:0.5), attention heads (heads:0.25) "
+                               "and/or FFN neurons (ffn:0.25)")
+    compress.add_argument("--recover-epochs", type=int, default=0,
+                          help="fine-tune the pruned model this many epochs on the run's data (default 0: none)")
+    compress.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a training key of the distillation / recovery runs, e.g. "
+                               "--set training.learning_rate=1e-4")
+    _add_verification_flags(p)
+    p.set_defaults(func=cmd_export)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="measure an export against its original again",
+                       description="Measure an exported directory against the model it was exported from (or "
+                                   "--original) on this machine: size, latency, throughput and the task metric. "
+                                   "Exits with code 1 when the export loses more than --tolerance points.")
+    p.add_argument("model", help="the exported directory (lmforge export --output)")
+    p.add_argument("--original", help="the original run or model (default: exported_from in its lmforge.json)")
+    p.add_argument("--json", dest="json_out", help="also write the verification as JSON to this file")
+    _add_verification_flags(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def _add_verification_flags(p: argparse.ArgumentParser) -> None:
+    check = p.add_argument_group("verification")
+    source = check.add_mutually_exclusive_group()
+    source.add_argument("--data", help="labeled evaluation file (default: the run's test split, else validation)")
+    source.add_argument("--split", choices=("validation", "test"), help="the run's own split, derived again")
+    check.add_argument("--metric", help="metric of the gate (default: accuracy where the task has it)")
+    check.add_argument("--tolerance", type=float, default=1.0,
+                       help="points (hundredths of the metric) the export may lose (default 1.0)")
+    check.add_argument("--accept-degradation", action="store_true",
+                       help="keep an export that loses more than the tolerance (exit 0; it is marked as failed)")
+    check.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (default 3)")
+    check.add_argument("--latency-texts", type=int, default=100, help="texts timed one at a time per round "
+                                                                      "(default 100)")
+    check.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput (default 32)")
+    _add_reader_flags(p, format_flag="--data-format")  # --format is the export's
+
+
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -207,11 +266,11 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
                    help="int8: dynamic int8 quantization of the linear layers (torchao), CPU")
 
 
-def _add_reader_flags(p: argparse.ArgumentParser) -> None:
+def _add_reader_flags(p: argparse.ArgumentParser, format_flag: str = "--format") -> None:
     p.add_argument("--text-column", help="column with the text (default: the run's, else 'text')")
     p.add_argument("--text-pair-column", help="column with the second text of pairs (default: the run's)")
     p.add_argument("--label-column", help="column with the label (default: the run's, else 'label')")
-    p.add_argument("--format", choices=["auto", "csv", "tsv", "jsonl", "parquet", "delimited"],
+    p.add_argument(format_flag, dest="format", choices=["auto", "csv", "tsv", "jsonl", "parquet", "delimited"],
                    help="file format (default: by extension)")
     p.add_argument("--delimiter", help="field delimiter, e.g. '@' for 'text@label' lines")
     p.add_argument("--encoding", help="file encoding, e.g. latin-1 (default utf-8)")
@@ -235,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_generate, _add_compare,
-                _add_ensemble, _add_config):
+                _add_ensemble, _add_export, _add_verify, _add_config):
         add(sub)
     return parser
 
@@ -380,6 +439,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print((Path(args.output) / "compare.md").read_text(encoding="utf-8"), end="")
     print(f"table: {Path(args.output) / 'compare.md'} (and compare.json)")
     return 0
+
+
+def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
+    from lmforge.export.recipe import ExportOptions
+
+    return ExportOptions(data=args.data, split=args.split, reader_overrides=_reader_overrides(args), metric=args.metric,
+                         tolerance=args.tolerance, accept_degradation=args.accept_degradation, rounds=args.rounds,
+                         latency_texts=args.latency_texts, batch_size=args.batch_size, **extra)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lmforge.export.recipe import REPORT, VerificationFailed, run_export
+
+    options = _export_options(args, format=args.export_format, quantize=args.quantize, distill=args.distill,
+                              distill_epochs=args.distill_epochs, prune=args.prune,
+                              recover_epochs=args.recover_epochs, overrides=args.overrides)
+    out = Path(args.output)
+    try:
+        run_export(args.model, out, options)
+    except VerificationFailed as failed:
+        print((out / f"{REPORT}.md").read_text(encoding="utf-8"), end="")
+        print(f"lmforge: error: {failed}", file=sys.stderr)
+        return 1
+    print((out / f"{REPORT}.md").read_text(encoding="utf-8"), end="")
+    print(f"report: {out / (REPORT + '.md')} (and .json)\nmodel:  {out}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lmforge.export.recipe import VerificationFailed, run_verification
+    from lmforge.export.verify import render_markdown
+
+    try:
+        verification = run_verification(args.model, _export_options(args), original=args.original)
+        code = 0
+    except VerificationFailed as failed:
+        verification, code = failed.verification, 1
+    print(render_markdown(verification, f"Verification: {Path(args.model).name}"), end="")
+    _write_json(verification.as_dict(), args.json_out)
+    if code:
+        print(f"lmforge: error: {args.model} {verification.summary}", file=sys.stderr)
+    return code
 
 
 def _write_json(metrics: dict[str, Any], path: str | None) -> None:

@@ -42,6 +42,18 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
     from_scratch: FromScratchConfig | None = Field(
         None, description="causal_lm / masked_lm: build a new model of this shape instead of loading name_or_path.")
+    keep_layers: int | list[int] | None = Field(
+        None, description="Keep only some transformer layers of the loaded model: N (evenly spaced, ending with the "
+                          "last) or a list of indices; a smaller student for distillation.")
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _layers(cls, value: int | list[int] | None) -> int | list[int] | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"keep at least one layer (got {value})")
+        if isinstance(value, list) and (not value or sorted(set(value)) != value or value[0] < 0):
+            raise ValueError(f"must be increasing layer indices from 0, e.g. [1, 3, 5] (got {value})")
+        return value
 
 
 class FromScratchConfig(_Section):
@@ -196,6 +208,9 @@ class TrainingConfig(_Section):
     num_threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for PyTorch; default: PyTorch's choice (the physical cores)."
     )
+    keep_sparsity: bool = Field(
+        False, description="Weights of the transformer layers that are exactly zero at the start stay zero "
+                           "(recovery fine-tuning of a pruned model).")
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -325,6 +340,17 @@ class AugmentConfig(_Section):
         return value
 
 
+class DistillationConfig(_Section):
+    """Knowledge distillation: learn from a trained teacher's soft predictions as well as the labels."""
+
+    teacher: str | None = Field(
+        None, description="Run or model directory of the teacher (same task, labels and tokenizer); empty: off.")
+    temperature: float = Field(2.0, gt=0.0, le=100.0, description="Softmax temperature of the soft targets "
+                                                                  "(Hinton et al. 2015); higher: softer.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the soft-target loss; 1 - alpha weighs the "
+                                                          "hard labels.")
+
+
 class RunConfig(_Section):
     """One training run: task, model, data, method and optimization."""
 
@@ -337,6 +363,8 @@ class RunConfig(_Section):
                                                  description="Label smoothing, dropout, layer-wise LR decay, "
                                                              "adversarial training.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-data augmentation.")
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig,
+                                             description="Knowledge distillation from a teacher model.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig,
                                            description="Several processes: strategy and timeouts.")

@@ -1,21 +1,28 @@
-"""Export a trained text classifier to ONNX, optionally int8, and check it against the original.
-
-The first step of the export issue (#9): the artifact and its parity check. The CLI
-(`lmforge export`), the verification report (latency, throughput, task metric, tolerance
-gate) and the ONNX Runtime backend of predict/eval build on this module.
+"""Export a trained classifier, regressor or tagger to ONNX, optionally int8, and check it against the original.
 
 - The graph is exported by ``torch.onnx.export(dynamo=True)`` with dynamic batch and
   sequence axes, so one file serves any batch and length up to the model's positions.
+- Inputs are passed by name: the tokenizer's order (input_ids, token_type_ids,
+  attention_mask) is not ``forward``'s, and a positional export silently fed token types
+  into the attention mask.
 - The exporter annotates intermediate shapes (``value_info``) that ONNX's own shape
   inference contradicts for the classification head, which makes ONNX Runtime's quantizer
   fail; the annotations are dropped (ONNX Runtime infers them again at load).
-- int8 is ONNX Runtime's dynamic quantization (int8 weights of every MatMul, activations
-  quantized per batch at run time): no calibration data, the usual choice for encoders.
+- int8 is ONNX Runtime's dynamic quantization (int8 weights of every MatMul and of the
+  embedding tables, activations quantized per batch at run time): no calibration data,
+  the usual choice for encoders.
+
+The directory runs through :class:`lmforge.inference.onnx_runtime.OnnxRuntimeModel`, so
+``lmforge predict``, ``eval`` and ``serve`` take it like any model directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +31,15 @@ import numpy as np
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.inference.onnx_runtime import ONNX_FILE, open_session
 
-ONNX_FILE = "model.onnx"
 SAMPLE_TEXTS = (
     "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007.",
     "The company said that sales fell.",
     "ok",
 )
+# Tasks whose model is a Hugging Face encoder with a `logits` output of fixed meaning.
+ONNX_TASKS = ("sequence_classification", "regression", "multi_label_classification", "token_classification")
 
 
 @dataclass
@@ -40,8 +49,8 @@ class OnnxExport:
     directory: str
     quantize: str
     size_bytes: int
-    max_abs_logit_diff: float  # over SAMPLE_TEXTS (or the caller's), batched with padding
-    same_prediction: float  # share of sample texts whose arg-max class is unchanged
+    max_abs_logit_diff: float  # over the sample texts, batched with padding
+    same_prediction: float  # share of sample rows (tokens, for a tagger) whose arg-max is unchanged
     inputs: list[str]
 
     def as_dict(self) -> dict[str, Any]:
@@ -50,32 +59,41 @@ class OnnxExport:
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "none",
                 sample_texts: tuple[str, ...] | list[str] = SAMPLE_TEXTS) -> OnnxExport:
-    """Write ``out_dir/model.onnx`` (plus tokenizer, config and lmforge.json) for the
-    sequence classifier in ``model_dir`` (a run or model directory), and measure its logits
-    against the PyTorch model's on ``sample_texts``."""
+    """Write ``out_dir/model.onnx`` (plus tokenizer, config and lmforge.json) for the model in
+    ``model_dir`` (a run or model directory), and measure its logits against the PyTorch
+    model's on ``sample_texts``."""
     from lmforge.inference.predictor import METADATA_FILE, Predictor, find_model_dir, read_metadata
 
     if quantize not in ("none", "int8"):
         raise LmforgeError(f"unknown quantization '{quantize}' for ONNX; use none or int8")
     predictor = Predictor.load(model_dir, device="cpu", precision="fp32")
-    if predictor.task.name != "sequence_classification":
-        raise LmforgeError(f"ONNX export covers sequence classifiers so far; {model_dir} is a "
-                           f"{predictor.task.name.replace('_', ' ')} model")
-    model = _plain(predictor.model, model_dir)
+    if predictor.task.name not in ONNX_TASKS:
+        raise LmforgeError(f"ONNX export covers classifiers, regressors and taggers; {model_dir} is a "
+                           f"{predictor.task.name.replace('_', ' ')} model: export it with --format hf")
+    model = plain_model(predictor.model, model_dir)
     tokenizer = predictor.tokenizer
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoded = tokenizer(list(sample_texts), padding=True, truncation=True, max_length=predictor.max_length,
                         return_tensors="pt")
     names = [n for n in tokenizer.model_input_names if n in encoded]
-    inputs = {n: encoded[n] for n in names}  # by name: forward's positional order is not the tokenizer's
+    inputs = {n: encoded[n] for n in names}  # by name: see the module docstring
     raw = out / ".raw.onnx"
-    _export_graph(model, inputs, raw)
+    try:
+        with quiet_exporter():
+            _export_graph(model, inputs, raw)
+    except LmforgeError:
+        raise
+    except Exception as err:  # the exporter's own errors: an architecture it cannot trace
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LmforgeError(f"cannot export {type(model).__name__} to ONNX ({first[:200]}); "
+                           "export it with --format hf instead") from None
     target = out / ONNX_FILE
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(raw), str(target), weight_type=QuantType.QInt8)
+        with quiet_exporter():
+            quantize_dynamic(str(raw), str(target), weight_type=QuantType.QInt8)
         raw.unlink()
     else:
         raw.replace(target)
@@ -89,6 +107,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
     with torch.inference_mode():
         expected = model(**inputs).logits.float().numpy()
     got = run_onnx(target, {n: encoded[n].numpy() for n in names})
+    if expected.ndim == 3:  # (B, T, C): compare real tokens only
+        real = encoded["attention_mask"].numpy().astype(bool)
+        expected, got = expected[real], got[real]
     return OnnxExport(directory=str(out), quantize=quantize, size_bytes=target.stat().st_size,
                       max_abs_logit_diff=float(np.abs(got - expected).max()),
                       same_prediction=float((got.argmax(-1) == expected.argmax(-1)).mean()), inputs=names)
@@ -96,27 +117,40 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
 
 def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """Logits of an exported model for int64 input arrays (name -> (B, T))."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types for corrupt files
-        raise LmforgeError(f"cannot load the ONNX model {path}: {str(err).splitlines()[0]}") from None
+    session = open_session(Path(path))
     wanted = {i.name for i in session.get_inputs()}
-    return session.run(None, {k: v.astype(np.int64) for k, v in feeds.items() if k in wanted})[0]
+    return session.run(["logits"], {k: v.astype(np.int64) for k, v in feeds.items() if k in wanted})[0]
 
 
-def _plain(model: torch.nn.Module, model_dir: str | Path) -> torch.nn.Module:
+def plain_model(model: torch.nn.Module, model_dir: str | Path) -> torch.nn.Module:
     """The model as plain transformers modules: a PEFT model is merged where it can be."""
     if hasattr(model, "merge_and_unload"):
         try:
             return model.merge_and_unload()
         except (ValueError, AttributeError, NotImplementedError):
             raise LmforgeError(f"{model_dir} is an adapter that cannot be merged (prompt or prefix tuning); "
-                               "ONNX export needs a plain model") from None
+                               "export needs a plain model: train with method lora or full") from None
     if any(".adapters." in name for name, _ in model.named_parameters()):
-        raise LmforgeError(f"{model_dir} carries bottleneck adapters; ONNX export of them is not supported yet")
+        raise LmforgeError(f"{model_dir} carries bottleneck adapters, which do not merge into the weights; "
+                           "export needs a plain model: train with method lora or full")
     return model
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's and quantizer's notes (optional torchvision ops, axis renaming, a
+    pre-processing hint ONNX Runtime logs on the root logger): lmforge reports the parity itself."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _export_graph(model: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> None:
@@ -131,4 +165,3 @@ def _export_graph(model: torch.nn.Module, inputs: dict[str, torch.Tensor], path:
     graph = onnx.load(str(path))
     graph.graph.ClearField("value_info")  # see the module docstring
     onnx.save(graph, str(path))
-

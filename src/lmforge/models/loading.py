@@ -42,6 +42,9 @@ def resolve_model_path(name_or_path: str) -> str:
     if path.exists():
         if path.is_dir() and any((path / "model" / f).is_file() for f in ("config.json", ADAPTER_CONFIG)):
             path = path / "model"  # a run directory
+        if (path / "config.yaml").is_file() and not (path / "model").exists():
+            raise LmforgeError(f"run {path} has no model/ yet (its training has not saved one); resume it with "
+                               f"lmforge train --resume {path}")
         if not any((path / f).is_file() for f in ("config.json", ADAPTER_CONFIG)):
             raise LmforgeError(f"model directory {path} has no config.json; give a Hugging Face model "
                                "directory, a run directory, or a hub id")
@@ -61,7 +64,29 @@ def load_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any
     """
     if (Path(location) / ADAPTER_CONFIG).is_file() and not (Path(location) / "config.json").is_file():
         return load_with_adapter(loader, Path(location), what, **kwargs)
+    pruned = pruned_heads(location)
+    if pruned:
+        from lmforge.models.surgery import load_head_pruned
+
+        quiet_transformers()
+        return load_head_pruned(loader, location, pruned, **kwargs)
     return from_pretrained(loader, location, what, **kwargs)
+
+
+def pruned_heads(location: str) -> dict[str, list[int]] | None:
+    """The attention heads a local model directory had removed (``pruned_heads`` in config.json),
+    where this transformers needs lmforge to rebuild them: 4.x prunes them itself on load."""
+    import json
+
+    import transformers
+
+    config = Path(location) / "config.json"
+    if int(transformers.__version__.split(".")[0]) < 5 or not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("pruned_heads") or None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LmforgeError(f"cannot read {config}: {err}; the model directory is corrupt") from None
 
 
 def from_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any:
@@ -87,6 +112,16 @@ def load_tokenizer(location: str, revision: str | None = None, trust_remote_code
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def metadata_path(directory: Path) -> Path:
+    """Where lmforge's notes on a model directory are: its own lmforge.json, or for a run's
+    ``adapter/`` the run's ``model/lmforge.json`` (task, labels, tuned thresholds)."""
+    own = Path(directory) / "lmforge.json"
+    run_model = Path(directory).parent / "model" / "lmforge.json"
+    if not own.is_file() and Path(directory).name == "adapter" and run_model.is_file():
+        return run_model
+    return own
+
+
 def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) -> Any:
     """The base model named by ``directory``'s adapter config, with the adapter applied.
 
@@ -97,7 +132,7 @@ def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) ->
 
     try:
         config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        meta_file = directory / "lmforge.json"
+        meta_file = metadata_path(directory)
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     except (OSError, json.JSONDecodeError) as err:
         raise LmforgeError(f"cannot read the adapter in {directory}: {err}") from None

@@ -48,6 +48,7 @@ class MultiLabelClassification:
     peft_task_type = "SEQ_CLS"
     word_level = False  # one prediction per text (token_classification: per word)
     labeled = True
+    soft_targets = "sigmoid"  # what distillation matches (training/distillation.py)
 
     def __init__(self) -> None:
         self.delimiter = "|"

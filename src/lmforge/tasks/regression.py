@@ -34,6 +34,7 @@ class Regression:
     peft_task_type = "SEQ_CLS"
     word_level = False  # one prediction per text (token_classification: per word)
     labeled = True
+    soft_targets = "value"  # what distillation matches (training/distillation.py)
 
     def configure(self, options: dict[str, Any]) -> None:
         """Nothing to configure (multi-label tasks take a delimiter and thresholds)."""

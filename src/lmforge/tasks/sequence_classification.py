@@ -29,6 +29,7 @@ class SequenceClassification:
     word_level = False  # one prediction per text (token_classification: per word)
     smoothable = True  # one class per target: label smoothing applies
     labeled = True
+    soft_targets = "softmax"  # what distillation matches (training/distillation.py)
 
     def configure(self, options: dict[str, Any]) -> None:
         """Nothing to configure (multi-label tasks take a delimiter and thresholds)."""

@@ -73,6 +73,7 @@ class TokenClassification:
     word_level = True
     smoothable = True  # one class per target: label smoothing applies
     labeled = True
+    soft_targets = "softmax"  # per labelled sub-token (training/distillation.py)
 
     def __init__(self) -> None:
         self.scheme = "bio"

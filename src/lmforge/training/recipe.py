@@ -181,8 +181,9 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         with graceful_interrupts() as stop:
             state = fit(model, optimizer, scheduler, train_loader, sampler, strategy, settings, state,
                         evaluate, save, logger, checkpointer, stop,
-                        after_update=partial(method.after_update, unwrapped) if getattr(method, "after_update", None)
-                        else None, loss_fn=training_loss(task, reg.label_smoothing), adversary=adversary)
+                        after_update=after_update_hooks(cfg, method, unwrapped, strategy),
+                        loss_fn=run_loss(cfg, task, label_names, tokenizer, accelerator.device, precision),
+                        adversary=adversary)
     finally:
         logger.close()
         if adversary is not None:
@@ -222,6 +223,8 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
                   "model_state_bytes_per_process": rank_state},
         "data": splits.summary(),
     }
+    if cfg.distillation.teacher:
+        metrics["distillation"] = cfg.distillation.model_dump()
     if is_language_modeling(task):
         metrics.update(evaluate_saved_language_model(run_dir, task, datasets, cfg, device))
         finish_report(run_dir, metrics, logger, cfg, device)
@@ -330,6 +333,10 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
     start_from, adapter_dir = (model_location, None) if parent is None else parent_weights(parent, cfg)
     model = task.load_model(start_from, label_names, revision=cfg.model.revision,
                             trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.keep_layers is not None:  # a smaller student, initialized from some of the layers
+        from lmforge.models.surgery import keep_layers
+
+        log.info("model: kept layers %s", keep_layers(model, cfg.model.keep_layers))
     if cfg.training.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise LmforgeError(f"training.gradient_checkpointing: {type(model).__name__} does not support it; "
@@ -617,6 +624,48 @@ def update_metadata(model_dir: Path, **values: Any) -> None:
     """Add ``values`` to the model's lmforge.json."""
     meta = {**read_metadata(model_dir), **values}
     (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def run_loss(cfg: RunConfig, task: Any, label_names: list[str], tokenizer: Any, device: Any,
+             precision: str) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
+    """The loss of this run: the task's (label smoothing included), with the teacher's soft
+    targets added when ``distillation.teacher`` is set."""
+    from lmforge.training.distillation import distillation_loss, load_teacher
+
+    hard = training_loss(task, cfg.regularization.label_smoothing)
+    distill = cfg.distillation
+    if not distill.teacher:
+        return hard
+    teacher = load_teacher(distill.teacher, task, label_names, tokenizer, device)
+    log.info("distillation from %s (temperature %g, alpha %g)", distill.teacher, distill.temperature, distill.alpha)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return distillation_loss(teacher, task, distill.temperature, distill.alpha, hard, autocast_dtype=dtype)
+
+
+def after_update_hooks(cfg: RunConfig, method: Any, model: Any, strategy: Strategy) -> Callable[[int], None] | None:
+    """What runs after each optimizer step: the method's own hook (AdaLoRA's rank budget),
+    then ``training.keep_sparsity``'s masks."""
+    hooks = [partial(method.after_update, model)] if getattr(method, "after_update", None) else []
+    if cfg.training.keep_sparsity:
+        from lmforge.training.sparsity import SparsityKeeper
+
+        if cfg.method.name not in ("full", "freeze"):
+            raise LmforgeError(f"training.keep_sparsity keeps pruned weights at zero while they train; method "
+                               f"{cfg.method.name} merges a dense update into them: use method full")
+        if strategy.sharded:
+            raise LmforgeError("training.keep_sparsity holds whole weight matrices; with distributed.strategy fsdp "
+                               "they are sharded: use strategy ddp")
+        keeper = SparsityKeeper(model)
+        log.info("keep_sparsity: %s pruned weights stay zero", f"{keeper.pruned:,}")
+        hooks.append(keeper)
+    if not hooks:
+        return None
+
+    def after_update(step: int) -> None:
+        for hook in hooks:
+            hook(step)
+
+    return after_update
 
 
 def training_loss(task: Any, label_smoothing: float) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
