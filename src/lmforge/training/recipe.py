@@ -104,6 +104,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     trainable, total_params = count_parameters(model)
     log.info("method %s: %s of %s parameters train (%.2f%%)", cfg.method.name, f"{trainable:,}",
              f"{total_params:,}", 100 * trainable / total_params)
+    loss_fn = run_loss(cfg, task, label_names, tokenizer, accelerator.device, precision)  # loads a teacher
 
     # Inputs are valid (data read, model loaded): only now does the run directory appear.
     if ctx.is_main:
@@ -182,8 +183,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
             state = fit(model, optimizer, scheduler, train_loader, sampler, strategy, settings, state,
                         evaluate, save, logger, checkpointer, stop,
                         after_update=after_update_hooks(cfg, method, unwrapped, strategy),
-                        loss_fn=run_loss(cfg, task, label_names, tokenizer, accelerator.device, precision),
-                        adversary=adversary)
+                        loss_fn=loss_fn, adversary=adversary)
     finally:
         logger.close()
         if adversary is not None:
@@ -199,7 +199,7 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     if not ctx.is_main:
         return run_dir
     # The final evaluation loads the saved model; the training copy and optimizer state go first.
-    model = unwrapped = optimizer = scheduler = checkpointer = setup = strategy = None
+    model = unwrapped = optimizer = scheduler = checkpointer = setup = strategy = loss_fn = None  # (and a teacher)
     accelerator.free_memory()  # drops its own references to them
     gc.collect()
     metrics: dict[str, Any] = {
@@ -649,9 +649,6 @@ def after_update_hooks(cfg: RunConfig, method: Any, model: Any, strategy: Strate
     if cfg.training.keep_sparsity:
         from lmforge.training.sparsity import SparsityKeeper
 
-        if cfg.method.name not in ("full", "freeze"):
-            raise LmforgeError(f"training.keep_sparsity keeps pruned weights at zero while they train; method "
-                               f"{cfg.method.name} merges a dense update into them: use method full")
         if strategy.sharded:
             raise LmforgeError("training.keep_sparsity holds whole weight matrices; with distributed.strategy fsdp "
                                "they are sharded: use strategy ddp")
