@@ -282,6 +282,8 @@ def test_export_says_what_it_cannot_do(tmp_path, run, data, tiny_model_dir, caps
     fails([run, "--output", out, "--prune", "columns:0.5"], "KIND:SHARE")
     fails([run, "--output", out, "--prune", "heads:1.5"], "between 0 and 1")
     fails([run, "--output", out, "--distill", "x"], "number of layers")
+    fails([run, "--output", out, "--distill-epochs", "2"], "give --distill")
+    fails([run, "--output", out, "--prune", "ffn:0.5", "--recover-epochs", "-1"], "0 or more")
     fails([tiny_model_dir, "--output", out, "--distill", "1", "--data", data], "no run directory")
     fails([tiny_model_dir, "--output", out], "give the evaluation data")
     other = write_csv(tmp_path / "other.csv", [("a text", "sports"), ("another", "politics")])

@@ -201,12 +201,17 @@ def measure(source_dir: Path, export_dir: Path, rows: EvaluationRows, options: E
 
 
 def check_options(options: ExportOptions) -> None:
+    """Every flag checked before any work: a typo must not cost a distillation run first."""
     if options.format not in ("hf", "onnx"):
         raise LmforgeError(f"--format {options.format}: use hf (a Hugging Face directory) or onnx")
     if options.quantize not in ("none", "int8"):
         raise LmforgeError(f"--quantize {options.quantize}: use none or int8")
     if options.recover_epochs and not options.prune:
         raise LmforgeError("--recover-epochs fine-tunes a pruned model: give --prune too")
+    if options.recover_epochs < 0 or (options.distill_epochs is not None and options.distill_epochs < 1):
+        raise LmforgeError("--recover-epochs must be 0 or more, --distill-epochs 1 or more")
+    if options.distill_epochs is not None and not options.distill:
+        raise LmforgeError("--distill-epochs sets the length of a distillation: give --distill LAYERS too")
     if options.tolerance < 0:
         raise LmforgeError(f"--tolerance {options.tolerance}: give a number of points >= 0")
     if options.rounds < 1 or options.latency_texts < 1 or options.batch_size < 1:
@@ -263,10 +268,12 @@ def _label_names(model_dir: Path) -> list[str]:
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
-def stage_config(run_dir: Path, start: Path, options: ExportOptions, epochs: int | None) -> RunConfig:
+def stage_config(run_dir: Path, start: Path, options: ExportOptions, epochs: int | None, name: str) -> RunConfig:
     """The run's own config (same data, split and seed), retargeted: full fine-tuning of ``start``,
-    then ``--set``."""
+    then ``--set``. ``name`` says what the stage is for (a recovery names its pruning): a finished
+    stage is reused only when it matches, and ``start`` alone (a path) would not tell."""
     cfg = load_config(run_dir / "config.yaml")
+    cfg.name = name
     if cfg.method.name not in ("full", "freeze"):  # an adapter's learning rate is far too high for all weights
         cfg.training.learning_rate = RunConfig().training.learning_rate
     cfg.model.name_or_path = str(start)
@@ -296,7 +303,7 @@ def train_stage(cfg: RunConfig, stage_dir: Path) -> Path:
 
 def distill_stage(run_dir: Path, teacher: Path, stage_dir: Path, options: ExportOptions) -> Path:
     """A student with ``options.distill`` of the teacher's layers, trained on the run's data."""
-    cfg = stage_config(run_dir, teacher, options, options.distill_epochs)
+    cfg = stage_config(run_dir, teacher, options, options.distill_epochs, f"distill {options.distill}")
     cfg.model.keep_layers = _layers(options.distill)
     cfg.distillation.teacher = str(teacher)
     log.info("distillation: a %s-layer student of %s", options.distill, teacher)
@@ -333,7 +340,8 @@ def prune_stage(run_dir: Path | None, start: Path, stage_dir: Path, steps: list[
 
 def recover_stage(run_dir: Path, start: Path, stage_dir: Path, options: ExportOptions, unstructured: bool) -> Path:
     """Fine-tune the pruned model on the run's data; zeros stay zero after unstructured pruning."""
-    cfg = stage_config(run_dir, start, options, options.recover_epochs)
+    cfg = stage_config(run_dir, start, options, options.recover_epochs,
+                       f"recover {options.prune}" + (f" after distill {options.distill}" if options.distill else ""))
     if unstructured:
         cfg.training.keep_sparsity = True
     return train_stage(cfg, stage_dir)
