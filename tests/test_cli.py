@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import error_line, run_cli, tiny_config, write_csv
 
-SUBCOMMANDS = ["demo", "train", "eval", "predict", "export", "verify", "config"]
+SUBCOMMANDS = ["demo", "train", "eval", "predict", "export", "verify", "serve", "config"]
 
 
 @pytest.fixture

@@ -86,10 +86,9 @@ def test_int8_onnx_is_smaller_and_close(tmp_path, run):
     fp32, int8 = export_onnx(run, tmp_path / "onnx"), export_onnx(run, tmp_path / "onnx8", quantize="int8")
     assert int8.size_bytes < fp32.size_bytes / 2
     assert np.abs(predict_fp32(tmp_path / "onnx8", TEXTS) - predict_fp32(run, TEXTS)).max() < 0.5  # close, not equal
-    from lmforge.export.verify import backend_of
     from lmforge.inference.predictor import Predictor
 
-    assert backend_of(Predictor.load(tmp_path / "onnx8")) == "onnxruntime int8"
+    assert Predictor.load(tmp_path / "onnx8").backend == "onnxruntime int8"
 
 
 def test_hf_export_merges_an_adapter_into_a_plain_model(tmp_path, tiny_model_dir, data):

@@ -241,6 +241,44 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_verify)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve models over HTTP (FastAPI): classify, score, tag, embed",
+                       description="Serve one or more models (run directories, model directories, exports; ONNX "
+                                   "directories run on ONNX Runtime) behind one HTTP API with dynamic batching, API "
+                                   "keys, rate and size limits, personal-data masking in logs and Prometheus "
+                                   "metrics. Endpoints: POST /v1/classify /v1/score /v1/tag /v1/embed, GET /v1/models "
+                                   "/healthz /readyz /metrics /docs. Docs: docs/serving.md.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="a model to serve: PATH or NAME=PATH (default name: "
+                                                              "the run directory's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="PyTorch inference precision (default: bf16 where the hardware has it)")
+    access = p.add_argument_group("access")
+    access.add_argument("--api-key", action="append", default=[], metavar="[NAME:]KEY",
+                        help="accept this key as `Authorization: Bearer KEY` (repeatable; also --api-keys-file and "
+                             "$LMFORGE_API_KEYS, comma-separated); kept hashed")
+    access.add_argument("--api-keys-file", help="a file of [NAME:]KEY lines")
+    access.add_argument("--allow-open", action="store_true",
+                        help="listen on a non-loopback address without API keys (not advised)")
+    access.add_argument("--rate-limit", metavar="N/PERIOD", help="requests per key, e.g. 600/minute (default: none)")
+    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="allow browser calls from this origin (repeatable; default: CORS off)")
+    access.add_argument("--mask-inputs", action="store_true",
+                        help="mask e-mails, phone, card and account numbers, IDs in the texts before the model sees "
+                             "them (logs are always masked)")
+    limits = p.add_argument_group("limits and batching")
+    limits.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (default 1 MB)")
+    limits.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default 256)")
+    limits.add_argument("--max-chars", type=int, default=20_000, help="characters per text at most (default 20000)")
+    limits.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    limits.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long a request waits for others to batch with (default 5 ms)")
+    limits.add_argument("--max-queue", type=int, default=1024,
+                        help="texts that may wait; beyond, 503 with Retry-After (default 1024)")
+    p.set_defaults(func=cmd_serve)
+
+
 def _add_verification_flags(p: argparse.ArgumentParser) -> None:
     check = p.add_argument_group("verification")
     source = check.add_mutually_exclusive_group()
@@ -294,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_generate, _add_compare,
-                _add_ensemble, _add_export, _add_verify, _add_config):
+                _add_ensemble, _add_export, _add_verify, _add_serve, _add_config):
         add(sub)
     return parser
 
@@ -487,6 +525,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if code:
         print(f"lmforge: error: {args.model} {verification.summary}", file=sys.stderr)
     return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lmforge.serving.recipe import serve, settings_from
+
+    serve(args.models, settings_from(args), host=args.host, port=args.port, precision=args.precision,
+          allow_open=args.allow_open)
+    return 0
 
 
 def _write_json(metrics: dict[str, Any], path: str | None) -> None:

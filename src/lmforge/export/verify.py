@@ -32,11 +32,9 @@ import numpy as np
 
 from lmforge.errors import LmforgeError
 from lmforge.export.worker import ModelWorker
-from lmforge.inference.predictor import Predictor
 from lmforge.tasks.registry import LOWER_IS_BETTER, TASK_METRICS
 
 log = logging.getLogger(__name__)
-INT8_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "DequantizeLinear"}  # ONNX Runtime's int8 graphs
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data", "*.pt")
 
 
@@ -169,23 +167,6 @@ def verify(original: Path, exported: Path, texts: Sequence[str], label_ids: Any,
         passed=degradation <= tolerance, agreement=agreement,
         max_abs_output_diff=float(np.abs(ref_out - exp_out).max()), data=data_name, n=len(texts), rounds=rounds,
         batch_size=batch_size, latency_texts=min(latency_texts, len(texts)), machine=machine())
-
-
-def backend_of(predictor: Predictor) -> str:
-    from lmforge.inference.onnx_runtime import OnnxRuntimeModel
-
-    model = predictor.model
-    if isinstance(model, OnnxRuntimeModel):
-        return "onnxruntime " + ("int8" if ops_of(model) & INT8_OPS else "fp32")
-    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
-        return "pytorch int8 (torchao, compiled)"
-    return "pytorch " + ("bf16" if predictor.autocast_dtype is not None else "fp32")
-
-
-def ops_of(model: Any) -> set[str]:
-    import onnx
-
-    return {node.op_type for node in onnx.load(str(model.path), load_external_data=False).graph.node}
 
 
 def machine() -> dict[str, Any]:

@@ -87,9 +87,7 @@ def _worker_main(conn: Any, path: str, precision: str, texts: list[str], pairs: 
         for i in range(min(8, len(sample))):  # warm-up: compiled graphs, thread pools, allocator
             one(i)
         predictor.logits(texts[:batch_size], batch_size=batch_size, pairs=pairs[:batch_size] if pairs else None)
-        from lmforge.export.verify import backend_of
-
-        conn.send(("ready", {"backend": backend_of(predictor), "labels": predictor.label_names}))
+        conn.send(("ready", {"backend": predictor.backend, "labels": predictor.label_names}))
         while True:
             command, with_outputs = conn.recv()
             if command == "stop":

@@ -58,6 +58,7 @@ class Predictor:
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.pairs = pairs  # trained on text pairs: predict needs both texts
+        self.backend = "pytorch"  # what runs it, for reports and /v1/models (set by load)
         self.collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
 
     @classmethod
@@ -88,20 +89,26 @@ class Predictor:
                 raise LmforgeError(f"{model_dir} is an ONNX export (quantize: {meta.get('quantize', 'none')}); "
                                    "--quantize applies to PyTorch models: export with --quantize int8 instead")
             model, dtype = load_onnx_model(model_dir, device), None
+            backend = f"onnxruntime {'int8' if meta.get('quantize') == 'int8' else 'fp32'}"
         else:
             model = task_plugin.load_model(str(model_dir))
             mode = resolve_precision(precision, device)
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
-            if getattr(model.config, "quantization_config", None) is not None:  # saved int8 (torchao) weights
-                if quantize != "none":
-                    raise LmforgeError(f"{model_dir} is already quantized; load it without --quantize")
+            saved_int8 = getattr(model.config, "quantization_config", None) is not None  # torchao weights
+            if saved_int8 and quantize != "none":
+                raise LmforgeError(f"{model_dir} is already quantized; load it without --quantize")
+            if saved_int8:
                 model, dtype = compile_quantized(model, device), None
             elif quantize == "int8":
                 model, dtype = quantize_int8(model, device), None  # int8 matmuls; activations stay fp32
+            backend = "pytorch int8 (torchao, compiled)" if saved_int8 or quantize == "int8" else f"pytorch {mode}"
         label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         tokenizer = load_tokenizer(str(model_dir))
         max_length = int(meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512))
-        return cls(model, tokenizer, task_plugin, label_names, max_length, device, dtype, bool(meta.get("text_pairs")))
+        predictor = cls(model, tokenizer, task_plugin, label_names, max_length, device, dtype,
+                        bool(meta.get("text_pairs")))
+        predictor.backend = backend
+        return predictor
 
     def logits(self, texts: Sequence[str], batch_size: int = 64, use_cache: bool = False,
                pairs: Sequence[str] | None = None) -> np.ndarray:

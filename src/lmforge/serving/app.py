@@ -1,0 +1,298 @@
+"""The FastAPI application: thin routes over per-model micro-batchers, behind keys and limits.
+
+One endpoint per task (classify, score, tag, embed); each route checks who is calling and how
+often, validates the body (pydantic; limits on texts and characters), hands the texts to the
+model's :class:`~lmforge.serving.batching.MicroBatcher`, and shapes the answer. Errors are
+JSON ``{"error": {"type", "message"}}`` with the right status: 401 (no or wrong key), 404
+(unknown model), 413 (body too large), 422 (malformed or out of limits), 429 (rate limit),
+503 (queue full or shutting down, with ``Retry-After``); a 500 is a bug and is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from lmforge.errors import LmforgeError
+from lmforge.serving.batching import MicroBatcher, QueueFull
+from lmforge.serving.protocol import (
+    ClassifyResponse,
+    EmbedResponse,
+    ModelCard,
+    ModelList,
+    ScoreResponse,
+    TagResponse,
+    TextsRequest,
+)
+from lmforge.serving.security import ApiKeys, RateLimit, RateLimiter, mask_pii
+from lmforge.serving.telemetry import Metrics, log_access, new_request_id
+
+log = logging.getLogger(__name__)
+
+# task -> the endpoint that serves it
+TASK_ENDPOINTS = {"sequence_classification": "classify", "multi_label_classification": "classify",
+                  "regression": "score", "token_classification": "tag", "embedding": "embed"}
+
+
+@dataclass
+class ServeSettings:
+    """How the service guards itself and batches (the ``lmforge serve`` flags)."""
+
+    keys: ApiKeys = field(default_factory=ApiKeys)
+    rate_limit: RateLimit | None = None
+    max_body_bytes: int = 1_000_000
+    max_texts: int = 256
+    max_chars: int = 20_000
+    mask_inputs: bool = False
+    cors_origins: list[str] = field(default_factory=list)
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+
+
+@dataclass
+class ServedModel:
+    """A loaded model under its name."""
+
+    name: str
+    predictor: Any  # lmforge.inference.predictor.Predictor
+    path: str
+    backend: str
+    batcher: MicroBatcher | None = None
+
+    @property
+    def task(self) -> str:
+        return self.predictor.task.name
+
+    def card(self) -> ModelCard:
+        return ModelCard(id=self.name, task=self.task, backend=self.backend, labels=list(self.predictor.label_names),
+                         endpoint=f"/v1/{TASK_ENDPOINTS.get(self.task, '')}")
+
+
+class ApiError(Exception):
+    """An answer other than 200, as JSON ``{"error": {"type", "message"}}``."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = None) -> FastAPI:
+    """The service for ``models`` (name -> loaded model)."""
+    settings = settings or ServeSettings()
+    metrics = Metrics()
+    limiter = RateLimiter(settings.rate_limit)
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for served in models.values():
+            served.batcher = MicroBatcher(_runner(served, settings), settings.max_batch_size, settings.max_wait_ms,
+                                          settings.max_queue, on_batch=_batch_metrics(metrics, served.name))
+            served.batcher.start()
+        state["ready"] = True
+        yield
+        state["ready"] = False  # /readyz answers 503 while in-flight requests finish
+        for served in models.values():
+            await served.batcher.stop()
+
+    app = FastAPI(title="lmforge", version=_version(), lifespan=lifespan,
+                  description="Models trained or exported by lmforge, behind one API. Send keys as "
+                              "`Authorization: Bearer KEY`.")
+    app.state.metrics, app.state.models, app.state.settings = metrics, models, settings
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        """Request ids, the body-size limit, the access log and the request metrics, for every route."""
+        started = time.perf_counter()
+        request.state.request_id = new_request_id(request.headers.get("x-request-id"))
+        request.state.caller, request.state.model = None, None
+        if not await body_within(request, settings.max_body_bytes):
+            response = error_response(413, "body_too_large", f"the body is over {settings.max_body_bytes} bytes")
+        else:
+            response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        endpoint = request.url.path
+        if endpoint.startswith("/v1/"):
+            model = request.state.model or "-"
+            metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint, model).observe(time.perf_counter() - started)
+            if response.status_code >= 400:
+                metrics.errors.labels(str(response.status_code)).inc()
+        log_access(request.state.request_id, request.method, endpoint, response.status_code, started,
+                   caller=request.state.caller, model=request.state.model)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return error_response(err.status, err.kind, err.message, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+                             for e in err.errors()[:5])
+        return error_response(422, "invalid_request", problems or "the body is not valid JSON for this endpoint")
+
+    def authorize(request: Request) -> str:
+        """The caller's key name (401 without a valid key), rate-limited (429)."""
+        if settings.keys:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            caller = settings.keys.identify(token.strip()) if scheme.lower() == "bearer" else None
+            if caller is None:
+                raise ApiError(401, "unauthorized", "a valid API key is needed: Authorization: Bearer KEY",
+                               {"WWW-Authenticate": "Bearer"})
+        else:
+            caller = f"anonymous@{request.client.host if request.client else '-'}"
+        request.state.caller = caller
+        wait = limiter.allow(caller)
+        if wait:
+            raise ApiError(429, "rate_limited", f"rate limit reached; retry after {wait:.1f} s",
+                           {"Retry-After": str(max(1, round(wait)))})
+        return caller
+
+    def pick(request: Request, body: TextsRequest, endpoint: str) -> ServedModel:
+        name = body.model or (next(iter(models)) if len(models) == 1 else None)
+        if name is None:
+            raise ApiError(422, "model_required", f"several models are served: give 'model', one of {sorted(models)}")
+        if name not in models:
+            raise ApiError(404, "model_not_found", f"no model '{name}'; served: {sorted(models)}")
+        served = models[name]
+        request.state.model = name
+        if TASK_ENDPOINTS.get(served.task) != endpoint:
+            right = TASK_ENDPOINTS.get(served.task)
+            raise ApiError(422, "wrong_endpoint", f"model '{name}' is a {served.task.replace('_', ' ')} model: "
+                                                  + (f"use POST /v1/{right}" if right else "it has no endpoint yet"))
+        return served
+
+    async def answer(request: Request, body: TextsRequest, endpoint: str) -> tuple[str, list[Any]]:
+        authorize(request)
+        served = pick(request, body, endpoint)
+        texts, pairs = body.inputs()
+        check_limits(texts, pairs, settings)
+        if served.predictor.pairs and pairs is None:
+            raise ApiError(422, "pair_required", f"model '{served.name}' scores text pairs: give text_pair(s) too")
+        if settings.mask_inputs:
+            texts = [mask_pii(t) for t in texts]
+            pairs = [mask_pii(t) for t in pairs] if pairs is not None else None
+        metrics.queue_depth.labels(served.name).set(served.batcher.waiting + len(texts))
+        try:
+            rows = await served.batcher.submit(texts, pairs if served.predictor.pairs else None)
+        except QueueFull as full:
+            raise ApiError(503, "overloaded", str(full), {"Retry-After": str(round(full.retry_after))}) from None
+        except LmforgeError as err:
+            raise ApiError(422, "invalid_input", str(err)) from None
+        finally:
+            metrics.queue_depth.labels(served.name).set(served.batcher.waiting)
+        metrics.texts.labels(served.name).inc(len(texts))
+        return served.name, rows
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True, tags=["tasks"],
+              summary="Labels and probabilities (single- and multi-label classifiers)")
+    async def classify(request: Request, body: TextsRequest) -> ClassifyResponse:
+        name, rows = await answer(request, body, "classify")
+        return ClassifyResponse(model=name, results=rows)
+
+    @app.post("/v1/score", response_model=ScoreResponse, tags=["tasks"], summary="A number per text (regressors)")
+    async def score(request: Request, body: TextsRequest) -> ScoreResponse:
+        name, rows = await answer(request, body, "score")
+        return ScoreResponse(model=name, results=rows)
+
+    @app.post("/v1/tag", response_model=TagResponse, tags=["tasks"],
+              summary="Entities with character offsets (token classifiers)")
+    async def tag(request: Request, body: TextsRequest) -> TagResponse:
+        name, rows = await answer(request, body, "tag")
+        return TagResponse(model=name, results=rows)
+
+    @app.post("/v1/embed", response_model=EmbedResponse, tags=["tasks"], summary="Unit-length sentence vectors")
+    async def embed(request: Request, body: TextsRequest) -> EmbedResponse:
+        name, rows = await answer(request, body, "embed")
+        return EmbedResponse(model=name, dimensions=len(rows[0]["embedding"]) if rows else 0, results=rows)
+
+    @app.get("/v1/models", response_model=ModelList, tags=["models"], summary="The served models")
+    async def list_models(request: Request) -> ModelList:
+        authorize(request)
+        return ModelList(data=[served.card() for served in models.values()])
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Models loaded and accepting requests")
+    async def readyz() -> Response:
+        if not state["ready"]:
+            return error_response(503, "not_ready", "starting or shutting down", {"Retry-After": "1"})
+        return JSONResponse({"status": "ready", "models": sorted(models)})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        content, media_type = metrics.render()
+        return Response(content, media_type=media_type)
+
+    return app
+
+
+async def body_within(request: Request, limit: int) -> bool:
+    """Whether the body is at most ``limit`` bytes: by its Content-Length, or, for a chunked body,
+    by reading it up to the limit and no further (an unbounded body never sits in memory)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        return declared.isdigit() and int(declared) <= limit
+    if request.method != "POST":
+        return True
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return False
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # Starlette's middleware replays a read body to the route from here
+    return True
+
+
+def check_limits(texts: list[str], pairs: list[str] | None, settings: ServeSettings) -> None:
+    """422 for requests within the body limit but beyond what one request may ask."""
+    if not texts:
+        raise ApiError(422, "invalid_request", "'texts' is empty")
+    if len(texts) > settings.max_texts:
+        raise ApiError(422, "too_many_texts", f"{len(texts)} texts in one request; at most {settings.max_texts}")
+    longest = max(len(t) for t in [*texts, *(pairs or [])])
+    if longest > settings.max_chars:
+        raise ApiError(422, "text_too_long", f"a text of {longest} characters; at most {settings.max_chars}")
+
+
+def _runner(served: ServedModel, settings: ServeSettings) -> Any:
+    def run(texts: list[str], pairs: list[str] | None) -> list[Any]:
+        return served.predictor.predict(texts, batch_size=settings.max_batch_size, pairs=pairs)
+
+    return run
+
+
+def _batch_metrics(metrics: Metrics, name: str) -> Any:
+    def observe(size: int, seconds: float) -> None:
+        metrics.batch_size.labels(name).observe(size)
+        metrics.batch_latency.labels(name).observe(seconds)
+
+    return observe
+
+
+def _version() -> str:
+    from lmforge import __version__
+
+    return __version__
