@@ -46,7 +46,7 @@ class SlowPredictor:
 
 def fake_app(settings=None, delay=0.05):
     predictor = SlowPredictor(delay)
-    app = create_app({"fake": ServedModel("fake", predictor, "-", "fake")}, settings or ServeSettings())
+    app = create_app({"fake": ServedModel("fake", predictor, "-")}, settings or ServeSettings())
     return app, predictor
 
 
@@ -114,6 +114,7 @@ def test_the_served_answer_is_the_predictors(client, runs):
     ({"model": "nope", "text": "a"}, 404, "model_not_found"),
     ({"text": "a"}, 422, "model_required"),
     ({"model": "scorer", "text": "a"}, 422, "wrong_endpoint"),
+    ({"model": "sentiment", "text": "a", "text_pair": "b"}, 422, "pair_mismatch"),  # not dropped silently
 ])
 def test_bad_requests_get_4xx_never_500(client, body, status, kind):
     response = client.post("/v1/classify", json=body, headers=AUTH)

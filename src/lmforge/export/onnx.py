@@ -19,7 +19,6 @@ The directory runs through :class:`lmforge.inference.onnx_runtime.OnnxRuntimeMod
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -58,11 +57,17 @@ class OnnxExport:
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "none",
-                sample_texts: tuple[str, ...] | list[str] = SAMPLE_TEXTS) -> OnnxExport:
+                sample_texts: tuple[str, ...] | list[str] = SAMPLE_TEXTS,
+                metadata: dict[str, Any] | None = None) -> OnnxExport:
     """Write ``out_dir/model.onnx`` (plus tokenizer, config and lmforge.json) for the model in
     ``model_dir`` (a run or model directory), and measure its logits against the PyTorch
-    model's on ``sample_texts``."""
-    from lmforge.inference.predictor import METADATA_FILE, Predictor, find_model_dir, read_metadata
+    model's on ``sample_texts``.
+
+    Args:
+        metadata: lmforge.json's base (default: the source model's own), to which the ONNX
+            format, quantization and input names are added.
+    """
+    from lmforge.inference.predictor import Predictor, find_model_dir, read_metadata, write_metadata
 
     if quantize not in ("none", "int8"):
         raise LmforgeError(f"unknown quantization '{quantize}' for ONNX; use none or int8")
@@ -100,9 +105,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)
     source = find_model_dir(model_dir)
-    meta = read_metadata(source)
-    meta.update(format="onnx", quantize=quantize, onnx_inputs=names, exported_from=str(source))
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    base = metadata if metadata is not None else {**read_metadata(source), "exported_from": str(source)}
+    write_metadata(out, {**base, "format": "onnx", "quantize": quantize, "onnx_inputs": names})
 
     with torch.inference_mode():
         expected = model(**inputs).logits.float().numpy()

@@ -14,12 +14,12 @@ int8 export quantizes them too and is the smaller artifact).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LmforgeError
+from lmforge.inference.predictor import write_metadata
 
 # The new task heads (sequence/token classification: classifier; Llama-style: score).
 FLOAT_MODULES = ["classifier", "score"]
@@ -41,8 +41,7 @@ def save_int8(model_dir: Path, out_dir: Path, task: Any, tokenizer: Any, metadat
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "lmforge.json").write_text(json.dumps({**metadata, "format": "hf", "quantize": "int8"}, indent=2),
-                                          encoding="utf-8")
+    write_metadata(out_dir, {**metadata, "format": "hf", "quantize": "int8"})
     return out_dir
 
 

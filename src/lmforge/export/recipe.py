@@ -44,7 +44,13 @@ from lmforge.export.pruning import (
 )
 from lmforge.export.quantize import save_int8
 from lmforge.export.verify import Verification, render_markdown, verify
-from lmforge.inference.predictor import METADATA_FILE, Predictor, find_model_dir, read_metadata
+from lmforge.inference.predictor import (
+    METADATA_FILE,
+    Predictor,
+    find_model_dir,
+    read_metadata,
+    write_metadata,
+)
 from lmforge.models.surgery import bert_blocks, head_size
 from lmforge.tasks.registry import get_task
 
@@ -332,8 +338,7 @@ def prune_stage(run_dir: Path | None, start: Path, stage_dir: Path, steps: list[
     shutil.rmtree(target, ignore_errors=True)
     model.save_pretrained(target, safe_serialization=True)
     predictor.tokenizer.save_pretrained(target)
-    (target / METADATA_FILE).write_text(json.dumps({**read_metadata(find_model_dir(start)), "method": "full",
-                                                    "pruning": info}, indent=2), encoding="utf-8")
+    write_metadata(target, {**read_metadata(find_model_dir(start)), "method": "full", "pruning": info})
     log.info("pruned: %s parameters -> %s", f"{before:,}", f"{info['parameters_after']:,}")
     return target, info
 
@@ -367,11 +372,7 @@ def write_artifact(model_dir: Path, out: Path, options: ExportOptions, meta: dic
     """The exported model in ``out``; for ONNX, the parity of its logits on sample texts."""
     out.mkdir(parents=True, exist_ok=True)
     if options.format == "onnx":
-        result = export_onnx(model_dir, out, quantize=options.quantize)
-        written = read_metadata(out)
-        (out / METADATA_FILE).write_text(json.dumps({**meta, **{k: written[k] for k in ("format", "quantize",
-                                                                                        "onnx_inputs")}}, indent=2),
-                                         encoding="utf-8")
+        result = export_onnx(model_dir, out, quantize=options.quantize, metadata=meta)
         log.info("ONNX parity on sample texts: max |logit diff| %.3g, same prediction %.0f%%",
                  result.max_abs_logit_diff, 100 * result.same_prediction)
         return {"max_abs_logit_diff": result.max_abs_logit_diff, "same_prediction": result.same_prediction}
@@ -388,8 +389,7 @@ def write_artifact(model_dir: Path, out: Path, options: ExportOptions, meta: dic
     model = plain_model(predictor.model, model_dir)  # adapters merged into the weights
     model.save_pretrained(out, safe_serialization=True)
     predictor.tokenizer.save_pretrained(out)
-    (out / METADATA_FILE).write_text(json.dumps({**meta, "method": "full", "format": "hf", "quantize": "none"},
-                                                indent=2), encoding="utf-8")
+    write_metadata(out, {**meta, "method": "full", "format": "hf", "quantize": "none"})
     return None
 
 
@@ -421,10 +421,9 @@ def write_report(out: Path, v: Verification, details: dict[str, Any]) -> None:
 
 def record_verification(out: Path, v: Verification) -> None:
     """The verdict in the artifact's own lmforge.json: loaders warn about a failed one."""
-    meta = read_metadata(out)
-    meta["verification"] = {"passed": v.passed, "summary": v.summary, "metric": v.metric, "original": v.original,
-                            "exported": v.exported, "tolerance_points": v.tolerance_points, "data": v.data}
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    verdict = {"passed": v.passed, "summary": v.summary, "metric": v.metric, "original": v.original,
+               "exported": v.exported, "tolerance_points": v.tolerance_points, "data": v.data}
+    write_metadata(out, {**read_metadata(out), "verification": verdict})
 
 
 def _validation_metrics(run_dir: Path) -> dict[str, float]:

@@ -45,6 +45,11 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
         raise LmforgeError(f"{file} is corrupt; delete it to fall back to defaults") from None
 
 
+def write_metadata(model_dir: Path, meta: dict[str, Any]) -> None:
+    """Write lmforge's notes beside a model (the counterpart of :func:`read_metadata`)."""
+    (Path(model_dir) / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
 class Predictor:
     """A model, its tokenizer and its task, ready to turn texts into predictions."""
 

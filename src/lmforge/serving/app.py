@@ -65,12 +65,15 @@ class ServedModel:
     name: str
     predictor: Any  # lmforge.inference.predictor.Predictor
     path: str
-    backend: str
     batcher: MicroBatcher | None = None
 
     @property
     def task(self) -> str:
         return self.predictor.task.name
+
+    @property
+    def backend(self) -> str:
+        return self.predictor.backend
 
     def card(self) -> ModelCard:
         return ModelCard(id=self.name, task=self.task, backend=self.backend, labels=list(self.predictor.label_names),
@@ -186,14 +189,16 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         served = pick(request, body, endpoint)
         texts, pairs = body.inputs()
         check_limits(texts, pairs, settings)
-        if served.predictor.pairs and pairs is None:
-            raise ApiError(422, "pair_required", f"model '{served.name}' scores text pairs: give text_pair(s) too")
+        if served.predictor.pairs != (pairs is not None):  # a dropped second text would be a silent wrong answer
+            raise ApiError(422, "pair_mismatch", f"model '{served.name}' scores " +
+                           ("text pairs: give text_pair(s) too" if served.predictor.pairs
+                            else "single texts: remove text_pair(s)"))
         if settings.mask_inputs:
             texts = [mask_pii(t) for t in texts]
             pairs = [mask_pii(t) for t in pairs] if pairs is not None else None
         metrics.queue_depth.labels(served.name).set(served.batcher.waiting + len(texts))
         try:
-            rows = await served.batcher.submit(texts, pairs if served.predictor.pairs else None)
+            rows = await served.batcher.submit(texts, pairs)
         except QueueFull as full:
             raise ApiError(503, "overloaded", str(full), {"Retry-After": str(round(full.retry_after))}) from None
         except LmforgeError as err:

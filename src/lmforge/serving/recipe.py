@@ -49,7 +49,7 @@ def load_models(specs: list[str], precision: str = "auto") -> dict[str, ServedMo
         if getattr(predictor.task, "loss_only", False):
             raise LmforgeError(f"{path} is a {predictor.task.name.replace('_', ' ')} model; generation is not "
                                "served yet (use lmforge generate)")
-        models[name] = ServedModel(name, predictor, path, predictor.backend)
+        models[name] = ServedModel(name, predictor, path)
         log.info("model %s: %s (%s, %s)", name, path, predictor.task.name, models[name].backend)
     return models
 

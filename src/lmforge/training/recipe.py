@@ -43,7 +43,7 @@ from lmforge.distributed.strategy import Strategy
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.report import write_report
 from lmforge.inference.forward import collect_logits
-from lmforge.inference.predictor import METADATA_FILE, Predictor, read_metadata
+from lmforge.inference.predictor import METADATA_FILE, Predictor, read_metadata, write_metadata
 from lmforge.methods.registry import count_parameters, get_method
 from lmforge.models.loading import load_pretrained, load_tokenizer, resolve_model_path
 from lmforge.models.structure import set_dropout
@@ -622,8 +622,7 @@ def split_logits(predictor: Predictor, frame: Any, batch_size: int) -> np.ndarra
 
 def update_metadata(model_dir: Path, **values: Any) -> None:
     """Add ``values`` to the model's lmforge.json."""
-    meta = {**read_metadata(model_dir), **values}
-    (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    write_metadata(model_dir, {**read_metadata(model_dir), **values})
 
 
 def run_loss(cfg: RunConfig, task: Any, label_names: list[str], tokenizer: Any, device: Any,
