@@ -86,3 +86,51 @@ def tiny_config(model_dir: Path, train_file: Path, **training) -> dict:
         "training": {"epochs": 30, "batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0.0,
                      "precision": "fp32", "logging_steps": 5, "eval_strategy": "no", **training},
     }
+
+
+# --- tiny decoders: a byte-level BPE trained in a blink and a 2-layer Llama --------------------
+
+CORPUS = [
+    "the cat sat on the mat.\nthe dog sat on the log.",
+    "Paris is the capital of France.",
+    "hello world, how are you?\n\nfine, thanks!",
+    "".join(chr(c) for c in range(32, 127)) + "\n",
+]
+
+
+def tiny_bpe_tokenizer():
+    """A fresh byte-level BPE tokenizer (EOS, no pad token, no chat template)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(
+        CORPUS * 5, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<eos>"])
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+
+
+def tiny_llama(tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.3,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+            pad_token_id=None,
+        )
+    )
+
+

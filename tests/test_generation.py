@@ -12,6 +12,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_bpe_tokenizer, tiny_llama
 
 from lmforge.data.batching import IGNORE_INDEX
 from lmforge.errors import LmforgeError
@@ -31,13 +32,6 @@ from lmforge.generation.generate import (
     rouge_l,
 )
 
-CORPUS = [
-    "the cat sat on the mat.\nthe dog sat on the log.",
-    "Paris is the capital of France.",
-    "hello world, how are you?\n\nfine, thanks!",
-    "".join(chr(c) for c in range(32, 127)) + "\n",
-]
-
 CONVERSATION = [
     {"role": "system", "content": "Be terse."},
     {"role": "user", "content": "Capital of France?"},
@@ -48,46 +42,11 @@ CONVERSATION = [
 PROMPTS = ["the cat", "Paris is the capital of", "hello", "how are you?"]
 
 
-def _tokenizer():
-    """A fresh byte-level BPE tokenizer (EOS, no pad token, no chat template)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(
-        CORPUS * 5, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<eos>"])
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
-
-
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    tokenizer = _tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     ensure_chat_template(tokenizer)
     return tokenizer
-
-
-def _llama(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            initializer_range=0.3,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
-            pad_token_id=None,
-        )
-    )
 
 
 def _gpt2(tokenizer):
@@ -110,12 +69,12 @@ def _gpt2(tokenizer):
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def model(request, chat_tokenizer):
-    return (_llama if request.param == "llama" else _gpt2)(chat_tokenizer)
+    return (tiny_llama if request.param == "llama" else _gpt2)(chat_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def llama(chat_tokenizer):
-    return _llama(chat_tokenizer)
+    return tiny_llama(chat_tokenizer)
 
 
 def _greedy(**kwargs) -> GenerationOptions:
@@ -197,7 +156,7 @@ def test_records_to_messages_errors_name_the_file_and_line(record, expected):
 
 
 def test_default_chat_template_is_applied_only_when_missing():
-    tokenizer = _tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     size = len(tokenizer)
     setup = ensure_chat_template(tokenizer)
     assert (
@@ -218,14 +177,14 @@ def test_default_chat_template_is_applied_only_when_missing():
 
     again = ensure_chat_template(tokenizer)
     assert not again and again.tokens_added == 0 and len(tokenizer) == size + 2
-    own = _tokenizer()
+    own = tiny_bpe_tokenizer()
     own.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert not ensure_chat_template(own) and own.chat_template.startswith("{% for m")
 
 
 def test_a_tokenizer_without_template_is_an_error_when_encoding():
     with pytest.raises(LmforgeError, match="no chat template"):
-        encode_conversation(CONVERSATION, _tokenizer(), 64)
+        encode_conversation(CONVERSATION, tiny_bpe_tokenizer(), 64)
 
 
 # --- label mask --------------------------------------------------------------------------------
@@ -274,7 +233,7 @@ def test_label_mask_agrees_with_transformers_generation_blocks(chat_tokenizer):
 
 
 def test_plain_text_template_ending_turns_with_eos():
-    tokenizer = _tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     tokenizer.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'assistant' %}"
         "{{ 'Assistant: ' + m['content'] + eos_token + '\n' }}"
@@ -305,7 +264,7 @@ def test_truncation_is_reported_and_a_row_without_targets_is_detectable(chat_tok
 
 
 def test_template_that_rewrites_history_is_refused():
-    tokenizer = _tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     tokenizer.chat_template = (
         "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     )
@@ -314,7 +273,7 @@ def test_template_that_rewrites_history_is_refused():
 
 
 def test_template_errors_become_one_line_errors():
-    tokenizer = _tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(LmforgeError, match="rejected the conversation: roles must alternate"):
         encode_conversation(CONVERSATION, tokenizer, 64)
@@ -562,7 +521,7 @@ def test_chat_template_from_the_config_replaces_the_default(tmp_path, source):
         value = "simple.jinja"
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"task": "chat", "data": {"chat_template": value}}))
     cfg = load_config(tmp_path / "run.yaml")
-    task, tokenizer = Chat(), _tokenizer()
+    task, tokenizer = Chat(), tiny_bpe_tokenizer()
     size = len(tokenizer)
     task.configure(task_options(cfg))
     task.bind(tokenizer)
@@ -577,7 +536,7 @@ def test_chat_template_from_the_config_replaces_the_default(tmp_path, source):
 def test_chatml_from_the_config_overrides_the_tokenizers_template_and_a_missing_file_fails():
     from lmforge.tasks.chat import Chat
 
-    tokenizer = _tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     tokenizer.chat_template = SIMPLE_TEMPLATE
     task = Chat()
     task.configure({"chat_template": "chatml"})
@@ -585,4 +544,4 @@ def test_chatml_from_the_config_overrides_the_tokenizers_template_and_a_missing_
     assert "<|im_start|>" in tokenizer.chat_template and len(task.new_token_ids) == 2
     task.configure({"chat_template": "no/such/template.jinja"})
     with pytest.raises(LmforgeError, match="data.chat_template: file no/such/template.jinja not found"):
-        task.bind(_tokenizer())
+        task.bind(tiny_bpe_tokenizer())

@@ -95,10 +95,27 @@ def _is_positive(value: Any) -> bool:
 # --- generation --------------------------------------------------------------------------------
 
 
+@dataclass
+class Completion:
+    """One prompt's completion and what it cost (the ``usage`` of an OpenAI-style answer)."""
+
+    text: str
+    """The new text, special tokens removed, cut before the first stop string."""
+    prompt_tokens: int
+    completion_tokens: int
+    """Tokens generated, the one that ended the completion included."""
+    finish_reason: str
+    """``stop`` (end of text, end of turn or a stop string) or ``length`` (``max_new_tokens`` reached)."""
+
+
+Prompt = str | Sequence[dict]
+"""A text to continue, or a conversation (a list of ``{"role", "content"}`` messages)."""
+
+
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     options: GenerationOptions,
     batch_size: int = 8,
     stream: TextIO | None = None,
@@ -110,31 +127,47 @@ def generate(
         model: A Hugging Face causal LM (decoder-only). It is put in eval mode while
             generating and given back in the mode it was in.
         tokenizer: Its tokenizer; not modified.
-        prompts: The prompts, returned in the same order.
+        prompts: The prompts, returned in the same order. A conversation (a list of
+            messages) goes through the tokenizer's chat template, ending with the assistant
+            header.
         options: Length, sampling and stopping settings.
         batch_size: Prompts per forward pass; prompts of similar length are batched together.
         stream: With exactly one prompt, text is written (and flushed) here as it is generated.
-        chat: Wrap each prompt as one user message through the tokenizer's chat template,
-            ending with the assistant header; the end-of-turn token then also stops generation.
+        chat: Wrap each text prompt as one user message through the tokenizer's chat template;
+            the end-of-turn token then also stops generation (implied by conversations).
 
     Returns:
         One completion per prompt (special tokens removed).
     """
+    return [c.text for c in complete(model, tokenizer, prompts, options, batch_size, stream, chat)]
+
+
+def complete(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    options: GenerationOptions,
+    batch_size: int = 8,
+    stream: TextIO | None = None,
+    chat: bool = False,
+) -> list[Completion]:
+    """:func:`generate`, with each completion's token counts and why it ended."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if stream is not None and len(prompts) != 1:
         raise ValueError(f"streaming writes one completion, got {len(prompts)} prompts")
     if not prompts:
         return []
+    chat = chat or any(not isinstance(p, str) for p in prompts)
     stop_ids = _stop_token_ids(model, tokenizer, chat)
     pad_id = next(i for i in (tokenizer.pad_token_id, *stop_ids, 0) if i is not None)
-    encoded = [_encode_prompt(p, n, tokenizer, chat) for n, p in enumerate(prompts, 1)]
+    encoded = encode_prompts(model, tokenizer, prompts, options.max_new_tokens, chat)
     seed = options.seed if options.seed is not None else int(torch.randint(2**62, ()).item())
     config = _generation_config(options, stop_ids, pad_id)
 
     was_training = model.training
     model.eval()
-    results: list[str] = [""] * len(prompts)
+    results: list[Completion | None] = [None] * len(prompts)
     try:
         for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
             ids, mask = _left_pad([encoded[i] for i in batch], pad_id)  # (B, T), (B, T)
@@ -151,10 +184,10 @@ def generate(
                 streamer=streamer,
             )  # (B, T + new)
             for i, new_ids in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
-                results[i] = _completion_text(new_ids, tokenizer, options.stop, stop_ids)
+                results[i] = _completion(new_ids, len(encoded[i]), tokenizer, options, stop_ids, pad_id)
     finally:
         model.train(was_training)
-    return results
+    return results  # type: ignore[return-value]  # every slot is filled
 
 
 def _stop_token_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
@@ -173,11 +206,29 @@ def _stop_token_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
     return ids
 
 
-def _encode_prompt(prompt: str, number: int, tokenizer: Any, chat: bool) -> list[int]:
+def encode_prompts(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], max_new_tokens: int, chat: bool = False
+) -> list[list[int]]:
+    """The prompts' token ids, checked: not empty, and room for ``max_new_tokens`` more within
+    the model's positions (a server checks before it starts streaming an answer)."""
+    chat = chat or any(not isinstance(p, str) for p in prompts)
+    encoded = [_encode_prompt(p, n, tokenizer, chat) for n, p in enumerate(prompts, 1)]
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    for n, ids in enumerate(encoded, 1):
+        if isinstance(positions, int) and len(ids) + max_new_tokens > positions:
+            raise LmforgeError(
+                f"prompt {n} has {len(ids)} tokens; with max_new_tokens {max_new_tokens} that is "
+                f"over the model's {positions} positions: shorten it or ask for fewer tokens"
+            )
+    return encoded
+
+
+def _encode_prompt(prompt: Prompt, number: int, tokenizer: Any, chat: bool) -> list[int]:
     if chat:
-        text = render_chat(
-            [{"role": "user", "content": prompt}], tokenizer, add_generation_prompt=True
-        )
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if not messages:
+            raise LmforgeError(f"conversation {number} has no messages")
+        text = render_chat(messages, tokenizer, add_generation_prompt=True)
         # the template writes BOS itself, where the model has one
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
@@ -220,12 +271,26 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _completion_text(
-    ids: Sequence[int], tokenizer: Any, stop: Sequence[str], stop_ids: Sequence[int]
-) -> str:
-    """Decode new ids up to the first stop id, then cut before the first stop string."""
-    end = next((n for n, i in enumerate(ids) if i in stop_ids), len(ids))
-    return _cut_at_stop(tokenizer.decode(list(ids[:end]), skip_special_tokens=True), stop)[0]
+def _completion(
+    ids: Sequence[int], prompt_tokens: int, tokenizer: Any, options: GenerationOptions,
+    stop_ids: Sequence[int], pad_id: int,
+) -> Completion:
+    """Decode new ids up to the first stop id, then cut before the first stop string.
+
+    Rows of a batch that ended early are filled up with ``pad_id`` (Hugging Face's padding of
+    finished rows); that filling is not counted as generated.
+    """
+    end = next((n for n, i in enumerate(ids) if i in stop_ids), None)
+    if end is not None:
+        kept, generated, reason = list(ids[:end]), end + 1, "stop"
+    else:
+        kept = list(ids)
+        while kept and kept[-1] == pad_id:
+            kept.pop()
+        generated = len(kept)
+        reason = "length" if generated >= options.max_new_tokens else "stop"
+    text, cut = _cut_at_stop(tokenizer.decode(kept, skip_special_tokens=True), options.stop)
+    return Completion(text, prompt_tokens, generated, "stop" if cut else reason)
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

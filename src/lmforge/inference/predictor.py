@@ -45,6 +45,25 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
         raise LmforgeError(f"{file} is corrupt; delete it to fall back to defaults") from None
 
 
+# the head of a plain Hugging Face directory (no lmforge.json) -> the task that serves it
+ARCHITECTURE_TASKS = {"ForCausalLM": "causal_lm", "LMHeadModel": "causal_lm", "ForTokenClassification":
+                      "token_classification", "ForMaskedLM": "masked_lm"}
+
+
+def task_of_architecture(model_dir: Path) -> str:
+    """A plain Hugging Face directory's task, from ``architectures`` in its config.json
+    (``LlamaForCausalLM`` is a causal LM); sequence classification when nothing says otherwise."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "sequence_classification"
+    for architecture in config.get("architectures") or []:
+        for suffix, task in ARCHITECTURE_TASKS.items():
+            if str(architecture).endswith(suffix):
+                return task
+    return "sequence_classification"
+
+
 def write_metadata(model_dir: Path, meta: dict[str, Any]) -> None:
     """Write lmforge's notes beside a model (the counterpart of :func:`read_metadata`)."""
     (Path(model_dir) / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -78,7 +97,7 @@ class Predictor:
         """
         model_dir = find_model_dir(path)
         meta = read_metadata(model_dir)
-        task_name = task or meta.get("task", "sequence_classification")
+        task_name = task or meta.get("task") or task_of_architecture(model_dir)
         if task_name not in TASK_NAMES:
             raise LmforgeError(f"{model_dir}: unknown task '{task_name}' in {METADATA_FILE}")
         task_plugin = get_task(task_name)

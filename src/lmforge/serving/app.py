@@ -19,13 +19,30 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmforge.errors import LmforgeError
+from lmforge.generation.generate import GenerationOptions
 from lmforge.serving.batching import MicroBatcher, QueueFull
+from lmforge.serving.generation import (
+    GENERATIVE_TASKS,
+    AnswerShape,
+    ChatShape,
+    CompletionShape,
+    GenerationJob,
+    GenerationRunner,
+    openai_options,
+    sse_answer,
+)
 from lmforge.serving.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
     ClassifyResponse,
+    CompletionRequest,
+    CompletionResponse,
     EmbedResponse,
+    GenerateRequest,
+    GenerateResponse,
     ModelCard,
     ModelList,
     ScoreResponse,
@@ -39,7 +56,11 @@ log = logging.getLogger(__name__)
 
 # task -> the endpoint that serves it
 TASK_ENDPOINTS = {"sequence_classification": "classify", "multi_label_classification": "classify",
-                  "regression": "score", "token_classification": "tag", "embedding": "embed"}
+                  "regression": "score", "token_classification": "tag", "embedding": "embed",
+                  **{task: "generate" for task in GENERATIVE_TASKS}}
+SSE_RESPONSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                      "description": "With `stream: true`: server-sent events (`data: {...}`), ending with "
+                                     "`data: [DONE]`."}}
 
 
 @dataclass
@@ -56,6 +77,8 @@ class ServeSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    max_new_tokens: int = 512  # cap on the tokens one generation request may ask for
+    max_generation_queue: int = 64  # generation requests that may wait per model
 
 
 @dataclass
@@ -65,7 +88,9 @@ class ServedModel:
     name: str
     predictor: Any  # lmforge.inference.predictor.Predictor
     path: str
-    batcher: MicroBatcher | None = None
+    batcher: MicroBatcher | None = None  # encoders: micro-batched
+    generator: GenerationRunner | None = None  # generative models: one request at a time
+    created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def task(self) -> str:
@@ -76,7 +101,9 @@ class ServedModel:
         return self.predictor.backend
 
     def card(self) -> ModelCard:
-        return ModelCard(id=self.name, task=self.task, backend=self.backend, labels=list(self.predictor.label_names),
+        generative = self.task in GENERATIVE_TASKS
+        return ModelCard(id=self.name, task=self.task, backend=self.backend, created=self.created,
+                         labels=[] if generative else list(self.predictor.label_names),
                          endpoint=f"/v1/{TASK_ENDPOINTS.get(self.task, '')}")
 
 
@@ -102,6 +129,9 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for served in models.values():
+            if served.task in GENERATIVE_TASKS:
+                served.generator = GenerationRunner(served.predictor, settings.max_generation_queue)
+                continue
             served.batcher = MicroBatcher(_runner(served, settings), settings.max_batch_size, settings.max_wait_ms,
                                           settings.max_queue, on_batch=_batch_metrics(metrics, served.name))
             served.batcher.start()
@@ -109,7 +139,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         yield
         state["ready"] = False  # /readyz answers 503 while in-flight requests finish
         for served in models.values():
-            await served.batcher.stop()
+            await (served.generator or served.batcher).stop()
 
     app = FastAPI(title="lmforge", version=_version(), lifespan=lifespan,
                   description="Models trained or exported by lmforge, behind one API. Send keys as "
@@ -170,7 +200,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
                            {"Retry-After": str(max(1, round(wait)))})
         return caller
 
-    def pick(request: Request, body: TextsRequest, endpoint: str) -> ServedModel:
+    def pick(request: Request, body: Any, endpoint: str) -> ServedModel:
         name = body.model or (next(iter(models)) if len(models) == 1 else None)
         if name is None:
             raise ApiError(422, "model_required", f"several models are served: give 'model', one of {sorted(models)}")
@@ -230,6 +260,101 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         name, rows = await answer(request, body, "embed")
         return EmbedResponse(model=name, dimensions=len(rows[0]["embedding"]) if rows else 0, results=rows)
 
+    def check_generation(prompts: list[Any], max_new_tokens: int) -> None:
+        texts = [p if isinstance(p, str) else m["content"] for p in prompts for m in ([p] if isinstance(p, str) else p)]
+        if len(prompts) > settings.max_texts:
+            raise ApiError(422, "too_many_texts", f"{len(prompts)} prompts in one request; at most {settings.max_texts}")
+        longest = max((len(t) for t in texts), default=0)
+        if longest > settings.max_chars:
+            raise ApiError(422, "text_too_long", f"a text of {longest} characters; at most {settings.max_chars}")
+        if max_new_tokens > settings.max_new_tokens:
+            raise ApiError(422, "too_many_tokens", f"{max_new_tokens} new tokens asked; at most "
+                                                   f"{settings.max_new_tokens} (--max-new-tokens)")
+
+    async def generation(request: Request, body: Any, job: GenerationJob, shape: AnswerShape) -> Any:
+        """Run ``job`` and answer in ``shape``: whole, or streamed when the body asks for it."""
+        served = models[shape.model]
+        runner = served.generator
+        if body.stream and len(job.prompts) != 1:
+            raise ApiError(422, "invalid_request", "stream takes one prompt; send several without stream")
+        if settings.mask_inputs:
+            job.prompts = [mask_pii(p) if isinstance(p, str) else [{**m, "content": mask_pii(m["content"])} for m in p]
+                           for p in job.prompts]
+        try:
+            runner.check(job)
+            runner.reserve()
+        except LmforgeError as err:
+            raise ApiError(422, "invalid_input", str(err)) from None
+        except QueueFull as full:
+            raise ApiError(503, "overloaded", str(full), {"Retry-After": str(round(full.retry_after))}) from None
+        metrics.queue_depth.labels(served.name).set(runner.waiting)
+
+        def done(completions: list[Any]) -> None:
+            metrics.prompt_tokens.labels(served.name).inc(sum(c.prompt_tokens for c in completions))
+            metrics.generated_tokens.labels(served.name).inc(sum(c.completion_tokens for c in completions))
+            metrics.queue_depth.labels(served.name).set(runner.waiting)
+
+        if body.stream:
+            started = time.perf_counter()
+
+            def first() -> None:
+                metrics.time_to_first_token.labels(served.name).observe(time.perf_counter() - started)
+
+            return StreamingResponse(sse_answer(runner, job, shape, on_first=first, on_done=done),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            completions = await runner.run(job)
+        except LmforgeError as err:
+            raise ApiError(422, "invalid_input", str(err)) from None
+        done(completions)
+        return shape.whole(completions)
+
+    @app.post("/v1/generate", response_model=GenerateResponse, tags=["generation"], responses=SSE_RESPONSE,
+              summary="Continue prompts or answer a conversation (causal language models)")
+    async def generate(request: Request, body: GenerateRequest) -> Any:
+        authorize(request)
+        served = pick(request, body, "generate")
+        if body.messages is not None:
+            prompts: list[Any] = [[{"role": m.role, "content": m.text()} for m in body.messages]]
+        else:
+            prompts = [body.prompt] if body.prompt is not None else list(body.prompts or [])
+        if not prompts:
+            raise ApiError(422, "invalid_request", "'prompts' is empty")
+        check_generation(prompts, body.max_new_tokens)
+        options = generation_options(lambda: GenerationOptions(
+            max_new_tokens=body.max_new_tokens, temperature=body.temperature or 1.0, greedy=body.temperature == 0,
+            top_p=body.top_p, top_k=body.top_k, repetition_penalty=body.repetition_penalty,
+            stop=body.stop_strings(), seed=body.seed))
+        job = GenerationJob(prompts, options, chat=body.messages is not None)
+        return await generation(request, body, job, AnswerShape(served.name))
+
+    @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True,
+              tags=["openai"], responses=SSE_RESPONSE, summary="OpenAI-compatible text completions")
+    async def completions(request: Request, body: CompletionRequest) -> Any:
+        authorize(request)
+        served = pick(request, body, "generate")
+        prompts: list[Any] = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if not prompts:
+            raise ApiError(422, "invalid_request", "'prompt' is empty")
+        check_generation(prompts, body.max_tokens)
+        options = generation_options(lambda: openai_options(body, body.max_tokens))
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await generation(request, body, GenerationJob(prompts, options),
+                                CompletionShape(served.name, include_usage))
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"],
+              responses=SSE_RESPONSE, summary="OpenAI-compatible chat completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
+        authorize(request)
+        served = pick(request, body, "generate")
+        conversation = [{"role": m.role, "content": m.text()} for m in body.messages]
+        max_new_tokens = body.max_completion_tokens or body.max_tokens or min(128, settings.max_new_tokens)
+        check_generation([conversation], max_new_tokens)
+        options = generation_options(lambda: openai_options(body, max_new_tokens))
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await generation(request, body, GenerationJob([conversation], options, chat=True),
+                                ChatShape(served.name, include_usage))
+
     @app.get("/v1/models", response_model=ModelList, tags=["models"], summary="The served models")
     async def list_models(request: Request) -> ModelList:
         authorize(request)
@@ -280,6 +405,14 @@ def check_limits(texts: list[str], pairs: list[str] | None, settings: ServeSetti
     longest = max(len(t) for t in [*texts, *(pairs or [])])
     if longest > settings.max_chars:
         raise ApiError(422, "text_too_long", f"a text of {longest} characters; at most {settings.max_chars}")
+
+
+def generation_options(build: Any) -> GenerationOptions:
+    """The request's generation options; a rule they break is a 422."""
+    try:
+        return build()
+    except LmforgeError as err:
+        raise ApiError(422, "invalid_request", str(err)) from None
 
 
 def _runner(served: ServedModel, settings: ServeSettings) -> Any:

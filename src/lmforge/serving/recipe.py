@@ -18,6 +18,7 @@ from typing import Any
 
 from lmforge.errors import LmforgeError
 from lmforge.serving.app import ServedModel, ServeSettings, create_app
+from lmforge.serving.generation import GENERATIVE_TASKS
 from lmforge.serving.telemetry import mask_all_logs
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,9 @@ def load_models(specs: list[str], precision: str = "auto") -> dict[str, ServedMo
         if name in models:
             raise LmforgeError(f"two models are named '{name}'; name them: NAME=PATH")
         predictor = Predictor.load(path, precision=precision)
-        if getattr(predictor.task, "loss_only", False):
-            raise LmforgeError(f"{path} is a {predictor.task.name.replace('_', ' ')} model; generation is not "
-                               "served yet (use lmforge generate)")
+        if getattr(predictor.task, "loss_only", False) and predictor.task.name not in GENERATIVE_TASKS:
+            raise LmforgeError(f"{path} is a {predictor.task.name.replace('_', ' ')} model: it has no endpoint "
+                               "(fine-tune it for a task first)")
         models[name] = ServedModel(name, predictor, path)
         log.info("model %s: %s (%s, %s)", name, path, predictor.task.name, models[name].backend)
     return models

@@ -36,6 +36,13 @@ class Metrics:
                                  registry=self.registry)
         self.errors = Counter("lmforge_errors", "Requests that failed, by type", ["type"], registry=self.registry)
         self.texts = Counter("lmforge_texts", "Texts processed", ["model"], registry=self.registry)
+        self.prompt_tokens = Counter("lmforge_prompt_tokens", "Prompt tokens of generation requests", ["model"],
+                                     registry=self.registry)
+        self.generated_tokens = Counter("lmforge_generated_tokens", "Tokens generated", ["model"],
+                                        registry=self.registry)
+        self.time_to_first_token = Histogram("lmforge_time_to_first_token_seconds",
+                                             "Streams: time from request to the first piece of text", ["model"],
+                                             buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
