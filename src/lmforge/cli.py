@@ -183,6 +183,36 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_config)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="load tests: `lmforge bench serve`",
+                       description="Measure lmforge under load. Docs: docs/serving.md (Load test).")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH")
+    bench.required = True
+    s = bench.add_parser("serve", help="load test `lmforge serve` against a naive transformers.pipeline server",
+                         description="Start `lmforge serve MODEL` on a free 127.0.0.1 port, drive it with concurrent "
+                                     "clients (POST /v1/classify, one text each) for a warm-up and a bounded "
+                                     "duration, and report throughput, p50/p95/p99 latency, errors and the "
+                                     "server's memory (RSS and its slope); then the same for a naive FastAPI + "
+                                     "transformers.pipeline server on the same model, and the ratios.")
+    s.add_argument("model", metavar="MODEL", help="a run directory or a model directory (a classifier)")
+    s.add_argument("--texts", required=True, metavar="FILE",
+                   help="texts to send, cycled: a line each (.txt), a table (CSV, TSV, JSONL, Parquet; the text "
+                        "column), or 'text@label' lines (--delimiter @)")
+    s.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    s.add_argument("--duration", type=float, default=60.0, help="measured seconds per server (default 60)")
+    s.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring (default 5)")
+    s.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive baseline")
+    s.add_argument("--json", dest="json_out", metavar="OUT", help="also write the metrics as JSON to this file")
+    served = s.add_argument_group("lmforge server")
+    served.add_argument("--max-batch-size", type=int, default=32, help="passed to lmforge serve (default 32)")
+    served.add_argument("--max-wait-ms", type=float, default=5.0, help="passed to lmforge serve (default 5 ms)")
+    served.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="passed to lmforge serve (default auto; the naive server is fp32, the "
+                             "pipeline's default)")
+    _add_reader_flags(s)
+    s.set_defaults(func=cmd_bench_serve)
+
+
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="measure what a training run will cost before running it",
                        description="A short measured dry run: for candidate batch sizes, a few real training "
@@ -242,40 +272,56 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve models over HTTP (FastAPI): classify, score, tag, embed",
+    from lmforge.serving.config import default_of
+
+    p = sub.add_parser("serve", help="serve models over HTTP (FastAPI): classify, score, tag, embed, generate",
                        description="Serve one or more models (run directories, model directories, exports; ONNX "
                                    "directories run on ONNX Runtime) behind one HTTP API with dynamic batching, API "
                                    "keys, rate and size limits, personal-data masking in logs and Prometheus "
-                                   "metrics. Endpoints: POST /v1/classify /v1/score /v1/tag /v1/embed, GET /v1/models "
-                                   "/healthz /readyz /metrics /docs. Docs: docs/serving.md.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="a model to serve: PATH or NAME=PATH (default name: "
-                                                              "the run directory's)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="PyTorch inference precision (default: bf16 where the hardware has it)")
+                                   "metrics. Endpoints: POST /v1/classify /v1/score /v1/tag /v1/embed /v1/generate, "
+                                   "OpenAI-compatible /v1/completions /v1/chat/completions (streaming), GET "
+                                   "/v1/models /healthz /readyz /metrics /docs. Every flag is also a key of "
+                                   "--config (a flag wins). Docs: docs/serving.md.")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="a model to serve: PATH or NAME=PATH (default name: "
+                                                              "the run directory's); or `models:` in --config")
+    p.add_argument("--config", metavar="SERVE.YAML", help="settings file: the flags' names as keys (max_batch_size: "
+                                                          "64), `models:` a list")
+
+    def setting(group: Any, flag: str, help: str, **kw: Any) -> None:
+        key = flag.removeprefix("--").replace("-", "_")
+        default = default_of(key)
+        shown = "" if default is None or default is False or default == [] else f" (default {default:g})" \
+            if isinstance(default, float) else f" (default {default})"
+        group.add_argument(flag, default=None, help=help + shown, **kw)
+
+    setting(p, "--host", "address to listen on")
+    setting(p, "--port", "port", type=int)
+    setting(p, "--precision", "PyTorch inference precision; auto: bf16 where the hardware has it",
+            choices=["auto", "bf16", "fp32"])
+    setting(p, "--workers", "server processes on the port, each with its own copy of the models", type=int)
+    setting(p, "--reload-interval", "seconds between checks of the model directories for new weights, loaded "
+                                    "without a restart; 0: off", type=float, metavar="SECONDS")
     access = p.add_argument_group("access")
     access.add_argument("--api-key", action="append", default=[], metavar="[NAME:]KEY",
                         help="accept this key as `Authorization: Bearer KEY` (repeatable; also --api-keys-file and "
                              "$LMFORGE_API_KEYS, comma-separated); kept hashed")
-    access.add_argument("--api-keys-file", help="a file of [NAME:]KEY lines")
-    access.add_argument("--allow-open", action="store_true",
-                        help="listen on a non-loopback address without API keys (not advised)")
-    access.add_argument("--rate-limit", metavar="N/PERIOD", help="requests per key, e.g. 600/minute (default: none)")
-    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+    setting(access, "--api-keys-file", "a file of [NAME:]KEY lines")
+    setting(access, "--allow-open", "listen on a non-loopback address without API keys (not advised)",
+            action="store_const", const=True)
+    setting(access, "--rate-limit", "requests per key, e.g. 600/minute (default: none)", metavar="N/PERIOD")
+    access.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
                         help="allow browser calls from this origin (repeatable; default: CORS off)")
-    access.add_argument("--mask-inputs", action="store_true",
-                        help="mask e-mails, phone, card and account numbers, IDs in the texts before the model sees "
-                             "them (logs are always masked)")
+    setting(access, "--mask-inputs", "mask e-mails, phone, card and account numbers, IDs in the texts before the "
+                                     "model sees them (logs are always masked)", action="store_const", const=True)
     limits = p.add_argument_group("limits and batching")
-    limits.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (default 1 MB)")
-    limits.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default 256)")
-    limits.add_argument("--max-chars", type=int, default=20_000, help="characters per text at most (default 20000)")
-    limits.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass (default 32)")
-    limits.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long a request waits for others to batch with (default 5 ms)")
-    limits.add_argument("--max-queue", type=int, default=1024,
-                        help="texts that may wait; beyond, 503 with Retry-After (default 1024)")
+    setting(limits, "--max-body-bytes", "larger bodies get 413", type=int)
+    setting(limits, "--max-texts", "texts (or prompts) per request at most", type=int)
+    setting(limits, "--max-chars", "characters per text at most", type=int)
+    setting(limits, "--max-batch-size", "texts per forward pass", type=int)
+    setting(limits, "--max-wait-ms", "how long a request waits for others to batch with", type=float)
+    setting(limits, "--max-queue", "texts that may wait; beyond, 503 with Retry-After", type=int)
+    setting(limits, "--max-new-tokens", "tokens one generation request may ask for at most", type=int)
+    setting(limits, "--max-generation-queue", "generation requests that may wait per model; beyond, 503", type=int)
     p.set_defaults(func=cmd_serve)
 
 
@@ -332,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_generate, _add_compare,
-                _add_ensemble, _add_export, _add_verify, _add_serve, _add_config):
+                _add_ensemble, _add_export, _add_verify, _add_serve, _add_bench, _add_config):
         add(sub)
     return parser
 
@@ -528,10 +574,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lmforge.serving.recipe import serve, settings_from
+    from lmforge.serving.config import ServeConfig, load_serve_config
+    from lmforge.serving.recipe import serve
+    from lmforge.serving.security import ApiKeys
 
-    serve(args.models, settings_from(args), host=args.host, port=args.port, precision=args.precision,
-          allow_open=args.allow_open)
+    flags = {key: getattr(args, key) for key in ServeConfig.model_fields if hasattr(args, key)}
+    config = load_serve_config(args.config, flags)
+    serve(config, ApiKeys.gather(args.api_key, config.api_keys_file))
     return 0
 
 
@@ -727,6 +776,25 @@ def read_prediction_input(args: argparse.Namespace) -> tuple[list[str], None]:
     if not texts:
         raise LmforgeError(f"no texts in {args.input}; give one text per line")
     return texts, None
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from lmforge.data.readers import ReaderOptions
+    from lmforge.models.loading import resolve_model_path
+    from lmforge.serving.loadtest import bench_serve, format_table, read_texts, write_json
+
+    opts = ReaderOptions(format=args.format or "auto", delimiter=args.delimiter, header=args.header is not False,
+                         encoding=args.encoding or "utf-8", text_column=args.text_column or "text",
+                         label_column=None)
+    texts = read_texts(args.texts, opts)
+    resolve_model_path(args.model)  # a wrong path fails here, not after a server start
+    results = bench_serve(args.model, texts, clients=args.clients, duration=args.duration, warmup=args.warmup,
+                          naive=args.naive, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                          precision=args.precision)
+    print(format_table(results), end="")
+    if args.json_out:
+        print(f"metrics: {write_json(results, args.json_out)}")
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:

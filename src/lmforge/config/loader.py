@@ -36,8 +36,9 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with a one-line error for every way that can fail."""
+def read_yaml(path: str | Path, needs: str = "at least data.train_file") -> dict[str, Any]:
+    """Read a YAML mapping, with a one-line error for every way that can fail (``needs``: what
+    the error for an empty file says a config needs)."""
     path = Path(path)
     if not path.is_file():
         raise LmforgeError(f"config file {path} not found; pass the path of a YAML file "
@@ -56,7 +57,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (ValueError, RecursionError) as err:  # PyYAML raises these for values like 2024-02-30
         raise LmforgeError(f"{path}: invalid YAML value: {err}; quote the value to keep it as text") from None
     if data is None:
-        raise LmforgeError(f"{path} is empty; a config needs at least data.train_file")
+        raise LmforgeError(f"{path} is empty; a config needs {needs}")
     if not isinstance(data, dict):
         raise LmforgeError(f"{path}: a config must be a mapping of keys (task:, model:, data:, ...), "
                            f"not a {type(data).__name__}")

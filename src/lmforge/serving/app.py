@@ -10,6 +10,7 @@ JSON ``{"error": {"type", "message"}}`` with the right status: 401 (no or wrong 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -49,6 +50,7 @@ from lmforge.serving.protocol import (
     TagResponse,
     TextsRequest,
 )
+from lmforge.serving.reload import ModelWatcher, reload_model
 from lmforge.serving.security import ApiKeys, RateLimit, RateLimiter, mask_pii
 from lmforge.serving.telemetry import Metrics, log_access, new_request_id
 
@@ -79,6 +81,7 @@ class ServeSettings:
     max_queue: int = 1024
     max_new_tokens: int = 512  # cap on the tokens one generation request may ask for
     max_generation_queue: int = 64  # generation requests that may wait per model
+    reload_interval: float = 0.0  # seconds between checks of the model directories (0: no hot reload)
 
 
 @dataclass
@@ -91,6 +94,9 @@ class ServedModel:
     batcher: MicroBatcher | None = None  # encoders: micro-batched
     generator: GenerationRunner | None = None  # generative models: one request at a time
     created: int = field(default_factory=lambda: int(time.time()))
+    precision: str = "auto"  # what it was loaded with (a hot reload loads the same way)
+    fingerprint: tuple = ()  # its files when last loaded (serving.reload)
+    reloads: int = 0
 
     @property
     def task(self) -> str:
@@ -102,7 +108,7 @@ class ServedModel:
 
     def card(self) -> ModelCard:
         generative = self.task in GENERATIVE_TASKS
-        return ModelCard(id=self.name, task=self.task, backend=self.backend, created=self.created,
+        return ModelCard(id=self.name, task=self.task, backend=self.backend, created=self.created, reloads=self.reloads,
                          labels=[] if generative else list(self.predictor.label_names),
                          endpoint=f"/v1/{TASK_ENDPOINTS.get(self.task, '')}")
 
@@ -125,6 +131,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
     metrics = Metrics()
     limiter = RateLimiter(settings.rate_limit)
     state = {"ready": False}
+    watcher = ModelWatcher(models, settings.reload_interval, on_reload=_reload_metrics(metrics))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,9 +142,12 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             served.batcher = MicroBatcher(_runner(served, settings), settings.max_batch_size, settings.max_wait_ms,
                                           settings.max_queue, on_batch=_batch_metrics(metrics, served.name))
             served.batcher.start()
+        if settings.reload_interval > 0:
+            watcher.start()
         state["ready"] = True
         yield
         state["ready"] = False  # /readyz answers 503 while in-flight requests finish
+        await watcher.stop()
         for served in models.values():
             await (served.generator or served.batcher).stop()
 
@@ -360,6 +370,22 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         authorize(request)
         return ModelList(data=[served.card() for served in models.values()])
 
+    @app.post("/v1/models/{name}/reload", response_model=ModelCard, tags=["models"],
+              summary="Load a model's directory again (new weights), swapping it in between batches")
+    async def reload(request: Request, name: str) -> ModelCard:
+        authorize(request)
+        if name not in models:
+            raise ApiError(404, "model_not_found", f"no model '{name}'; served: {sorted(models)}")
+        request.state.model = name
+        try:
+            await asyncio.to_thread(reload_model, models[name])
+        except Exception as err:  # noqa: BLE001 - the old model keeps serving; the caller learns why
+            metrics.reloads.labels(name, "failed").inc()
+            raise ApiError(422, "reload_failed", f"{err}; the old model keeps serving") from None
+        metrics.reloads.labels(name, "ok").inc()
+        log.info("model %s: reloaded from %s", name, models[name].path)
+        return models[name].card()
+
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -428,6 +454,13 @@ def _batch_metrics(metrics: Metrics, name: str) -> Any:
         metrics.batch_latency.labels(name).observe(seconds)
 
     return observe
+
+
+def _reload_metrics(metrics: Metrics) -> Any:
+    def count(name: str, result: str) -> None:
+        metrics.reloads.labels(name, result).inc()
+
+    return count
 
 
 def _version() -> str:

@@ -87,7 +87,8 @@ class GenerationRunner:
             self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * (time.perf_counter() - started)
 
     def _generate(self, job: GenerationJob, stream: Any) -> list[Completion]:
-        return complete(self.predictor.model, self.predictor.tokenizer, job.prompts, job.options,
+        predictor = self.predictor  # read once: a hot reload may swap it while this runs
+        return complete(predictor.model, predictor.tokenizer, job.prompts, job.options,
                         batch_size=self.batch_size, stream=stream, chat=job.chat)
 
     async def stop(self) -> None:

@@ -93,6 +93,7 @@ class ModelCard(BaseModel):
     backend: str
     labels: list[str]
     endpoint: str = Field(description="The endpoint that serves this model's task.")
+    reloads: int = Field(0, description="How often its directory was loaded again since start (hot reload).")
 
 
 class ModelList(BaseModel):

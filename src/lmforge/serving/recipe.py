@@ -12,14 +12,20 @@ drain their queues), then the process exits.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LmforgeError
 from lmforge.serving.app import ServedModel, ServeSettings, create_app
+from lmforge.serving.config import ServeConfig
 from lmforge.serving.generation import GENERATIVE_TASKS
-from lmforge.serving.telemetry import mask_all_logs
+from lmforge.serving.reload import own_weights
+from lmforge.serving.security import ApiKeys
+from lmforge.serving.telemetry import MULTIPROC_ENV, mask_all_logs
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +52,11 @@ def load_models(specs: list[str], precision: str = "auto") -> dict[str, ServedMo
         name, path = model_name(spec)
         if name in models:
             raise LmforgeError(f"two models are named '{name}'; name them: NAME=PATH")
-        predictor = Predictor.load(path, precision=precision)
+        predictor = own_weights(Predictor.load(path, precision=precision))  # its files may be rewritten
         if getattr(predictor.task, "loss_only", False) and predictor.task.name not in GENERATIVE_TASKS:
             raise LmforgeError(f"{path} is a {predictor.task.name.replace('_', ' ')} model: it has no endpoint "
                                "(fine-tune it for a task first)")
-        models[name] = ServedModel(name, predictor, path)
+        models[name] = ServedModel(name, predictor, path, precision=precision)
         log.info("model %s: %s (%s, %s)", name, path, predictor.task.name, models[name].backend)
     return models
 
@@ -66,38 +72,55 @@ def check_binding(host: str, settings: ServeSettings, allow_open: bool) -> None:
                            "give --api-key (or --api-keys-file, $LMFORGE_API_KEYS), or --allow-open")
 
 
-def serve(specs: list[str], settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
-          precision: str = "auto", allow_open: bool = False, graceful_seconds: float = 30.0) -> None:
-    """Run the service in this process until it is stopped."""
+def serve(config: ServeConfig, keys: ApiKeys) -> None:
+    """Run the service until it is stopped: in this process, or in ``config.workers`` processes."""
     import uvicorn
 
-    check_binding(host, settings, allow_open)
-    models = load_models(specs, precision)
-    app = create_app(models, settings)
+    settings = config.settings(keys)
+    check_binding(config.host, settings, config.allow_open)
     if not settings.keys:
-        log.warning("no API keys: the service is open to every caller on %s", host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=graceful_seconds)
-    server = uvicorn.Server(config)
+        log.warning("no API keys: the service is open to every caller on %s", config.host)
+    options = {"host": config.host, "port": config.port, "log_level": "info", "access_log": False,
+               "timeout_graceful_shutdown": config.graceful_seconds}
+    if config.workers > 1:
+        serve_workers(config, keys, options)
+        return
+    models = load_models(config.models, config.precision)
+    server = uvicorn.Server(uvicorn.Config(create_app(models, settings), **options))
     mask_all_logs()
-    log.info("serving %s on http://%s:%d (docs: /docs, metrics: /metrics)", ", ".join(models), host, port)
+    log.info("serving %s on http://%s:%d (docs: /docs, metrics: /metrics)", ", ".join(models), config.host,
+             config.port)
     server.run()
 
 
-def settings_from(args: Any) -> ServeSettings:
-    """The CLI flags as settings (keys gathered from flags, a file and the environment)."""
-    from lmforge.serving.security import ApiKeys, RateLimit
+WORKER_ENV = "LMFORGE_SERVE_WORKER"
 
-    positive = {"--max-body-bytes": args.max_body_bytes, "--max-texts": args.max_texts,
-                "--max-chars": args.max_chars, "--max-batch-size": args.max_batch_size,
-                "--max-queue": args.max_queue}
-    for flag, value in positive.items():
-        if value < 1:
-            raise LmforgeError(f"{flag} must be at least 1 (got {value})")
-    if args.max_wait_ms < 0:
-        raise LmforgeError(f"--max-wait-ms must be 0 or more (got {args.max_wait_ms})")
-    return ServeSettings(keys=ApiKeys.gather(args.api_key, args.api_keys_file),
-                         rate_limit=RateLimit.parse(args.rate_limit) if args.rate_limit else None,
-                         max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
-                         mask_inputs=args.mask_inputs, cors_origins=list(args.cors_origin),
-                         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+
+def serve_workers(config: ServeConfig, keys: ApiKeys, options: dict[str, Any]) -> None:
+    """``config.workers`` uvicorn processes on one port (the kernel spreads the connections).
+
+    Each worker loads its own copy of the models (memory grows with the workers) and rebuilds
+    the app from the settings in ``$LMFORGE_SERVE_WORKER`` (keys as digests only). Metrics are
+    summed over the workers through prometheus-client's multiprocess mode; rate limits are
+    kept per worker, so a key's effective limit is up to ``workers`` times the configured one.
+    """
+    import uvicorn
+
+    load_models(config.models, config.precision)  # a bad model stops here, with its one-line error
+    metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="lmforge-metrics-")
+    for stale in Path(metrics_dir).glob("*.db"):  # left over from an earlier run
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    os.environ[WORKER_ENV] = json.dumps({"config": config.model_dump(), "keys": keys.digests()})
+    log.info("serving %s on http://%s:%d with %d workers", ", ".join(config.models), config.host, config.port,
+             config.workers)
+    uvicorn.run("lmforge.serving.recipe:worker_app", factory=True, workers=config.workers, **options)
+
+
+def worker_app() -> Any:
+    """The app of one worker process (uvicorn calls this in each)."""
+    payload = json.loads(os.environ[WORKER_ENV])
+    config = ServeConfig.model_validate(payload["config"])
+    models = load_models(config.models, config.precision)
+    mask_all_logs()
+    return create_app(models, config.settings(ApiKeys.from_digests(payload["keys"])))

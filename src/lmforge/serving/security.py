@@ -67,6 +67,16 @@ class ApiKeys:
                 found = name
         return found
 
+    def digests(self) -> list[tuple[str, str]]:
+        """(name, hex digest) pairs: how worker processes get the keys without seeing them."""
+        return [(name, digest.hex()) for name, digest in self._digests]
+
+    @classmethod
+    def from_digests(cls, pairs: list[tuple[str, str]]) -> ApiKeys:
+        keys = cls()
+        keys._digests = [(name, bytes.fromhex(digest)) for name, digest in pairs]
+        return keys
+
     @classmethod
     def gather(cls, keys: list[str], keys_file: str | None, environ: dict[str, str] | None = None) -> ApiKeys:
         """Keys from ``--api-key`` (``KEY`` or ``NAME:KEY``), a keys file (one such entry per line,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from lmforge.serving.security import MaskingFilter
 ACCESS_LOGGER = "lmforge.access"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: several worker processes write their metrics there
 
 
 class Metrics:
@@ -33,20 +35,32 @@ class Metrics:
         self.batch_latency = Histogram("lmforge_batch_latency_seconds", "Time of one batch's forward pass",
                                        ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("lmforge_queue_depth", "Texts waiting for a batch", ["model"],
-                                 registry=self.registry)
+                                 registry=self.registry, multiprocess_mode="livesum")
         self.errors = Counter("lmforge_errors", "Requests that failed, by type", ["type"], registry=self.registry)
         self.texts = Counter("lmforge_texts", "Texts processed", ["model"], registry=self.registry)
         self.prompt_tokens = Counter("lmforge_prompt_tokens", "Prompt tokens of generation requests", ["model"],
                                      registry=self.registry)
         self.generated_tokens = Counter("lmforge_generated_tokens", "Tokens generated", ["model"],
                                         registry=self.registry)
+        self.reloads = Counter("lmforge_model_reloads", "Hot reloads of a model directory, by result",
+                               ["model", "result"], registry=self.registry)
         self.time_to_first_token = Histogram("lmforge_time_to_first_token_seconds",
                                              "Streams: time from request to the first piece of text", ["model"],
                                              buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """The metrics in Prometheus' text format: this process's, or, with several workers, all of theirs."""
+        from prometheus_client import (
+            CONTENT_TYPE_LATEST,
+            CollectorRegistry,
+            generate_latest,
+            multiprocess,
+        )
 
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
