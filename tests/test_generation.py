@@ -429,6 +429,21 @@ def test_empty_prompt_is_an_error(llama, chat_tokenizer):
         generate(llama, chat_tokenizer, ["hi", ""], _greedy())
 
 
+def test_learned_positions_cap_max_new_tokens_rotary_ones_go_on(llama, chat_tokenizer):
+    from lmforge.generation.generate import complete
+
+    gpt2 = _gpt2(chat_tokenizer)  # 256 learned positions: a row past the last does not exist
+    prompt = "q " * 110  # "q" and " " are tokens of their own
+    length = len(chat_tokenizer(prompt)["input_ids"])
+    assert 200 <= length < 250
+    (capped,) = complete(gpt2, chat_tokenizer, [prompt], _greedy(max_new_tokens=80))
+    assert capped.completion_tokens <= 256 - length
+    (rotary,) = complete(llama, chat_tokenizer, [prompt], _greedy(max_new_tokens=80))  # past 256, as in HF
+    assert rotary.completion_tokens > 256 - length or rotary.finish_reason == "stop"
+    with pytest.raises(LmforgeError, match="over the model's 256 positions"):
+        complete(gpt2, chat_tokenizer, ["q " * 150], _greedy())
+
+
 @pytest.mark.parametrize(
     "kwargs, expected",
     [

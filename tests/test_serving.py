@@ -169,6 +169,33 @@ def test_batching_merges_concurrent_requests_and_returns_each_its_own_rows():
     assert len(predictor.batches) < len(bodies)
 
 
+def test_requests_that_queue_during_a_batch_share_the_next_one():
+    """Sustained load: what queued while the model was busy goes in one batch, not one by one
+    (their deadline has passed by then; a regression made every such batch one request)."""
+    from lmforge.serving.batching import MicroBatcher
+
+    batches = []
+
+    def run(texts, pairs):
+        batches.append(list(texts))
+        time.sleep(0.1)
+        return texts
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch_size=32, max_wait_ms=1)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(["first"]))
+        await asyncio.sleep(0.03)  # the first batch is running now
+        rest = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(10)]
+        answers = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [["first"], *[[f"t{i}"] for i in range(10)]]
+    assert batches == [["first"], [f"t{i}" for i in range(10)]]
+
+
 def test_a_full_queue_answers_503_instead_of_growing():
     app, _ = fake_app(ServeSettings(max_batch_size=1, max_wait_ms=0, max_queue=2), delay=0.2)
     responses = asyncio.run(_concurrent(app, [{"text": "a"}] * 8))

@@ -174,6 +174,21 @@ def test_bad_generation_requests_are_422s(client, path, body, kind):
     assert response.json()["error"]["type"] == kind
 
 
+def test_chat_to_a_model_without_a_chat_template_says_what_to_use(tmp_path):
+    from lmforge.serving.recipe import load_models
+
+    tokenizer = tiny_bpe_tokenizer()  # no template: a pretrained LM, not fine-tuned for chat
+    tiny_llama(tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with TestClient(create_app(load_models([f"base={tmp_path}"], precision="fp32"), ServeSettings())) as c:
+        answer = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 422
+        assert "no chat template" in answer.json()["error"]["message"]
+        assert "/v1/completions" in answer.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"prompt": "the cat", "max_tokens": 2}).status_code == 200
+
+
+
 def test_generation_metrics_count_tokens(client):
     client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 5, "stream": True}, headers=AUTH)
     text = client.get("/metrics").text
@@ -235,3 +250,15 @@ def test_the_generation_queue_bound_answers_503(models):
         first.join()
     assert busy.status_code == 503 and int(busy.headers["Retry-After"]) >= 1
     assert results["first"].status_code == 200
+
+
+@pytest.mark.parametrize("path, body", [  # found by the schemathesis run: these were 500s
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}], "stop": "\u001f"}),
+    ("/v1/completions", {"prompt": "the cat", "stop": "\u001f"}),
+    ("/v1/generate", {"prompt": "the cat", "stop": ["é"], "max_new_tokens": 4}),
+    ("/v1/generate", {"prompt": "the cat", "stop": ["é"], "max_new_tokens": 4, "stream": True}),  # before the stream starts
+])
+def test_a_stop_string_the_tokenizer_cannot_spell_is_a_422(client, path, body):
+    answer = client.post(path, json=body, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert "stop strings" in answer.json()["error"]["message"]

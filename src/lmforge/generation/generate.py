@@ -24,9 +24,10 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import numpy as np
@@ -35,6 +36,8 @@ import torch
 from lmforge.data.batching import length_sorted_batches
 from lmforge.errors import LmforgeError
 from lmforge.generation.chat import end_of_turn_token_id, render_chat
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,9 +162,11 @@ def complete(
     if not prompts:
         return []
     chat = chat or any(not isinstance(p, str) for p in prompts)
+    check_stop_strings(tokenizer, options.stop)
     stop_ids = _stop_token_ids(model, tokenizer, chat)
     pad_id = next(i for i in (tokenizer.pad_token_id, *stop_ids, 0) if i is not None)
-    encoded = encode_prompts(model, tokenizer, prompts, options.max_new_tokens, chat)
+    encoded = encode_prompts(model, tokenizer, prompts, 1, chat)  # room for one new token at least
+    options = _within_positions(model, options, max(len(ids) for ids in encoded))
     seed = options.seed if options.seed is not None else int(torch.randint(2**62, ()).item())
     config = _generation_config(options, stop_ids, pad_id)
 
@@ -221,6 +226,41 @@ def encode_prompts(
                 f"over the model's {positions} positions: shorten it or ask for fewer tokens"
             )
     return encoded
+
+
+def _within_positions(model: Any, options: GenerationOptions, longest: int) -> GenerationOptions:
+    """``options`` fitted to the model's positions, for the longest prompt.
+
+    Learned position embeddings (GPT-2) have no row past the last: ``max_new_tokens`` is lowered
+    to what fits, said in the log (it is an upper bound; answers usually stop well before).
+    Rotary ones (Llama) go on past the trained length, as in Hugging Face, with a warning. (A
+    server refuses both, as OpenAI's API and vLLM do: see :func:`encode_prompts`.)
+    """
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or longest + options.max_new_tokens <= positions:
+        return options
+    if any(key.startswith("rope") for key in config.to_dict()):
+        log.warning("generating past the model's %d trained positions (prompt %d + up to %d new tokens)",
+                    positions, longest, options.max_new_tokens)
+        return options
+    log.warning("max_new_tokens %d lowered to %d: the longest prompt has %d of the model's %d positions",
+                options.max_new_tokens, positions - longest, longest, positions)
+    return replace(options, max_new_tokens=positions - longest)
+
+
+def check_stop_strings(tokenizer: Any, stop: Sequence[str]) -> None:
+    """A one-line error for stop strings the tokenizer cannot spell (Hugging Face's stop-string
+    matcher raises a ValueError deep inside ``generate`` for them)."""
+    if not stop:
+        return
+    from transformers import StopStringCriteria
+
+    try:
+        StopStringCriteria(tokenizer, list(stop))  # builds (and caches) the matcher generate() uses
+    except ValueError:
+        raise LmforgeError(f"stop strings {list(stop)!r}: one has characters this model's tokenizer has no "
+                           "tokens for; use stop strings made of ordinary text") from None
 
 
 def _encode_prompt(prompt: Prompt, number: int, tokenizer: Any, chat: bool) -> list[int]:

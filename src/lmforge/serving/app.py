@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 TASK_ENDPOINTS = {"sequence_classification": "classify", "multi_label_classification": "classify",
                   "regression": "score", "token_classification": "tag", "embedding": "embed",
                   **{task: "generate" for task in GENERATIVE_TASKS}}
+# A gathered batch runs as length-sorted forward passes of this many texts on a CPU: less padding
+# beats a bigger matrix there. MiniLM on FPB, 2 cores, bf16: 32 texts as 4 passes of 8 take 6.4
+# ms/text, as one pass of 32 7.7 ms/text (16 as 2 x 8: 5.7, as 1 x 16: 7.0). A GPU takes the whole batch.
+CPU_FORWARD_BATCH = 8
 SSE_RESPONSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                       "description": "With `stream: true`: server-sent events (`data: {...}`), ending with "
                                      "`data: [DONE]`."}}
@@ -76,7 +80,8 @@ class ServeSettings:
     max_chars: int = 20_000
     mask_inputs: bool = False
     cors_origins: list[str] = field(default_factory=list)
-    max_batch_size: int = 32
+    max_batch_size: int = 32  # texts gathered into one model call
+    forward_batch_size: int | None = None  # texts per forward pass within it (None: CPU_FORWARD_BATCH on a CPU)
     max_wait_ms: float = 5.0
     max_queue: int = 1024
     max_new_tokens: int = 512  # cap on the tokens one generation request may ask for
@@ -271,7 +276,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         return EmbedResponse(model=name, dimensions=len(rows[0]["embedding"]) if rows else 0, results=rows)
 
     def check_generation(prompts: list[Any], max_new_tokens: int) -> None:
-        texts = [p if isinstance(p, str) else m["content"] for p in prompts for m in ([p] if isinstance(p, str) else p)]
+        texts = [t for p in prompts for t in ([p] if isinstance(p, str) else [m["content"] for m in p])]
         if len(prompts) > settings.max_texts:
             raise ApiError(422, "too_many_texts", f"{len(prompts)} prompts in one request; at most {settings.max_texts}")
         longest = max((len(t) for t in texts), default=0)
@@ -443,7 +448,9 @@ def generation_options(build: Any) -> GenerationOptions:
 
 def _runner(served: ServedModel, settings: ServeSettings) -> Any:
     def run(texts: list[str], pairs: list[str] | None) -> list[Any]:
-        return served.predictor.predict(texts, batch_size=settings.max_batch_size, pairs=pairs)
+        predictor = served.predictor
+        size = settings.forward_batch_size or (CPU_FORWARD_BATCH if getattr(predictor, "device", "cpu") == "cpu" else len(texts))
+        return predictor.predict(texts, batch_size=size, pairs=pairs)
 
     return run
 

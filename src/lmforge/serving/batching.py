@@ -47,7 +47,7 @@ class MicroBatcher:
 
     Args:
         run: The model call for one batch (``Predictor.predict``); runs in a worker thread.
-        max_batch_size: Texts per forward pass at most.
+        max_batch_size: Texts per model call at most (the call may split them into forward passes).
         max_wait_ms: How long the first request of a batch waits for company.
         max_queue: Texts that may wait at most; beyond, :meth:`submit` raises :class:`QueueFull`.
         on_batch: Called with (batch size, seconds the batch took) after each batch (metrics).
@@ -96,17 +96,30 @@ class MicroBatcher:
             size = len(batch[0].texts)
             deadline = batch[0].queued_at + self.max_wait
             while size < self.max_batch_size:
-                timeout = deadline - time.perf_counter()
-                if timeout <= 0 and self.queue.empty():
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout=max(timeout, 0.0))
-                except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+                item = await self._next(deadline)
+                if item is None:
                     break
                 batch.append(item)
                 size += len(item.texts)
             self.waiting -= size
             await self._run_batch(loop, batch, size)
+
+    async def _next(self, deadline: float) -> _Pending | None:
+        """A request already waiting, else one that comes before ``deadline``, else None.
+
+        What is already queued is taken without waiting: under load the first request of a
+        batch queued during the previous one, its deadline is past, and ``wait_for(get(), 0)``
+        gives up before a ready item is handed over, which made every batch one request.
+        """
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self.queue.get_nowait()
+        timeout = deadline - time.perf_counter()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout=timeout)
+        except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
+            return None
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], size: int) -> None:
         texts = [t for item in batch for t in item.texts]

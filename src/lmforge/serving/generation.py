@@ -26,10 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from lmforge.errors import LmforgeError
 from lmforge.generation.generate import (
     Completion,
     GenerationOptions,
     Prompt,
+    check_stop_strings,
     complete,
     encode_prompts,
 )
@@ -69,8 +71,12 @@ class GenerationRunner:
 
     def check(self, job: GenerationJob) -> None:
         """Raise the request's error (no chat template, prompt too long) before anything runs."""
-        encode_prompts(self.predictor.model, self.predictor.tokenizer, job.prompts, job.options.max_new_tokens,
-                       job.chat)
+        predictor = self.predictor
+        if job.chat and not getattr(predictor.tokenizer, "chat_template", None):
+            raise LmforgeError("this model has no chat template (it was not fine-tuned for chat): send a prompt "
+                               "to /v1/completions or /v1/generate, or fine-tune it with task: chat")
+        encode_prompts(predictor.model, predictor.tokenizer, job.prompts, job.options.max_new_tokens, job.chat)
+        check_stop_strings(predictor.tokenizer, job.options.stop)
 
     def reserve(self) -> None:
         if self.waiting >= self.max_queue:

@@ -221,7 +221,7 @@ class ChatCompletionRequest(OpenAIFields):
     """OpenAI ``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most (default: the server's cap).")
+    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most (default: 128, or the server's cap if lower).")
     max_completion_tokens: int | None = Field(None, ge=1, description="The newer name of max_tokens.")
     logprobs: bool = Field(False, description="Not supported: only false.")
 

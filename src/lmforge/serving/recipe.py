@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
         serve_workers(config, keys, options)
         return
     models = load_models(config.models, config.precision)
+    share_the_gil()
     server = uvicorn.Server(uvicorn.Config(create_app(models, settings), **options))
     mask_all_logs()
     log.info("serving %s on http://%s:%d (docs: /docs, metrics: /metrics)", ", ".join(models), config.host,
@@ -94,6 +96,17 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
 
 
 WORKER_ENV = "LMFORGE_SERVE_WORKER"
+GIL_SWITCH_SECONDS = 0.0005
+
+
+def share_the_gil() -> None:
+    """Hand the GIL between threads every 0.5 ms instead of Python's 5 ms.
+
+    Why: the model thread takes the GIL back between PyTorch ops hundreds of times a batch;
+    while the event loop parses a burst of requests, each take can wait a whole switch
+    interval. Measured with 32 clients on FPB (2 cores): 58 -> 63-70 requests/s.
+    """
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
 
 def serve_workers(config: ServeConfig, keys: ApiKeys, options: dict[str, Any]) -> None:
@@ -122,5 +135,6 @@ def worker_app() -> Any:
     payload = json.loads(os.environ[WORKER_ENV])
     config = ServeConfig.model_validate(payload["config"])
     models = load_models(config.models, config.precision)
+    share_the_gil()
     mask_all_logs()
     return create_app(models, config.settings(ApiKeys.from_digests(payload["keys"])))
