@@ -196,6 +196,51 @@ def test_requests_that_queue_during_a_batch_share_the_next_one():
     assert batches == [["first"], [f"t{i}" for i in range(10)]]
 
 
+def test_with_two_model_threads_two_batches_run_at_once():
+    from lmforge.serving.batching import MicroBatcher
+
+    running, overlap = [0], [0]
+    lock = threading.Lock()
+
+    def run(texts, pairs):
+        with lock:
+            running[0] += 1
+            overlap[0] = max(overlap[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return texts
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch_size=2, max_wait_ms=0, concurrency=2)
+        batcher.start()
+        answers = await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(4)))
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [[f"t{i}"] for i in range(4)] and overlap[0] == 2
+
+
+def test_model_threads_share_the_cores_and_each_has_its_own_tokenizer(runs):
+    import torch
+
+    from lmforge.serving.config import ServeConfig
+    from lmforge.serving.recipe import load_models, model_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert model_threads(ServeConfig(models=["x"], model_threads=2)) == 2
+        served = load_models([str(runs[0])], precision="fp32")
+        settings = ServeSettings(model_threads=2)
+        with TestClient(create_app(served, settings)) as c:
+            answers = [c.post("/v1/classify", json={"texts": ["good", "bad film", "fine"]}) for _ in range(6)]
+        assert all(a.status_code == 200 for a in answers)
+        assert len({json.dumps(a.json()) for a in answers}) == 1  # every thread gives the same answer
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_full_queue_answers_503_instead_of_growing():
     app, _ = fake_app(ServeSettings(max_batch_size=1, max_wait_ms=0, max_queue=2), delay=0.2)
     responses = asyncio.run(_concurrent(app, [{"text": "a"}] * 8))

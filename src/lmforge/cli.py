@@ -320,6 +320,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     setting(limits, "--max-batch-size", "texts gathered from concurrent requests into one model call", type=int)
     setting(limits, "--forward-batch-size", "texts per forward pass within it, length-sorted (default: 8 on a "
                                             "CPU, all on a GPU)", type=int)
+    setting(limits, "--model-threads", "batches of a CPU model that run at once, each with cores/N PyTorch "
+                                       "threads (default: the cores, at most 4)", type=int)
     setting(limits, "--max-wait-ms", "how long a request waits for others to batch with", type=float)
     setting(limits, "--max-queue", "texts that may wait; beyond, 503 with Retry-After", type=int)
     setting(limits, "--max-new-tokens", "tokens one generation request may ask for at most", type=int)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -82,6 +84,7 @@ class ServeSettings:
     cors_origins: list[str] = field(default_factory=list)
     max_batch_size: int = 32  # texts gathered into one model call
     forward_batch_size: int | None = None  # texts per forward pass within it (None: CPU_FORWARD_BATCH on a CPU)
+    model_threads: int = 1  # batches of a CPU model that run at once (recipe.model_threads picks it)
     max_wait_ms: float = 5.0
     max_queue: int = 1024
     max_new_tokens: int = 512  # cap on the tokens one generation request may ask for
@@ -144,8 +147,10 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             if served.task in GENERATIVE_TASKS:
                 served.generator = GenerationRunner(served.predictor, settings.max_generation_queue)
                 continue
+            on_cpu = getattr(served.predictor, "device", "cpu") == "cpu"
             served.batcher = MicroBatcher(_runner(served, settings), settings.max_batch_size, settings.max_wait_ms,
-                                          settings.max_queue, on_batch=_batch_metrics(metrics, served.name))
+                                          settings.max_queue, on_batch=_batch_metrics(metrics, served.name),
+                                          concurrency=settings.model_threads if on_cpu else 1)
             served.batcher.start()
         if settings.reload_interval > 0:
             watcher.start()
@@ -447,12 +452,23 @@ def generation_options(build: Any) -> GenerationOptions:
 
 
 def _runner(served: ServedModel, settings: ServeSettings) -> Any:
+    own = threading.local()
+
     def run(texts: list[str], pairs: list[str] | None) -> list[Any]:
-        predictor = served.predictor
+        predictor = _thread_copy(own, served.predictor) if settings.model_threads > 1 else served.predictor
         size = settings.forward_batch_size or (CPU_FORWARD_BATCH if getattr(predictor, "device", "cpu") == "cpu" else len(texts))
         return predictor.predict(texts, batch_size=size, pairs=pairs)
 
     return run
+
+
+def _thread_copy(own: threading.local, predictor: Any) -> Any:
+    """This worker thread's view of ``predictor``: the same model, its own tokenizer (a fast
+    tokenizer's settings are mutated by each call, which two threads must not do at once)."""
+    if getattr(own, "source", None) is not predictor:  # first call, or a hot reload swapped it
+        own.source, own.copy = predictor, copy.copy(predictor)
+        own.copy.tokenizer = copy.deepcopy(predictor.tokenizer)
+    return own.copy
 
 
 def _batch_metrics(metrics: Metrics, name: str) -> Any:

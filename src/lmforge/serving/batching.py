@@ -4,7 +4,9 @@ Each model has one :class:`MicroBatcher`. A request puts its texts on the batche
 awaits a future. The batcher's loop takes the first waiting request, then keeps taking
 requests until the batch holds ``max_batch_size`` texts or ``max_wait_ms`` have passed since
 the first, and runs the whole batch in a worker thread (``Predictor`` sorts it by length, so
-little padding). Each caller gets its own rows back.
+little padding). Each caller gets its own rows back. With ``concurrency`` above 1, several
+batches run at once in as many threads (on a CPU, small models use cores better as concurrent
+single-threaded batches than as one batch over all cores).
 
 Why by hand: inference servers batch this way (vLLM, Triton's dynamic batcher, Ray Serve's
 ``@serve.batch``), but none of those is a library call for a FastAPI app on one machine;
@@ -51,11 +53,14 @@ class MicroBatcher:
         max_wait_ms: How long the first request of a batch waits for company.
         max_queue: Texts that may wait at most; beyond, :meth:`submit` raises :class:`QueueFull`.
         on_batch: Called with (batch size, seconds the batch took) after each batch (metrics).
+        concurrency: Batches that may run at once, each in its own worker thread (CPU: see
+            ``recipe.model_threads``); the next batch is gathered when one of them is free, so
+            requests keep merging while the others run.
     """
 
     def __init__(self, run: Callable[[list[str], list[str] | None], list[Any]], max_batch_size: int = 32,
                  max_wait_ms: float = 5.0, max_queue: int = 1024,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None, concurrency: int = 1):
         self.run = run
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -63,7 +68,9 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.waiting = 0  # texts queued, not yet in a batch
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmforge-model")
+        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="lmforge-model")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._seconds_per_text = 0.01  # running estimate, for Retry-After
 
@@ -72,7 +79,7 @@ class MicroBatcher:
 
     async def stop(self) -> None:
         """Finish what is queued, then stop (graceful shutdown)."""
-        while self.waiting:
+        while self.waiting or self._running:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -92,6 +99,7 @@ class MicroBatcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._slots.acquire()  # a worker thread is free
             batch = [await self.queue.get()]
             size = len(batch[0].texts)
             deadline = batch[0].queued_at + self.max_wait
@@ -102,7 +110,13 @@ class MicroBatcher:
                 batch.append(item)
                 size += len(item.texts)
             self.waiting -= size
-            await self._run_batch(loop, batch, size)
+            task = loop.create_task(self._run_batch(loop, batch, size))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._slots.release()
 
     async def _next(self, deadline: float) -> _Pending | None:
         """A request already waiting, else one that comes before ``deadline``, else None.

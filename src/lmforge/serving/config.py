@@ -42,6 +42,8 @@ class ServeConfig(BaseModel):
     max_batch_size: int = Field(32, ge=1, description="texts gathered from concurrent requests into one model call")
     forward_batch_size: int | None = Field(None, ge=1, description="texts per forward pass within a model call, "
                                                                    "length-sorted (default: 8 on a CPU, all on a GPU)")
+    model_threads: int | None = Field(None, ge=1, le=64, description="batches of a CPU model run at once, each "
+                                      "with cores/model_threads PyTorch threads (default: the cores, at most 4)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a request waits for others to batch with")
     max_queue: int = Field(1024, ge=1, description="texts that may wait; beyond, 503 with Retry-After")
     max_new_tokens: int = Field(512, ge=1, description="tokens one generation request may ask for at most")
@@ -58,6 +60,7 @@ class ServeConfig(BaseModel):
                              max_body_bytes=self.max_body_bytes, max_texts=self.max_texts, max_chars=self.max_chars,
                              mask_inputs=self.mask_inputs, cors_origins=list(self.cors_origins),
                              max_batch_size=self.max_batch_size, forward_batch_size=self.forward_batch_size,
+                             model_threads=self.model_threads or 1,
                              max_wait_ms=self.max_wait_ms,
                              max_queue=self.max_queue, max_new_tokens=self.max_new_tokens,
                              max_generation_queue=self.max_generation_queue, reload_interval=self.reload_interval)

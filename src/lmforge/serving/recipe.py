@@ -88,6 +88,7 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
         return
     models = load_models(config.models, config.precision)
     share_the_gil()
+    settings.model_threads = model_threads(config)
     server = uvicorn.Server(uvicorn.Config(create_app(models, settings), **options))
     mask_all_logs()
     log.info("serving %s on http://%s:%d (docs: /docs, metrics: /metrics)", ", ".join(models), config.host,
@@ -97,6 +98,23 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
 
 WORKER_ENV = "LMFORGE_SERVE_WORKER"
 GIL_SWITCH_SECONDS = 0.0005
+
+
+def model_threads(config: ServeConfig) -> int:
+    """How many batches of a CPU model run at once (``config.model_threads``, else the worker's
+    cores, at most 4), and PyTorch's threads to match: the worker's cores shared among them.
+
+    Why not one batch over all cores: MiniLM's matmuls on a sentence batch are too small for
+    PyTorch's intra-op threads to pay. Two cores, FPB sentences, forward passes of 8: one batch at
+    a time with 2 threads 86 texts/s, with 1 thread 94; two batches at once, 1 thread each, 165.
+    """
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = max(1, cores // config.workers)
+    threads = config.model_threads or min(4, cores)
+    torch.set_num_threads(max(1, cores // threads))
+    return threads
 
 
 def share_the_gil() -> None:
@@ -137,4 +155,6 @@ def worker_app() -> Any:
     models = load_models(config.models, config.precision)
     share_the_gil()
     mask_all_logs()
-    return create_app(models, config.settings(ApiKeys.from_digests(payload["keys"])))
+    settings = config.settings(ApiKeys.from_digests(payload["keys"]))
+    settings.model_threads = model_threads(config)
+    return create_app(models, settings)
