@@ -179,7 +179,9 @@ def _workers(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+# fsdp's run is a minute on 2 cores, so it runs with -m slow; two-process fsdp training stays in the
+# default suite (test_two_processes_give_the_single_process_weights[fsdp])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_killed_worker_then_resume_is_exact(tmp_path, tiny_model_dir, uneven_csv, strategy):
     """SIGKILL one of two workers after a checkpoint; the resumed run equals an uninterrupted one
     (dropout on: every rank's random state is restored)."""
