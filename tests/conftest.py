@@ -112,6 +112,18 @@ def tiny_bpe_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
 
 
+def save_tiny_chat_llama(out: Path) -> Path:
+    """A tiny Llama with lmforge's default chat template, saved as a plain Hugging Face directory
+    (no lmforge.json): what the serving tests serve as a generative model."""
+    from lmforge.generation.chat import ensure_chat_template
+
+    tokenizer = tiny_bpe_tokenizer()
+    ensure_chat_template(tokenizer)
+    tiny_llama(tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def tiny_llama(tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -21,7 +21,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
 
-from conftest import tiny_bpe_tokenizer, tiny_llama  # noqa: E402
+from conftest import save_tiny_chat_llama  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
@@ -41,15 +41,8 @@ CASES: Counter[tuple[str, int]] = Counter()  # (operation, status) -> cases
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    """A tiny Llama with a chat template, as tests/test_serving_generation.py builds it."""
-    from lmforge.generation.chat import ensure_chat_template
-
-    tokenizer = tiny_bpe_tokenizer()
-    ensure_chat_template(tokenizer)
-    out = tmp_path_factory.mktemp("fuzz-llama")
-    tiny_llama(tokenizer).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    """A tiny Llama with a chat template, saved as a plain Hugging Face directory (no lmforge.json)."""
+    return save_tiny_chat_llama(tmp_path_factory.mktemp("fuzz-llama"))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import tiny_bpe_tokenizer, tiny_llama
+from conftest import save_tiny_chat_llama, tiny_bpe_tokenizer, tiny_llama
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -28,14 +28,7 @@ CONVERSATION = [{"role": "system", "content": "Be terse."}, {"role": "user", "co
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
     """A tiny Llama with a chat template, saved as a plain Hugging Face directory (no lmforge.json)."""
-    from lmforge.generation.chat import ensure_chat_template
-
-    tokenizer = tiny_bpe_tokenizer()
-    ensure_chat_template(tokenizer)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama(tokenizer).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_chat_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
