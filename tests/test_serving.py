@@ -167,6 +167,10 @@ def test_batching_merges_concurrent_requests_and_returns_each_its_own_rows():
         assert [r["score"] for r in response.json()["results"]] == [float(len(t)) for t in body["texts"]]
     assert max(len(b) for b in predictor.batches) > 2  # requests shared forward passes
     assert len(predictor.batches) < len(bodies)
+    text = app.state.metrics.render()[0].decode()
+    texts, batches = (float(re.search(rf'^lmforge_batch_size_{k}{{model="fake"}} (\S+)$', text, re.M).group(1))
+                      for k in ("sum", "count"))
+    assert texts == 24 and texts / batches > 1  # the batch-size metric says so too
 
 
 def test_requests_that_queue_during_a_batch_share_the_next_one():
