@@ -15,7 +15,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from lmforge.generation.generate import GenerationOptions, generate  # noqa: E402
+from lmforge.generation.generate import GenerationOptions, complete, generate  # noqa: E402
 from lmforge.serving.app import ServeSettings, create_app  # noqa: E402
 from lmforge.serving.generation import AnswerShape, GenerationJob, GenerationRunner, sse_answer  # noqa: E402
 from lmforge.serving.security import ApiKeys  # noqa: E402
@@ -78,16 +78,25 @@ def test_generation_endpoints_need_a_key(client, path, body):
 
 def test_generate_answers_what_lmforge_generate_answers(client, models):
     predictor = models["lm"].predictor
-    want = generate(predictor.model, predictor.tokenizer, ["the cat", "hello"],
+    want = complete(predictor.model, predictor.tokenizer, ["the cat", "hello"],
                     GenerationOptions(greedy=True, max_new_tokens=12))
     answer = client.post("/v1/generate", json={"prompts": ["the cat", "hello"], "temperature": 0,
                                                "max_new_tokens": 12}, headers=AUTH).json()
-    assert [r["text"] for r in answer["results"]] == want
+    assert [r["text"] for r in answer["results"]] == [c.text for c in want]
+    assert [r["text"] for r in answer["results"]] == generate(predictor.model, predictor.tokenizer,
+                                                              ["the cat", "hello"],
+                                                              GenerationOptions(greedy=True, max_new_tokens=12))
     prompt_tokens = [len(predictor.tokenizer(p)["input_ids"]) for p in ("the cat", "hello")]
     assert [r["prompt_tokens"] for r in answer["results"]] == prompt_tokens
-    for row in answer["results"]:
-        assert 1 <= row["completion_tokens"] <= 12
-        assert row["finish_reason"] == ("length" if row["completion_tokens"] == 12 else "stop")
+    assert [(r["completion_tokens"], r["finish_reason"]) for r in answer["results"]] == \
+        [(c.completion_tokens, c.finish_reason) for c in want]
+    eos = predictor.tokenizer.eos_token_id
+    for prompt, row in zip(("the cat", "hello"), answer["results"], strict=True):  # counted by plain HF generate
+        ids = predictor.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        out = predictor.model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+        new_ids = out[0, ids.shape[1]:].tolist()
+        assert row["completion_tokens"] == len(new_ids)
+        assert row["finish_reason"] == ("stop" if new_ids[-1] == eos else "length")
     assert answer["usage"]["total_tokens"] == sum(prompt_tokens) + sum(r["completion_tokens"] for r in answer["results"])
 
 

@@ -103,6 +103,17 @@ def test_serve_config_errors_are_one_line(capsys, tmp_path):
     assert code == 2 and "not found" in error_line(err)
 
 
+def test_a_model_without_an_endpoint_is_refused_before_loading(capsys, tmp_path, tiny_model_dir, versions):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(tmp_path / "mlm")
+    code, _, err = run_cli(["serve", versions[0], tmp_path / "mlm", "--workers", "2"], capsys)
+    assert code == 2 and "is a masked lm model: it has no endpoint" in error_line(err)
+    code, _, err = run_cli(["serve", f"a={versions[0]}", f"a={versions[1]}"], capsys)
+    assert code == 2 and "two models are named 'a'" in error_line(err)
+
+
 # --- hot reload --------------------------------------------------------------------------------
 
 @pytest.fixture()

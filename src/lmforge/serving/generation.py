@@ -206,9 +206,10 @@ class CompletionShape(AnswerShape):
     """OpenAI's text completions: ``choices[].text``; chunks of object ``text_completion``."""
 
     prefix = "cmpl"
+    chunk_object = "text_completion"
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+        return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model,
                 "choices": choices, **extra}
 
     def whole(self, completions: list[Completion]) -> dict[str, Any]:
@@ -230,10 +231,7 @@ class ChatShape(CompletionShape):
     """OpenAI's chat completions: ``choices[].message``; chunks of ``chat.completion.chunk`` with deltas."""
 
     prefix = "chatcmpl"
-
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": choices, **extra}
+    chunk_object = "chat.completion.chunk"
 
     def whole(self, completions: list[Completion]) -> dict[str, Any]:
         c = completions[0]

@@ -218,14 +218,28 @@ async def drive(url: str, pid: int, texts: Sequence[str], clients: int, duration
         stop_at = measure_from + duration
         sampler = asyncio.create_task(_sample_rss(pid, measure_from, stop_at, samples))
         cpu = asyncio.create_task(_cpu_percent(pid, measure_from, stop_at))
+        progress = asyncio.create_task(_progress(name, measure_from - warmup, measure_from, stop_at, records))
         await asyncio.gather(*(_client(http, f"{url}/v1/classify", cycle.__next__, stop_at, records)
                                for _ in range(clients)))
+        await progress
         await sampler
         server_cpu, client_cpu = await cpu
     window = [r for r in records if measure_from <= r.ended <= stop_at]
     result = summarize(name, clients, duration, window, samples)
     result.server_cpu_percent, result.client_cpu_percent = server_cpu, client_cpu
     return result
+
+
+async def _progress(name: str, began: float, measure_from: float, stop_at: float, records: list[_Record]) -> None:
+    """A bar of the seconds under load (warm-up included), with the requests answered so far."""
+    from tqdm import tqdm
+
+    with tqdm(total=round(stop_at - began), desc=f"{name} under load", unit="s", leave=False) as bar:
+        while (now := time.perf_counter()) < stop_at:
+            await asyncio.sleep(min(1.0, stop_at - now))
+            bar.n = min(bar.total, round(time.perf_counter() - began))
+            bar.set_postfix_str(f"{len(records)} requests" + ("" if time.perf_counter() >= measure_from
+                                                              else ", warming up"))
 
 
 async def _cpu_percent(pid: int, start_at: float, stop_at: float) -> tuple[float, float]:

@@ -44,19 +44,34 @@ def model_name(spec: str) -> tuple[str, str]:
     return name, path
 
 
+def check_models(specs: list[str]) -> list[tuple[str, str]]:
+    """(name, path) of every model, names unique and each of a task the service answers, read
+    from the directories' metadata without loading any weights."""
+    from lmforge.inference.predictor import find_model_dir, read_metadata, task_of_architecture
+    from lmforge.tasks.registry import TASK_NAMES, get_task
+
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, path = model_name(spec)
+        if name in named:
+            raise LmforgeError(f"two models are named '{name}'; name them: NAME=PATH")
+        model_dir = find_model_dir(path)
+        task = read_metadata(model_dir).get("task") or task_of_architecture(model_dir)
+        servable = task not in TASK_NAMES or task in GENERATIVE_TASKS or not getattr(get_task(task), "loss_only", False)
+        if not servable:  # (an unknown task is Predictor.load's one-line error)
+            raise LmforgeError(f"{path} is a {task.replace('_', ' ')} model: it has no endpoint "
+                               "(fine-tune it for a task first)")
+        named[name] = path
+    return list(named.items())
+
+
 def load_models(specs: list[str], precision: str = "auto") -> dict[str, ServedModel]:
     """Every model loaded (a bad one stops start-up with its one-line error), under unique names."""
     from lmforge.inference.predictor import Predictor
 
     models: dict[str, ServedModel] = {}
-    for spec in specs:
-        name, path = model_name(spec)
-        if name in models:
-            raise LmforgeError(f"two models are named '{name}'; name them: NAME=PATH")
+    for name, path in check_models(specs):
         predictor = own_weights(Predictor.load(path, precision=precision))  # its files may be rewritten
-        if getattr(predictor.task, "loss_only", False) and predictor.task.name not in GENERATIVE_TASKS:
-            raise LmforgeError(f"{path} is a {predictor.task.name.replace('_', ' ')} model: it has no endpoint "
-                               "(fine-tune it for a task first)")
         models[name] = ServedModel(name, predictor, path, precision=precision)
         log.info("model %s: %s (%s, %s)", name, path, predictor.task.name, models[name].backend)
     return models
@@ -87,8 +102,7 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
         serve_workers(config, keys, options)
         return
     models = load_models(config.models, config.precision)
-    share_the_gil()
-    settings.model_threads = model_threads(config)
+    settings.model_threads = tune_process(config)
     server = uvicorn.Server(uvicorn.Config(create_app(models, settings), **options))
     mask_all_logs()
     log.info("serving %s on http://%s:%d (docs: /docs, metrics: /metrics)", ", ".join(models), config.host,
@@ -98,6 +112,12 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
 
 WORKER_ENV = "LMFORGE_SERVE_WORKER"
 GIL_SWITCH_SECONDS = 0.0005
+
+
+def tune_process(config: ServeConfig) -> int:
+    """Set this server process's threads up for serving; returns the model threads per CPU model."""
+    share_the_gil()
+    return model_threads(config)
 
 
 def model_threads(config: ServeConfig) -> int:
@@ -137,7 +157,7 @@ def serve_workers(config: ServeConfig, keys: ApiKeys, options: dict[str, Any]) -
     """
     import uvicorn
 
-    load_models(config.models, config.precision)  # a bad model stops here, with its one-line error
+    check_models(config.models)  # a bad model stops here, with its one-line error, before any worker starts
     metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="lmforge-metrics-")
     for stale in Path(metrics_dir).glob("*.db"):  # left over from an earlier run
         stale.unlink()
@@ -153,8 +173,7 @@ def worker_app() -> Any:
     payload = json.loads(os.environ[WORKER_ENV])
     config = ServeConfig.model_validate(payload["config"])
     models = load_models(config.models, config.precision)
-    share_the_gil()
     mask_all_logs()
     settings = config.settings(ApiKeys.from_digests(payload["keys"]))
-    settings.model_threads = model_threads(config)
+    settings.model_threads = tune_process(config)
     return create_app(models, settings)
