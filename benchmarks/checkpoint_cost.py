@@ -38,8 +38,11 @@ def main() -> int:
     model = get_method(spec.name).apply(model, spec.options, task.peft_task_type)
     optimizer = build_optimizer(model, 1e-4, 0.01)
     scheduler = build_scheduler(optimizer, "linear", 10, 1000)
-    batch = {"input_ids": torch.randint(1000, 2000, (32, 64)), "attention_mask": torch.ones(32, 64, dtype=torch.long),
-             "labels": torch.randint(0, 3, (32,))}
+    batch = {
+        "input_ids": torch.randint(1000, 2000, (32, 64)),
+        "attention_mask": torch.ones(32, 64, dtype=torch.long),
+        "labels": torch.randint(0, 3, (32,)),
+    }
     dtype = torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
     def step() -> float:
@@ -58,18 +61,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             start = time.perf_counter()
-            path = save_checkpoint_atomically(Path(tmp), TrainState(step=i + 1), model, optimizer, scheduler)
+            path = save_checkpoint_atomically(
+                Path(tmp), TrainState(step=i + 1), model, optimizer, scheduler
+            )
             save_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             assert verify_checkpoint(path) is None
             verify_times.append(time.perf_counter() - start)
         size = sum(f.stat().st_size for f in path.iterdir())
-    result = {"method": args.method, "checkpoint_mb": round(size / 2**20, 1),
-              "save_seconds_median": round(statistics.median(save_times), 3),
-              "verify_seconds_median": round(statistics.median(verify_times), 3),
-              "step_seconds_median": round(statistics.median(step_times), 3),
-              "checkpoint_in_steps": round(statistics.median(save_times) / statistics.median(step_times), 2),
-              "repeats": args.repeats, "precision": str(dtype).replace("torch.", "")}
+    result = {
+        "method": args.method,
+        "checkpoint_mb": round(size / 2**20, 1),
+        "save_seconds_median": round(statistics.median(save_times), 3),
+        "verify_seconds_median": round(statistics.median(verify_times), 3),
+        "step_seconds_median": round(statistics.median(step_times), 3),
+        "checkpoint_in_steps": round(
+            statistics.median(save_times) / statistics.median(step_times), 2
+        ),
+        "repeats": args.repeats,
+        "precision": str(dtype).replace("torch.", ""),
+    }
     print(json.dumps(result))
     return 0
 

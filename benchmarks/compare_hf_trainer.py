@@ -40,15 +40,27 @@ def run_lmforge(config: str, overrides: list[str], keep_model: Path | None = Non
         if keep_model is not None:
             shutil.copytree(run_dir / "model", keep_model)
     train, val = metrics["train"], metrics["validation"]
-    return {"engine": "lmforge", "accuracy": val["accuracy"], "macro_f1": val["macro_f1"],
-            "train_seconds": train["train_seconds"], "wall_seconds": train["wall_seconds"],
-            "examples_per_second": train["examples_per_second"], "steps": train["steps"],
-            "trainable_parameters": train["trainable_parameters"], "trainable_share": train["trainable_share"],
-            "run_peak_memory_bytes": train["peak_memory_bytes"]}
+    return {
+        "engine": "lmforge",
+        "accuracy": val["accuracy"],
+        "macro_f1": val["macro_f1"],
+        "train_seconds": train["train_seconds"],
+        "wall_seconds": train["wall_seconds"],
+        "examples_per_second": train["examples_per_second"],
+        "steps": train["steps"],
+        "trainable_parameters": train["trainable_parameters"],
+        "trainable_share": train["trainable_share"],
+        "run_peak_memory_bytes": train["peak_memory_bytes"],
+    }
 
 
-def run_hf_trainer(config: str, overrides: list[str], bf16: bool | None = None, group_by_length: bool = False,
-                   keep_model: Path | None = None) -> dict:
+def run_hf_trainer(
+    config: str,
+    overrides: list[str],
+    bf16: bool | None = None,
+    group_by_length: bool = False,
+    keep_model: Path | None = None,
+) -> dict:
     """Train with a plain HF Trainer. ``bf16=None`` follows the config's precision."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -62,8 +74,10 @@ def run_hf_trainer(config: str, overrides: list[str], bf16: bool | None = None, 
     def encode(frame):
         enc = tokenizer(frame["text"].tolist(), truncation=True, max_length=cfg.data.max_length)
         ids = task.encode_labels(frame["label"].tolist(), labels, "data")
-        return [{"input_ids": i, "attention_mask": m, "labels": int(y)}
-                for i, m, y in zip(enc["input_ids"], enc["attention_mask"], ids, strict=True)]
+        return [
+            {"input_ids": i, "attention_mask": m, "labels": int(y)}
+            for i, m, y in zip(enc["input_ids"], enc["attention_mask"], ids, strict=True)
+        ]
 
     train, val = encode(splits.frames["train"]), encode(splits.frames["validation"])
     torch.manual_seed(cfg.training.seed)
@@ -72,26 +86,54 @@ def run_hf_trainer(config: str, overrides: list[str], bf16: bool | None = None, 
         from peft import LoraConfig, get_peft_model
 
         o = cfg.method.options
-        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=o.r, lora_alpha=o.alpha,
-                                                 lora_dropout=o.dropout, target_modules=o.target_modules))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type="SEQ_CLS",
+                r=o.r,
+                lora_alpha=o.alpha,
+                lora_dropout=o.dropout,
+                target_modules=o.target_modules,
+            ),
+        )
     trainable, total = count_parameters(model)
     if bf16 is None:
-        bf16 = resolve_precision(cfg.training.precision, "cpu" if not torch.cuda.is_available() else "cuda") == "bf16"
+        bf16 = (
+            resolve_precision(
+                cfg.training.precision, "cpu" if not torch.cuda.is_available() else "cuda"
+            )
+            == "bf16"
+        )
     steps = -(-len(train) // cfg.training.batch_size) * cfg.training.epochs
     warmup_steps = int(round(cfg.training.warmup_ratio * steps))  # as lmforge computes it
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, num_train_epochs=cfg.training.epochs, learning_rate=cfg.training.learning_rate,
+            output_dir=tmp,
+            num_train_epochs=cfg.training.epochs,
+            learning_rate=cfg.training.learning_rate,
             per_device_train_batch_size=cfg.training.batch_size,
-            per_device_eval_batch_size=cfg.training.eval_batch_size, weight_decay=cfg.training.weight_decay,
-            warmup_steps=warmup_steps, lr_scheduler_type=cfg.training.scheduler,
-            max_grad_norm=cfg.training.max_grad_norm, bf16=bf16, use_cpu=not torch.cuda.is_available(),
+            per_device_eval_batch_size=cfg.training.eval_batch_size,
+            weight_decay=cfg.training.weight_decay,
+            warmup_steps=warmup_steps,
+            lr_scheduler_type=cfg.training.scheduler,
+            max_grad_norm=cfg.training.max_grad_norm,
+            bf16=bf16,
+            use_cpu=not torch.cuda.is_available(),
             seed=cfg.training.seed,
-            eval_strategy="no", save_strategy="no", report_to=[], logging_steps=50,
-            disable_tqdm=True, dataloader_num_workers=0,
-            train_sampling_strategy="group_by_length" if group_by_length else "random")
-        trainer = Trainer(model=model, args=args, train_dataset=train,
-                          data_collator=DataCollatorWithPadding(tokenizer))
+            eval_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            logging_steps=50,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            train_sampling_strategy="group_by_length" if group_by_length else "random",
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            data_collator=DataCollatorWithPadding(tokenizer),
+        )
         start = time.perf_counter()
         out = trainer.train()
         seconds = time.perf_counter() - start
@@ -101,33 +143,51 @@ def run_hf_trainer(config: str, overrides: list[str], bf16: bool | None = None, 
             tokenizer.save_pretrained(str(keep_model))
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     m = task.compute_metrics(np.asarray(logits), np.asarray(pred.label_ids), labels)
-    return {"engine": "hf_trainer", "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-            "train_seconds": round(seconds, 2), "wall_seconds": round(seconds, 2),
-            "examples_per_second": round(out.metrics["train_samples_per_second"], 2),
-            "steps": out.global_step, "trainable_parameters": trainable, "trainable_share": trainable / total}
+    return {
+        "engine": "hf_trainer",
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "train_seconds": round(seconds, 2),
+        "wall_seconds": round(seconds, 2),
+        "examples_per_second": round(out.metrics["train_samples_per_second"], 2),
+        "steps": out.global_step,
+        "trainable_parameters": trainable,
+        "trainable_share": trainable / total,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--methods", default="full,lora")
-    parser.add_argument("--lora-lr", type=float, help="learning rate for LoRA (default: the config's)")
+    parser.add_argument(
+        "--lora-lr", type=float, help="learning rate for LoRA (default: the config's)"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     rows = []
     for method in args.methods.split(","):
-        overrides = [*args.overrides, f"method={method}", "training.eval_strategy=no",
-                     "training.early_stopping_patience=null"]
+        overrides = [
+            *args.overrides,
+            f"method={method}",
+            "training.eval_strategy=no",
+            "training.early_stopping_patience=null",
+        ]
         if method == "lora" and args.lora_lr:
             overrides.append(f"training.learning_rate={args.lora_lr}")
         for runner in (run_lmforge, run_hf_trainer):
             row = {"method": method, **runner(args.config, overrides), "overrides": overrides}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    result = {"config": args.config, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "rows": rows,
-              "command": " ".join(["python", *sys.argv])}
+    result = {
+        "config": args.config,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+        "command": " ".join(["python", *sys.argv]),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     return 0

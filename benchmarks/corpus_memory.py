@@ -59,7 +59,9 @@ def build_corpus(source: Path, path: Path, size_mb: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[25, 100, 400])
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "corpus_memory.json")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "corpus_memory.json"
+    )
     args = parser.parse_args()
     source = REPO / "examples" / "data" / "finance_train.txt"
     if not source.is_file():
@@ -70,10 +72,17 @@ def main() -> int:
             corpus = Path(tmp) / f"corpus_{size}.txt"
             nbytes = build_corpus(source, corpus, size)
             started = time.perf_counter()
-            result = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(Path(tmp) / f"tokens_{size}")],
-                                    capture_output=True, text=True, check=True)
-            row = {"corpus_mb": round(nbytes / 2**20, 1), **json.loads(result.stdout.strip().splitlines()[-1]),
-                   "process_seconds": round(time.perf_counter() - started, 1)}
+            result = subprocess.run(
+                [sys.executable, "-c", CHILD, str(corpus), str(Path(tmp) / f"tokens_{size}")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            row = {
+                "corpus_mb": round(nbytes / 2**20, 1),
+                **json.loads(result.stdout.strip().splitlines()[-1]),
+                "process_seconds": round(time.perf_counter() - started, 1),
+            }
             rows.append(row)
             print(json.dumps(row))
             corpus.unlink()

@@ -36,25 +36,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "dapt")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "dapt_phrasebank.json")
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "benchmarks" / "results" / "dapt_phrasebank.json"
+    )
     args = parser.parse_args()
 
     mlm = train(ROOT / "examples" / "pretrain_finance_mlm.yaml", args.runs / "finance-mlm")
     rows = []
     for seed in args.seeds:
-        for variant, model in (("MiniLM", "default"), ("MiniLM + finance MLM", str(args.runs / "finance-mlm" / "model"))):
+        for variant, model in (
+            ("MiniLM", "default"),
+            ("MiniLM + finance MLM", str(args.runs / "finance-mlm" / "model")),
+        ):
             name = "base" if model == "default" else "dapt"
-            metrics = train(ROOT / "examples" / "financial_phrasebank.yaml", args.runs / f"{name}-seed{seed}",
-                            f"model={model}", f"training.seed={seed}")
-            rows.append({"seed": seed, "model": variant, "accuracy": metrics["validation"]["accuracy"],
-                         "macro_f1": metrics["validation"]["macro_f1"],
-                         "train_seconds": metrics["train"]["train_seconds"]})
+            metrics = train(
+                ROOT / "examples" / "financial_phrasebank.yaml",
+                args.runs / f"{name}-seed{seed}",
+                f"model={model}",
+                f"training.seed={seed}",
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "model": variant,
+                    "accuracy": metrics["validation"]["accuracy"],
+                    "macro_f1": metrics["validation"]["macro_f1"],
+                    "train_seconds": metrics["train"]["train_seconds"],
+                }
+            )
 
-    by_model = {variant: [r for r in rows if r["model"] == variant] for variant in dict.fromkeys(r["model"] for r in rows)}
+    by_model = {
+        variant: [r for r in rows if r["model"] == variant]
+        for variant in dict.fromkeys(r["model"] for r in rows)
+    }
     gains = [d["accuracy"] - b["accuracy"] for b, d in zip(*by_model.values(), strict=True)]
     summary = {
-        "mlm": {"validation_perplexity": mlm["validation"]["perplexity"], "steps": mlm["train"]["steps"],
-                "train_seconds": mlm["train"]["train_seconds"]},
+        "mlm": {
+            "validation_perplexity": mlm["validation"]["perplexity"],
+            "steps": mlm["train"]["steps"],
+            "train_seconds": mlm["train"]["train_seconds"],
+        },
         "rows": rows,
         "accuracy_gain_per_seed": gains,
         "accuracy_gain_mean": statistics.mean(gains),
@@ -63,16 +84,21 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2) + "\n")
 
-    print(f"masked-LM run: {mlm['train']['steps']} steps, validation perplexity {mlm['validation']['perplexity']:.1f}")
+    print(
+        f"masked-LM run: {mlm['train']['steps']} steps, validation perplexity {mlm['validation']['perplexity']:.1f}"
+    )
     print("| model | seeds | val accuracy (mean ± sd) | val macro-F1 (mean ± sd) |")
     print("|---|---:|---:|---:|")
+
     def spread(xs: list[float]) -> str:
         return f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else ""
 
     for variant, group in by_model.items():
         acc, f1 = [r["accuracy"] for r in group], [r["macro_f1"] for r in group]
-        print(f"| {variant} | {len(group)} | {statistics.mean(acc):.4f}{spread(acc)} | "
-              f"{statistics.mean(f1):.4f}{spread(f1)} |")
+        print(
+            f"| {variant} | {len(group)} | {statistics.mean(acc):.4f}{spread(acc)} | "
+            f"{statistics.mean(f1):.4f}{spread(f1)} |"
+        )
     print("paired accuracy gain per seed: " + ", ".join(f"{g:+.4f}" for g in gains))
     return 0
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 
 def main(paths: list[str]) -> None:
-    print("| export | backend | size | p50 latency (batch 1) | throughput (batch 32) | accuracy | loss vs fp32 "
-          "| latency speed-up | throughput speed-up | smaller | verdict |")
+    print(
+        "| export | backend | size | p50 latency (batch 1) | throughput (batch 32) | accuracy | loss vs fp32 "
+        "| latency speed-up | throughput speed-up | smaller | verdict |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     reference = None
     for path in paths:
@@ -23,17 +25,21 @@ def main(paths: list[str]) -> None:
         if reference is None:
             reference = ref
             for row in [ref, *bf16]:
-                print(f"| original | {row['backend']} | {row['size_bytes'] / 1e6:.1f} MB | "
-                      f"{row['latency_p50_ms']:.2f} ms | {row['throughput']:.0f} ex/s | "
-                      f"{row['metrics'][report['metric']]:.4f} | | "
-                      f"{ref['latency_p50_ms'] / row['latency_p50_ms']:.2f}x | "
-                      f"{row['throughput'] / ref['throughput']:.2f}x | | |")
-        print(f"| {Path(path).parent.name} | {exported['backend']} | {exported['size_bytes'] / 1e6:.1f} MB | "
-              f"{exported['latency_p50_ms']:.2f} ms | {exported['throughput']:.0f} ex/s | "
-              f"{exported['metrics'][report['metric']]:.4f} | {report['degradation_points']:+.2f} | "
-              f"{ref['latency_p50_ms'] / exported['latency_p50_ms']:.2f}x | "
-              f"{exported['throughput'] / ref['throughput']:.2f}x | {ref['size_bytes'] / exported['size_bytes']:.2f}x | "
-              f"{'passed' if report['passed'] else 'FAILED (accepted)'} |")
+                print(
+                    f"| original | {row['backend']} | {row['size_bytes'] / 1e6:.1f} MB | "
+                    f"{row['latency_p50_ms']:.2f} ms | {row['throughput']:.0f} ex/s | "
+                    f"{row['metrics'][report['metric']]:.4f} | | "
+                    f"{ref['latency_p50_ms'] / row['latency_p50_ms']:.2f}x | "
+                    f"{row['throughput'] / ref['throughput']:.2f}x | | |"
+                )
+        print(
+            f"| {Path(path).parent.name} | {exported['backend']} | {exported['size_bytes'] / 1e6:.1f} MB | "
+            f"{exported['latency_p50_ms']:.2f} ms | {exported['throughput']:.0f} ex/s | "
+            f"{exported['metrics'][report['metric']]:.4f} | {report['degradation_points']:+.2f} | "
+            f"{ref['latency_p50_ms'] / exported['latency_p50_ms']:.2f}x | "
+            f"{exported['throughput'] / ref['throughput']:.2f}x | {ref['size_bytes'] / exported['size_bytes']:.2f}x | "
+            f"{'passed' if report['passed'] else 'FAILED (accepted)'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -32,21 +32,42 @@ def main() -> int:
     plan = plan_training(cfg).as_dict()
     own = next(c for c in plan["candidates"] if c["batch_size"] == cfg.training.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "lmforge", "-q", "train", args.config, "-o", f"{tmp}/run",
-               *sum((["--set", o] for o in args.overrides), [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lmforge",
+            "-q",
+            "train",
+            args.config,
+            "-o",
+            f"{tmp}/run",
+            *sum((["--set", o] for o in args.overrides), []),
+        ]
         subprocess.run(cmd, check=True)
         train = json.loads(Path(f"{tmp}/run/metrics.json").read_text())["train"]
-    row = {"config": args.config, "overrides": args.overrides, "batch_size": cfg.training.batch_size,
-           "predicted_peak_bytes": own["peak_memory_bytes"], "measured_peak_bytes": train["peak_memory_bytes"],
-           "predicted_run_seconds": own["total_seconds"], "measured_run_seconds": train["wall_seconds"],
-           "predicted_train_seconds": own["train_seconds"], "measured_train_seconds": train["train_seconds"],
-           "command": " ".join(["python", *sys.argv]), "plan": plan}
+    row = {
+        "config": args.config,
+        "overrides": args.overrides,
+        "batch_size": cfg.training.batch_size,
+        "predicted_peak_bytes": own["peak_memory_bytes"],
+        "measured_peak_bytes": train["peak_memory_bytes"],
+        "predicted_run_seconds": own["total_seconds"],
+        "measured_run_seconds": train["wall_seconds"],
+        "predicted_train_seconds": own["train_seconds"],
+        "measured_train_seconds": train["train_seconds"],
+        "command": " ".join(["python", *sys.argv]),
+        "plan": plan,
+    }
     row["peak_error"] = row["predicted_peak_bytes"] / row["measured_peak_bytes"] - 1
     row["time_error"] = row["predicted_run_seconds"] / row["measured_run_seconds"] - 1
-    print(f"peak memory: predicted {row['predicted_peak_bytes'] / 1e9:.2f} GB, measured "
-          f"{row['measured_peak_bytes'] / 1e9:.2f} GB ({100 * row['peak_error']:+.1f}%)")
-    print(f"run time: predicted {row['predicted_run_seconds']:.0f} s, measured {row['measured_run_seconds']:.0f} s "
-          f"({100 * row['time_error']:+.1f}%)")
+    print(
+        f"peak memory: predicted {row['predicted_peak_bytes'] / 1e9:.2f} GB, measured "
+        f"{row['measured_peak_bytes'] / 1e9:.2f} GB ({100 * row['peak_error']:+.1f}%)"
+    )
+    print(
+        f"run time: predicted {row['predicted_run_seconds']:.0f} s, measured {row['measured_run_seconds']:.0f} s "
+        f"({100 * row['time_error']:+.1f}%)"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(row, indent=2))

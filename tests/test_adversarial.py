@@ -30,9 +30,16 @@ def _one_thread():
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, num_labels=2, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config).train()
 
 
@@ -41,7 +48,11 @@ def tiny_batch() -> dict[str, torch.Tensor]:
     input_ids = torch.randint(1, 100, (3, 7), generator=generator)  # (B, T)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[2, 5:] = 0  # one padded row
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([0, 1, 1])}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.tensor([0, 1, 1]),
+    }
 
 
 def backward(loss: torch.Tensor) -> None:
@@ -52,7 +63,9 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
     return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
 
 
-def loss_with(model: torch.nn.Module, batch: dict[str, torch.Tensor], r: torch.Tensor | None) -> torch.Tensor:
+def loss_with(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], r: torch.Tensor | None
+) -> torch.Tensor:
     """The loss with ``r`` (B, T, H) added to the word-embedding output by a hand-made hook."""
     module = model.get_input_embeddings()
     handle = module.register_forward_hook(lambda m, a, out: out + r) if r is not None else None
@@ -70,8 +83,9 @@ def clean_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.
     return loss.detach()
 
 
-def embedding_output_grad(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                          r: torch.Tensor | None = None) -> torch.Tensor:
+def embedding_output_grad(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], r: torch.Tensor | None = None
+) -> torch.Tensor:
     """dL/d(word-embedding output) computed independently of the adversary."""
     module = model.get_input_embeddings()
     seen: list[torch.Tensor] = []
@@ -124,9 +138,14 @@ def test_fgm_perturbation_has_norm_epsilon_along_the_gradient():
 def test_fgm_gives_no_perturbation_where_the_gradient_is_zero():
     model, batch = tiny_bert(), tiny_batch()
     adversary = make_adversary(model, "fgm", epsilon=EPSILON)
+
     # Example 0's loss weighs nothing, so its embedding gradient is exactly zero.
-    loss = lambda: torch.nn.functional.cross_entropy(model(**batch).logits, batch["labels"],  # noqa: E731
-                                                     reduction="none") @ torch.tensor([0.0, 1.0, 1.0])
+    def loss() -> torch.Tensor:
+        per_example = torch.nn.functional.cross_entropy(
+            model(**batch).logits, batch["labels"], reduction="none"
+        )
+        return per_example @ torch.tensor([0.0, 1.0, 1.0])
+
     loss().backward()
     adversary.train_step(loss, backward)
     (r,) = adversary.perturbations
@@ -186,7 +205,9 @@ def test_lora_model_with_frozen_embeddings():
     from peft import LoraConfig, get_peft_model
 
     base = tiny_bert()
-    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    model = get_peft_model(
+        base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
+    )
     table = find_word_embeddings(model)
     assert table is base.bert.embeddings.word_embeddings.weight
     assert not table.requires_grad
@@ -212,7 +233,8 @@ def test_each_step_costs_one_forward_and_backward(kind, steps, extra):
     counts = {"forward": 0, "backward": 0, "backward_calls": 0}
     model.register_forward_hook(lambda *a: counts.__setitem__("forward", counts["forward"] + 1))
     model.bert.encoder.layer[0].output.dense.register_full_backward_hook(
-        lambda *a: counts.__setitem__("backward", counts["backward"] + 1))
+        lambda *a: counts.__setitem__("backward", counts["backward"] + 1)
+    )
 
     def counting_backward(loss: torch.Tensor) -> None:
         counts["backward_calls"] += 1
@@ -239,13 +261,24 @@ def test_make_adversary_kinds_and_errors():
     model = tiny_bert()
     assert make_adversary(model, "none") is None
     fgm = make_adversary(model, "fgm", epsilon=2.0, alpha=0.1, steps=7)
-    assert isinstance(fgm, EmbeddingAdversary) and (fgm.kind, fgm.alpha, fgm.steps) == ("fgm", 2.0, 1)
+    assert isinstance(fgm, EmbeddingAdversary) and (fgm.kind, fgm.alpha, fgm.steps) == (
+        "fgm",
+        2.0,
+        1,
+    )
     fgm.remove()
-    with pytest.raises(LmforgeError, match=r"regularization\.adversarial: unknown kind 'fmg' \(did you mean 'fgm'\?\).*fgm, pgd or none"):
+    with pytest.raises(
+        LmforgeError,
+        match=r"regularization\.adversarial: unknown kind 'fmg' \(did you mean 'fgm'\?\).*fgm, pgd or none",
+    ):
         make_adversary(model, "fmg")
-    for kwargs, key in (({"epsilon": 0.0}, "adversarial_epsilon"), ({"epsilon": -1.0}, "adversarial_epsilon"),
-                        ({"alpha": 0}, "adversarial_alpha"), ({"steps": 0}, "adversarial_steps"),
-                        ({"steps": 1.5}, "adversarial_steps")):
+    for kwargs, key in (
+        ({"epsilon": 0.0}, "adversarial_epsilon"),
+        ({"epsilon": -1.0}, "adversarial_epsilon"),
+        ({"alpha": 0}, "adversarial_alpha"),
+        ({"steps": 0}, "adversarial_steps"),
+        ({"steps": 1.5}, "adversarial_steps"),
+    ):
         with pytest.raises(LmforgeError, match=rf"regularization\.{key}"):
             make_adversary(model, "pgd", **kwargs)
 
@@ -256,16 +289,26 @@ def test_bi_encoder_gets_one_perturbation_per_embedding_call():
     from lmforge.models.bi_encoder import BiEncoder
 
     torch.manual_seed(0)
-    encoder = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                   intermediate_size=64, hidden_dropout_prob=0.0,
-                                   attention_probs_dropout_prob=0.0))
+    encoder = BertModel(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
     model = BiEncoder(encoder).train()  # no get_input_embeddings of its own: found in the encoder
     assert find_word_embeddings(model) is encoder.embeddings.word_embeddings.weight
     generator = torch.Generator().manual_seed(2)
-    batch = {"input_ids": torch.randint(1, 100, (3, 7), generator=generator),
-             "attention_mask": torch.ones(3, 7, dtype=torch.long),
-             "positive_input_ids": torch.randint(1, 100, (3, 5), generator=generator),
-             "positive_attention_mask": torch.ones(3, 5, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(1, 100, (3, 7), generator=generator),
+        "attention_mask": torch.ones(3, 7, dtype=torch.long),
+        "positive_input_ids": torch.randint(1, 100, (3, 5), generator=generator),
+        "positive_attention_mask": torch.ones(3, 5, dtype=torch.long),
+    }
     adversary = make_adversary(model, "fgm", epsilon=EPSILON)
     clean = clean_step(model, batch)
     adv_loss = adversary.train_step(lambda: model(**batch).loss, backward)

@@ -23,12 +23,45 @@ from lmforge.data.augmentation import (
 )
 from lmforge.errors import LmforgeError
 
-LONG = ["the", "quarterly", "profit", "of", "the", "company", "rose", "sharply", "after", "strong",
-        "demand", "for", "its", "new", "products", "lifted", "sales", "in", "every", "region", "while",
-        "costs", "stayed", "flat", "and", "margins", "improved"]
+LONG = [
+    "the",
+    "quarterly",
+    "profit",
+    "of",
+    "the",
+    "company",
+    "rose",
+    "sharply",
+    "after",
+    "strong",
+    "demand",
+    "for",
+    "its",
+    "new",
+    "products",
+    "lifted",
+    "sales",
+    "in",
+    "every",
+    "region",
+    "while",
+    "costs",
+    "stayed",
+    "flat",
+    "and",
+    "margins",
+    "improved",
+]
 
-SYNONYMS = {"profit": ["earnings", "income"], "rose": ["climbed", "jumped"], "sharply": ["steeply"],
-            "sales": ["revenue"], "strong": ["robust"], "demand": ["appetite"], "costs": ["expenses"]}
+SYNONYMS = {
+    "profit": ["earnings", "income"],
+    "rose": ["climbed", "jumped"],
+    "sharply": ["steeply"],
+    "sales": ["revenue"],
+    "strong": ["robust"],
+    "demand": ["appetite"],
+    "costs": ["expenses"],
+}
 
 
 def synonyms(word: str) -> list[str]:
@@ -41,12 +74,17 @@ def rng(seed: int = 0) -> random.Random:
 
 # ---- the four EDA operations ----
 
-@pytest.mark.parametrize("op", [
-    lambda w, r: random_swap(w, 3, r),
-    lambda w, r: random_deletion(w, 0.3, r),
-    lambda w, r: random_insertion(w, 3, r, synonyms),
-    lambda w, r: synonym_replacement(w, 3, r, synonyms),
-], ids=["swap", "delete", "insert", "synonym"])
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda w, r: random_swap(w, 3, r),
+        lambda w, r: random_deletion(w, 0.3, r),
+        lambda w, r: random_insertion(w, 3, r, synonyms),
+        lambda w, r: synonym_replacement(w, 3, r, synonyms),
+    ],
+    ids=["swap", "delete", "insert", "synonym"],
+)
 def test_each_operation_is_seeded_and_leaves_its_input_alone(op):
     words = list(LONG)
     first = op(words, rng(1))
@@ -103,8 +141,9 @@ def test_synonym_replacement_replaces_distinct_non_stopwords():
 def test_labels_are_kept_by_every_operation():
     texts, labels = [" ".join(LONG), "sales missed forecasts badly"], ["positive", "negative"]
     for op in ("swap", "delete", "insert", "synonym"):
-        out, out_labels, _ = augment_rows(texts, labels, AugmentConfig((op,), rate=0.2, copies=3),
-                                          neighbours=synonyms)
+        out, out_labels, _ = augment_rows(
+            texts, labels, AugmentConfig((op,), rate=0.2, copies=3), neighbours=synonyms
+        )
         for text, label in zip(out[2:], out_labels[2:], strict=True):
             origin = 0 if len(text.split()) > 8 else 1
             assert label == labels[origin]
@@ -112,10 +151,20 @@ def test_labels_are_kept_by_every_operation():
 
 # ---- synonyms from embeddings ----
 
+
 def _hand_made() -> EmbeddingNeighbours:
     words = ["profit", "earnings", "income", "banana", "Profit", "profits", "revenue"]
-    vectors = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.7, 0.7, 0.0], [0.0, 0.0, 1.0],
-                        [1.0, 0.0, 0.01], [1.0, 0.01, 0.0], [0.8, 0.4, 0.0]])
+    vectors = np.array(
+        [
+            [1.0, 0.0, 0.0],
+            [0.9, 0.1, 0.0],
+            [0.7, 0.7, 0.0],
+            [0.0, 0.0, 1.0],
+            [1.0, 0.0, 0.01],
+            [1.0, 0.01, 0.0],
+            [0.8, 0.4, 0.0],
+        ]
+    )
     return EmbeddingNeighbours(words, vectors)
 
 
@@ -144,17 +193,39 @@ def test_from_model_returns_only_whole_words_of_a_wordpiece_vocabulary(tmp_path)
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     whole = ["profit", "earnings", "income", "revenue", "sales", "shares", "demand"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *whole, "##ing", "##ed", "##s", "up", "a",
-             "2024", "co-op"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *whole,
+        "##ing",
+        "##ed",
+        "##s",
+        "up",
+        "a",
+        "2024",
+        "co-op",
+    ]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # transformers 5 reads the file from `vocab=`; `vocab_file=` is silently ignored there.
     tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
     assert len(tokenizer.get_vocab()) == len(vocab)
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, intermediate_size=32))
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
     with torch.no_grad():  # make "##ing" the closest row to "profit": it must still be skipped
-        model.get_input_embeddings().weight[vocab.index("##ing")] = model.get_input_embeddings().weight[5]
+        model.get_input_embeddings().weight[vocab.index("##ing")] = (
+            model.get_input_embeddings().weight[5]
+        )
     table = EmbeddingNeighbours.from_model(model, tokenizer)
     assert sorted(table.words) == sorted(whole)
     for word in whole:
@@ -181,8 +252,17 @@ class _FakeByteLevelTokenizer:
     all_special_tokens = ["<|endoftext|>"]
 
     def get_vocab(self):
-        return {"<|endoftext|>": 0, "Ġprofit": 1, "Ġearnings": 2, "ing": 3, "profit": 4, "Ġup": 5,
-                "Ġincome": 6, "Ġ2024": 7, "Ġhuge": 99}  # id 99 is past the embedding table
+        return {
+            "<|endoftext|>": 0,
+            "Ġprofit": 1,
+            "Ġearnings": 2,
+            "ing": 3,
+            "profit": 4,
+            "Ġup": 5,
+            "Ġincome": 6,
+            "Ġ2024": 7,
+            "Ġhuge": 99,
+        }  # id 99 is past the embedding table
 
 
 def test_from_model_strips_the_byte_level_word_mark_and_skips_continuations():
@@ -194,8 +274,12 @@ def test_from_model_strips_the_byte_level_word_mark_and_skips_continuations():
 
 # ---- augment_rows ----
 
-TEXTS = ["profit rose sharply after strong demand", "sales missed forecasts", "costs stayed flat",
-         "margins improved again this quarter"]
+TEXTS = [
+    "profit rose sharply after strong demand",
+    "sales missed forecasts",
+    "costs stayed flat",
+    "margins improved again this quarter",
+]
 LABELS = ["pos", "neg", 0, "pos"]
 
 
@@ -207,8 +291,10 @@ def test_augment_rows_keeps_originals_first_and_repeats_labels_in_order():
     assert len(texts) == len(labels) == 4 + summary["added"]
     assert all(t not in TEXTS for t in texts[4:])
     # Copies come row by row: labels follow the row order of the originals.
-    origins = [next(i for i, t in enumerate(TEXTS) if set(t.split()) & set(aug.split()))
-               for aug in texts[4:]]
+    origins = [
+        next(i for i, t in enumerate(TEXTS) if set(t.split()) & set(aug.split()))
+        for aug in texts[4:]
+    ]
     assert origins == sorted(origins)
     assert labels[4:] == [LABELS[i] for i in origins]
 
@@ -217,21 +303,26 @@ def test_unchanged_copies_are_dropped_and_counted():
     # A swap of two equal words, and a sentence without synonyms, give copies equal to their
     # originals (whitespace aside); a swap of distinct words always changes the sentence.
     originals = ["yes yes", "nothing  known here"]
-    texts, labels, summary = augment_rows(originals, [1, 0], AugmentConfig(("swap", "synonym"), copies=4),
-                                          neighbours=synonyms)
+    texts, labels, summary = augment_rows(
+        originals, [1, 0], AugmentConfig(("swap", "synonym"), copies=4), neighbours=synonyms
+    )
     assert texts[:2] == originals
     assert 0 < summary["added"] < 4
     assert summary == {"original": 2, "added": len(texts) - 2, "unchanged": 8 - (len(texts) - 2)}
     assert all(sorted(t.split()) == ["here", "known", "nothing"] for t in texts[2:])
     assert labels == [1, 0] + [0] * summary["added"]
-    _, _, summary = augment_rows(originals, [1, 0], AugmentConfig(("synonym",), copies=2), neighbours=synonyms)
+    _, _, summary = augment_rows(
+        originals, [1, 0], AugmentConfig(("synonym",), copies=2), neighbours=synonyms
+    )
     assert summary == {"original": 2, "added": 0, "unchanged": 4}
 
 
 def test_augment_rows_is_a_function_of_its_inputs_and_seed():
     def run(seed):
-        return augment_rows(TEXTS * 3, LABELS * 3, AugmentConfig(("swap", "delete", "insert"), copies=2,
-                                                                 seed=seed))
+        return augment_rows(
+            TEXTS * 3, LABELS * 3, AugmentConfig(("swap", "delete", "insert"), copies=2, seed=seed)
+        )
+
     assert run(0) == run(0)
     assert run(0)[0] != run(1)[0]
 
@@ -241,8 +332,11 @@ def test_augment_rows_errors():
         augment_rows(TEXTS, LABELS, AugmentConfig(("synonym",)))
     with pytest.raises(LmforgeError, match="4 texts but 3 labels"):
         augment_rows(TEXTS, LABELS[:3], AugmentConfig(("swap",)))
-    with pytest.raises(LmforgeError, match="'swapp' is unknown \\(did you mean 'swap'\\?\\): use one of swap, "
-                                           "delete, insert, synonym"):
+    with pytest.raises(
+        LmforgeError,
+        match="'swapp' is unknown \\(did you mean 'swap'\\?\\): use one of swap, "
+        "delete, insert, synonym",
+    ):
         AugmentConfig(("swapp",))
     with pytest.raises(LmforgeError, match="empty"):
         AugmentConfig(())
@@ -268,7 +362,10 @@ def test_typos_change_about_the_requested_share_of_eligible_words():
     changed = sum(a != b for a, b in zip(WORDS, out[:200], strict=True))
     assert 60 <= changed <= 140
     assert perturb([text], "typos", 0.0, seed=0) == [text]
-    assert all(a != b for a, b in zip(WORDS, perturb([" ".join(WORDS)], "typos", 1.0)[0].split(), strict=True))
+    assert all(
+        a != b
+        for a, b in zip(WORDS, perturb([" ".join(WORDS)], "typos", 1.0)[0].split(), strict=True)
+    )
 
 
 def test_one_typo_is_a_small_edit_that_keeps_punctuation():
@@ -302,14 +399,18 @@ def test_perturb_is_seeded_and_checks_its_arguments():
     for kind in PERTURBATIONS:
         assert perturb(texts, kind, 0.3, seed=1) == perturb(texts, kind, 0.3, seed=1)
         assert perturb(texts, kind, 0.3, seed=1) != perturb(texts, kind, 0.3, seed=2)
-    with pytest.raises(LmforgeError, match="'typo' is unknown \\(did you mean 'typos'\\?\\): use one of "
-                                           "typos, casing, word_drop"):
+    with pytest.raises(
+        LmforgeError,
+        match="'typo' is unknown \\(did you mean 'typos'\\?\\): use one of "
+        "typos, casing, word_drop",
+    ):
         perturb(texts, "typo", 0.1)
     with pytest.raises(LmforgeError, match="rate"):
         perturb(texts, "typos", 1.5)
 
 
 # ---- back-translation ----
+
 
 def _tiny_translator(path, corpus: list[str]) -> str:
     """A randomly initialized one-layer MarianMT with a WordLevel tokenizer trained here."""
@@ -319,15 +420,35 @@ def _tiny_translator(path, corpus: list[str]) -> str:
 
     backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>", model_max_length=64)
+    backend.train_from_iterator(
+        corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"])
+    )
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=64,
+    )
     torch.manual_seed(0)
-    config = MarianConfig(vocab_size=backend.get_vocab_size(), d_model=16, encoder_layers=1, decoder_layers=1,
-                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                          decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
-                          decoder_start_token_id=0, forced_eos_token_id=1)
+    config = MarianConfig(
+        vocab_size=backend.get_vocab_size(),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        forced_eos_token_id=1,
+    )
     MarianMTModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -344,8 +465,11 @@ def test_back_translate_gives_one_deterministic_string_per_text(tmp_path):
 
 
 def test_back_translate_names_a_model_it_cannot_load(tmp_path):
-    with pytest.raises(LmforgeError, match="cannot load translation model '.*no-such-model'.*locally or "
-                                           "through the Hugging Face hub"):
+    with pytest.raises(
+        LmforgeError,
+        match="cannot load translation model '.*no-such-model'.*locally or "
+        "through the Hugging Face hub",
+    ):
         back_translate(["hello"], str(tmp_path / "no-such-model"), str(tmp_path / "no-such-model"))
     with pytest.raises(LmforgeError, match="batch_size"):
         back_translate(["hello"], "a", "b", batch_size=0)

@@ -31,8 +31,14 @@ def tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
-                        intermediate_size=64, num_labels=3)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+    )
     return BertForSequenceClassification(config).eval()
 
 
@@ -40,8 +46,14 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -49,7 +61,9 @@ def tiny_gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, bos_token_id=0, eos_token_id=0
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -57,7 +71,10 @@ MODELS = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}
 
 # The intended targets per architecture: (attention output, feed-forward output) of layer i.
 EXPECTED = {
-    "bert": ("bert.encoder.layer.{i}.attention.output.dense", "bert.encoder.layer.{i}.output.dense"),
+    "bert": (
+        "bert.encoder.layer.{i}.attention.output.dense",
+        "bert.encoder.layer.{i}.output.dense",
+    ),
     "llama": ("model.layers.{i}.self_attn.o_proj", "model.layers.{i}.mlp.down_proj"),
     "gpt2": ("transformer.h.{i}.attn.c_proj", "transformer.h.{i}.mlp.c_proj"),
 }
@@ -132,8 +149,14 @@ def test_parameter_count_matches_the_formula():
     model = tiny_bert()
     names = add_adapter(model, BottleneckConfig(placement="houlsby", reduction_factor=8))
     b = HIDDEN // 8
-    assert count_adapter_parameters(model, "default") == (2 * HIDDEN * b + b + HIDDEN) * len(names) == 4 * 292
-    assert {tuple(v.shape) for k, v in adapter_state_dict(model).items() if k.endswith("down.weight")} == {(b, HIDDEN)}
+    assert (
+        count_adapter_parameters(model, "default")
+        == (2 * HIDDEN * b + b + HIDDEN) * len(names)
+        == 4 * 292
+    )
+    assert {
+        tuple(v.shape) for k, v in adapter_state_dict(model).items() if k.endswith("down.weight")
+    } == {(b, HIDDEN)}
 
     model = tiny_bert()
     names = add_adapter(model, BottleneckConfig(reduction_factor=1000))  # bottleneck floors at 1
@@ -146,7 +169,9 @@ def test_save_load_round_trip(tmp_path):
     add_adapter(model, BottleneckConfig(placement="houlsby", non_linearity="swish"))
     mark_only_adapters_trainable(model, "default", also=["classifier"])
     train_step(model, inputs)
-    train_step(model, inputs)  # the second step also moves `down` (its gradient is 0 while `up` is 0)
+    train_step(
+        model, inputs
+    )  # the second step also moves `down` (its gradient is 0 while `up` is 0)
     trained = logits(model, inputs)
     head = classifier_state(model)
     save_adapter(model, tmp_path / "adapter", extra_state=head)
@@ -161,7 +186,10 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(logits(fresh, inputs), trained)
     for key, value in head.items():
         assert torch.equal(fresh.state_dict()[key], value)
-    saved = {k.replace(".adapters.default.", ".adapters.restored."): v for k, v in adapter_state_dict(model).items()}
+    saved = {
+        k.replace(".adapters.default.", ".adapters.restored."): v
+        for k, v in adapter_state_dict(model).items()
+    }
     assert adapter_state_dict(fresh, "restored").keys() == saved.keys()
 
 
@@ -195,7 +223,9 @@ def test_two_adapters_on_one_base():
     train_step(model, inputs)
     out_a = logits(model, inputs)
 
-    names_b = add_adapter(model, BottleneckConfig(placement="houlsby"), name="b")  # wraps the attention outputs too
+    names_b = add_adapter(
+        model, BottleneckConfig(placement="houlsby"), name="b"
+    )  # wraps the attention outputs too
     assert len(names_b) == 2 * LAYERS
     assert torch.equal(logits(model, inputs), base)  # "b" is active and still the identity
     mark_only_adapters_trainable(model, "b")
@@ -217,8 +247,13 @@ def test_two_adapters_on_one_base():
 
 
 def test_config_round_trips_through_json():
-    config = BottleneckConfig(placement="houlsby", reduction_factor=4, non_linearity="gelu",
-                              target_modules=[r"output\.dense$"], init_std=0.02)
+    config = BottleneckConfig(
+        placement="houlsby",
+        reduction_factor=4,
+        non_linearity="gelu",
+        target_modules=[r"output\.dense$"],
+        init_std=0.02,
+    )
     assert BottleneckConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(LmforgeError, match="placement"):
         BottleneckConfig(placement="serial")

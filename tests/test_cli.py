@@ -25,8 +25,9 @@ def config_file(tmp_path, tiny_model_dir, sentiment_csv):
 
 @pytest.fixture
 def trained_run(tmp_path, config_file, capsys):
-    code, out, _ = run_cli(["train", config_file, "--output", tmp_path / "run", "--set", "training.epochs=6"],
-                           capsys)
+    code, out, _ = run_cli(
+        ["train", config_file, "--output", tmp_path / "run", "--set", "training.epochs=6"], capsys
+    )
     assert code == 0
     assert "macro-F1" in out and "report:" in out
     return tmp_path / "run"
@@ -34,8 +35,12 @@ def trained_run(tmp_path, config_file, capsys):
 
 def test_help_everywhere():
     for args in ([], *([c] for c in SUBCOMMANDS)):
-        result = subprocess.run([sys.executable, "-m", "lmforge", *args, "--help"], capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "lmforge", *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         assert "usage: lmforge" in result.stdout
 
@@ -43,8 +48,19 @@ def test_help_everywhere():
 def test_train_eval_predict_end_to_end(tmp_path, trained_run, sentiment_csv, capsys, monkeypatch):
     assert yaml.safe_load((trained_run / "config.yaml").read_text())["training"]["epochs"] == 6
 
-    code, out, _ = run_cli(["eval", trained_run, "--data", sentiment_csv, "--json", tmp_path / "m.json",
-                            "--precision", "fp32"], capsys)
+    code, out, _ = run_cli(
+        [
+            "eval",
+            trained_run,
+            "--data",
+            sentiment_csv,
+            "--json",
+            tmp_path / "m.json",
+            "--precision",
+            "fp32",
+        ],
+        capsys,
+    )
     assert code == 0
     assert "precision" in out and "macro f1" in out
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -52,8 +68,12 @@ def test_train_eval_predict_end_to_end(tmp_path, trained_run, sentiment_csv, cap
     assert set(metrics) >= {"accuracy", "macro_f1", "weighted_f1", "per_class", "n"}
     assert set(metrics["per_class"]["positive"]) == {"precision", "recall", "f1", "support"}
 
-    code, out, _ = run_cli(["predict", trained_run, "--input", "-", "--precision", "fp32"], capsys,
-                           stdin="profit rose sharply\n\nshares slumped on weak demand\n", monkeypatch=monkeypatch)
+    code, out, _ = run_cli(
+        ["predict", trained_run, "--input", "-", "--precision", "fp32"],
+        capsys,
+        stdin="profit rose sharply\n\nshares slumped on weak demand\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["text"] for r in rows] == ["profit rose sharply", "shares slumped on weak demand"]
@@ -63,7 +83,9 @@ def test_train_eval_predict_end_to_end(tmp_path, trained_run, sentiment_csv, cap
         assert row["score"] == max(row["probabilities"].values())
 
     out_file = tmp_path / "pred.jsonl"
-    code, _, _ = run_cli(["predict", trained_run / "model", "--input", sentiment_csv, "--output", out_file], capsys)
+    code, _, _ = run_cli(
+        ["predict", trained_run / "model", "--input", sentiment_csv, "--output", out_file], capsys
+    )
     assert code == 0
     assert len(out_file.read_text().splitlines()) == 16
 
@@ -76,6 +98,7 @@ def test_config_command_lists_and_validates(config_file, capsys):
 
 
 # --- bad input: one line, naming the file or field and the fix, exit code 2 -----------------
+
 
 def _bad_train(tmp_path, capsys, tiny_model_dir, train_file, **data):
     cfg = tiny_config(tiny_model_dir, train_file, epochs=1)
@@ -105,8 +128,12 @@ def test_missing_column(tmp_path, capsys, tiny_model_dir, sentiment_rows):
 
 def test_wrong_encoding(tmp_path, capsys, tiny_model_dir):
     train = tmp_path / "latin.txt"
-    train.write_bytes("Sepp\xe4l\xe4 profit rose@positive\nloss widened@negative\n".encode("latin-1"))
-    line = _bad_train(tmp_path, capsys, tiny_model_dir, train, format="delimited", delimiter="@", header=False)
+    train.write_bytes(
+        "Sepp\xe4l\xe4 profit rose@positive\nloss widened@negative\n".encode("latin-1")
+    )
+    line = _bad_train(
+        tmp_path, capsys, tiny_model_dir, train, format="delimited", delimiter="@", header=False
+    )
     assert "latin.txt" in line and "line 1" in line and "latin-1" in line
 
 
@@ -134,7 +161,9 @@ def test_unknown_key_suggests(tmp_path, capsys, config_file):
 
 
 def test_unknown_model_path(tmp_path, capsys, config_file):
-    code, _, err = run_cli(["train", config_file, "--set", f"model={tmp_path}/no-such-model"], capsys)
+    code, _, err = run_cli(
+        ["train", config_file, "--set", f"model={tmp_path}/no-such-model"], capsys
+    )
     line = error_line(err)
     assert code == 2 and "no-such-model does not exist" in line
 
@@ -143,7 +172,12 @@ def test_unseen_labels_at_evaluation(tmp_path, trained_run, sentiment_rows, caps
     data = write_csv(tmp_path / "eval.csv", sentiment_rows + [("flat quarter", "neutral")])
     code, _, err = run_cli(["eval", trained_run, "--data", data], capsys)
     line = error_line(err)
-    assert code == 2 and "'neutral'" in line and "not trained on" in line and "negative, positive" in line
+    assert (
+        code == 2
+        and "'neutral'" in line
+        and "not trained on" in line
+        and "negative, positive" in line
+    )
 
 
 def test_eval_of_missing_run(tmp_path, capsys, sentiment_csv):

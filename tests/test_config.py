@@ -104,8 +104,14 @@ def test_method_mapping_with_options():
     assert cfg.method.name == "lora"
     assert cfg.method.options.r == 4
     assert cfg.method.options.target_modules == ["query", "value"]
-    assert cfg.model_dump()["method"] == {"name": "lora", "r": 4, "alpha": 16, "dropout": 0.1,
-                                          "target_modules": ["query", "value"], "save_merged": True}
+    assert cfg.model_dump()["method"] == {
+        "name": "lora",
+        "r": 4,
+        "alpha": 16,
+        "dropout": 0.1,
+        "target_modules": ["query", "value"],
+        "save_merged": True,
+    }
 
 
 def test_method_mapping_without_name_is_full():
@@ -295,10 +301,31 @@ def test_override_int_is_parsed():
 
 
 def test_override_values_are_yaml():
-    data = apply_overrides({}, ["a.int=5", "a.float=1e-3", "a.bool=true", "a.list=[x, y]",
-                                "a.str=hello", "a.none=", "a.no=no", "a.eq=x=y"])
-    assert data == {"a": {"int": 5, "float": "1e-3", "bool": True, "list": ["x", "y"],
-                          "str": "hello", "none": None, "no": "no", "eq": "x=y"}}  # YAML 1.2 booleans
+    data = apply_overrides(
+        {},
+        [
+            "a.int=5",
+            "a.float=1e-3",
+            "a.bool=true",
+            "a.list=[x, y]",
+            "a.str=hello",
+            "a.none=",
+            "a.no=no",
+            "a.eq=x=y",
+        ],
+    )
+    assert data == {
+        "a": {
+            "int": 5,
+            "float": "1e-3",
+            "bool": True,
+            "list": ["x", "y"],
+            "str": "hello",
+            "none": None,
+            "no": "no",
+            "eq": "x=y",
+        }
+    }  # YAML 1.2 booleans
 
 
 def test_override_learning_rate_in_scientific_notation():
@@ -374,8 +401,9 @@ def test_override_with_an_impossible_date_is_kept_as_string():
     assert apply_overrides({}, ["name=2024-02-30"]) == {"name": "2024-02-30"}
 
 
-@pytest.mark.parametrize("text", ["name: 2024-02-30\n", "training:\n  seed: !!int 0xZZ\n",
-                                  "name: !!float abc\n"])
+@pytest.mark.parametrize(
+    "text", ["name: 2024-02-30\n", "training:\n  seed: !!int 0xZZ\n", "name: !!float abc\n"]
+)
 def test_yaml_constructor_errors_are_user_errors(tmp_path, text):
     config_error(write(tmp_path, text))
 
@@ -445,7 +473,9 @@ def test_non_utf8_config(tmp_path):
 
 def test_read_yaml_returns_mapping(tmp_path):
     assert read_yaml(write(tmp_path, FIVE_LINES)) == {
-        "data": {"train_file": "train.csv"}, "training": {"epochs": 2, "learning_rate": 1e-4}}
+        "data": {"train_file": "train.csv"},
+        "training": {"epochs": 2, "learning_rate": 1e-4},
+    }
 
 
 def test_yaml_python_tags_are_not_executed(tmp_path):
@@ -456,16 +486,39 @@ def test_yaml_python_tags_are_not_executed(tmp_path):
 # ----------------------------------------------------------------------------- save / load round trip
 
 
-@pytest.mark.parametrize("extra", [
-    {"method": "full"},
-    {"method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query"],
-                "save_merged": False}},
-    {"method": "lora", "training": {"eval_strategy": "no", "scheduler": "cosine", "max_steps": 10},
-     "data": {"delimiter": "\t", "labels": ["neg", "pos"], "header": False, "encoding": "latin-1"}},
-    {"training": {"eval_strategy": "steps", "eval_steps": 3, "metric": "accuracy"}, "name": "x",
-     "output_dir": "/tmp/somewhere", "model": {"name_or_path": "a/b", "revision": "main"},
-     "method": {"name": "full"}},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"method": "full"},
+        {
+            "method": {
+                "name": "lora",
+                "r": 4,
+                "alpha": 8,
+                "dropout": 0.0,
+                "target_modules": ["query"],
+                "save_merged": False,
+            }
+        },
+        {
+            "method": "lora",
+            "training": {"eval_strategy": "no", "scheduler": "cosine", "max_steps": 10},
+            "data": {
+                "delimiter": "\t",
+                "labels": ["neg", "pos"],
+                "header": False,
+                "encoding": "latin-1",
+            },
+        },
+        {
+            "training": {"eval_strategy": "steps", "eval_steps": 3, "metric": "accuracy"},
+            "name": "x",
+            "output_dir": "/tmp/somewhere",
+            "model": {"name_or_path": "a/b", "revision": "main"},
+            "method": {"name": "full"},
+        },
+    ],
+)
 def test_save_then_load_round_trips(tmp_path, extra):
     source = {"data": {"train_file": str(tmp_path / "absent.csv")}}
     for key, value in extra.items():
@@ -508,7 +561,10 @@ def test_relative_data_path_resolves_against_config_dir(tmp_path, monkeypatch):
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    path = write(cfg_dir, "data:\n  train_file: train.csv\n  validation_file: val.csv\n  test_file: gone.csv\n")
+    path = write(
+        cfg_dir,
+        "data:\n  train_file: train.csv\n  validation_file: val.csv\n  test_file: gone.csv\n",
+    )
     cfg = load_config(path)
     assert Path(cfg.data.train_file) == (cfg_dir / "train.csv").resolve()
     assert Path(cfg.data.validation_file) == (cfg_dir / "val.csv").resolve()
@@ -584,19 +640,27 @@ def test_format_validation_error_with_prefix():
 # ----------------------------------------------------------------------------- one-line errors
 
 
-@pytest.mark.parametrize("text", [
-    "task: >\n  sequence_classificatio\n",
-    "method: >\n  lroa\n",
-    '"bad\\nkey": 1\n',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "task: >\n  sequence_classificatio\n",
+        "method: >\n  lroa\n",
+        '"bad\\nkey": 1\n',
+    ],
+)
 def test_errors_stay_single_line_with_newlines_in_values(tmp_path, text):
     config_error(write(tmp_path, text))
 
 
 def test_yes_no_stay_text_but_bool_fields_still_accept_them(tmp_path):
     """YAML 1.2 booleans: 'no' is a word (an eval strategy, a label); bool fields still parse it."""
-    cfg = load_config(write(tmp_path, "training:\n  eval_strategy: no\nresume: never\n"
-                                      "data:\n  header: no\n  labels: [yes, no]\n"))
+    cfg = load_config(
+        write(
+            tmp_path,
+            "training:\n  eval_strategy: no\nresume: never\n"
+            "data:\n  header: no\n  labels: [yes, no]\n",
+        )
+    )
     assert cfg.training.eval_strategy == "no"
     assert cfg.data.header is False
     assert cfg.data.labels == ["yes", "no"]

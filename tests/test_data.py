@@ -33,9 +33,12 @@ def write(tmp_path: Path, name: str, content: bytes | str, encoding: str = "utf-
     return path
 
 
-def read(tmp_path: Path, name: str, content: bytes | str, require_label: bool = True,
-         **opts) -> pd.DataFrame:
-    return read_examples(write(tmp_path, name, content), ReaderOptions(**opts), require_label=require_label)
+def read(
+    tmp_path: Path, name: str, content: bytes | str, require_label: bool = True, **opts
+) -> pd.DataFrame:
+    return read_examples(
+        write(tmp_path, name, content), ReaderOptions(**opts), require_label=require_label
+    )
 
 
 def read_error(tmp_path: Path, name: str, content: bytes | str | None, **opts) -> str:
@@ -54,8 +57,12 @@ def rows(frame: pd.DataFrame) -> list[tuple]:
 
 def frame_of(pairs: list[tuple]) -> pd.DataFrame:
     """A text/label frame of object columns, the way the readers return it."""
-    return pd.DataFrame({"text": pd.Series([p[0] for p in pairs], dtype=object),
-                         "label": pd.Series([p[1] for p in pairs], dtype=object)})
+    return pd.DataFrame(
+        {
+            "text": pd.Series([p[0] for p in pairs], dtype=object),
+            "label": pd.Series([p[1] for p in pairs], dtype=object),
+        }
+    )
 
 
 def labeled(counts: dict[str, int]) -> pd.DataFrame:
@@ -66,7 +73,9 @@ def labeled(counts: dict[str, int]) -> pd.DataFrame:
 
 
 def test_csv_with_quoted_commas(tmp_path):
-    frame = read(tmp_path, "d.csv", 'text,label\n"Profit rose, then fell",neutral\nplain,positive\n')
+    frame = read(
+        tmp_path, "d.csv", 'text,label\n"Profit rose, then fell",neutral\nplain,positive\n'
+    )
     assert list(frame.columns) == ["text", "label"]
     assert rows(frame) == [("Profit rose, then fell", "neutral"), ("plain", "positive")]
 
@@ -77,8 +86,13 @@ def test_csv_with_quoted_newline_and_quotes(tmp_path):
 
 
 def test_csv_extra_columns_are_dropped_and_columns_mapped(tmp_path):
-    frame = read(tmp_path, "d.csv", "id,sentence,category\n1,hello,greet\n", text_column="sentence",
-                 label_column="category")
+    frame = read(
+        tmp_path,
+        "d.csv",
+        "id,sentence,category\n1,hello,greet\n",
+        text_column="sentence",
+        label_column="category",
+    )
     assert list(frame.columns) == ["text", "label"]
     assert rows(frame) == [("hello", "greet")]
 
@@ -124,7 +138,10 @@ def test_delimited_latin1_no_header_splits_at_last_delimiter(tmp_path):
     path = write(tmp_path, "Sentences.txt", content, encoding="latin-1")
     opts = ReaderOptions(format="delimited", delimiter="@", header=False, encoding="latin-1")
     frame = read_examples(path, opts)
-    assert rows(frame) == [("Price @ 5 EUR rose by 3 %", "positive"), ("Café sales fell", "negative")]
+    assert rows(frame) == [
+        ("Price @ 5 EUR rose by 3 %", "positive"),
+        ("Café sales fell", "negative"),
+    ]
 
 
 def test_delimited_detected_from_delimiter_option(tmp_path):
@@ -135,8 +152,15 @@ def test_delimited_detected_from_delimiter_option(tmp_path):
 
 
 def test_delimited_with_header_uses_header_names(tmp_path):
-    frame = read(tmp_path, "s.txt", "sentence@sentiment\nx@y\n", format="delimited", delimiter="@",
-                 text_column="sentence", label_column="sentiment")
+    frame = read(
+        tmp_path,
+        "s.txt",
+        "sentence@sentiment\nx@y\n",
+        format="delimited",
+        delimiter="@",
+        text_column="sentence",
+        label_column="sentiment",
+    )
     assert rows(frame) == [("x", "y")]
 
 
@@ -150,9 +174,13 @@ def test_multichar_delimiter_on_csv_extension_is_delimited(tmp_path):
 def test_crlf_line_endings(tmp_path):
     frame = read(tmp_path, "d.csv", "text,label\r\nhello,pos\r\nbye,neg\r\n")
     assert rows(frame) == [("hello", "pos"), ("bye", "neg")]
-    frame = read(tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\r\n{"text": "b", "label": "y"}\r\n')
+    frame = read(
+        tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\r\n{"text": "b", "label": "y"}\r\n'
+    )
     assert rows(frame) == [("a", "x"), ("b", "y")]
-    frame = read(tmp_path, "d.txt", "a b@x\r\nc@y\r\n", format="delimited", delimiter="@", header=False)
+    frame = read(
+        tmp_path, "d.txt", "a b@x\r\nc@y\r\n", format="delimited", delimiter="@", header=False
+    )
     assert rows(frame) == [("a b", "x"), ("c", "y")]
 
 
@@ -189,12 +217,16 @@ def test_csv_without_header_three_columns_needs_column_names(tmp_path):
 
 
 def test_csv_without_header_numbered_columns(tmp_path):
-    frame = read(tmp_path, "d.csv", "1,hello,pos\n", header=False, text_column="1", label_column="2")
+    frame = read(
+        tmp_path, "d.csv", "1,hello,pos\n", header=False, text_column="1", label_column="2"
+    )
     assert rows(frame) == [("hello", "pos")]
 
 
 def test_sniff_txt_jsonl(tmp_path):
-    path = write(tmp_path, "d.txt", '  {"text": "a, b", "label": "x"}\n{"text": "c", "label": "y"}\n')
+    path = write(
+        tmp_path, "d.txt", '  {"text": "a, b", "label": "x"}\n{"text": "c", "label": "y"}\n'
+    )
     assert detect_format(path, ReaderOptions()) == "jsonl"
     assert rows(read_examples(path, ReaderOptions())) == [("a, b", "x"), ("c", "y")]
 
@@ -314,7 +346,7 @@ def test_jsonl_record_not_an_object(tmp_path):
 
 
 def test_json_array_of_non_objects(tmp_path):
-    msg = read_error(tmp_path, "d.json", '[1, 2]')
+    msg = read_error(tmp_path, "d.json", "[1, 2]")
     assert "record 1 is a int" in msg
 
 
@@ -351,10 +383,13 @@ def test_malformed_csv(tmp_path):
     assert "malformed CSV" in msg
 
 
-@pytest.mark.parametrize(("name", "content"), [
-    ("d.csv", "text,label, text\na,b,c\n"),
-    ("d.jsonl", '{"text": "a", " text": "b", "label": "x"}\n'),
-])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("d.csv", "text,label, text\na,b,c\n"),
+        ("d.jsonl", '{"text": "a", " text": "b", "label": "x"}\n'),
+    ],
+)
 def test_columns_equal_after_strip(tmp_path, name, content):
     try:
         frame = read(tmp_path, name, content)
@@ -382,12 +417,15 @@ def test_label_column_none(tmp_path):
     assert list(frame.columns) == ["text"]
 
 
-@pytest.mark.parametrize(("name", "content"), [
-    ("d.csv", "text,label\na,1\nb,2\n"),
-    ("d.tsv", "text\tlabel\na\t1\nb\t2\n"),
-    ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 2}\n'),
-    ("d.json", '[{"text": "a", "label": 1}, {"text": "b", "label": 2}]'),
-])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("d.csv", "text,label\na,1\nb,2\n"),
+        ("d.tsv", "text\tlabel\na\t1\nb\t2\n"),
+        ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 2}\n'),
+        ("d.json", '[{"text": "a", "label": 1}, {"text": "b", "label": 2}]'),
+    ],
+)
 def test_numeric_labels_become_strings(tmp_path, name, content):
     frame = read(tmp_path, name, content)
     assert frame["label"].tolist() == ["1", "2"]
@@ -403,14 +441,19 @@ def test_parquet_numeric_labels_become_strings(tmp_path):
 @pytest.mark.parametrize("kind", ["jsonl", "parquet"])
 def test_integer_labels_with_a_missing_value_stay_integers(tmp_path, kind):
     if kind == "jsonl":
-        path = write(tmp_path, "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n'
-                                          '{"text": "c", "label": 2}\n')
+        path = write(
+            tmp_path,
+            "d.jsonl",
+            '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n{"text": "c", "label": 2}\n',
+        )
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = tmp_path / "d.parquet"
-        pq.write_table(pa.table({"text": ["a", "b", "c"], "label": pa.array([1, None, 2], pa.int64())}), path)
+        pq.write_table(
+            pa.table({"text": ["a", "b", "c"], "label": pa.array([1, None, 2], pa.int64())}), path
+        )
     assert read_examples(path, ReaderOptions())["label"].tolist() == ["1", None, "2"]
 
 
@@ -491,15 +534,19 @@ def test_read_hf_dataset_missing_label_column(tmp_path, hf_cache):
     ds_dir = tmp_path / "mydata"
     ds_dir.mkdir()
     (ds_dir / "train.csv").write_text("text,category\nhello,pos\n")
-    with pytest.raises(LmforgeError, match="did you mean 'category'|its columns are: text, category"):
+    with pytest.raises(
+        LmforgeError, match="did you mean 'category'|its columns are: text, category"
+    ):
         read_hf_dataset(str(ds_dir), None, "train", ReaderOptions())
 
 
 def _class_label_dataset(datasets, labels):
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
-    return datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(len(labels))], "label": labels},
-                                      features=features)
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    return datasets.Dataset.from_dict(
+        {"text": [f"t{i}" for i in range(len(labels))], "label": labels}, features=features
+    )
 
 
 def test_read_hf_dataset_class_label_names(hf_cache, monkeypatch):
@@ -525,27 +572,46 @@ def test_read_hf_dataset_load_failure_is_user_error(hf_cache, monkeypatch):
     monkeypatch.setattr(hf_cache, "load_dataset", boom)
     with pytest.raises(LmforgeError) as info:
         read_hf_dataset("nope", None, "train", ReaderOptions())
-    assert str(info.value).startswith("could not load Hugging Face dataset 'nope' split 'train': "
-                                      "Couldn't find dataset 'nope';")
+    assert str(info.value).startswith(
+        "could not load Hugging Face dataset 'nope' split 'train': Couldn't find dataset 'nope';"
+    )
 
 
 # ----------------------------------------------------------------------------- cleaning
 
 
 def test_cleaning_exact_counts():
-    frame = frame_of([
-        ("a", "x"),
-        ("", "x"), (None, "y"), ("   \t", "x"),                # 3 empty text
-        ("b", ""), ("c", "   "),                               # 2 missing label
-        ("e", "x"), ("e", "x"), ("e", " x "),                  # 2 exact duplicates (label stripped)
-        ("f", "x"), ("f", "y"),                                # 2 conflicting labels
-        ("g  h", "z"), (" g\th\n", "z"),                       # 1 duplicate after whitespace normalization
-        ("k", "x"), ("k", "x"), ("k", "y"),                    # 1 exact duplicate, then 2 conflicting
-    ])
+    frame = frame_of(
+        [
+            ("a", "x"),
+            ("", "x"),
+            (None, "y"),
+            ("   \t", "x"),  # 3 empty text
+            ("b", ""),
+            ("c", "   "),  # 2 missing label
+            ("e", "x"),
+            ("e", "x"),
+            ("e", " x "),  # 2 exact duplicates (label stripped)
+            ("f", "x"),
+            ("f", "y"),  # 2 conflicting labels
+            ("g  h", "z"),
+            (" g\th\n", "z"),  # 1 duplicate after whitespace normalization
+            ("k", "x"),
+            ("k", "x"),
+            ("k", "y"),  # 1 exact duplicate, then 2 conflicting
+        ]
+    )
     out, report = clean_examples(frame)
-    assert report.as_dict() == {"rows_read": 16, "empty_text": 3, "missing_pair": 0, "missing_label": 2, "exact_duplicates": 4,
-                                "conflicting_labels": 4, "rows_kept": 3,
-                                "repaired_tags": 0}
+    assert report.as_dict() == {
+        "rows_read": 16,
+        "empty_text": 3,
+        "missing_pair": 0,
+        "missing_label": 2,
+        "exact_duplicates": 4,
+        "conflicting_labels": 4,
+        "rows_kept": 3,
+        "repaired_tags": 0,
+    }
     assert report.dropped == 13
     assert rows(out) == [("a", "x"), ("e", "x"), ("g h", "z")]
     assert list(out.index) == [0, 1, 2]
@@ -554,7 +620,10 @@ def test_cleaning_exact_counts():
 def test_cleaning_counts_add_up():
     frame = frame_of([("a", "x"), ("a", "x"), ("", "y"), ("b", "")])
     out, r = clean_examples(frame)
-    assert r.rows_kept + r.empty_text + r.missing_label + r.exact_duplicates + r.conflicting_labels == r.rows_read
+    assert (
+        r.rows_kept + r.empty_text + r.missing_label + r.exact_duplicates + r.conflicting_labels
+        == r.rows_read
+    )
     assert len(out) == r.rows_kept
 
 
@@ -565,20 +634,28 @@ def test_cleaning_drops_none_labels():
 
 
 def test_reader_then_cleaning_drops_null_labels(tmp_path):
-    frame = read(tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n'
-                                      '{"text": "c"}\n')
+    frame = read(
+        tmp_path,
+        "d.jsonl",
+        '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n{"text": "c"}\n',
+    )
     out, report = clean_examples(frame)
     assert report.missing_label == 2
     assert rows(out) == [("a", "x")]
 
 
-EMPTY_FRAME_BUG = ("BUG: cleaning.py:64 when no row is left after the empty-text step, `present` is an empty "
-                   "object-dtype Series, so `frame[present]` selects zero COLUMNS; cleaning.py:72 then raises "
-                   "KeyError 'text' (instead of returning an empty frame / load_splits' 'no usable rows' error)")
+EMPTY_FRAME_BUG = (
+    "BUG: cleaning.py:64 when no row is left after the empty-text step, `present` is an empty "
+    "object-dtype Series, so `frame[present]` selects zero COLUMNS; cleaning.py:72 then raises "
+    "KeyError 'text' (instead of returning an empty frame / load_splits' 'no usable rows' error)"
+)
 
 
-@pytest.mark.parametrize("pairs", [[], [("", "x")], [("  ", "x"), (None, "y")]],
-                         ids=["no-rows", "one-empty-text", "all-empty-texts"])
+@pytest.mark.parametrize(
+    "pairs",
+    [[], [("", "x")], [("  ", "x"), (None, "y")]],
+    ids=["no-rows", "one-empty-text", "all-empty-texts"],
+)
 def test_cleaning_when_no_text_survives(pairs):
     out, report = clean_examples(frame_of(pairs))
     assert list(out.columns) == ["text", "label"] and len(out) == 0
@@ -593,13 +670,17 @@ def test_cleaning_when_no_label_survives():
 
 
 def test_cleaning_without_normalization_keeps_whitespace_variants():
-    out, report = clean_examples(frame_of([("g  h", "z"), ("g h", "z"), ("  ", "z")]), normalize_whitespace=False)
+    out, report = clean_examples(
+        frame_of([("g  h", "z"), ("g h", "z"), ("  ", "z")]), normalize_whitespace=False
+    )
     assert rows(out) == [("g  h", "z"), ("g h", "z")]
     assert report.empty_text == 1
 
 
 def test_cleaning_without_dedup_keeps_duplicates_and_conflicts():
-    out, report = clean_examples(frame_of([("a", "x"), ("a", "x"), ("a", "y")]), drop_duplicates=False)
+    out, report = clean_examples(
+        frame_of([("a", "x"), ("a", "x"), ("a", "y")]), drop_duplicates=False
+    )
     assert len(out) == 3
     assert report.exact_duplicates == report.conflicting_labels == 0
 
@@ -639,7 +720,9 @@ def test_cleaning_summary_mentions_reasons():
 
 
 def test_cleaning_summary_without_drops():
-    assert CleaningReport(rows_read=2, rows_kept=2).summary("v") == "v: read 2 rows, kept 2, dropped 0"
+    assert (
+        CleaningReport(rows_read=2, rows_kept=2).summary("v") == "v: read 2 rows, kept 2, dropped 0"
+    )
 
 
 # ----------------------------------------------------------------------------- splits
@@ -702,17 +785,28 @@ def test_split_of_a_label_does_not_depend_on_other_labels_row_order():
     interleaved = [r for pair in zip(a_rows, b_rows, strict=False) for r in pair] + a_rows[20:]
     frames = [
         frame_of(interleaved),
-        frame_of(list(reversed(b_rows)) + a_rows),      # b reordered, a moved
+        frame_of(list(reversed(b_rows)) + a_rows),  # b reordered, a moved
         frame_of(a_rows + b_rows[::2] + b_rows[1::2]),  # b reordered, a first
     ]
-    chosen = [set(stratified_split(f, {"validation": 0.2}, seed=5)["validation"]
-                  .query("label == 'a'")["text"]) for f in frames]
+    chosen = [
+        set(
+            stratified_split(f, {"validation": 0.2}, seed=5)["validation"].query("label == 'a'")[
+                "text"
+            ]
+        )
+        for f in frames
+    ]
     assert len(chosen[0]) == 6
     assert chosen[0] == chosen[1] == chosen[2]
     # and the other way round: reordering a's rows does not change b's choice
-    b_first = [set(stratified_split(f, {"validation": 0.2}, seed=5)["validation"]
-                   .query("label == 'b'")["text"])
-               for f in (frame_of(a_rows + b_rows), frame_of(list(reversed(a_rows)) + b_rows))]
+    b_first = [
+        set(
+            stratified_split(f, {"validation": 0.2}, seed=5)["validation"].query("label == 'b'")[
+                "text"
+            ]
+        )
+        for f in (frame_of(a_rows + b_rows), frame_of(list(reversed(a_rows)) + b_rows))
+    ]
     assert b_first[0] == b_first[1]
 
 
@@ -725,8 +819,9 @@ def test_split_with_zero_fraction_gives_empty_part():
 
 
 def _csv(tmp_path: Path, name: str, counts: dict[str, int], prefix: str = "") -> str:
-    lines = ["text,label"] + [f"{prefix}{label} example {i},{label}" for label, n in counts.items()
-                              for i in range(n)]
+    lines = ["text,label"] + [
+        f"{prefix}{label} example {i},{label}" for label, n in counts.items() for i in range(n)
+    ]
     return str(write(tmp_path, name, "\n".join(lines) + "\n"))
 
 
@@ -754,7 +849,9 @@ def test_load_splits_is_deterministic(tmp_path):
 def test_load_splits_uses_given_validation_file_as_is(tmp_path):
     train = _csv(tmp_path, "train.csv", {"pos": 10, "neg": 10})
     val = _csv(tmp_path, "val.csv", {"pos": 3, "neg": 1}, prefix="v ")
-    splits = load_splits(DataConfig(train_file=train, validation_file=val, validation_size=0.5), seed=0)
+    splits = load_splits(
+        DataConfig(train_file=train, validation_file=val, validation_size=0.5), seed=0
+    )
     assert set(splits.frames) == {"train", "validation"}
     assert splits.carved == {}
     assert len(splits.frames["train"]) == 20
@@ -765,7 +862,9 @@ def test_load_splits_uses_given_validation_file_as_is(tmp_path):
 def test_load_splits_given_test_file_carves_only_validation(tmp_path):
     train = _csv(tmp_path, "train.csv", {"pos": 10, "neg": 10})
     test = _csv(tmp_path, "test.csv", {"pos": 2, "neg": 2}, prefix="t ")
-    splits = load_splits(DataConfig(train_file=train, test_file=test, validation_size=0.2, test_size=0.2), seed=0)
+    splits = load_splits(
+        DataConfig(train_file=train, test_file=test, validation_size=0.2, test_size=0.2), seed=0
+    )
     assert splits.carved == {"validation": 0.2}
     assert len(splits.frames["test"]) == 4
     assert len(splits.frames["validation"]) == 4
@@ -774,9 +873,16 @@ def test_load_splits_given_test_file_carves_only_validation(tmp_path):
 def test_load_splits_cleans_and_reports(tmp_path):
     train = str(write(tmp_path, "train.csv", "text,label\na,x\na,x\n,x\nb,y\nc,\nd,y\ne,x\n"))
     splits = load_splits(DataConfig(train_file=train, validation_size=0.0), seed=0)
-    assert splits.cleaning["train"].as_dict() == {"rows_read": 7, "empty_text": 1, "missing_pair": 0, "missing_label": 1,
-                                                  "exact_duplicates": 1, "conflicting_labels": 0,
-                                                  "rows_kept": 4, "repaired_tags": 0}
+    assert splits.cleaning["train"].as_dict() == {
+        "rows_read": 7,
+        "empty_text": 1,
+        "missing_pair": 0,
+        "missing_label": 1,
+        "exact_duplicates": 1,
+        "conflicting_labels": 0,
+        "rows_kept": 4,
+        "repaired_tags": 0,
+    }
     assert set(splits.frames) == {"train"}
 
 
@@ -805,9 +911,17 @@ def test_load_splits_without_training_data():
 def test_load_splits_reads_with_config_options(tmp_path):
     content = "".join(f"sentence {i} @ x@{'pos' if i % 2 else 'neg'}\n" for i in range(20))
     path = write(tmp_path, "s.txt", content, encoding="latin-1")
-    cfg = DataConfig(train_file=str(path), format="delimited", delimiter="@", header=False, encoding="latin-1")
-    assert reader_options(cfg) == ReaderOptions(format="delimited", delimiter="@", header=False,
-                                                encoding="latin-1", text_column="text", label_column="label")
+    cfg = DataConfig(
+        train_file=str(path), format="delimited", delimiter="@", header=False, encoding="latin-1"
+    )
+    assert reader_options(cfg) == ReaderOptions(
+        format="delimited",
+        delimiter="@",
+        header=False,
+        encoding="latin-1",
+        text_column="text",
+        label_column="label",
+    )
     splits = load_splits(cfg, seed=0)
     assert len(splits.frames["train"]) + len(splits.frames["validation"]) == 20
     assert splits.frames["train"]["text"].str.endswith("@ x").all()
@@ -832,9 +946,13 @@ def test_load_splits_hf_local_dir(tmp_path, hf_cache):
 
 
 def test_load_splits_hf_class_label_with_validation_split(hf_cache, monkeypatch):
-    datasets_by_split = {"train": _class_label_dataset(hf_cache, [0, 1, 0, 1]),
-                         "dev": _class_label_dataset(hf_cache, [1, 1])}
-    monkeypatch.setattr(hf_cache, "load_dataset", lambda name, config, split: datasets_by_split[split])
+    datasets_by_split = {
+        "train": _class_label_dataset(hf_cache, [0, 1, 0, 1]),
+        "dev": _class_label_dataset(hf_cache, [1, 1]),
+    }
+    monkeypatch.setattr(
+        hf_cache, "load_dataset", lambda name, config, split: datasets_by_split[split]
+    )
     splits = load_splits(DataConfig(hf_dataset="x", hf_validation_split="dev"), seed=0)
     assert splits.carved == {}
     assert splits.frames["train"]["label"].tolist() == ["neg", "pos", "neg", "pos"]
@@ -870,8 +988,11 @@ def settle(tokenizer, max_length: int) -> None:
     tokenizer(["x"], truncation=True, max_length=max_length)
 
 
-TEXTS = ["The company reported a profit.", "Sales fell sharply in the third quarter of the year, "
-         "analysts said on Monday.", "ok"]
+TEXTS = [
+    "The company reported a profit.",
+    "Sales fell sharply in the third quarter of the year, analysts said on Monday.",
+    "ok",
+]
 
 
 def test_tokenize_second_call_is_cached(tokenizer, token_cache):
@@ -886,7 +1007,9 @@ def test_tokenize_second_call_is_cached(tokenizer, token_cache):
 
 
 def test_tokenize_second_call_is_cached_on_a_fresh_tokenizer(tokenizer, token_cache):
-    settle(tokenizer, 64)  # e.g. a freshly loaded tokenizer, or one last used with another max_length
+    settle(
+        tokenizer, 64
+    )  # e.g. a freshly loaded tokenizer, or one last used with another max_length
     tokenize_texts(TEXTS, tokenizer, 16)
     assert tokenize_texts(TEXTS, tokenizer, 16)[1] is True
 

@@ -24,8 +24,13 @@ def _encoder(seed: int = 0):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     return BertModel(config).eval()  # eval: no dropout, so two forward passes agree
 
 
@@ -45,9 +50,11 @@ def _row_loss(scores: torch.Tensor, target: int, keep: list[int]) -> float:
 
 # ---- pooling ----
 
+
 def test_mean_pool_ignores_padding():
-    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
-                           [[5.0, 6.0], [-7.0, 7.0], [-9.0, 0.0]]])  # (2, 3, 2)
+    hidden = torch.tensor(
+        [[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 6.0], [-7.0, 7.0], [-9.0, 0.0]]]
+    )  # (2, 3, 2)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     expected = torch.tensor([[2.0, 3.0], [-11.0 / 3, 13.0 / 3]])
     assert torch.allclose(mean_pool(hidden, mask), expected)
@@ -56,6 +63,7 @@ def test_mean_pool_ignores_padding():
 
 
 # ---- the in-batch loss ----
+
 
 def test_loss_is_cross_entropy_over_in_batch_positives():
     model = BiEncoder(_encoder(), scale=20.0)
@@ -87,12 +95,21 @@ def test_rows_sharing_a_positive_are_not_negatives_for_each_other():
     p_ids, p_mask = _batch(4, seed=5)
     p_ids[1], p_mask[1] = p_ids[0], p_mask[0]  # rows 0 and 1 have the same positive text
     groups = torch.tensor([7, 7, 3, 5])
-    out = model(q_ids, q_mask, positive_input_ids=p_ids, positive_attention_mask=p_mask,
-                positive_groups=groups)
+    out = model(
+        q_ids,
+        q_mask,
+        positive_input_ids=p_ids,
+        positive_attention_mask=p_mask,
+        positive_groups=groups,
+    )
     with torch.no_grad():
         scores = 20.0 * model.embed(q_ids, q_mask) @ model.embed(p_ids, p_mask).T
-    expected = (_row_loss(scores[0], 0, [0, 2, 3]) + _row_loss(scores[1], 1, [1, 2, 3])
-                + _row_loss(scores[2], 2, [0, 1, 2, 3]) + _row_loss(scores[3], 3, [0, 1, 2, 3])) / 4
+    expected = (
+        _row_loss(scores[0], 0, [0, 2, 3])
+        + _row_loss(scores[1], 1, [1, 2, 3])
+        + _row_loss(scores[2], 2, [0, 1, 2, 3])
+        + _row_loss(scores[3], 3, [0, 1, 2, 3])
+    ) / 4
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     unmasked = model(q_ids, q_mask, positive_input_ids=p_ids, positive_attention_mask=p_mask)
     assert unmasked.loss.item() > out.loss.item()
@@ -104,16 +121,31 @@ def test_hard_negatives_are_extra_columns_never_masked():
     p_ids, p_mask = _batch(3, seed=7)
     n_ids, n_mask = _batch(3, seed=8)
     groups = torch.tensor([0, 0, 1])
-    out = model(q_ids, q_mask, positive_input_ids=p_ids, positive_attention_mask=p_mask,
-                negative_input_ids=n_ids, negative_attention_mask=n_mask, positive_groups=groups)
+    out = model(
+        q_ids,
+        q_mask,
+        positive_input_ids=p_ids,
+        positive_attention_mask=p_mask,
+        negative_input_ids=n_ids,
+        negative_attention_mask=n_mask,
+        positive_groups=groups,
+    )
     with torch.no_grad():
         candidates = torch.cat([model.embed(p_ids, p_mask), model.embed(n_ids, n_mask)])
         scores = 20.0 * model.embed(q_ids, q_mask) @ candidates.T  # (3, 6)
-    expected = (_row_loss(scores[0], 0, [0, 2, 3, 4, 5]) + _row_loss(scores[1], 1, [1, 2, 3, 4, 5])
-                + _row_loss(scores[2], 2, [0, 1, 2, 3, 4, 5])) / 3
+    expected = (
+        _row_loss(scores[0], 0, [0, 2, 3, 4, 5])
+        + _row_loss(scores[1], 1, [1, 2, 3, 4, 5])
+        + _row_loss(scores[2], 2, [0, 1, 2, 3, 4, 5])
+    ) / 3
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
-    without = model(q_ids, q_mask, positive_input_ids=p_ids, positive_attention_mask=p_mask,
-                    positive_groups=groups)
+    without = model(
+        q_ids,
+        q_mask,
+        positive_input_ids=p_ids,
+        positive_attention_mask=p_mask,
+        positive_groups=groups,
+    )
     assert out.loss.item() > without.loss.item()  # more candidates: a larger log-sum-exp
     assert out.logits.shape == (3, 64)
 
@@ -122,8 +154,12 @@ def test_a_few_steps_reduce_the_loss():
     model = BiEncoder(_encoder(seed=1))
     q_ids, q_mask = _batch(8, seed=9)
     p_ids, p_mask = _batch(8, seed=10)
-    batch = {"input_ids": q_ids, "attention_mask": q_mask,
-             "positive_input_ids": p_ids, "positive_attention_mask": p_mask}
+    batch = {
+        "input_ids": q_ids,
+        "attention_mask": q_mask,
+        "positive_input_ids": p_ids,
+        "positive_attention_mask": p_mask,
+    }
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(10):
@@ -145,9 +181,12 @@ def test_gradient_checkpointing_and_config_forward_to_the_encoder():
 
 # ---- collation ----
 
+
 def test_pair_collator_pads_each_side_to_its_own_longest_row():
-    batch = [{"input_ids": np.array([5, 6, 7]), "positive_ids": np.array([8]), "positive_group": 2},
-             {"input_ids": np.array([9]), "positive_ids": np.array([10, 11]), "positive_group": 4}]
+    batch = [
+        {"input_ids": np.array([5, 6, 7]), "positive_ids": np.array([8]), "positive_group": 2},
+        {"input_ids": np.array([9]), "positive_ids": np.array([10, 11]), "positive_group": 4},
+    ]
     out = PairCollator(pad_token_id=0)(batch)
     assert out["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -160,22 +199,28 @@ def test_pair_collator_pads_each_side_to_its_own_longest_row():
 
 
 def test_pair_collator_rejects_negatives_on_some_rows_only():
-    batch = [{"input_ids": np.array([5]), "positive_ids": np.array([6]),
-              "negative_ids": np.array([7])},
-             {"input_ids": np.array([8]), "positive_ids": np.array([9])}]
+    batch = [
+        {"input_ids": np.array([5]), "positive_ids": np.array([6]), "negative_ids": np.array([7])},
+        {"input_ids": np.array([8]), "positive_ids": np.array([9])},
+    ]
     with pytest.raises(ValueError, match="negative_ids"):
         PairCollator(pad_token_id=0)(batch)
 
 
 # ---- retrieval metrics ----
 
+
 def _ranking_case():
     """3 queries over 5 one-hot documents; query scores are chosen to give known ranks."""
     corpus = np.eye(5, dtype=np.float32)
-    queries = np.array([[0.9, 0.1, 0.0, 0.0, 0.0],   # doc 0 first: rank 1
-                        [0.5, 0.4, 0.3, 0.2, 0.1],   # doc 3 relevant: rank 4
-                        [0.1, 0.5, 0.2, 0.3, 0.4]],  # docs {4, 2} relevant: ranks 2 and 4
-                       dtype=np.float32)
+    queries = np.array(
+        [
+            [0.9, 0.1, 0.0, 0.0, 0.0],  # doc 0 first: rank 1
+            [0.5, 0.4, 0.3, 0.2, 0.1],  # doc 3 relevant: rank 4
+            [0.1, 0.5, 0.2, 0.3, 0.4],
+        ],  # docs {4, 2} relevant: ranks 2 and 4
+        dtype=np.float32,
+    )
     return queries, corpus, [{0}, {3}, {4, 2}]
 
 
@@ -202,8 +247,9 @@ def test_retrieval_metrics_do_not_depend_on_the_chunk_size():
     rng = np.random.default_rng(0)
     queries = rng.normal(size=(37, 8)).astype(np.float32)
     corpus = rng.normal(size=(50, 8)).astype(np.float32)
-    relevant = [set(rng.choice(50, size=rng.integers(1, 4), replace=False).tolist())
-                for _ in range(37)]
+    relevant = [
+        set(rng.choice(50, size=rng.integers(1, 4), replace=False).tolist()) for _ in range(37)
+    ]
     chunked = retrieval_metrics(queries, corpus, relevant, chunk=5)
     assert chunked == retrieval_metrics(queries, corpus, relevant)
 
@@ -226,13 +272,16 @@ def test_build_corpus_dedups_positives_in_first_seen_order():
 
 # ---- export for sentence-transformers ----
 
+
 def _tokenizer(tmp_path):
     from transformers import BertTokenizerFast
 
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     # vocab= (a mapping): transformers 5 ignores vocab_file= here and would map every word to [UNK].
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
-    assert len(tokenizer) == len(tokens) and tokenizer.convert_tokens_to_ids("w3") == tokens.index("w3")
+    assert len(tokenizer) == len(tokens) and tokenizer.convert_tokens_to_ids("w3") == tokens.index(
+        "w3"
+    )
     return tokenizer
 
 

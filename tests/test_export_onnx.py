@@ -29,8 +29,13 @@ def test_onnx_export_matches_the_model_on_any_batch_and_length(tmp_path, classif
     from lmforge.inference.predictor import Predictor
 
     fp32 = export_onnx(classifier_dir, tmp_path / "fp32")
-    assert fp32.max_abs_logit_diff < 1e-3 and fp32.same_prediction == 1.0  # two runtimes' fp32 kernels
-    texts = ["a", "a much longer sentence than any the export was traced with, to check the axis"] * 3
+    assert (
+        fp32.max_abs_logit_diff < 1e-3 and fp32.same_prediction == 1.0
+    )  # two runtimes' fp32 kernels
+    texts = [
+        "a",
+        "a much longer sentence than any the export was traced with, to check the axis",
+    ] * 3
     predictor = Predictor.load(classifier_dir, device="cpu", precision="fp32")
     enc = predictor.tokenizer(texts, padding=True, return_tensors="np")
     got = run_onnx(tmp_path / "fp32" / "model.onnx", dict(enc))
@@ -58,9 +63,14 @@ def test_onnx_export_of_a_pair_model_reads_token_types(tmp_path, classifier_dir)
     from lmforge.export.onnx import export_onnx
     from lmforge.inference.predictor import Predictor
 
-    (classifier_dir / "lmforge.json").write_text(json.dumps({"task": "sequence_classification", "text_pairs": True}))
+    (classifier_dir / "lmforge.json").write_text(
+        json.dumps({"task": "sequence_classification", "text_pairs": True})
+    )
     export_onnx(classifier_dir, tmp_path / "pairs")
-    texts, pairs = ["is the card lost", "the rate went up"], ["my card is gone", "interest rates rose sharply today"]
+    texts, pairs = (
+        ["is the card lost", "the rate went up"],
+        ["my card is gone", "interest rates rose sharply today"],
+    )
     onnx = Predictor.load(tmp_path / "pairs", device="cpu")
     torch_model = Predictor.load(classifier_dir, device="cpu", precision="fp32")
     assert onnx.pairs
@@ -70,5 +80,7 @@ def test_onnx_export_of_a_pair_model_reads_token_types(tmp_path, classifier_dir)
 
     enc = torch_model.tokenizer(texts, pairs, padding=True, return_tensors="pt")
     with torch.no_grad():  # with token types of zero this model answers otherwise: so ONNX got them
-        untyped = torch_model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        untyped = torch_model.model(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+        ).logits
     assert np.abs(untyped.numpy() - expected).max() > 1e-4

@@ -438,7 +438,9 @@ def test_learned_positions_cap_max_new_tokens_rotary_ones_go_on(llama, chat_toke
     assert 200 <= length < 250
     (capped,) = complete(gpt2, chat_tokenizer, [prompt], _greedy(max_new_tokens=80))
     assert capped.completion_tokens <= 256 - length
-    (rotary,) = complete(llama, chat_tokenizer, [prompt], _greedy(max_new_tokens=80))  # past 256, as in HF
+    (rotary,) = complete(
+        llama, chat_tokenizer, [prompt], _greedy(max_new_tokens=80)
+    )  # past 256, as in HF
     assert rotary.completion_tokens > 256 - length or rotary.finish_reason == "stop"
     with pytest.raises(LmforgeError, match="over the model's 256 positions"):
         complete(gpt2, chat_tokenizer, ["q " * 150], _greedy())
@@ -492,6 +494,7 @@ def test_rouge_l_on_a_hand_computed_example():
 
 # --- LoRA and the chat markers it adds -----------------------------------------------------------
 
+
 def test_lora_trains_the_new_marker_embeddings_and_nothing_else_of_the_table():
     """With new_token_ids, LoRA trains those embedding rows (tied to the LM head) and leaves the rest."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -500,11 +503,22 @@ def test_lora_trains_the_new_marker_embeddings_and_nothing_else_of_the_table():
     from lmforge.methods.registry import get_method
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
     model.resize_token_embeddings(42)
     before = model.get_input_embeddings().weight.detach().clone()
-    peft_model = get_method("lora").apply(model, LoraOptions(r=4), "CAUSAL_LM", new_token_ids=[40, 41])
+    peft_model = get_method("lora").apply(
+        model, LoraOptions(r=4), "CAUSAL_LM", new_token_ids=[40, 41]
+    )
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     ids = torch.tensor([[1, 40, 5, 7, 41, 2, 40, 9]])
     for _ in range(3):
@@ -515,11 +529,16 @@ def test_lora_trains_the_new_marker_embeddings_and_nothing_else_of_the_table():
     after = merged.get_input_embeddings().weight.detach()
     assert (after[40:] - before[40:]).abs().amax(dim=1).min() > 1e-3  # both new rows trained
     assert torch.equal(after[:40], before[:40])  # the pretrained rows did not move
-    assert merged.get_output_embeddings().weight.data_ptr() == merged.get_input_embeddings().weight.data_ptr()
+    assert (
+        merged.get_output_embeddings().weight.data_ptr()
+        == merged.get_input_embeddings().weight.data_ptr()
+    )
 
 
-SIMPLE_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}"
-                   "{{ eos_token }}{% endif %}; {% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+SIMPLE_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}"
+    "{{ eos_token }}{% endif %}; {% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
 
 
 @pytest.mark.parametrize("source", ["string", "file"])
@@ -534,18 +553,30 @@ def test_chat_template_from_the_config_replaces_the_default(tmp_path, source):
     if source == "file":  # a relative path resolves against the config file
         (tmp_path / "simple.jinja").write_text(SIMPLE_TEMPLATE, encoding="utf-8")
         value = "simple.jinja"
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"task": "chat", "data": {"chat_template": value}}))
+    (tmp_path / "run.yaml").write_text(
+        yaml.safe_dump({"task": "chat", "data": {"chat_template": value}})
+    )
     cfg = load_config(tmp_path / "run.yaml")
     task, tokenizer = Chat(), tiny_bpe_tokenizer()
     size = len(tokenizer)
     task.configure(task_options(cfg))
     task.bind(tokenizer)
-    assert tokenizer.chat_template == SIMPLE_TEMPLATE and len(tokenizer) == size and task.new_token_ids == []
-    encoded = encode_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
-                                  tokenizer, 64)
-    assert tokenizer.decode(encoded.input_ids) == "user: hi; assistant: ok" + tokenizer.eos_token + "; "
+    assert (
+        tokenizer.chat_template == SIMPLE_TEMPLATE
+        and len(tokenizer) == size
+        and task.new_token_ids == []
+    )
+    encoded = encode_conversation(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}], tokenizer, 64
+    )
+    assert (
+        tokenizer.decode(encoded.input_ids)
+        == "user: hi; assistant: ok" + tokenizer.eos_token + "; "
+    )
     targets = tokenizer.decode(encoded.labels[encoded.labels != IGNORE_INDEX])
-    assert targets.strip().startswith("ok" + tokenizer.eos_token) and "hi" not in targets  # the answer only
+    assert (
+        targets.strip().startswith("ok" + tokenizer.eos_token) and "hi" not in targets
+    )  # the answer only
 
 
 def test_chatml_from_the_config_overrides_the_tokenizers_template_and_a_missing_file_fails():
@@ -558,5 +589,7 @@ def test_chatml_from_the_config_overrides_the_tokenizers_template_and_a_missing_
     task.bind(tokenizer)
     assert "<|im_start|>" in tokenizer.chat_template and len(task.new_token_ids) == 2
     task.configure({"chat_template": "no/such/template.jinja"})
-    with pytest.raises(LmforgeError, match="data.chat_template: file no/such/template.jinja not found"):
+    with pytest.raises(
+        LmforgeError, match="data.chat_template: file no/such/template.jinja not found"
+    ):
         task.bind(tiny_bpe_tokenizer())

@@ -33,6 +33,7 @@ def toy_corpus(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 # --- block plans -----------------------------------------------------------------------------
 
+
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=30), st.integers(1, 32))
 def test_packed_plan_keeps_every_token_once(lengths, block_size):
     tokens, offsets = toy_corpus(lengths)
@@ -44,9 +45,13 @@ def test_packed_plan_keeps_every_token_once(lengths, block_size):
     assert plan.ranges.dtype == np.int64 and plan.ranges.shape[1] == 2
     assert np.all(plan.ranges[:, 1] - plan.ranges[:, 0] == block_size)
     covered = np.concatenate([np.arange(s, e) for s, e in plan.ranges])
-    assert np.array_equal(covered, np.arange(len(tokens) - plan.dropped_tokens))  # once each, in order
+    assert np.array_equal(
+        covered, np.arange(len(tokens) - plan.dropped_tokens)
+    )  # once each, in order
     assert plan.dropped_tokens == len(tokens) % block_size
-    cuts = [int(e) for _, e in plan.ranges[:-1]] + ([int(plan.ranges[-1, 1])] if plan.dropped_tokens else [])
+    cuts = [int(e) for _, e in plan.ranges[:-1]] + (
+        [int(plan.ranges[-1, 1])] if plan.dropped_tokens else []
+    )
     split = {d for d in range(len(lengths)) for c in cuts if offsets[d] < c < offsets[d + 1]}
     assert plan.split_documents == len(split)
 
@@ -57,26 +62,33 @@ def test_documents_plan_chunks_each_document(lengths, block_size):
     plan = plan_blocks(offsets, block_size, "documents")
     assert plan.dropped_tokens == 0
     assert plan.split_documents == sum(n > block_size for n in lengths)
-    assert np.all((plan.ranges[:, 1] > plan.ranges[:, 0]) & (plan.ranges[:, 1] - plan.ranges[:, 0] <= block_size))
+    assert np.all(
+        (plan.ranges[:, 1] > plan.ranges[:, 0])
+        & (plan.ranges[:, 1] - plan.ranges[:, 0] <= block_size)
+    )
     covered = np.concatenate([np.arange(s, e) for s, e in plan.ranges])
     assert np.array_equal(covered, np.arange(offsets[-1]))
     doc_of_start = np.searchsorted(offsets, plan.ranges[:, 0], side="right") - 1
     assert np.all(plan.ranges[:, 1] <= offsets[doc_of_start + 1])  # no block crosses a document
 
 
-@pytest.mark.parametrize("offsets, block_size, mode, message", [
-    ([0, 5, 9], 4, "packd", "did you mean 'packed'"),
-    ([0, 5, 9], 0, "packed", "block_size must be at least 1"),
-    ([0, 5, 3], 2, "packed", "non-decreasing"),
-    ([0, 3], 8, "packed", "fewer than one block"),
-    ([0, 0], 8, "documents", "no tokens"),
-])
+@pytest.mark.parametrize(
+    "offsets, block_size, mode, message",
+    [
+        ([0, 5, 9], 4, "packd", "did you mean 'packed'"),
+        ([0, 5, 9], 0, "packed", "block_size must be at least 1"),
+        ([0, 5, 3], 2, "packed", "non-decreasing"),
+        ([0, 3], 8, "packed", "fewer than one block"),
+        ([0, 0], 8, "documents", "no tokens"),
+    ],
+)
 def test_plan_errors_are_user_errors(offsets, block_size, mode, message):
     with pytest.raises(LmforgeError, match=message):
         plan_blocks(np.array(offsets, dtype=np.int64), block_size, mode)
 
 
 # --- packed blocks and the causal collator -----------------------------------------------------
+
 
 def test_blocks_read_a_memmap_and_restart_positions_per_document(tmp_path):
     tokens, offsets = toy_corpus([5, 12, 3, 9, 7, 2])
@@ -91,7 +103,7 @@ def test_blocks_read_a_memmap_and_restart_positions_per_document(tmp_path):
         item = blocks[i]
         start = int(plan.ranges[i, 0])
         assert item["input_ids"].dtype == np.int64
-        assert np.array_equal(item["input_ids"], tokens[start:start + 8])
+        assert np.array_equal(item["input_ids"], tokens[start : start + 8])
         for t, pos in enumerate(item["position_ids"]):
             restarts = t == 0 or start + t in doc_starts
             assert pos == (0 if restarts else item["position_ids"][t - 1] + 1)
@@ -109,9 +121,15 @@ def test_isolated_labels_mask_document_starts_and_padding():
     tokens, offsets = toy_corpus([5, 12, 3, 9, 7, 2])
     blocks = PackedBlocks(tokens, offsets, plan_blocks(offsets, 10, "documents"), boundaries=True)
     batch = CausalLMCollator(pad_token_id=0, isolate_documents=True, pad_to_multiple_of=8)(
-        [blocks[i] for i in range(len(blocks))])
+        [blocks[i] for i in range(len(blocks))]
+    )
     ids, labels, positions = batch["input_ids"], batch["labels"], batch["position_ids"]
-    assert ids.shape == (len(blocks), 16) and batch["attention_mask"].shape == (len(blocks), 1, 16, 16)
+    assert ids.shape == (len(blocks), 16) and batch["attention_mask"].shape == (
+        len(blocks),
+        1,
+        16,
+        16,
+    )
     lengths = torch.tensor([len(blocks[i]["input_ids"]) for i in range(len(blocks))])
     padding = torch.arange(16)[None, :] >= lengths[:, None]  # (B, T)
     ignored = padding | (positions == 0)
@@ -138,17 +156,35 @@ def test_isolation_needs_positions():
 
 # --- document isolation on real models ---------------------------------------------------------
 
+
 def tiny_model(kind: str, attention: str) -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=128,
+            )
+        )
     else:
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                           bos_token_id=EOD, eos_token_id=EOD))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=VOCAB,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=128,
+                bos_token_id=EOD,
+                eos_token_id=EOD,
+            )
+        )
     model.set_attn_implementation(attention)
     return model.eval()
 
@@ -167,13 +203,15 @@ def test_isolated_documents_compute_as_if_alone(kind, attention):
     assert isolated["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0]
     with torch.no_grad():
         logits = model(**{k: v for k, v in isolated.items() if k != "labels"}).logits  # (B, T, V)
-        plain_logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+        plain_logits = model(
+            input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]
+        ).logits
         # Every segment of every row: its own tokens run alone give the same logits.
         for row in range(2):
             positions = isolated["position_ids"][row]
             starts = (positions == 0).nonzero().flatten().tolist() + [16]
             for a, b in zip(starts[:-1], starts[1:], strict=True):
-                alone = model(input_ids=isolated["input_ids"][row:row + 1, a:b]).logits[0]
+                alone = model(input_ids=isolated["input_ids"][row : row + 1, a:b]).logits[0]
                 torch.testing.assert_close(logits[row, a:b], alone, atol=1e-4, rtol=0)
         # Not vacuous: without isolation the second document of the first block sees the first.
         alone = model(input_ids=plain["input_ids"][:1, 6:15]).logits[0]
@@ -188,12 +226,22 @@ def test_isolated_loss_is_the_token_weighted_mean_of_document_losses():
     batch = CausalLMCollator(pad_token_id=0, isolate_documents=True)([blocks[0]])
     with torch.no_grad():
         packed_loss = model(**batch).loss
-        doc_losses = [model(input_ids=torch.as_tensor(tokens[a:b], dtype=torch.long)[None],
-                            labels=torch.as_tensor(tokens[a:b], dtype=torch.long)[None]).loss
-                      for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    predictions = torch.tensor([n - 1 for n in lengths], dtype=torch.float)  # no first-token prediction
-    torch.testing.assert_close(packed_loss, (torch.stack(doc_losses) * predictions).sum() / predictions.sum(),
-                               atol=1e-5, rtol=0)
+        doc_losses = [
+            model(
+                input_ids=torch.as_tensor(tokens[a:b], dtype=torch.long)[None],
+                labels=torch.as_tensor(tokens[a:b], dtype=torch.long)[None],
+            ).loss
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+    predictions = torch.tensor(
+        [n - 1 for n in lengths], dtype=torch.float
+    )  # no first-token prediction
+    torch.testing.assert_close(
+        packed_loss,
+        (torch.stack(doc_losses) * predictions).sum() / predictions.sum(),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_padded_document_blocks_compute_as_if_alone():
@@ -201,16 +249,18 @@ def test_padded_document_blocks_compute_as_if_alone():
     tokens, offsets = toy_corpus([5, 11, 3], seed=3)
     blocks = PackedBlocks(tokens, offsets, plan_blocks(offsets, 16, "documents"), boundaries=True)
     batch = CausalLMCollator(pad_token_id=0, isolate_documents=True, pad_to_multiple_of=8)(
-        [blocks[i] for i in range(3)])
+        [blocks[i] for i in range(3)]
+    )
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         assert torch.isfinite(logits).all()  # padding rows attend to padding: no NaN
         for row, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
             alone = model(input_ids=torch.as_tensor(tokens[a:b], dtype=torch.long)[None]).logits[0]
-            torch.testing.assert_close(logits[row, :b - a], alone, atol=1e-4, rtol=0)
+            torch.testing.assert_close(logits[row, : b - a], alone, atol=1e-4, rtol=0)
 
 
 # --- packing whole sequences (chat) -------------------------------------------------------------
+
 
 @given(st.lists(st.integers(1, 32), min_size=1, max_size=60), st.integers(32, 64))
 def test_sequence_packing_keeps_each_sequence_whole_once(lengths, capacity):
@@ -231,23 +281,34 @@ def test_packed_conversations_keep_their_labels_and_compute_as_if_alone():
     model = tiny_model("llama", "sdpa")
     rng = np.random.default_rng(4)
     ids = [rng.integers(2, VOCAB, n) for n in (7, 5, 12, 3)]
-    labels = [np.where(rng.random(len(row)) < 0.5, row, IGNORE_INDEX) for row in ids]  # (assistant tokens)
+    labels = [
+        np.where(rng.random(len(row)) < 0.5, row, IGNORE_INDEX) for row in ids
+    ]  # (assistant tokens)
     for row in labels:
         row[0] = IGNORE_INDEX  # a conversation's first token is never the assistant's
     packed = PackedSequences(ids, labels, capacity=16)
     assert len(packed) == 2
-    batch = CausalLMCollator(pad_token_id=0, isolate_documents=True)([packed[i] for i in range(len(packed))])
+    batch = CausalLMCollator(pad_token_id=0, isolate_documents=True)(
+        [packed[i] for i in range(len(packed))]
+    )
     for row in range(len(packed)):
         members = packed.rows[row]
         width = sum(len(ids[j]) for j in members)
-        assert batch["labels"][row, :width].tolist() == np.concatenate([labels[j] for j in members]).tolist()
+        assert (
+            batch["labels"][row, :width].tolist()
+            == np.concatenate([labels[j] for j in members]).tolist()
+        )
         assert (batch["labels"][row, width:] == IGNORE_INDEX).all()
     with torch.no_grad():
         packed_loss = model(**batch).loss
-        alone = [model(input_ids=torch.as_tensor(row)[None], labels=torch.as_tensor(target)[None]).loss
-                 for row, target in zip(ids, labels, strict=True)]
+        alone = [
+            model(input_ids=torch.as_tensor(row)[None], labels=torch.as_tensor(target)[None]).loss
+            for row, target in zip(ids, labels, strict=True)
+        ]
     targets = torch.tensor([float((target[1:] != IGNORE_INDEX).sum()) for target in labels])
-    torch.testing.assert_close(packed_loss, (torch.stack(alone) * targets).sum() / targets.sum(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        packed_loss, (torch.stack(alone) * targets).sum() / targets.sum(), atol=1e-5, rtol=0
+    )
 
 
 def test_isolation_unsupported_without_eager_or_sdpa():
@@ -257,6 +318,7 @@ def test_isolation_unsupported_without_eager_or_sdpa():
 
 
 # --- masked LM ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -275,7 +337,13 @@ def random_rows(tokenizer, n_rows: int, seed: int) -> list[dict[str, np.ndarray]
     for _ in range(n_rows):
         body = rng.choice(ordinary, rng.integers(10, 60))
         body[rng.random(len(body)) < 0.02] = tokenizer.unk_token_id
-        rows.append({"input_ids": np.concatenate([[tokenizer.cls_token_id], body, [tokenizer.sep_token_id]])})
+        rows.append(
+            {
+                "input_ids": np.concatenate(
+                    [[tokenizer.cls_token_id], body, [tokenizer.sep_token_id]]
+                )
+            }
+        )
     return rows
 
 
@@ -297,7 +365,9 @@ def masking_counts(tokenizer, collator, n_batches: int) -> dict[str, int]:
         counts["selected"] += int(selected.sum())
         counts["mask"] += int((replaced == tokenizer.mask_token_id).sum())
         counts["unchanged"] += int((replaced == original[selected]).sum())
-        counts["random"] += int(((replaced != tokenizer.mask_token_id) & (replaced != original[selected])).sum())
+        counts["random"] += int(
+            ((replaced != tokenizer.mask_token_id) & (replaced != original[selected])).sum()
+        )
     return counts
 
 
@@ -322,10 +392,16 @@ def test_whole_word_selects_every_piece_of_a_word(tokenizer):
         words.append(word)
     words = torch.tensor(words)
     selected = collator(rows)["labels"] != IGNORE_INDEX  # (B, T)
-    split_words = [(row, w) for row in range(64) for w in words[1:-1].unique()
-                   if selected[row, words == w].any() and not selected[row, words == w].all()]
+    split_words = [
+        (row, w)
+        for row in range(64)
+        for w in words[1:-1].unique()
+        if selected[row, words == w].any() and not selected[row, words == w].all()
+    ]
     assert not split_words
-    assert selected[:, words == words[pieces.index("##ization")]].any()  # multi-piece words get chosen
+    assert selected[
+        :, words == words[pieces.index("##ization")]
+    ].any()  # multi-piece words get chosen
 
 
 def test_whole_word_follows_given_word_ids(tokenizer):

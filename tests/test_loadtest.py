@@ -22,10 +22,30 @@ def texts_file(tmp_path):
     return path
 
 
-def test_bench_serve_loads_both_servers_without_errors(tiny_model_dir, texts_file, tmp_path, capsys):
+def test_bench_serve_loads_both_servers_without_errors(
+    tiny_model_dir, texts_file, tmp_path, capsys
+):
     out = tmp_path / "bench.json"
-    code, stdout, err = run_cli(["bench", "serve", tiny_model_dir, "--texts", texts_file, "--clients", 4,
-                                 "--duration", 1.5, "--warmup", 0.5, "--precision", "fp32", "--json", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "bench",
+            "serve",
+            tiny_model_dir,
+            "--texts",
+            texts_file,
+            "--clients",
+            4,
+            "--duration",
+            1.5,
+            "--warmup",
+            0.5,
+            "--precision",
+            "fp32",
+            "--json",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads(out.read_text())
     servers = {s["server"]: s for s in report["servers"]}
@@ -37,7 +57,8 @@ def test_bench_serve_loads_both_servers_without_errors(tiny_model_dir, texts_fil
         assert 0 < s["rss_start_mb"] <= s["rss_peak_mb"] and s["rss_end_mb"] <= s["rss_peak_mb"]
         assert s["server_cpu_percent"] > 0 and s["client_cpu_percent"] > 0
     assert report["throughput_ratio"] == pytest.approx(
-        servers["lmforge"]["throughput_rps"] / servers["naive"]["throughput_rps"])
+        servers["lmforge"]["throughput_rps"] / servers["naive"]["throughput_rps"]
+    )
     assert "| lmforge | 4 |" in stdout and "| naive | 4 |" in stdout and "lmforge / naive" in stdout
 
 
@@ -55,7 +76,9 @@ def test_naive_server_answers_with_label_scores(tiny_model_dir):
 
 
 def test_missing_texts_file_is_one_line(tiny_model_dir, tmp_path, capsys):
-    code, _, err = run_cli(["bench", "serve", tiny_model_dir, "--texts", tmp_path / "nope.txt"], capsys)
+    code, _, err = run_cli(
+        ["bench", "serve", tiny_model_dir, "--texts", tmp_path / "nope.txt"], capsys
+    )
     assert code == 2
     assert "nope.txt not found" in error_line(err)
 
@@ -68,8 +91,9 @@ def test_a_server_that_dies_is_one_line_with_its_last_words():
     spec = ServerSpec("lmforge", lambda port: [sys.executable, "-c", dies])
     with pytest.raises(LmforgeError) as err, started_server(spec) as server:
         wait_until_ready(server, timeout=30)
-    assert str(err.value) == ("the lmforge server exited (code 2) before it was ready: "
-                              "lmforge: error: no such model")
+    assert str(err.value) == (
+        "the lmforge server exited (code 2) before it was ready: lmforge: error: no such model"
+    )
 
 
 def test_delimited_texts_drop_their_labels(tmp_path):
@@ -77,14 +101,22 @@ def test_delimited_texts_drop_their_labels(tmp_path):
     from lmforge.serving.loadtest import read_texts
 
     path = tmp_path / "fpb.txt"
-    path.write_bytes("Sepp\xe4l\xe4 profit rose@positive\nsales fell @ 3%@negative\n".encode("latin-1"))
-    opts = ReaderOptions(format="auto", delimiter="@", header=False, encoding="latin-1", label_column=None)
+    path.write_bytes(
+        "Sepp\xe4l\xe4 profit rose@positive\nsales fell @ 3%@negative\n".encode("latin-1")
+    )
+    opts = ReaderOptions(
+        format="auto", delimiter="@", header=False, encoding="latin-1", label_column=None
+    )
     assert read_texts(path, opts) == ["Sepp\xe4l\xe4 profit rose", "sales fell @ 3%"]
 
 
 def test_summary_counts_errors_by_kind_and_fits_the_memory_slope():
     records = [_Record(1.0, 0.010 * (i + 1), None) for i in range(100)]
-    records += [_Record(1.0, 0.5, "HTTP 503"), _Record(1.0, 0.5, "HTTP 503"), _Record(1.0, 0.5, "ReadTimeout")]
+    records += [
+        _Record(1.0, 0.5, "HTTP 503"),
+        _Record(1.0, 0.5, "HTTP 503"),
+        _Record(1.0, 0.5, "ReadTimeout"),
+    ]
     samples = [(t, 100.0 + 2.0 * t / 60) for t in range(0, 61, 5)]  # +2 MB per minute
     result = summarize("x", clients=4, duration=10.0, records=records, samples=samples)
     assert result.requests == 100 and result.throughput_rps == pytest.approx(10.0)

@@ -29,11 +29,19 @@ def _sentences(n: int, seed: int = 0) -> list[TokenExample]:
     for i in range(n):
         person, city = rng.choice(NAMES), rng.choice(CITIES)
         if i % 3 == 0:
-            out.append(TokenExample([person, "Smith", "flew", "to", city],
-                                    ["B-person", "I-person", "O", "O", "B-location"]))
+            out.append(
+                TokenExample(
+                    [person, "Smith", "flew", "to", city],
+                    ["B-person", "I-person", "O", "O", "B-location"],
+                )
+            )
         elif i % 3 == 1:
-            out.append(TokenExample(["we", "met", person, "in", "New", city, "."],
-                                    ["O", "O", "B-person", "O", "B-location", "I-location", "O"]))
+            out.append(
+                TokenExample(
+                    ["we", "met", person, "in", "New", city, "."],
+                    ["O", "O", "B-person", "O", "B-location", "I-location", "O"],
+                )
+            )
         else:
             out.append(TokenExample(["nothing", "happened", "today"], ["O", "O", "O"]))
     return out
@@ -41,10 +49,13 @@ def _sentences(n: int, seed: int = 0) -> list[TokenExample]:
 
 def _logits_for(tags: list[list[str]], names: list[str] = LABELS) -> np.ndarray:
     """Word logits whose argmax is the given tags."""
-    return ragged([np.eye(len(names), dtype=np.float32)[[names.index(t) for t in row]] for row in tags])
+    return ragged(
+        [np.eye(len(names), dtype=np.float32)[[names.index(t) for t in row]] for row in tags]
+    )
 
 
 # --- alignment -------------------------------------------------------------------------------------
+
 
 def test_first_sub_token_alignment_on_words_split_into_several_pieces(tiny_model_dir):
     from transformers import AutoTokenizer
@@ -52,7 +63,12 @@ def test_first_sub_token_alignment_on_words_split_into_several_pieces(tiny_model
     from lmforge.data.tokenization import tokenize_words
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    words = ["Anna", "visited", "Szczebrzeszyn", "yesterday"]  # the town splits into several sub-tokens
+    words = [
+        "Anna",
+        "visited",
+        "Szczebrzeszyn",
+        "yesterday",
+    ]  # the town splits into several sub-tokens
     encoded = tokenize_words([words], tokenizer, max_length=32, use_cache=False)
     word_ids = encoded.word_ids[0]
     pieces = [tokenizer.convert_ids_to_tokens(int(i)) for i in encoded.ids[0]]
@@ -69,7 +85,9 @@ def test_first_sub_token_alignment_on_words_split_into_several_pieces(tiny_model
     task.configure({"label_all_tokens": True})
     every = task.align(word_ids, tags, LABELS)
     assert every[town[0]] == LABELS.index("B-location")
-    assert (every[town[1:]] == LABELS.index("I-location")).all()  # continuations are inside the entity
+    assert (
+        every[town[1:]] == LABELS.index("I-location")
+    ).all()  # continuations are inside the entity
 
     # the word logits read each word's first piece back; a word past max_length has none (NaN -> O)
     token_logits = np.arange(len(word_ids) * 5, dtype=np.float32).reshape(len(word_ids), 5)
@@ -80,17 +98,25 @@ def test_first_sub_token_alignment_on_words_split_into_several_pieces(tiny_model
 
 # --- metrics ---------------------------------------------------------------------------------------
 
+
 def test_entity_metrics_on_a_hand_made_example():
     task = TokenClassification()
     truth = [["B-person", "I-person", "O", "B-location"], ["O", "B-person", "O", "O"]]
-    predicted = [["B-person", "I-person", "O", "O"],          # person right, location missed
-                 ["O", "B-location", "O", "B-location"]]      # wrong type, one spurious location
+    predicted = [
+        ["B-person", "I-person", "O", "O"],  # person right, location missed
+        ["O", "B-location", "O", "B-location"],
+    ]  # wrong type, one spurious location
     ids = ragged([np.array([LABELS.index(t) for t in row]) for row in truth])
     m = task.compute_metrics(_logits_for(predicted), ids, LABELS)
     # 3 true entities, 3 predicted, 1 right
     assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(1 / 3)
     assert m["f1"] == pytest.approx(1 / 3)
-    assert m["per_type"]["person"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert m["per_type"]["person"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3),
+        "support": 2,
+    }
     assert m["per_type"]["location"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert m["accuracy"] == pytest.approx(5 / 8) and m["entities_true"] == 3 and m["n"] == 2
     perfect = task.compute_metrics(_logits_for(truth), ids, LABELS)
@@ -110,22 +136,37 @@ def test_label_names_put_o_first_then_each_type_in_order():
     assert names == ["O", "B-location", "B-person", "I-person"]
     with pytest.raises(LmforgeError, match="only 'O' tags"):
         TokenClassification().label_names([["O", "O"]], None)
-    with pytest.raises(LmforgeError, match=r"dev.conll has 1 tag\(s\) the model was not trained on: 'B-product'"):
+    with pytest.raises(
+        LmforgeError, match=r"dev.conll has 1 tag\(s\) the model was not trained on: 'B-product'"
+    ):
         TokenClassification().encode_labels([["O", "B-product"]], LABELS, "dev.conll")
 
 
 def test_raw_text_splits_into_words_with_offsets():
     text = "Anna's trip to Paris, via http://x.io/a?b=1 #travel @bob!"
     words = split_words(text)
-    assert [w for w, _, _ in words] == ["Anna's", "trip", "to", "Paris", ",", "via", "http://x.io/a?b=1",
-                                        "#travel", "@bob", "!"]
+    assert [w for w, _, _ in words] == [
+        "Anna's",
+        "trip",
+        "to",
+        "Paris",
+        ",",
+        "via",
+        "http://x.io/a?b=1",
+        "#travel",
+        "@bob",
+        "!",
+    ]
     assert all(text[start:end] == word for word, start, end in words)
 
 
 # --- end to end ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("writer, suffix", [(write_conll, ".conll"), (write_jsonl, ".jsonl")])
-def test_ner_trains_saves_evaluates_and_predicts_spans(tmp_path, tiny_model_dir, capsys, writer, suffix):
+def test_ner_trains_saves_evaluates_and_predicts_spans(
+    tmp_path, tiny_model_dir, capsys, writer, suffix
+):
     train = tmp_path / f"train{suffix}"
     writer(_sentences(30), train)
     dev = tmp_path / "emerging.dev.annotated"  # the format is read from the content
@@ -143,11 +184,27 @@ def test_ner_trains_saves_evaluates_and_predicts_spans(tmp_path, tiny_model_dir,
     assert metrics["validation"]["f1"] > 0.9  # the pattern is learned
     assert set(metrics["validation"]["per_type"]) == {"location", "person"}
     assert (run / "model" / "model.safetensors").is_file()
-    history = [json.loads(line) for line in (run / "logs" / "history.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line) for line in (run / "logs" / "history.jsonl").read_text().splitlines()
+    ]
     assert any(r["split"] == "validation" and "f1" in r for r in history)
 
     # eval of the saved model on the dev file gives the run's validation numbers
-    assert main(["eval", str(run), "--data", str(dev), "--precision", "fp32", "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--data",
+                str(dev),
+                "--precision",
+                "fp32",
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "all entities" in printed and "person" in printed
     evaluated = json.loads((tmp_path / "e.json").read_text())
@@ -156,9 +213,17 @@ def test_ner_trains_saves_evaluates_and_predicts_spans(tmp_path, tiny_model_dir,
     # predict: entity spans with character offsets in the raw text
     texts = ["Maria Smith flew to Oslo", "we met Peter in New Berlin.", "nothing happened today"]
     rows = Predictor.load(run, precision="fp32").predict(texts)
-    assert rows[0]["entities"][0] | {"score": 0} == {"type": "person", "text": "Maria Smith", "start": 0, "end": 11,
-                                                     "score": 0}
-    assert [(e["type"], e["text"]) for e in rows[1]["entities"]] == [("person", "Peter"), ("location", "New Berlin")]
+    assert rows[0]["entities"][0] | {"score": 0} == {
+        "type": "person",
+        "text": "Maria Smith",
+        "start": 0,
+        "end": 11,
+        "score": 0,
+    }
+    assert [(e["type"], e["text"]) for e in rows[1]["entities"]] == [
+        ("person", "Peter"),
+        ("location", "New Berlin"),
+    ]
     assert rows[1]["entities"][1]["start"] == texts[1].index("New")
     assert rows[2]["entities"] == []
     inputs = tmp_path / "in.txt"
@@ -189,7 +254,9 @@ def test_ner_with_lora_trains_only_the_adapter_and_head(tmp_path, tiny_model_dir
     assert isinstance(rows[0]["entities"], list)
 
 
-def test_invalid_transitions_are_repaired_and_reported_or_rejected(tmp_path, tiny_model_dir, capsys):
+def test_invalid_transitions_are_repaired_and_reported_or_rejected(
+    tmp_path, tiny_model_dir, capsys
+):
     broken = _sentences(12)
     broken[0] = TokenExample(["Anna", "flew", "to", "Paris"], ["I-person", "O", "O", "I-location"])
     train = tmp_path / "train.conll"
@@ -203,9 +270,24 @@ def test_invalid_transitions_are_repaired_and_reported_or_rejected(tmp_path, tin
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["data"]["cleaning"]["train"]["repaired_tags"] == 2
 
-    assert main(["train", str(config), "--output", str(tmp_path / "strict"), "--set", "data.repair_tags=false"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(config),
+                "--output",
+                str(tmp_path / "strict"),
+                "--set",
+                "data.repair_tags=false",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("lmforge: error: ") and "sentence 1 has 'I-person' without a preceding entity" in err[-1]
+    assert (
+        err[-1].startswith("lmforge: error: ")
+        and "sentence 1 has 'I-person' without a preceding entity" in err[-1]
+    )
 
 
 def test_tags_unknown_to_the_model_fail_eval_in_one_line(tmp_path, tiny_model_dir, capsys):
@@ -221,8 +303,10 @@ def test_tags_unknown_to_the_model_fail_eval_in_one_line(tmp_path, tiny_model_di
     write_conll([TokenExample(["iPhone", "rocks"], ["B-product", "O"])], other)
     assert main(["eval", str(tmp_path / "run"), "--data", str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"lmforge: error: {other} has 1 tag(s) the model was not trained on: 'B-product'; "
-                   f"the model knows: {', '.join(LABELS)}"]
+    assert err == [
+        f"lmforge: error: {other} has 1 tag(s) the model was not trained on: 'B-product'; "
+        f"the model knows: {', '.join(LABELS)}"
+    ]
 
 
 def test_long_sentences_are_cut_and_reported(tmp_path, tiny_model_dir, capsys):
@@ -237,7 +321,19 @@ def test_long_sentences_are_cut_and_reported(tmp_path, tiny_model_dir, capsys):
     config.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(config), "--output", str(tmp_path / "run")]) == 0
     assert "train: 1 of 12 sentences are longer than data.max_length=16" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "run"), "--data", str(train), "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "run"),
+                "--data",
+                str(train),
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "e.json").read_text())["words_cut_off"] == 41 - 14
 
 
@@ -255,20 +351,39 @@ def test_ner_in_two_processes_gathers_every_validation_sentence(tmp_path, tiny_m
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, "-m", "lmforge", "-q", "train", str(config), "--output",
-                             str(tmp_path / "run"), "--nproc", "2"], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmforge",
+            "-q",
+            "train",
+            str(config),
+            "--output",
+            str(tmp_path / "run"),
+            "--nproc",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train"]["processes"] == 2
-    history = [json.loads(line) for line in (tmp_path / "run" / "logs" / "history.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "logs" / "history.jsonl").read_text().splitlines()
+    ]
     scored = [r for r in history if r["split"] == "validation"]
     assert len(scored) == 2 and all(0.0 <= r["f1"] <= 1.0 for r in scored)
     # the saved best model scored in one process agrees with its evaluation gathered from two
     best = next(r for r in scored if r["step"] == metrics["train"]["best_step"])
     assert metrics["validation"]["n"] == metrics["data"]["rows"]["validation"] == 10
-    assert (best["f1"], best["accuracy"]) == pytest.approx((metrics["validation"]["f1"],
-                                                            metrics["validation"]["accuracy"]), abs=1e-6)
+    assert (best["f1"], best["accuracy"]) == pytest.approx(
+        (metrics["validation"]["f1"], metrics["validation"]["accuracy"]), abs=1e-6
+    )
 
 
 def test_hf_dataset_is_refused_for_ner(tmp_path, tiny_model_dir):

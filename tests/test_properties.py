@@ -28,8 +28,11 @@ from lmforge.errors import LmforgeError
 settings.register_profile("ci", max_examples=50)
 settings.register_profile("fuzz", max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-SETTINGS = settings(deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -42,23 +45,55 @@ SECTION_KEYS = {
     "training": list(RunConfig.model_fields["training"].annotation.model_fields),
     "method": ["name", "r", "alpha", "dropout", "target_modules", "save_merged"],
 }
-ALL_KEYS = sorted({*RunConfig.model_fields, *(k for keys in SECTION_KEYS.values() for k in keys),
-                   "learnin_rate", "trainig"})
+ALL_KEYS = sorted(
+    {
+        *RunConfig.model_fields,
+        *(k for keys in SECTION_KEYS.values() for k in keys),
+        "learnin_rate",
+        "trainig",
+    }
+)
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
-    st.sampled_from(["lora", "full", "no", "steps", "epoch", "macro_f1", "cpu", "linear", "auto",
-                     "sequence_classification", "default", "0.5", "abc"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "lora",
+            "full",
+            "no",
+            "steps",
+            "epoch",
+            "macro_f1",
+            "cpu",
+            "linear",
+            "auto",
+            "sequence_classification",
+            "default",
+            "0.5",
+            "abc",
+        ]
+    ),
 )
 keys = st.one_of(st.sampled_from(ALL_KEYS), st.text(max_size=12))
-values = st.recursive(scalars, lambda children: st.one_of(
-    st.lists(children, max_size=3), st.dictionaries(keys, children, max_size=4)), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(keys, children, max_size=4)
+    ),
+    max_leaves=12,
+)
 sections = st.one_of(values, st.dictionaries(keys, values, max_size=5))
 config_dicts = st.one_of(
     st.dictionaries(keys, values, max_size=6),
-    st.fixed_dictionaries({}, optional={name: sections for name in ("model", "data", "training", "method")}
-                          | {"task": values, "name": values, "output_dir": values}),
+    st.fixed_dictionaries(
+        {},
+        optional={name: sections for name in ("model", "data", "training", "method")}
+        | {"task": values, "name": values, "output_dir": values},
+    ),
 )
 
 
@@ -91,13 +126,40 @@ def test_load_config_on_arbitrary_yaml_files_only_raises_lmforge_error(data):
 
 
 @SETTINGS
-@given(text=st.one_of(
-    st.text(max_size=200),
-    st.lists(st.sampled_from(["training:", "  epochs: 3", "  eval_strategy: no", "data:", "  - x", "method: lora",
-                              "  r: 4", "model: a/b", "{", "]", "'", '"', ":", "- ", "\t", "task: x", "&a", "*a",
-                              "!!python/object:os.system", "? [1]", "  learning_rate: 1e-3", "#"]),
-             max_size=10).map("\n".join),
-))
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.lists(
+            st.sampled_from(
+                [
+                    "training:",
+                    "  epochs: 3",
+                    "  eval_strategy: no",
+                    "data:",
+                    "  - x",
+                    "method: lora",
+                    "  r: 4",
+                    "model: a/b",
+                    "{",
+                    "]",
+                    "'",
+                    '"',
+                    ":",
+                    "- ",
+                    "\t",
+                    "task: x",
+                    "&a",
+                    "*a",
+                    "!!python/object:os.system",
+                    "? [1]",
+                    "  learning_rate: 1e-3",
+                    "#",
+                ]
+            ),
+            max_size=10,
+        ).map("\n".join),
+    )
+)
 def test_load_config_on_arbitrary_yaml_text_only_raises_lmforge_error(text):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"
@@ -120,36 +182,65 @@ def test_load_config_on_arbitrary_bytes_only_raises_lmforge_error(bytes_):
             assert str(err)
 
 
-valid_configs = st.fixed_dictionaries({}, optional={
-    "model": st.one_of(st.sampled_from(["default", "a/b", "/models/x"]),
-                       st.fixed_dictionaries({"name_or_path": st.text(min_size=1, max_size=10)},
-                                             optional={"revision": st.none() | st.text(max_size=5),
-                                                       "trust_remote_code": st.booleans()})),
-    "method": st.one_of(
-        st.sampled_from(["full", "lora"]),
-        st.fixed_dictionaries({"name": st.just("lora")}, optional={
-            "r": st.integers(1, 1024), "alpha": st.integers(1, 64), "dropout": st.floats(0, 0.99),
-            "target_modules": st.none() | st.lists(st.sampled_from(["query", "key", "value"]), max_size=3),
-            "save_merged": st.booleans()})),
-    "data": st.fixed_dictionaries({}, optional={
-        "train_file": st.text(alphabet="abc./_", min_size=1, max_size=10),
-        "format": st.sampled_from(["auto", "csv", "tsv", "jsonl", "parquet", "delimited"]),
-        "delimiter": st.sampled_from([",", "\t", "@", "::"]),
-        "header": st.booleans(), "encoding": st.sampled_from(["utf-8", "latin-1"]),
-        "validation_size": st.floats(0, 0.44), "test_size": st.floats(0, 0.44),
-        "max_length": st.integers(8, 8192), "labels": st.lists(st.text(max_size=5), max_size=4),
-    }),
-    "training": st.fixed_dictionaries({}, optional={
-        "epochs": st.integers(1, 10_000), "batch_size": st.integers(1, 65_536),
-        "learning_rate": st.floats(1e-9, 1.0), "weight_decay": st.floats(0, 1),
-        "scheduler": st.sampled_from(["linear", "cosine", "constant"]),
-        "precision": st.sampled_from(["auto", "bf16", "fp16", "fp32"]),
-        "eval_strategy": st.sampled_from(["epoch", "no", False]), "seed": st.integers(0, 2**31),
-        "metric": st.sampled_from(["macro_f1", "accuracy", "weighted_f1", "loss"]),
-        "early_stopping_patience": st.none() | st.integers(1, 10),
-    }),
-    "name": st.none() | st.text(max_size=10),
-})
+valid_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.one_of(
+            st.sampled_from(["default", "a/b", "/models/x"]),
+            st.fixed_dictionaries(
+                {"name_or_path": st.text(min_size=1, max_size=10)},
+                optional={
+                    "revision": st.none() | st.text(max_size=5),
+                    "trust_remote_code": st.booleans(),
+                },
+            ),
+        ),
+        "method": st.one_of(
+            st.sampled_from(["full", "lora"]),
+            st.fixed_dictionaries(
+                {"name": st.just("lora")},
+                optional={
+                    "r": st.integers(1, 1024),
+                    "alpha": st.integers(1, 64),
+                    "dropout": st.floats(0, 0.99),
+                    "target_modules": st.none()
+                    | st.lists(st.sampled_from(["query", "key", "value"]), max_size=3),
+                    "save_merged": st.booleans(),
+                },
+            ),
+        ),
+        "data": st.fixed_dictionaries(
+            {},
+            optional={
+                "train_file": st.text(alphabet="abc./_", min_size=1, max_size=10),
+                "format": st.sampled_from(["auto", "csv", "tsv", "jsonl", "parquet", "delimited"]),
+                "delimiter": st.sampled_from([",", "\t", "@", "::"]),
+                "header": st.booleans(),
+                "encoding": st.sampled_from(["utf-8", "latin-1"]),
+                "validation_size": st.floats(0, 0.44),
+                "test_size": st.floats(0, 0.44),
+                "max_length": st.integers(8, 8192),
+                "labels": st.lists(st.text(max_size=5), max_size=4),
+            },
+        ),
+        "training": st.fixed_dictionaries(
+            {},
+            optional={
+                "epochs": st.integers(1, 10_000),
+                "batch_size": st.integers(1, 65_536),
+                "learning_rate": st.floats(1e-9, 1.0),
+                "weight_decay": st.floats(0, 1),
+                "scheduler": st.sampled_from(["linear", "cosine", "constant"]),
+                "precision": st.sampled_from(["auto", "bf16", "fp16", "fp32"]),
+                "eval_strategy": st.sampled_from(["epoch", "no", False]),
+                "seed": st.integers(0, 2**31),
+                "metric": st.sampled_from(["macro_f1", "accuracy", "weighted_f1", "loss"]),
+                "early_stopping_patience": st.none() | st.integers(1, 10),
+            },
+        ),
+        "name": st.none() | st.text(max_size=10),
+    },
+)
 
 
 @SETTINGS
@@ -178,38 +269,89 @@ def _line(sep: str) -> st.SearchStrategy[str]:
 
 
 def _json_line() -> st.SearchStrategy[str]:
-    value = st.one_of(st.none(), st.integers(), st.floats(), CELL, st.lists(st.integers(), max_size=2))
+    value = st.one_of(
+        st.none(), st.integers(), st.floats(), CELL, st.lists(st.integers(), max_size=2)
+    )
     record = st.fixed_dictionaries({"text": value}, optional={"label": value, "other": value})
     loose = st.dictionaries(st.sampled_from(["text", "label", "other"]), value, max_size=3)
-    return st.one_of(record.map(json.dumps), record.map(json.dumps), record.map(json.dumps), st.just(""),
-                     loose.map(json.dumps), NOISE, st.lists(CELL, max_size=2).map(json.dumps))
+    return st.one_of(
+        record.map(json.dumps),
+        record.map(json.dumps),
+        record.map(json.dumps),
+        st.just(""),
+        loose.map(json.dumps),
+        NOISE,
+        st.lists(CELL, max_size=2).map(json.dumps),
+    )
 
 
-def _document(header: st.SearchStrategy[str], line: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
-    structured = st.tuples(header, st.lists(line, max_size=6), st.sampled_from(["\n", "\r\n"]),
-                           st.sampled_from(["", "\ufeff"])).map(
-        lambda t: (t[3] + t[2].join([t[0], *t[1]])).encode("utf-8"))
-    return st.one_of(st.binary(max_size=120), st.text(max_size=120).map(lambda s: s.encode("utf-8")),
-                     structured)
+def _document(
+    header: st.SearchStrategy[str], line: st.SearchStrategy[str]
+) -> st.SearchStrategy[bytes]:
+    structured = st.tuples(
+        header,
+        st.lists(line, max_size=6),
+        st.sampled_from(["\n", "\r\n"]),
+        st.sampled_from(["", "\ufeff"]),
+    ).map(lambda t: (t[3] + t[2].join([t[0], *t[1]])).encode("utf-8"))
+    return st.one_of(
+        st.binary(max_size=120), st.text(max_size=120).map(lambda s: s.encode("utf-8")), structured
+    )
 
 
 FILE_KINDS = {
-    "csv": ("d.csv", ReaderOptions(),
-            _document(st.sampled_from(["text,label", "label,text", "text", "x,y", "", "text,label, text",
-                                       '"text",label', '"te""xt,label']), _line(","))),
-    "csv-latin1": ("d.csv", ReaderOptions(encoding="latin-1"),
-                   _document(st.sampled_from(["text,label", "text"]), _line(","))),
-    "csv-huge-field": ("d.csv", ReaderOptions(), st.tuples(st.integers(1, 300_000), st.sampled_from("x\"é")).map(
-        lambda t: ("text,label\n" + t[1] * t[0] + ",a\n").encode("utf-8"))),
+    "csv": (
+        "d.csv",
+        ReaderOptions(),
+        _document(
+            st.sampled_from(
+                [
+                    "text,label",
+                    "label,text",
+                    "text",
+                    "x,y",
+                    "",
+                    "text,label, text",
+                    '"text",label',
+                    '"te""xt,label',
+                ]
+            ),
+            _line(","),
+        ),
+    ),
+    "csv-latin1": (
+        "d.csv",
+        ReaderOptions(encoding="latin-1"),
+        _document(st.sampled_from(["text,label", "text"]), _line(",")),
+    ),
+    "csv-huge-field": (
+        "d.csv",
+        ReaderOptions(),
+        st.tuples(st.integers(1, 300_000), st.sampled_from('x"é')).map(
+            lambda t: ("text,label\n" + t[1] * t[0] + ",a\n").encode("utf-8")
+        ),
+    ),
     "parquet": ("d.parquet", ReaderOptions(), st.binary(max_size=200)),
-    "tsv": ("d.tsv", ReaderOptions(),
-            _document(st.sampled_from(["text\tlabel", "text", "a\tb\tc", ""]), _line("\t"))),
-    "jsonl": ("d.jsonl", ReaderOptions(), st.one_of(
-        _document(_json_line(), _json_line()),
-        st.lists(_json_line(), max_size=4).map(lambda lines: ("[" + ", ".join(filter(None, lines)) + "]")
-                                              .encode("utf-8")))),
-    "delimited": ("d.txt", ReaderOptions(delimiter="@", header=False),
-                  _document(_line("@"), _line("@"))),
+    "tsv": (
+        "d.tsv",
+        ReaderOptions(),
+        _document(st.sampled_from(["text\tlabel", "text", "a\tb\tc", ""]), _line("\t")),
+    ),
+    "jsonl": (
+        "d.jsonl",
+        ReaderOptions(),
+        st.one_of(
+            _document(_json_line(), _json_line()),
+            st.lists(_json_line(), max_size=4).map(
+                lambda lines: ("[" + ", ".join(filter(None, lines)) + "]").encode("utf-8")
+            ),
+        ),
+    ),
+    "delimited": (
+        "d.txt",
+        ReaderOptions(delimiter="@", header=False),
+        _document(_line("@"), _line("@")),
+    ),
 }
 
 
@@ -250,8 +392,12 @@ labels_with_missing = st.one_of(st.none(), st.sampled_from(["x", "y", " x", "x "
 
 
 def _frame(pairs: list[tuple[Any, Any]]) -> pd.DataFrame:
-    return pd.DataFrame({"text": pd.Series([p[0] for p in pairs], dtype=object),
-                         "label": pd.Series([p[1] for p in pairs], dtype=object)})
+    return pd.DataFrame(
+        {
+            "text": pd.Series([p[0] for p in pairs], dtype=object),
+            "label": pd.Series([p[1] for p in pairs], dtype=object),
+        }
+    )
 
 
 @SETTINGS
@@ -260,8 +406,13 @@ def test_clean_examples_accounts_for_every_row(pairs, normalize):
     frame = _frame(pairs)
     out, report = clean_examples(frame, normalize_whitespace=normalize)
     assert report.rows_read == len(pairs)
-    assert (report.rows_kept + report.empty_text + report.missing_label + report.exact_duplicates
-            + report.conflicting_labels) == report.rows_read
+    assert (
+        report.rows_kept
+        + report.empty_text
+        + report.missing_label
+        + report.exact_duplicates
+        + report.conflicting_labels
+    ) == report.rows_read
     assert report.rows_kept == len(out) == report.rows_read - report.dropped
     assert all(isinstance(t, str) and t.strip() for t in out["text"])
     assert not out["text"].duplicated().any()
@@ -271,7 +422,11 @@ def test_clean_examples_accounts_for_every_row(pairs, normalize):
 
 
 @SETTINGS
-@given(pairs=st.lists(st.tuples(texts, st.sampled_from(["x", "y", " x", "x ", "", "  ", None])), max_size=25))
+@given(
+    pairs=st.lists(
+        st.tuples(texts, st.sampled_from(["x", "y", " x", "x ", "", "  ", None])), max_size=25
+    )
+)
 def test_clean_examples_kept_labels_are_present_and_stripped(pairs):
     out, report = clean_examples(_frame(pairs))
     assert all(isinstance(v, str) and v and v == v.strip() for v in out["label"])
@@ -298,8 +453,11 @@ fractions_strategy = st.one_of(
 
 
 @SETTINGS
-@given(labels=st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=60),
-       fractions=fractions_strategy, seed=st.integers(0, 2**32 - 1))
+@given(
+    labels=st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=60),
+    fractions=fractions_strategy,
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_stratified_split_partitions_rows_exactly(labels, fractions, seed):
     frame = pd.DataFrame({"text": [f"row {i}" for i in range(len(labels))], "label": labels})
     parts = stratified_split(frame, fractions, seed)

@@ -18,9 +18,17 @@ KEY = "test-key-0123456789abcdef"
 def test_arguments_from_the_command_line_are_parsed_and_paths_made_absolute(tmp_path, monkeypatch):
     (tmp_path / "fpb").mkdir()
     monkeypatch.chdir(tmp_path)
-    resources, config = parse_args({"models": "fpb, lm=hub-org/tiny", "num_replicas": "2", "num_cpus": "0.5",
-                                    "precision": "fp32", "allow_open": "true", "max_batch_size": "64",
-                                    "rate_limit": "600/minute"})
+    resources, config = parse_args(
+        {
+            "models": "fpb, lm=hub-org/tiny",
+            "num_replicas": "2",
+            "num_cpus": "0.5",
+            "precision": "fp32",
+            "allow_open": "true",
+            "max_batch_size": "64",
+            "rate_limit": "600/minute",
+        }
+    )
     assert config.models == [f"fpb={tmp_path / 'fpb'}", "lm=hub-org/tiny"]
     assert resources == ReplicaResources(num_replicas=2, num_cpus=0.5, num_gpus=0.0)
     assert (config.precision, config.allow_open, config.max_batch_size) == ("fp32", True, 64)
@@ -35,23 +43,29 @@ def test_a_serve_yaml_gives_the_settings_and_arguments_win(tmp_path):
     assert (config.max_wait_ms, config.max_batch_size) == (2.0, 16)
 
 
-@pytest.mark.parametrize("args, message", [
-    ({}, "no models to serve"),
-    ({"models": " , "}, "no models to serve"),
-    ({"models": "a", "num_replica": "2"}, "unknown argument 'num_replica' (did you mean 'num_replicas'?)"),
-    ({"models": "a", "port": "9000"}, "port: on Ray Serve, use Ray Serve's http_options"),
-    ({"models": "a", "workers": "2"}, "workers: on Ray Serve, use num_replicas"),
-    ({"models": "a", "num_replicas": "two"}, "num_replicas=two: expected a whole number"),
-    ({"models": "a", "num_replicas": "0"}, "num_replicas must be at least 1"),
-    ({"models": "a", "num_cpus": "0"}, "num_cpus must be more than 0"),
-    ({"models": "a", "num_gpus": "-1"}, "num_gpus must be 0 or more"),
-    ({"models": "a", "precision": "fp8"}, "precision"),
-    ({"models": "a", "max_batch_size": "0"}, "max_batch_size"),
-    ({"models": "a", "rate_limit": "lots"}, "expected N/second, N/minute or N/hour"),
-    ({"models": "x/a,y/a"}, "two models are named 'a'"),
-    ({"models": "bad name=x"}, "model name 'bad name'"),
-    ({"models": "a", "config": "/nonexistent/serve.yaml"}, "serve.yaml"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({}, "no models to serve"),
+        ({"models": " , "}, "no models to serve"),
+        (
+            {"models": "a", "num_replica": "2"},
+            "unknown argument 'num_replica' (did you mean 'num_replicas'?)",
+        ),
+        ({"models": "a", "port": "9000"}, "port: on Ray Serve, use Ray Serve's http_options"),
+        ({"models": "a", "workers": "2"}, "workers: on Ray Serve, use num_replicas"),
+        ({"models": "a", "num_replicas": "two"}, "num_replicas=two: expected a whole number"),
+        ({"models": "a", "num_replicas": "0"}, "num_replicas must be at least 1"),
+        ({"models": "a", "num_cpus": "0"}, "num_cpus must be more than 0"),
+        ({"models": "a", "num_gpus": "-1"}, "num_gpus must be 0 or more"),
+        ({"models": "a", "precision": "fp8"}, "precision"),
+        ({"models": "a", "max_batch_size": "0"}, "max_batch_size"),
+        ({"models": "a", "rate_limit": "lots"}, "expected N/second, N/minute or N/hour"),
+        ({"models": "x/a,y/a"}, "two models are named 'a'"),
+        ({"models": "bad name=x"}, "model name 'bad name'"),
+        ({"models": "a", "config": "/nonexistent/serve.yaml"}, "serve.yaml"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(args, message, monkeypatch):
     monkeypatch.setenv("LMFORGE_API_KEYS", f"alice:{KEY}")
     with pytest.raises(LmforgeError, match=re.escape(message)) as caught:
@@ -96,13 +110,23 @@ def test_a_local_ray_serves_the_classifier_with_batchers_started(tiny_model_dir,
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(app_builder({"models": f"tiny={tiny_model_dir}", "num_cpus": "1", "precision": "fp32"}),
-                  name="lmforge", route_prefix="/")
+        serve.run(
+            app_builder({"models": f"tiny={tiny_model_dir}", "num_cpus": "1", "precision": "fp32"}),
+            name="lmforge",
+            route_prefix="/",
+        )
         base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
-        assert httpx.get(f"{base}/readyz").json() == {"status": "ready", "models": ["tiny"]}  # lifespan ran
+        assert httpx.get(f"{base}/readyz").json() == {
+            "status": "ready",
+            "models": ["tiny"],
+        }  # lifespan ran
         assert httpx.post(f"{base}/v1/classify", json={"texts": ["profit rose"]}).status_code == 401
-        answer = httpx.post(f"{base}/v1/classify", json={"texts": ["profit rose", "sales fell"]}, headers=auth,
-                            timeout=30)
+        answer = httpx.post(
+            f"{base}/v1/classify",
+            json={"texts": ["profit rose", "sales fell"]},
+            headers=auth,
+            timeout=30,
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["model"] == "tiny"
@@ -117,7 +141,9 @@ def test_a_local_ray_serves_the_classifier_with_batchers_started(tiny_model_dir,
 def test_without_ray_serve_the_error_names_the_extra(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without ray looks like to import
+    monkeypatch.setitem(
+        sys.modules, "ray", None
+    )  # what an environment without ray looks like to import
     monkeypatch.setenv("LMFORGE_API_KEYS", f"alice:{KEY}")
     with pytest.raises(LmforgeError, match=r"pip install 'lmforge\[serve-ray\]'"):
         app_builder({"models": "a"})

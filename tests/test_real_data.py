@@ -39,7 +39,9 @@ def test_banking77_example_reads_77_intents():
     splits = load_splits(cfg.data, cfg.training.seed)
     assert splits.cleaning["train"].rows_read == 10003
     assert splits.frames["train"]["label"].nunique() == 77
-    assert splits.frames["validation"]["label"].nunique() == 77  # stratified: every intent validated
+    assert (
+        splits.frames["validation"]["label"].nunique() == 77
+    )  # stratified: every intent validated
 
 
 @pytest.mark.slow

@@ -60,7 +60,9 @@ def _tiny_training_objects():
 
 def test_checkpoint_round_trip_restores_everything(tmp_path):
     model, optimizer, scheduler = _tiny_training_objects()
-    state = TrainState(step=3, epoch=1, batches_in_epoch=2, examples_seen=15, best_metric=0.5, best_step=2)
+    state = TrainState(
+        step=3, epoch=1, batches_in_epoch=2, examples_seen=15, best_metric=0.5, best_step=2
+    )
     path = save_checkpoint_atomically(tmp_path, state, model, optimizer, scheduler)
     assert path.name == "step-00000003" and verify_checkpoint(path) is None
     expected_next = torch.rand(3)  # the RNG stream right after the save
@@ -74,7 +76,9 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b)
     assert fresh_sched.state_dict()["last_epoch"] == scheduler.state_dict()["last_epoch"]
-    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
     from lmforge.training.checkpoint import restore_rng
 
     torch.rand(7)
@@ -117,7 +121,11 @@ def test_retention_keeps_last_k_and_best(tmp_path):
     for step in range(1, 7):
         save_checkpoint_atomically(tmp_path, TrainState(step=step), model, optimizer, scheduler)
     prune_checkpoints(tmp_path, keep_last=2, keep_step=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000006", "step-00000005", "step-00000002"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "step-00000006",
+        "step-00000005",
+        "step-00000002",
+    ]
 
 
 def test_checkpoint_state_loads_without_unpickling_code(tmp_path):
@@ -143,8 +151,16 @@ LMFORGE = [sys.executable, "-m", "lmforge", "-q"]
 
 
 def _write_config(tmp_path: Path, model_dir: Path, train_csv: Path, **overrides) -> Path:
-    cfg = tiny_config(model_dir, train_csv, epochs=6, batch_size=3, logging_steps=2, eval_strategy="epoch",
-                      learning_rate=1e-3, early_stopping_patience=None)
+    cfg = tiny_config(
+        model_dir,
+        train_csv,
+        epochs=6,
+        batch_size=3,
+        logging_steps=2,
+        eval_strategy="epoch",
+        learning_rate=1e-3,
+        early_stopping_patience=None,
+    )
     cfg["data"]["validation_size"] = 0.25
     cfg["checkpoint"] = {"every_steps": 1, "every_minutes": None, "keep_last": 2}
     for key, value in overrides.items():
@@ -156,7 +172,11 @@ def _write_config(tmp_path: Path, model_dir: Path, train_csv: Path, **overrides)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "LMFORGE_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "LMFORGE_CACHE": str(tmp_path / "cache"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -170,7 +190,10 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 
 def _validation(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {k: metrics["validation"][k] for k in ("accuracy", "macro_f1", "per_class", "confusion_matrix")}
+    return {
+        k: metrics["validation"][k]
+        for k in ("accuracy", "macro_f1", "per_class", "confusion_matrix")
+    }
 
 
 def _newest_step(run_dir: Path) -> int:
@@ -187,11 +210,17 @@ def train_with_random_kills(config: Path, run_dir: Path, env: dict, kills: int, 
             args = [*LMFORGE, "train", "--resume", str(run_dir)]
         else:
             args = [*LMFORGE, "train", str(config), "--output", str(run_dir)]
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         if survived < kills:
             target = _newest_step(run_dir) + rng.randint(1, 4)
             deadline = time.monotonic() + 120
-            while proc.poll() is None and _newest_step(run_dir) < target and time.monotonic() < deadline:
+            while (
+                proc.poll() is None
+                and _newest_step(run_dir) < target
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
             time.sleep(rng.uniform(0, 0.15))  # land anywhere: mid-step, mid-checkpoint, mid-save
             if proc.poll() is None:
@@ -215,31 +244,48 @@ def reference_run(tmp_path_factory, tiny_model_dir):
     train = write_csv(tmp / "train.csv", rows)
     config = _write_config(tmp, tiny_model_dir, train)
     run_dir = tmp / "run"
-    result = subprocess.run([*LMFORGE, "train", str(config), "--output", str(run_dir)], env=_env(tmp),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*LMFORGE, "train", str(config), "--output", str(run_dir)],
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return {"config": config, "run_dir": run_dir, "tmp": tmp}
 
 
 def test_sigkill_at_random_steps_then_resume_is_exact(tmp_path, reference_run):
     run_dir = tmp_path / "killed"
-    survived = train_with_random_kills(reference_run["config"], run_dir, _env(tmp_path), kills=3, seed=1)
+    survived = train_with_random_kills(
+        reference_run["config"], run_dir, _env(tmp_path), kills=3, seed=1
+    )
     assert survived >= 1
     assert _max_difference(_weights(run_dir), _weights(reference_run["run_dir"])) == 0.0
     assert _validation(run_dir) == _validation(reference_run["run_dir"])
-    history = [json.loads(line) for line in (run_dir / "logs" / "history.jsonl").read_text().splitlines()]
-    reference = [json.loads(line) for line in
-                 (reference_run["run_dir"] / "logs" / "history.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line) for line in (run_dir / "logs" / "history.jsonl").read_text().splitlines()
+    ]
+    reference = [
+        json.loads(line)
+        for line in (reference_run["run_dir"] / "logs" / "history.jsonl").read_text().splitlines()
+    ]
     strip = ("examples_per_second",)
-    assert [{k: v for k, v in r.items() if k not in strip} for r in history] == \
-           [{k: v for k, v in r.items() if k not in strip} for r in reference]
+    assert [{k: v for k, v in r.items() if k not in strip} for r in history] == [
+        {k: v for k, v in r.items() if k not in strip} for r in reference
+    ]
 
 
 def test_sigterm_saves_and_prints_the_resume_command(tmp_path, reference_run):
     run_dir = tmp_path / "term"
     env = _env(tmp_path)
-    proc = subprocess.Popen([*LMFORGE, "train", str(reference_run["config"]), "--output", str(run_dir)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*LMFORGE, "train", str(reference_run["config"]), "--output", str(run_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while proc.poll() is None and _newest_step(run_dir) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -250,7 +296,9 @@ def test_sigterm_saves_and_prints_the_resume_command(tmp_path, reference_run):
     command = line.split("Resume with: ")[1].split()
     assert command[:3] == ["lmforge", "train", "--resume"]
     assert not (run_dir / "metrics.json").exists()
-    result = subprocess.run([*LMFORGE, *command[1:]], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*LMFORGE, *command[1:]], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert _max_difference(_weights(run_dir), _weights(reference_run["run_dir"])) == 0.0
 
@@ -258,8 +306,12 @@ def test_sigterm_saves_and_prints_the_resume_command(tmp_path, reference_run):
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, reference_run):
     run_dir = tmp_path / "corrupt"
     env = _env(tmp_path)
-    proc = subprocess.Popen([*LMFORGE, "train", str(reference_run["config"]), "--output", str(run_dir)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*LMFORGE, "train", str(reference_run["config"]), "--output", str(run_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while proc.poll() is None and _newest_step(run_dir) < 5:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -267,8 +319,13 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, reference_run):
     newest = list_checkpoints(run_dir / "checkpoints")[0]
     with (newest / "optimizer.pt").open("r+b") as f:
         f.truncate(100)
-    result = subprocess.run([*LMFORGE[:-1], "train", "--resume", str(run_dir)], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [*LMFORGE[:-1], "train", "--resume", str(run_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert f"checkpoint {newest} is damaged" in result.stderr and "falling back" in result.stderr
     assert _max_difference(_weights(run_dir), _weights(reference_run["run_dir"])) == 0.0
@@ -285,9 +342,19 @@ def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, reference_r
     (partial / "checkpoints").mkdir()
     import shutil
 
-    shutil.copytree(list_checkpoints(run / "checkpoints")[0], partial / "checkpoints" / "step-00000001")
-    code = main(["train", str(reference_run["config"]), "--output", str(partial), "--set",
-                 "training.learning_rate=0.5"])
+    shutil.copytree(
+        list_checkpoints(run / "checkpoints")[0], partial / "checkpoints" / "step-00000001"
+    )
+    code = main(
+        [
+            "train",
+            str(reference_run["config"]),
+            "--output",
+            str(partial),
+            "--set",
+            "training.learning_rate=0.5",
+        ]
+    )
     assert code == 2  # different settings: not the same run
 
 
@@ -300,7 +367,9 @@ def test_rerunning_the_same_command_resumes_automatically(tmp_path, reference_ru
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result = subprocess.run([*LMFORGE[:-1], *args[4:]], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*LMFORGE[:-1], *args[4:]], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "resuming from step-" in result.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["train"]["resumed"] is True
@@ -318,8 +387,12 @@ def test_twenty_random_kills(tmp_path, tiny_model_dir, reference_run, precision)
         config = tmp_path / "bf16.yaml"
         config.write_text(yaml.safe_dump(cfg))
         reference = tmp_path / "reference-bf16"
-        subprocess.run([*LMFORGE, "train", str(config), "--output", str(reference)], env=env, check=True,
-                       timeout=300)
+        subprocess.run(
+            [*LMFORGE, "train", str(config), "--output", str(reference)],
+            env=env,
+            check=True,
+            timeout=300,
+        )
     else:
         reference = reference_run["run_dir"]
     cfg = yaml.safe_load(config.read_text())
@@ -327,14 +400,19 @@ def test_twenty_random_kills(tmp_path, tiny_model_dir, reference_run, precision)
     config20 = tmp_path / "long.yaml"
     config20.write_text(yaml.safe_dump(cfg))
     reference20 = tmp_path / "reference20"
-    subprocess.run([*LMFORGE, "train", str(config20), "--output", str(reference20)], env=env, check=True,
-                   timeout=600)
+    subprocess.run(
+        [*LMFORGE, "train", str(config20), "--output", str(reference20)],
+        env=env,
+        check=True,
+        timeout=600,
+    )
     run_dir = tmp_path / "killed20"
     survived = train_with_random_kills(config20, run_dir, env, kills=20, seed=2)
     difference = _max_difference(_weights(run_dir), _weights(reference20))
     print(f"{precision}: survived {survived} kills, largest weight difference {difference:.3g}")
     (tmp_path.parent / f"kill-report-{precision}.json").write_text(
-        json.dumps({"precision": precision, "kills": survived, "max_weight_difference": difference}))
+        json.dumps({"precision": precision, "kills": survived, "max_weight_difference": difference})
+    )
     assert survived == 20
     assert difference == 0.0 if precision == "fp32" else difference < 1e-2
 
@@ -347,17 +425,30 @@ def test_continue_starts_from_the_finished_weights_and_records_its_parent(tmp_pa
     from lmforge.training.recipe import run_training
 
     parent = reference_run["run_dir"]
-    cfg = load_config(reference_run["config"], ["training.learning_rate=1e-9", "training.max_steps=1",
-                                                "training.warmup_ratio=0", f"continue_from={parent}"])
+    cfg = load_config(
+        reference_run["config"],
+        [
+            "training.learning_rate=1e-9",
+            "training.max_steps=1",
+            "training.warmup_ratio=0",
+            f"continue_from={parent}",
+        ],
+    )
     child = run_training(cfg, output_dir=tmp_path / "child")
     assert yaml.safe_load((child / "config.yaml").read_text())["continue_from"] == str(parent)
     assert json.loads((child / "metrics.json").read_text())["parent_run"] == str(parent)
-    assert _max_difference(_weights(child), _weights(parent)) < 1e-5  # a 1e-9 step away from the parent
+    assert (
+        _max_difference(_weights(child), _weights(parent)) < 1e-5
+    )  # a 1e-9 step away from the parent
 
-    cfg = load_config(reference_run["config"], ["training.learning_rate=1e-9", "training.max_steps=1",
-                                                "training.warmup_ratio=0"])
+    cfg = load_config(
+        reference_run["config"],
+        ["training.learning_rate=1e-9", "training.max_steps=1", "training.warmup_ratio=0"],
+    )
     fresh = run_training(cfg, output_dir=tmp_path / "fresh")
-    assert _max_difference(_weights(fresh), _weights(parent)) > 1e-3  # without continue: the base model
+    assert (
+        _max_difference(_weights(fresh), _weights(parent)) > 1e-3
+    )  # without continue: the base model
 
 
 def test_continue_lora_with_optimizer_state(tmp_path, tiny_model_dir, reference_run):
@@ -365,14 +456,28 @@ def test_continue_lora_with_optimizer_state(tmp_path, tiny_model_dir, reference_
     from lmforge.training.recipe import run_training
 
     base = ["method=lora", "training.epochs=2", "checkpoint.every_steps=null"]
-    parent = run_training(load_config(reference_run["config"], base), output_dir=tmp_path / "lora-parent")
-    cfg = load_config(reference_run["config"], [*base, f"continue_from={parent}", "continue_optimizer=true",
-                                                "training.learning_rate=1e-9", "training.max_steps=1",
-                                                "training.warmup_ratio=0"])
+    parent = run_training(
+        load_config(reference_run["config"], base), output_dir=tmp_path / "lora-parent"
+    )
+    cfg = load_config(
+        reference_run["config"],
+        [
+            *base,
+            f"continue_from={parent}",
+            "continue_optimizer=true",
+            "training.learning_rate=1e-9",
+            "training.max_steps=1",
+            "training.warmup_ratio=0",
+        ],
+    )
     child = run_training(cfg, output_dir=tmp_path / "lora-child")
     parent_adapter = load_file(parent / "adapter" / "adapter_model.safetensors")
     child_adapter = load_file(child / "adapter" / "adapter_model.safetensors")
     assert _max_difference(parent_adapter, child_adapter) < 1e-5
     with pytest.raises(LmforgeError, match="optimizer states do not fit"):
-        run_training(load_config(reference_run["config"], [f"continue_from={parent}", "continue_optimizer=true"]),
-                     output_dir=tmp_path / "full-child")
+        run_training(
+            load_config(
+                reference_run["config"], [f"continue_from={parent}", "continue_optimizer=true"]
+            ),
+            output_dir=tmp_path / "full-child",
+        )

@@ -35,13 +35,21 @@ class SlowPredictor:
     and records the batches it was given (deterministic batching tests)."""
 
     def __init__(self, delay: float = 0.05):
-        self.task, self.label_names, self.pairs, self.backend = _Task("sequence_classification"), ["a", "b"], False, "fake"
+        self.task, self.label_names, self.pairs, self.backend = (
+            _Task("sequence_classification"),
+            ["a", "b"],
+            False,
+            "fake",
+        )
         self.delay, self.batches = delay, []
 
     def predict(self, texts, batch_size=32, pairs=None):
         self.batches.append(list(texts))
         time.sleep(self.delay)
-        return [{"label": "a", "score": float(len(t)), "probabilities": {"a": 1.0, "b": 0.0}} for t in texts]
+        return [
+            {"label": "a", "score": float(len(t)), "probabilities": {"a": 1.0, "b": 0.0}}
+            for t in texts
+        ]
 
 
 def fake_app(settings=None, delay=0.05):
@@ -58,8 +66,10 @@ def runs(tmp_path_factory, tiny_model_dir):
 
     tmp = tmp_path_factory.mktemp("serve")
     rows = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
-    classifier = run_training(load_config(tiny_config(tiny_model_dir, write_csv(tmp / "c.csv", rows), epochs=4)),
-                              tmp / "sentiment")
+    classifier = run_training(
+        load_config(tiny_config(tiny_model_dir, write_csv(tmp / "c.csv", rows), epochs=4)),
+        tmp / "sentiment",
+    )
     scores = [(t, str(i / 10)) for i, (t, _) in enumerate(rows)]
     cfg = tiny_config(tiny_model_dir, write_csv(tmp / "r.csv", scores), epochs=2)
     cfg["task"] = "regression"
@@ -72,26 +82,45 @@ def client(runs):
     from lmforge.serving.recipe import load_models
 
     models = load_models([str(runs[0]), f"scorer={runs[1]}"], precision="fp32")
-    settings = ServeSettings(keys=ApiKeys({"alice": KEY}), max_texts=4, max_chars=200, max_body_bytes=2000)
+    settings = ServeSettings(
+        keys=ApiKeys({"alice": KEY}), max_texts=4, max_chars=200, max_body_bytes=2000
+    )
     with TestClient(create_app(models, settings)) as c:
         yield c
 
 
 def test_every_endpoint_needs_a_key_and_answers_with_one(client):
-    for path, body in (("/v1/classify", {"model": "sentiment", "texts": ["profit rose", "profit fell"]}),
-                       ("/v1/score", {"model": "scorer", "text": "profit rose"})):
+    for path, body in (
+        ("/v1/classify", {"model": "sentiment", "texts": ["profit rose", "profit fell"]}),
+        ("/v1/score", {"model": "scorer", "text": "profit rose"}),
+    ):
         assert client.post(path, json=body).status_code == 401
-        assert client.post(path, json=body, headers={"Authorization": "Bearer wrong-key-0123456789"}).status_code == 401
+        assert (
+            client.post(
+                path, json=body, headers={"Authorization": "Bearer wrong-key-0123456789"}
+            ).status_code
+            == 401
+        )
         response = client.post(path, json=body, headers=AUTH)
         assert response.status_code == 200, response.text
-        assert response.json()["model"] == body["model"] and len(response.json()["results"]) == len(body.get("texts", [0]))
+        assert response.json()["model"] == body["model"] and len(response.json()["results"]) == len(
+            body.get("texts", [0])
+        )
         assert response.headers["X-Request-ID"]
-    classified = client.post("/v1/classify", json={"model": "sentiment", "text": "profit rose"}, headers=AUTH).json()
+    classified = client.post(
+        "/v1/classify", json={"model": "sentiment", "text": "profit rose"}, headers=AUTH
+    ).json()
     assert set(classified["results"][0]) == {"label", "score", "probabilities"}
     models = client.get("/v1/models", headers=AUTH).json()["data"]
-    assert {m["id"]: m["endpoint"] for m in models} == {"sentiment": "/v1/classify", "scorer": "/v1/score"}
+    assert {m["id"]: m["endpoint"] for m in models} == {
+        "sentiment": "/v1/classify",
+        "scorer": "/v1/score",
+    }
     assert client.get("/v1/models").status_code == 401
-    assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").status_code == 200
+    assert (
+        client.get("/healthz").json() == {"status": "ok"}
+        and client.get("/readyz").status_code == 200
+    )
     assert "lmforge_requests_total" in client.get("/metrics").text
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
 
@@ -100,22 +129,31 @@ def test_the_served_answer_is_the_predictors(client, runs):
     from lmforge.inference.predictor import Predictor
 
     texts = ["profit rose sharply", "the outlook was downgraded"]
-    served = client.post("/v1/classify", json={"model": "sentiment", "texts": texts}, headers=AUTH).json()["results"]
+    served = client.post(
+        "/v1/classify", json={"model": "sentiment", "texts": texts}, headers=AUTH
+    ).json()["results"]
     assert served == Predictor.load(runs[0], precision="fp32").predict(texts)
 
 
-@pytest.mark.parametrize("body, status, kind", [
-    ({"model": "sentiment"}, 422, "invalid_request"),  # neither text nor texts
-    ({"model": "sentiment", "text": 3}, 422, "invalid_request"),  # wrong type
-    ({"model": "sentiment", "texts": []}, 422, "invalid_request"),
-    ({"model": "sentiment", "texts": ["a"] * 5}, 422, "too_many_texts"),
-    ({"model": "sentiment", "text": "x" * 201}, 422, "text_too_long"),
-    ({"model": "sentiment", "text": "a", "extra": 1}, 422, "invalid_request"),
-    ({"model": "nope", "text": "a"}, 404, "model_not_found"),
-    ({"text": "a"}, 422, "model_required"),
-    ({"model": "scorer", "text": "a"}, 422, "wrong_endpoint"),
-    ({"model": "sentiment", "text": "a", "text_pair": "b"}, 422, "pair_mismatch"),  # not dropped silently
-])
+@pytest.mark.parametrize(
+    "body, status, kind",
+    [
+        ({"model": "sentiment"}, 422, "invalid_request"),  # neither text nor texts
+        ({"model": "sentiment", "text": 3}, 422, "invalid_request"),  # wrong type
+        ({"model": "sentiment", "texts": []}, 422, "invalid_request"),
+        ({"model": "sentiment", "texts": ["a"] * 5}, 422, "too_many_texts"),
+        ({"model": "sentiment", "text": "x" * 201}, 422, "text_too_long"),
+        ({"model": "sentiment", "text": "a", "extra": 1}, 422, "invalid_request"),
+        ({"model": "nope", "text": "a"}, 404, "model_not_found"),
+        ({"text": "a"}, 422, "model_required"),
+        ({"model": "scorer", "text": "a"}, 422, "wrong_endpoint"),
+        (
+            {"model": "sentiment", "text": "a", "text_pair": "b"},
+            422,
+            "pair_mismatch",
+        ),  # not dropped silently
+    ],
+)
 def test_bad_requests_get_4xx_never_500(client, body, status, kind):
     response = client.post("/v1/classify", json=body, headers=AUTH)
     assert response.status_code == status, response.text
@@ -138,9 +176,13 @@ def test_malformed_and_oversized_bodies(client):
 
 
 def test_rate_limit_answers_429_with_retry_after():
-    app, _ = fake_app(ServeSettings(keys=ApiKeys({"bob": KEY}), rate_limit=RateLimit.parse("3/minute")), delay=0)
+    app, _ = fake_app(
+        ServeSettings(keys=ApiKeys({"bob": KEY}), rate_limit=RateLimit.parse("3/minute")), delay=0
+    )
     with TestClient(app) as c:
-        codes = [c.post("/v1/classify", json={"text": "a"}, headers=AUTH).status_code for _ in range(4)]
+        codes = [
+            c.post("/v1/classify", json={"text": "a"}, headers=AUTH).status_code for _ in range(4)
+        ]
         assert codes == [200, 200, 200, 429]
         last = c.post("/v1/classify", json={"text": "a"}, headers=AUTH)
         assert last.status_code == 429 and int(last.headers["Retry-After"]) >= 1
@@ -164,12 +206,16 @@ def test_batching_merges_concurrent_requests_and_returns_each_its_own_rows():
     responses = asyncio.run(_concurrent(app, bodies))
     for body, response in zip(bodies, responses, strict=True):
         assert response.status_code == 200
-        assert [r["score"] for r in response.json()["results"]] == [float(len(t)) for t in body["texts"]]
+        assert [r["score"] for r in response.json()["results"]] == [
+            float(len(t)) for t in body["texts"]
+        ]
     assert max(len(b) for b in predictor.batches) > 2  # requests shared forward passes
     assert len(predictor.batches) < len(bodies)
     text = app.state.metrics.render()[0].decode()
-    texts, batches = (float(re.search(rf'^lmforge_batch_size_{k}{{model="fake"}} (\S+)$', text, re.M).group(1))
-                      for k in ("sum", "count"))
+    texts, batches = (
+        float(re.search(rf'^lmforge_batch_size_{k}{{model="fake"}} (\S+)$', text, re.M).group(1))
+        for k in ("sum", "count")
+    )
     assert texts == 24 and texts / batches > 1  # the batch-size metric says so too
 
 
@@ -238,9 +284,14 @@ def test_model_threads_share_the_cores_and_each_has_its_own_tokenizer(runs):
         served = load_models([str(runs[0])], precision="fp32")
         settings = ServeSettings(model_threads=2)
         with TestClient(create_app(served, settings)) as c:
-            answers = [c.post("/v1/classify", json={"texts": ["good", "bad film", "fine"]}) for _ in range(6)]
+            answers = [
+                c.post("/v1/classify", json={"texts": ["good", "bad film", "fine"]})
+                for _ in range(6)
+            ]
         assert all(a.status_code == 200 for a in answers)
-        assert len({json.dumps(a.json()) for a in answers}) == 1  # every thread gives the same answer
+        assert (
+            len({json.dumps(a.json()) for a in answers}) == 1
+        )  # every thread gives the same answer
     finally:
         torch.set_num_threads(before)
 
@@ -267,7 +318,9 @@ def test_graceful_shutdown_finishes_in_flight_requests():
     result = {}
 
     def call():
-        result["response"] = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"text": "slow"}, timeout=10)
+        result["response"] = httpx.post(
+            f"http://127.0.0.1:{port}/v1/classify", json={"text": "slow"}, timeout=10
+        )
 
     caller = threading.Thread(target=call)
     caller.start()
@@ -275,18 +328,24 @@ def test_graceful_shutdown_finishes_in_flight_requests():
     server.should_exit = True  # what SIGTERM does
     caller.join(10)
     thread.join(10)
-    assert result["response"].status_code == 200 and result["response"].json()["results"][0]["score"] == 4.0
+    assert (
+        result["response"].status_code == 200
+        and result["response"].json()["results"][0]["score"] == 4.0
+    )
 
 
-@pytest.mark.parametrize("text, kind", [
-    ("write to jane.doe@example.com today", "[EMAIL]"),
-    ("call me on +44 20 7946 0958", "[PHONE]"),
-    ("my number is (555) 123-4567", "[PHONE]"),
-    ("card 4111 1111 1111 1111 was charged", "[CARD]"),
-    ("IBAN DE89 3704 0044 0532 0130 00 please", "[ACCOUNT]"),
-    ("account number 12345678 is overdrawn", "[ACCOUNT]"),
-    ("SSN 123-45-6789 on file", "[ID]"),
-])
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("write to jane.doe@example.com today", "[EMAIL]"),
+        ("call me on +44 20 7946 0958", "[PHONE]"),
+        ("my number is (555) 123-4567", "[PHONE]"),
+        ("card 4111 1111 1111 1111 was charged", "[CARD]"),
+        ("IBAN DE89 3704 0044 0532 0130 00 please", "[ACCOUNT]"),
+        ("account number 12345678 is overdrawn", "[ACCOUNT]"),
+        ("SSN 123-45-6789 on file", "[ID]"),
+    ],
+)
 def test_each_kind_of_personal_data_is_masked(text, kind):
     masked = mask_pii(text)
     assert kind in masked
@@ -301,8 +360,9 @@ def test_ordinary_numbers_are_not_masked():
 def test_personal_data_never_reaches_a_log_line(caplog):
     from lmforge.serving.security import MaskingFilter
 
-    record = logging.LogRecord("lmforge", logging.INFO, __file__, 1, "caller %s sent %s", ("x", "bob@example.com"),
-                               None)
+    record = logging.LogRecord(
+        "lmforge", logging.INFO, __file__, 1, "caller %s sent %s", ("x", "bob@example.com"), None
+    )
     MaskingFilter().filter(record)
     assert record.getMessage() == "caller x sent [EMAIL]"
     app, predictor = fake_app(ServeSettings(mask_inputs=True), delay=0)
@@ -314,11 +374,20 @@ def test_personal_data_never_reaches_a_log_line(caplog):
 def test_api_keys_are_gathered_hashed_and_named(tmp_path):
     keys_file = tmp_path / "keys"
     keys_file.write_text("# ops\nops:ops-key-0123456789abcd\n")
-    keys = ApiKeys.gather(["ci:ci-key-0123456789abcdef"], str(keys_file),
-                          environ={"LMFORGE_API_KEYS": "env-key-0123456789abcdef"})
+    keys = ApiKeys.gather(
+        ["ci:ci-key-0123456789abcdef"],
+        str(keys_file),
+        environ={"LMFORGE_API_KEYS": "env-key-0123456789abcdef"},
+    )
     assert len(keys) == 3
-    assert keys.identify("ops-key-0123456789abcd") == "ops" and keys.identify("ci-key-0123456789abcdef") == "ci"
-    assert keys.identify("env-key-0123456789abcdef").startswith("key") and keys.identify("nope") is None
+    assert (
+        keys.identify("ops-key-0123456789abcd") == "ops"
+        and keys.identify("ci-key-0123456789abcdef") == "ci"
+    )
+    assert (
+        keys.identify("env-key-0123456789abcdef").startswith("key")
+        and keys.identify("nope") is None
+    )
     assert "ops-key" not in repr(vars(keys))  # only digests are kept
     from lmforge.errors import LmforgeError
 

@@ -30,12 +30,17 @@ from lmforge.serving.security import ApiKeys  # noqa: E402
 
 KEY = "fuzz-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-MAX_EXAMPLES = 100  # Hypothesis examples per operation and phase; schemathesis adds its own coverage cases
+MAX_EXAMPLES = (
+    100  # Hypothesis examples per operation and phase; schemathesis adds its own coverage cases
+)
 # the model each endpoint is aimed at (a classifier on /v1/score or /v1/embed is a 422 worth sending too)
 MODEL_OF = {"/v1/generate": "lm", "/v1/completions": "lm", "/v1/chat/completions": "lm"}
 # the input forms of which a body takes one (the others: text or texts)
-ONE_OF = {"/v1/generate": ("prompt", "prompts", "messages"), "/v1/completions": ("prompt",),
-          "/v1/chat/completions": ("messages",)}
+ONE_OF = {
+    "/v1/generate": ("prompt", "prompts", "messages"),
+    "/v1/completions": ("prompt",),
+    "/v1/chat/completions": ("messages",),
+}
 CASES: Counter[tuple[str, int]] = Counter()  # (operation, status) -> cases
 
 
@@ -51,8 +56,13 @@ def fuzzed_app(tiny_model_dir, lm_dir, request):
     from lmforge.serving.recipe import load_models
 
     models = load_models([f"clf={tiny_model_dir}", f"lm={lm_dir}"], precision="fp32")
-    limits = ServeSettings(keys=ApiKeys({"fuzzer": KEY}), max_texts=8, max_chars=500, max_new_tokens=128,
-                           max_body_bytes=20_000)
+    limits = ServeSettings(
+        keys=ApiKeys({"fuzzer": KEY}),
+        max_texts=8,
+        max_chars=500,
+        max_new_tokens=128,
+        max_body_bytes=20_000,
+    )
     yield create_app(models, limits)
     print_summary(request.config)
 
@@ -69,7 +79,9 @@ def print_summary(config: pytest.Config) -> None:
         by_status = ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items()))
         lines.append(f"  {operation}: {sum(statuses.values())} ({by_status})")
     capture = config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():  # a module fixture's teardown output is captured otherwise
+    with (
+        capture.global_and_fixture_disabled()
+    ):  # a module fixture's teardown output is captured otherwise
         print("\n" + "\n".join(lines))
 
 
@@ -110,5 +122,7 @@ def test_no_request_is_answered_with_a_server_error(case, fuzzed_app):
     response = case.call(app=fuzzed_app, headers=AUTH)
     CASES[case.operation.label, response.status_code] += 1
     case.validate_response(response, checks=[not_a_server_error])
-    if case.operation.label == "GET /readyz" and case.method == "GET":  # the lifespan ran: batchers are up
+    if (
+        case.operation.label == "GET /readyz" and case.method == "GET"
+    ):  # the lifespan ran: batchers are up
         assert response.status_code == 200, response.text

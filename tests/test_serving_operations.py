@@ -33,9 +33,17 @@ def save_classifier(out: Path, tokenizer_dir: Path, seed: int) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2,
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     BertForSequenceClassification(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
     return out
@@ -45,7 +53,9 @@ def save_classifier(out: Path, tokenizer_dir: Path, seed: int) -> Path:
 def versions(tmp_path_factory, tiny_model_dir):
     """Two versions of one classifier (different weights, so different answers)."""
     tmp = tmp_path_factory.mktemp("versions")
-    return save_classifier(tmp / "v1", tiny_model_dir, 1), save_classifier(tmp / "v2", tiny_model_dir, 2)
+    return save_classifier(tmp / "v1", tiny_model_dir, 1), save_classifier(
+        tmp / "v2", tiny_model_dir, 2
+    )
 
 
 def probability(client, text="the service was great") -> float:
@@ -72,22 +82,32 @@ def wait_for(condition, seconds=10.0):
 
 # --- serve.yaml --------------------------------------------------------------------------------
 
+
 def test_a_config_file_is_validated_and_flags_win(tmp_path, versions):
     (tmp_path / "models").mkdir()
     shutil.copytree(versions[0], tmp_path / "models" / "sentiment")
     config = tmp_path / "serve.yaml"
-    config.write_text("models: [models/sentiment]\nport: 9000\nmax_batch_size: 64\nrate_limit: 10/second\n")
+    config.write_text(
+        "models: [models/sentiment]\nport: 9000\nmax_batch_size: 64\nrate_limit: 10/second\n"
+    )
     loaded = load_serve_config(str(config), {"port": 9100, "max_wait_ms": None, "models": []})
-    assert loaded.port == 9100 and loaded.max_batch_size == 64  # the flag wins, the file fills the rest
+    assert (
+        loaded.port == 9100 and loaded.max_batch_size == 64
+    )  # the flag wins, the file fills the rest
     assert loaded.models == [str(tmp_path / "models" / "sentiment")]  # relative to the file
     settings = loaded.settings(ApiKeys({"alice": KEY}))
     assert settings.max_batch_size == 64 and settings.rate_limit.requests == 10 and settings.keys
 
     config.write_text("models: [x]\nmax_batch_sise: 64\n")
-    with pytest.raises(LmforgeError, match=r"serve.yaml: unknown key 'max_batch_sise'.*did you mean 'max_batch_size'"):
+    with pytest.raises(
+        LmforgeError,
+        match=r"serve.yaml: unknown key 'max_batch_sise'.*did you mean 'max_batch_size'",
+    ):
         load_serve_config(str(config), {})
     config.write_text("models: [x]\nmax_texts: 0\n")
-    with pytest.raises(LmforgeError, match=r"serve.yaml: max_texts: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        LmforgeError, match=r"serve.yaml: max_texts: Input should be greater than or equal to 1"
+    ):
         load_serve_config(str(config), {})
     config.write_text("")
     with pytest.raises(LmforgeError, match=r"serve.yaml is empty; a config needs at least models:"):
@@ -103,11 +123,20 @@ def test_serve_config_errors_are_one_line(capsys, tmp_path):
     assert code == 2 and "not found" in error_line(err)
 
 
-def test_a_model_without_an_endpoint_is_refused_before_loading(capsys, tmp_path, tiny_model_dir, versions):
+def test_a_model_without_an_endpoint_is_refused_before_loading(
+    capsys, tmp_path, tiny_model_dir, versions
+):
     from transformers import BertConfig, BertForMaskedLM
 
-    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64)).save_pretrained(tmp_path / "mlm")
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    ).save_pretrained(tmp_path / "mlm")
     code, _, err = run_cli(["serve", versions[0], tmp_path / "mlm", "--workers", "2"], capsys)
     assert code == 2 and "is a masked lm model: it has no endpoint" in error_line(err)
     code, _, err = run_cli(["serve", f"a={versions[0]}", f"a={versions[1]}"], capsys)
@@ -115,6 +144,7 @@ def test_a_model_without_an_endpoint_is_refused_before_loading(capsys, tmp_path,
 
 
 # --- hot reload --------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def served(tmp_path, versions):
@@ -133,7 +163,9 @@ def test_new_weights_in_the_directory_are_served_without_a_restart(served, versi
     client, live = served
     before = probability(client)
     shutil.copy(versions[1] / "model.safetensors", live / "model.safetensors")
-    assert wait_for(lambda: reloads(client, "ok") == 1), "the watcher did not reload the new weights"
+    assert wait_for(lambda: reloads(client, "ok") == 1), (
+        "the watcher did not reload the new weights"
+    )
     after = probability(client)
     assert after != pytest.approx(before, abs=1e-6)
     card = client.get("/v1/models", headers=AUTH).json()["data"][0]
@@ -172,6 +204,7 @@ def test_the_reload_endpoint_swaps_at_once_and_refuses_another_task(served, vers
 
 # --- several workers ---------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,11 +217,30 @@ def test_workers_share_the_port_and_their_metrics_add_up(tmp_path, versions):
     port = free_port()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     (tmp_path / "metrics").mkdir()
-    server = subprocess.Popen([sys.executable, "-m", "lmforge", "serve", f"sentiment={versions[0]}", "--workers", "2",
-                               "--port", str(port), "--api-key", KEY, "--precision", "fp32"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmforge",
+            "serve",
+            f"sentiment={versions[0]}",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--precision",
+            "fp32",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             try:
                 return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
@@ -199,11 +251,16 @@ def test_workers_share_the_port_and_their_metrics_add_up(tmp_path, versions):
         assert wait_for(ready, 90), "the workers did not start"
         assert wait_for(lambda: len(psutil.Process(server.pid).children()) >= 2, 30)
         for _ in range(12):  # a fresh connection each: the kernel hands them to either worker
-            answer = httpx.post(f"{base}/v1/classify", json={"text": "fine"}, headers=AUTH, timeout=30)
+            answer = httpx.post(
+                f"{base}/v1/classify", json={"text": "fine"}, headers=AUTH, timeout=30
+            )
             assert answer.status_code == 200
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
-        counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                      if line.startswith("lmforge_requests_total{") and 'endpoint="/v1/classify"' in line)
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("lmforge_requests_total{") and 'endpoint="/v1/classify"' in line
+        )
         assert counted == 12  # every worker's requests, whichever worker answered the scrape
     finally:
         server.terminate()

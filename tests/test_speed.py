@@ -26,8 +26,12 @@ from lmforge.training.sampler import EpochBatchSampler
 # --- grouped batching ---------------------------------------------------------------------------
 
 
-@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=400), batch_size=st.integers(1, 40),
-       seed=st.integers(0, 1000), epoch=st.integers(0, 5))
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=400),
+    batch_size=st.integers(1, 40),
+    seed=st.integers(0, 1000),
+    epoch=st.integers(0, 5),
+)
 def test_grouped_batches_cover_every_example_once(lengths, batch_size, seed, epoch):
     sampler = EpochBatchSampler(len(lengths), batch_size, seed, lengths=lengths)
     batches = sampler.batches(epoch)
@@ -103,7 +107,9 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir,
 
     weights = {}
     for flag in (False, True):
-        cfg = load_config(tiny_config(tiny_model_dir, sentiment_csv, epochs=2, gradient_checkpointing=flag))
+        cfg = load_config(
+            tiny_config(tiny_model_dir, sentiment_csv, epochs=2, gradient_checkpointing=flag)
+        )
         run = run_training(cfg, tmp_path / f"run-{flag}")
         weights[flag] = load_file(run / "model" / "model.safetensors")
     for name, value in weights[False].items():
@@ -153,14 +159,22 @@ def test_candidate_batch_sizes_keep_the_effective_batch():
 
 
 def test_step_time_fit_recovers_a_line():
-    a, b = fit_step_time([(100, 0.2 + 0.001 * 100), (400, 0.2 + 0.001 * 400), (900, 0.2 + 0.001 * 900)])
+    a, b = fit_step_time(
+        [(100, 0.2 + 0.001 * 100), (400, 0.2 + 0.001 * 400), (900, 0.2 + 0.001 * 900)]
+    )
     assert a == pytest.approx(0.2) and b == pytest.approx(0.001)
     assert fit_step_time([(64, 0.5), (64, 0.7)]) == (pytest.approx(0.6), 0.0)
 
 
 def _candidate(size, peak, speed):
-    return Candidate(size, 32 // size, peak_memory_bytes=peak, examples_per_second=speed, train_seconds=1.0,
-                     total_seconds=2.0)
+    return Candidate(
+        size,
+        32 // size,
+        peak_memory_bytes=peak,
+        examples_per_second=speed,
+        train_seconds=1.0,
+        total_seconds=2.0,
+    )
 
 
 def test_recommendation_is_the_fastest_that_fits():
@@ -173,9 +187,13 @@ def test_recommendation_is_the_fastest_that_fits():
         recommend(cands, budget=2e9)
 
 
-def test_plan_measures_a_tiny_model_and_fits_the_budget(tmp_path, tiny_model_dir, sentiment_csv, capsys):
+def test_plan_measures_a_tiny_model_and_fits_the_budget(
+    tmp_path, tiny_model_dir, sentiment_csv, capsys
+):
     config = tmp_path / "run.yaml"
-    config.write_text(json.dumps(tiny_config(tiny_model_dir, sentiment_csv, epochs=2, batch_size=4)))
+    config.write_text(
+        json.dumps(tiny_config(tiny_model_dir, sentiment_csv, epochs=2, batch_size=4))
+    )
     assert main(["plan", str(config), "--steps", "3", "--json", str(tmp_path / "plan.json")]) == 0
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert "recommended: batch_size" in capsys.readouterr().out
@@ -204,14 +222,19 @@ def test_plan_refuses_a_budget_nothing_fits(tmp_path, tiny_model_dir, sentiment_
 def test_auto_batch_size_trains_with_the_planned_batch(tmp_path, tiny_model_dir, sentiment_csv):
     from lmforge.training.recipe import run_training
 
-    cfg = load_config(tiny_config(tiny_model_dir, sentiment_csv, epochs=2, batch_size="auto",
-                                  effective_batch_size=4))
+    cfg = load_config(
+        tiny_config(
+            tiny_model_dir, sentiment_csv, epochs=2, batch_size="auto", effective_batch_size=4
+        )
+    )
     run = run_training(cfg, tmp_path / "run")
     plan = json.loads((run / "plan.json").read_text())
     train = json.loads((run / "metrics.json").read_text())["train"]
     rec = plan["recommendation"]
     assert (train["batch_size"], train["gradient_accumulation_steps"]) == (
-        rec["batch_size"], rec["gradient_accumulation_steps"])
+        rec["batch_size"],
+        rec["gradient_accumulation_steps"],
+    )
     assert rec["batch_size"] * rec["gradient_accumulation_steps"] == 4
     assert load_config(run / "config.yaml").training.batch_size == "auto"  # saved as asked
     assert train["peak_memory_bytes"] > 0
@@ -232,7 +255,9 @@ def test_fast_dropout_keeps_the_right_share_and_the_mean(p):
     assert abs(kept - (1 - p)) < 0.005
     assert abs(y.mean().item() - 1.0) < 0.01  # scaled by 1/(1-p), as nn.Dropout
     values = torch.unique(y).tolist()
-    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p), rel=1e-3)
+    assert (
+        len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p), rel=1e-3)
+    )
 
 
 def test_fast_dropout_is_seeded_and_its_gradient_is_the_mask():
@@ -250,7 +275,9 @@ def test_fast_dropout_is_seeded_and_its_gradient_is_the_mask():
     assert torch.allclose(x.grad, (a != 0).float() / 0.8, rtol=1e-3)  # p is rounded to 1/32768
     assert torch.equal(fast_dropout(x, 0.0), x) and not fast_dropout(x, 1.0).any()
 
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1), torch.nn.Sequential(torch.nn.Dropout(0.3)))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.Dropout(0.1), torch.nn.Sequential(torch.nn.Dropout(0.3))
+    )
     assert use_fast_dropout(model) == 2
     assert isinstance(model[1], FastDropout) and model[2][0].p == 0.3
     model.eval()
@@ -259,7 +286,9 @@ def test_fast_dropout_is_seeded_and_its_gradient_is_the_mask():
 
 
 @pytest.mark.slow
-def test_compiled_training_saves_a_plain_model(tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows):
+def test_compiled_training_saves_a_plain_model(
+    tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows
+):
     from transformers import AutoModelForSequenceClassification
 
     from lmforge.training.recipe import run_training

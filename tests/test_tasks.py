@@ -42,6 +42,7 @@ def _write_jsonl(path, rows):
 
 # --- regression --------------------------------------------------------------------------------
 
+
 def test_regression_metrics_on_a_hand_made_example():
     task = Regression()
     logits = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32)
@@ -51,14 +52,22 @@ def test_regression_metrics_on_a_hand_made_example():
     assert m["rmse"] == pytest.approx(1.0)
     assert m["spearman"] == pytest.approx(1.0)  # same order
     assert m["pearson"] == pytest.approx(np.corrcoef([0, 1, 2, 3], [0, 1, 2, 5])[0, 1])
-    flat = task.compute_metrics(np.zeros((3, 1), dtype=np.float32), np.array([0.0, 1.0, 2.0]), ["score"])
-    assert flat["pearson"] == 0.0 and flat["spearman"] == 0.0  # constant predictions: no correlation
+    flat = task.compute_metrics(
+        np.zeros((3, 1), dtype=np.float32), np.array([0.0, 1.0, 2.0]), ["score"]
+    )
+    assert (
+        flat["pearson"] == 0.0 and flat["spearman"] == 0.0
+    )  # constant predictions: no correlation
 
 
 def test_regression_targets_must_be_numbers():
     task = Regression()
-    assert task.encode_labels(["0.5", "-1", "2e-1"], ["score"], "x").tolist() == pytest.approx([0.5, -1.0, 0.2])
-    with pytest.raises(LmforgeError, match=r"train.csv has 2 target\(s\) that are not numbers \(row 2: 'high'"):
+    assert task.encode_labels(["0.5", "-1", "2e-1"], ["score"], "x").tolist() == pytest.approx(
+        [0.5, -1.0, 0.2]
+    )
+    with pytest.raises(
+        LmforgeError, match=r"train.csv has 2 target\(s\) that are not numbers \(row 2: 'high'"
+    ):
         task.encode_labels(["0.1", "high", "nan"], ["score"], "train.csv")
 
 
@@ -82,9 +91,18 @@ def test_regression_trains_saves_and_predicts_the_same(tmp_path, tiny_model_dir,
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["task"] == "regression"
     assert metrics["validation"]["spearman"] > 0.9  # fits the handful of training sentences
-    assert metrics["train"]["best_metric"] == {"spearman": pytest.approx(max(
-        r["spearman"] for r in map(json.loads, (tmp_path / "run" / "logs" / "history.jsonl").read_text().splitlines())
-        if r["split"] == "validation"))}
+    assert metrics["train"]["best_metric"] == {
+        "spearman": pytest.approx(
+            max(
+                r["spearman"]
+                for r in map(
+                    json.loads,
+                    (tmp_path / "run" / "logs" / "history.jsonl").read_text().splitlines(),
+                )
+                if r["split"] == "validation"
+            )
+        )
+    }
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| spearman |" in report
 
@@ -93,8 +111,21 @@ def test_regression_trains_saves_and_predicts_the_same(tmp_path, tiny_model_dir,
     scores = [r["score"] for r in predictor.predict([r["text"] for r in rows])]
     assert np.corrcoef(scores, [r["score"] for r in rows])[0, 1] > 0.9
     # eval of the saved model reproduces the training run's validation numbers
-    assert main(["eval", str(tmp_path / "run"), "--data", str(train), "--precision", "fp32",
-                 "--json", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "run"),
+                "--data",
+                str(train),
+                "--precision",
+                "fp32",
+                "--json",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["spearman"] == pytest.approx(metrics["validation"]["spearman"], abs=1e-6)
 
@@ -116,6 +147,7 @@ def test_regression_rejects_non_numeric_targets_in_one_line(tmp_path, tiny_model
 
 # --- text pairs --------------------------------------------------------------------------------
 
+
 def _pair_rows(n: int, seed: int = 0) -> list[dict]:
     """(question, answer) pairs: 'match' when the answer talks about the question's noun."""
     rng = random.Random(seed)
@@ -123,8 +155,13 @@ def _pair_rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         noun = rng.choice(NOUNS)
         other = noun if i % 2 == 0 else rng.choice([x for x in NOUNS if x != noun])
-        rows.append({"question": f"what happened to {noun}", "answer": f"{other} {rng.choice(UP + DOWN)}",
-                     "label": "match" if other == noun else "other"})
+        rows.append(
+            {
+                "question": f"what happened to {noun}",
+                "answer": f"{other} {rng.choice(UP + DOWN)}",
+                "label": "match" if other == noun else "other",
+            }
+        )
     return rows
 
 
@@ -132,10 +169,13 @@ def test_pair_token_types_mark_the_second_text(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    encoded = tokenize(["profit rose", "sales"], tokenizer, 32, use_cache=False, pairs=["why", "sales fell today"])
+    encoded = tokenize(
+        ["profit rose", "sales"], tokenizer, 32, use_cache=False, pairs=["why", "sales fell today"]
+    )
     reference = tokenizer(["profit rose", "sales"], ["why", "sales fell today"], padding=True)
     batch = PaddingCollator(tokenizer.pad_token_id, None)(
-        [EncodedDataset(encoded.ids, None, encoded.pair_starts)[i] for i in range(2)])
+        [EncodedDataset(encoded.ids, None, encoded.pair_starts)[i] for i in range(2)]
+    )
     assert batch["input_ids"].tolist() == reference["input_ids"]
     assert batch["token_type_ids"].tolist() == reference["token_type_ids"]
 
@@ -143,7 +183,9 @@ def test_pair_token_types_mark_the_second_text(tiny_model_dir):
 def test_pairs_with_a_missing_side_are_dropped_and_counted():
     import pandas as pd
 
-    frame = pd.DataFrame({"text": ["a b", "c d", "e f"], "text_pair": ["x", None, "  "], "label": ["1", "0", "1"]})
+    frame = pd.DataFrame(
+        {"text": ["a b", "c d", "e f"], "text_pair": ["x", None, "  "], "label": ["1", "0", "1"]}
+    )
     kept, report = clean_examples(frame)
     assert kept["text"].tolist() == ["a b"] and report.missing_pair == 2
     assert "2 missing pair" in report.summary("train")
@@ -152,18 +194,37 @@ def test_pairs_with_a_missing_side_are_dropped_and_counted():
 def test_text_pair_classification_trains_and_predicts_pairs(tmp_path, tiny_model_dir):
     train = _write_jsonl(tmp_path / "train.jsonl", _pair_rows(40))
     cfg = tiny_config(tiny_model_dir, train, epochs=40, batch_size=8, eval_strategy="epoch")
-    cfg["data"].update(text_column="question", text_pair_column="answer", validation_file=str(train),
-                       validation_size=0.0)
+    cfg["data"].update(
+        text_column="question",
+        text_pair_column="answer",
+        validation_file=str(train),
+        validation_size=0.0,
+    )
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
     assert main(["-q", "train", str(config), "--output", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["validation"]["accuracy"] >= 0.8  # chance is 0.5: only solvable by reading both texts
+    assert (
+        metrics["validation"]["accuracy"] >= 0.8
+    )  # chance is 0.5: only solvable by reading both texts
 
-    queries = _write_jsonl(tmp_path / "pairs.jsonl", [{k: r[k] for k in ("question", "answer")}
-                                                      for r in _pair_rows(8, seed=1)])
-    assert main(["predict", str(tmp_path / "run"), "--input", str(queries), "--output",
-                 str(tmp_path / "out.jsonl")]) == 0
+    queries = _write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{k: r[k] for k in ("question", "answer")} for r in _pair_rows(8, seed=1)],
+    )
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "run"),
+                "--input",
+                str(queries),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+            ]
+        )
+        == 0
+    )
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [set(r) >= {"text", "text_pair", "label"} for r in out] == [True] * 8
     import lmforge
@@ -190,8 +251,14 @@ def test_pair_model_refuses_single_texts(tmp_path, tiny_model_dir, capsys):
 
 from lmforge.tasks.multi_label import MultiLabelClassification  # noqa: E402
 
-TOPICS = {"rates": "monetary", "inflation": "monetary", "jobs": "labor", "wages": "labor",
-          "exports": "trade", "tariffs": "trade"}
+TOPICS = {
+    "rates": "monetary",
+    "inflation": "monetary",
+    "jobs": "labor",
+    "wages": "labor",
+    "exports": "trade",
+    "tariffs": "trade",
+}
 
 
 def test_multi_label_parses_lists_and_delimited_cells():
@@ -218,7 +285,9 @@ def test_multi_label_metrics_and_thresholds_on_a_constructed_case():
     assert at_half["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 2))  # tp 2, fn 2, fp 0
     assert at_half["subset_accuracy"] == pytest.approx(2 / 4)  # rows 3 and 4 are fully right
     thresholds = task.tune_thresholds(logits, truth)
-    assert 0.2 < thresholds[0] <= 0.35 and thresholds[1] == 0.5  # b is perfect at 0.5 already: it stays
+    assert (
+        0.2 < thresholds[0] <= 0.35 and thresholds[1] == 0.5
+    )  # b is perfect at 0.5 already: it stays
     task.configure({"thresholds": thresholds})
     tuned = task.compute_metrics(logits, truth, names)
     assert tuned["micro_f1"] == 1.0 and tuned["subset_accuracy"] == 1.0
@@ -238,7 +307,9 @@ def _topic_rows(n: int, seed: int = 0) -> list[dict]:
 def test_multi_label_trains_tunes_thresholds_and_predicts_label_sets(tmp_path, tiny_model_dir):
     rows = _topic_rows(48)
     train = _write_jsonl(tmp_path / "train.jsonl", rows)
-    cfg = tiny_config(tiny_model_dir, train, epochs=60, batch_size=8, learning_rate=1e-3, eval_strategy="epoch")
+    cfg = tiny_config(
+        tiny_model_dir, train, epochs=60, batch_size=8, learning_rate=1e-3, eval_strategy="epoch"
+    )
     cfg["task"] = "multi_label_classification"
     cfg["data"].update(label_column="topics", validation_file=str(train), validation_size=0.0)
     config = tmp_path / "run.yaml"
@@ -253,11 +324,27 @@ def test_multi_label_trains_tunes_thresholds_and_predicts_label_sets(tmp_path, t
     predictor = Predictor.load(tmp_path / "run", precision="fp32")
     predicted = predictor.predict([r["text"] for r in rows])
     exact = np.mean([p["labels"] == r["topics"] for p, r in zip(predicted, rows, strict=True)])
-    assert exact == pytest.approx(metrics["validation"]["subset_accuracy"])  # the saved thresholds are used
-    assert main(["eval", str(tmp_path / "run"), "--data", str(train), "--precision", "fp32",
-                 "--json", str(tmp_path / "eval.json")]) == 0
-    assert json.loads((tmp_path / "eval.json").read_text())["micro_f1"] == \
-        pytest.approx(metrics["validation"]["micro_f1"])
+    assert exact == pytest.approx(
+        metrics["validation"]["subset_accuracy"]
+    )  # the saved thresholds are used
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "run"),
+                "--data",
+                str(train),
+                "--precision",
+                "fp32",
+                "--json",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "eval.json").read_text())["micro_f1"] == pytest.approx(
+        metrics["validation"]["micro_f1"]
+    )
 
 
 def test_thresholds_tuned_for_micro_f1_do_not_chase_a_rare_label():
@@ -273,7 +360,6 @@ def test_thresholds_tuned_for_micro_f1_do_not_chase_a_rare_label():
     logits = np.log(probs / (1 - probs))
     assert task.tune_thresholds(logits, truth, "micro_f1") == [0.5, 0.5]
     assert task.tune_thresholds(logits, truth, "macro_f1")[1] <= 0.15  # macro-F1 does reward it
-
 
 
 def test_lora_trains_a_regression_head(tmp_path, tiny_model_dir):

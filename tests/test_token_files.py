@@ -16,8 +16,12 @@ from lmforge.data.token_files import (
 from lmforge.errors import LmforgeError
 
 WNUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wnut17"
-EXAMPLES = [TokenExample(["Anna", "flew", "to", "New", "York"], ["B-person", "O", "O", "B-location", "I-location"]),
-            TokenExample(["héllo", "@world"], ["O", "O"])]
+EXAMPLES = [
+    TokenExample(
+        ["Anna", "flew", "to", "New", "York"], ["B-person", "O", "O", "B-location", "I-location"]
+    ),
+    TokenExample(["héllo", "@world"], ["O", "O"]),
+]
 
 
 @pytest.mark.parametrize("writer", [write_conll, write_jsonl])
@@ -29,19 +33,30 @@ def test_token_files_round_trip_whatever_their_name(tmp_path, writer):
 
 def test_conll_variants(tmp_path):
     path = tmp_path / "conll2003.txt"
-    path.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n"
-                    "Peter NNP B-NP B-PER\r\nBlackburn NNP I-NP I-PER\r\n", encoding="utf-8")
-    assert read_token_file(path) == [TokenExample(["EU", "rejects"], ["B-ORG", "O"]),
-                                     TokenExample(["Peter", "Blackburn"], ["B-PER", "I-PER"])]
+    path.write_text(
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n"
+        "Peter NNP B-NP B-PER\r\nBlackburn NNP I-NP I-PER\r\n",
+        encoding="utf-8",
+    )
+    assert read_token_file(path) == [
+        TokenExample(["EU", "rejects"], ["B-ORG", "O"]),
+        TokenExample(["Peter", "Blackburn"], ["B-PER", "I-PER"]),
+    ]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("Anna\tB-person\nflew\n", "line 2 has no tag"),
-    ('{"tokens": ["a", "b"], "tags": ["O"]}\n', "line 1 has 2 tokens but 1 tags"),
-    ('{"tokens": ["a"], "tags": ["O"]}\n{"tokens": "a b"}\n', 'line 2 needs "tokens" and "tags" lists'),
-    ("-DOCSTART- O\n\n", "has no sentences"),
-    ("", "is empty"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("Anna\tB-person\nflew\n", "line 2 has no tag"),
+        ('{"tokens": ["a", "b"], "tags": ["O"]}\n', "line 1 has 2 tokens but 1 tags"),
+        (
+            '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": "a b"}\n',
+            'line 2 needs "tokens" and "tags" lists',
+        ),
+        ("-DOCSTART- O\n\n", "has no sentences"),
+        ("", "is empty"),
+    ],
+)
 def test_bad_token_files_fail_in_one_line(tmp_path, content, message):
     path = tmp_path / "bad.conll"
     path.write_text(content, encoding="utf-8")
@@ -50,8 +65,10 @@ def test_bad_token_files_fail_in_one_line(tmp_path, content, message):
 
 
 def test_invalid_bio_transitions_are_repaired_and_counted_or_rejected():
-    broken = [TokenExample(["a", "b", "c", "d"], ["I-person", "I-person", "I-location", "O"]),
-              TokenExample(["e"], ["O"])]
+    broken = [
+        TokenExample(["a", "b", "c", "d"], ["I-person", "I-person", "I-location", "O"]),
+        TokenExample(["e"], ["O"]),
+    ]
     fixed, repaired = check_scheme(broken, "bio")
     assert fixed[0].tags == ["B-person", "I-person", "B-location", "O"] and repaired == 2
     with pytest.raises(LmforgeError, match="sentence 1 has 'I-person' without a preceding entity"):

@@ -35,10 +35,19 @@ def test_tiny_bert_overfits_16_examples(tmp_path, tiny_model_dir, sentiment_csv,
 
 
 def test_run_directory_layout(tmp_path, tiny_model_dir, sentiment_csv):
-    run_dir = _train(tmp_path, tiny_model_dir, sentiment_csv, epochs=2, eval_strategy="epoch",
-                     logging_steps=1)
-    for name in ("config.yaml", "metrics.json", "report.md", "loss_curve.png", "model/config.json",
-                 "model/model.safetensors", "model/tokenizer.json", "model/lmforge.json"):
+    run_dir = _train(
+        tmp_path, tiny_model_dir, sentiment_csv, epochs=2, eval_strategy="epoch", logging_steps=1
+    )
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "report.md",
+        "loss_curve.png",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "model/lmforge.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "logs").glob("events.out.tfevents.*")), "no TensorBoard event file"
     # the config in the run dir is complete and reloads to the same run
@@ -71,7 +80,9 @@ def test_same_seed_same_weights(tmp_path, tiny_model_dir, sentiment_csv):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_saved_full_model_loads_with_plain_transformers(tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows):
+def test_saved_full_model_loads_with_plain_transformers(
+    tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows
+):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     run_dir = _train(tmp_path, tiny_model_dir, sentiment_csv, epochs=3)
@@ -85,7 +96,9 @@ def test_saved_full_model_loads_with_plain_transformers(tmp_path, tiny_model_dir
     assert model.config.id2label == {0: "negative", 1: "positive"}
 
 
-def test_lora_run_loads_with_plain_peft_and_merges(tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows):
+def test_lora_run_loads_with_plain_peft_and_merges(
+    tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows
+):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -97,24 +110,41 @@ def test_lora_run_loads_with_plain_peft_and_merges(tmp_path, tiny_model_dir, sen
     assert adapter_bytes < (run_dir / "model" / "model.safetensors").stat().st_size / 5
 
     base = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, num_labels=2, id2label={0: "negative", 1: "positive"})
+        tiny_model_dir, num_labels=2, id2label={0: "negative", 1: "positive"}
+    )
     peft_model = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
     texts = [t for t, _ in sentiment_rows]
     with torch.no_grad():
-        peft_logits = peft_model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
-    merged_logits = Predictor.load(run_dir, precision="fp32").logits(texts)  # model/ is the merged copy
+        peft_logits = peft_model(
+            **tokenizer(texts, padding=True, return_tensors="pt")
+        ).logits.numpy()
+    merged_logits = Predictor.load(run_dir, precision="fp32").logits(
+        texts
+    )  # model/ is the merged copy
     np.testing.assert_allclose(merged_logits, peft_logits, atol=1e-4)
     # the adapter really changed the model: the base with its random head disagrees
     with torch.no_grad():
-        base_fresh = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).eval()
-        base_logits = base_fresh(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
+        base_fresh = AutoModelForSequenceClassification.from_pretrained(
+            tiny_model_dir, num_labels=2
+        ).eval()
+        base_logits = base_fresh(
+            **tokenizer(texts, padding=True, return_tensors="pt")
+        ).logits.numpy()
     assert not np.allclose(base_logits, peft_logits, atol=1e-3)
 
 
 def test_early_stopping_and_best_model(tmp_path, tiny_model_dir, sentiment_csv):
-    cfg = tiny_config(tiny_model_dir, sentiment_csv, epochs=40, eval_strategy="steps", eval_steps=2,
-                      early_stopping_patience=2, metric="loss", learning_rate=1e-1)
+    cfg = tiny_config(
+        tiny_model_dir,
+        sentiment_csv,
+        epochs=40,
+        eval_strategy="steps",
+        eval_steps=2,
+        early_stopping_patience=2,
+        metric="loss",
+        learning_rate=1e-1,
+    )
     cfg["data"]["validation_size"] = 0.25
     run_dir = run_training(load_config(cfg), output_dir=tmp_path / "es")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -134,7 +164,9 @@ def test_gradient_accumulation_matches_large_batch(tmp_path, tiny_model_dir, sen
 
     common = {"epochs": 1, "warmup_ratio": 0.0, "max_grad_norm": 0.0, "learning_rate": 1e-3}
     big = tiny_config(tiny_model_dir, sentiment_csv, batch_size=16, **common)
-    small = tiny_config(tiny_model_dir, sentiment_csv, batch_size=4, gradient_accumulation_steps=4, **common)
+    small = tiny_config(
+        tiny_model_dir, sentiment_csv, batch_size=4, gradient_accumulation_steps=4, **common
+    )
     for cfg in (big, small):
         cfg["model"] = str(tiny_model_dir)
     dropout_free = tmp_path / "nodrop"
@@ -166,9 +198,21 @@ def test_bf16_training_runs_on_cpu(tmp_path, tiny_model_dir, sentiment_csv, prec
 
 
 def test_duplicate_rows_are_reported(tmp_path, tiny_model_dir, sentiment_rows):
-    rows = sentiment_rows + sentiment_rows[:3] + [("profit rose sharply", "negative"), ("  ", "positive")]
+    rows = (
+        sentiment_rows
+        + sentiment_rows[:3]
+        + [("profit rose sharply", "negative"), ("  ", "positive")]
+    )
     train = write_csv(tmp_path / "dups.csv", rows)
     run_dir = _train(tmp_path, tiny_model_dir, train, epochs=1)
     cleaning = json.loads((run_dir / "metrics.json").read_text())["data"]["cleaning"]["train"]
-    assert cleaning == {"rows_read": 21, "empty_text": 1, "missing_pair": 0, "missing_label": 0, "exact_duplicates": 3,
-                        "conflicting_labels": 2, "rows_kept": 15, "repaired_tags": 0}
+    assert cleaning == {
+        "rows_read": 21,
+        "empty_text": 1,
+        "missing_pair": 0,
+        "missing_label": 0,
+        "exact_duplicates": 3,
+        "conflicting_labels": 2,
+        "rows_kept": 15,
+        "repaired_tags": 0,
+    }

@@ -34,8 +34,10 @@ def convert(data_dir: Path, out_dir: Path, include_oos: bool) -> dict[Path, int]
     for split, (in_scope, out_of_scope) in SPLITS.items():
         rows = data[in_scope] + (data[out_of_scope] if include_oos else [])
         out = out_dir / f"clinc150_{split}.jsonl"
-        lines = (json.dumps({"query": text, "positive": describe(intent), "intent": intent}) + "\n"
-                 for text, intent in rows)
+        lines = (
+            json.dumps({"query": text, "positive": describe(intent), "intent": intent}) + "\n"
+            for text, intent in rows
+        )
         out.write_text("".join(lines), encoding="utf-8")
         written[out] = len(rows)
     return written
@@ -43,17 +45,28 @@ def convert(data_dir: Path, out_dir: Path, include_oos: bool) -> dict[Path, int]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=REPO / "../shared/data/clinc150",
-                        help="folder with data_train_val.json (default: ../shared/data/clinc150 "
-                             "from the repository root)")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "examples/data",
-                        help="where the two JSONL files go (default: examples/data)")
-    parser.add_argument("--include-oos", action="store_true",
-                        help="keep the out-of-scope rows, with positive 'oos'")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO / "../shared/data/clinc150",
+        help="folder with data_train_val.json (default: ../shared/data/clinc150 "
+        "from the repository root)",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=REPO / "examples/data",
+        help="where the two JSONL files go (default: examples/data)",
+    )
+    parser.add_argument(
+        "--include-oos", action="store_true", help="keep the out-of-scope rows, with positive 'oos'"
+    )
     args = parser.parse_args()
     if not (args.data_dir / "data_train_val.json").is_file():
-        sys.exit(f"clinc150_to_pairs.py: {args.data_dir.resolve()} has no data_train_val.json; "
-                 "give the CLINC150 folder with --data-dir")
+        sys.exit(
+            f"clinc150_to_pairs.py: {args.data_dir.resolve()} has no data_train_val.json; "
+            "give the CLINC150 folder with --data-dir"
+        )
     for path, count in convert(args.data_dir, args.out_dir, args.include_oos).items():
         print(f"wrote {count} rows to {path}")
 

@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 def documents(shared: Path) -> list[str]:
     docs = []
     for path in sorted((shared / "reuters21578").glob("reut2-*.sgm")):
-        docs += [story["text"] for story in stories(path.read_text(encoding="latin-1")) if story["text"]]
+        docs += [
+            story["text"] for story in stories(path.read_text(encoding="latin-1")) if story["text"]
+        ]
     for folder in ("statements", "implementation_notes"):
         for path in sorted((shared / "fomc_statements" / folder).iterdir()):
             text = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
@@ -39,8 +41,13 @@ def main() -> int:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "examples" / "data")
     args = parser.parse_args()
-    if not (args.shared / "reuters21578").is_dir() or not (args.shared / "fomc_statements").is_dir():
-        sys.exit(f"finance_corpus: {args.shared} needs reuters21578/ and fomc_statements/ (see its README)")
+    if (
+        not (args.shared / "reuters21578").is_dir()
+        or not (args.shared / "fomc_statements").is_dir()
+    ):
+        sys.exit(
+            f"finance_corpus: {args.shared} needs reuters21578/ and fomc_statements/ (see its README)"
+        )
     docs = documents(args.shared)
     args.out.mkdir(parents=True, exist_ok=True)
     parts = {"train": [d for i, d in enumerate(docs) if i % 20], "validation": docs[::20]}

@@ -24,10 +24,18 @@ def convert(source_dir: Path, out: Path) -> int:
         data = json.loads((source_dir / name).read_text(encoding="utf-8"))
         for example in data.values():
             for info in example["info"]:
-                rows.append({"text": example["sentence"], "target": info["target"],
-                             "score": float(info["sentiment_score"]), "source": source})
+                rows.append(
+                    {
+                        "text": example["sentence"],
+                        "target": info["target"],
+                        "score": float(info["sentiment_score"]),
+                        "source": source,
+                    }
+                )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     return len(rows)
 
 

@@ -29,10 +29,18 @@ def stories(sgm: str):
     for match in STORY.finditer(sgm):
         attrs, body = match["attrs"], match["body"]
         split = re.search(r'LEWISSPLIT="([^"]*)"', attrs)
-        fields = {name: (m.group(1) if (m := rx.search(body)) else "") for name, rx in FIELD.items()}
-        text = " ".join(html.unescape(re.sub(r"&#\d+;", " ", fields[k])).strip() for k in ("TITLE", "BODY"))
-        yield {"text": " ".join(text.split()), "topics": TOPIC.findall(fields["TOPICS"]),
-               "has_topics": 'TOPICS="YES"' in attrs, "split": split.group(1) if split else ""}
+        fields = {
+            name: (m.group(1) if (m := rx.search(body)) else "") for name, rx in FIELD.items()
+        }
+        text = " ".join(
+            html.unescape(re.sub(r"&#\d+;", " ", fields[k])).strip() for k in ("TITLE", "BODY")
+        )
+        yield {
+            "text": " ".join(text.split()),
+            "topics": TOPIC.findall(fields["TOPICS"]),
+            "has_topics": 'TOPICS="YES"' in attrs,
+            "split": split.group(1) if split else "",
+        }
 
 
 def convert(source_dir: Path, out: Path) -> tuple[int, int]:

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def train(config: str | Path | dict[str, Any], overrides: list[str] | None = None,
-          output_dir: str | Path | None = None) -> Path:
+def train(
+    config: str | Path | dict[str, Any],
+    overrides: list[str] | None = None,
+    output_dir: str | Path | None = None,
+) -> Path:
     """Fine-tune a model from a YAML config (or dict); return the run directory."""
     from lmforge.config import load_config
     from lmforge.training.recipe import run_training
@@ -38,8 +41,9 @@ def evaluate(model: str | Path, data: str | Path, **reader_options: Any) -> dict
     return run_evaluation(model, data, reader_options=reader_options)
 
 
-def predict(model: str | Path, texts: list[str], batch_size: int = 64,
-            pairs: list[str] | None = None) -> list[dict[str, Any]]:
+def predict(
+    model: str | Path, texts: list[str], batch_size: int = 64, pairs: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Predict with a run or model directory: labels and probabilities, a score (regression),
     or label sets (multi-label); ``pairs`` gives the second texts for a text-pair model."""
     from lmforge.inference.predictor import Predictor

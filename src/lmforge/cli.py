@@ -24,77 +24,149 @@ DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="fine-tune a model from a YAML config",
-                       description="Fine-tune a model from a YAML config and write a run directory "
-                                   "(config.yaml, model/, metrics.json, report.md, logs/). "
-                                   "`lmforge config` lists every key.")
-    p.add_argument("config", nargs="?", help="YAML run config (see examples/); not needed with --resume")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set training.epochs=5 (repeatable)")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model from a YAML config",
+        description="Fine-tune a model from a YAML config and write a run directory "
+        "(config.yaml, model/, metrics.json, report.md, logs/). "
+        "`lmforge config` lists every key.",
+    )
+    p.add_argument(
+        "config", nargs="?", help="YAML run config (see examples/); not needed with --resume"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set training.epochs=5 (repeatable)",
+    )
     p.add_argument("--output", "-o", help="run directory (default: runs/<name>-<timestamp>)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="resume an interrupted run exactly from its newest intact checkpoint")
-    p.add_argument("--continue-from", metavar="RUN_DIR",
-                   help="start a NEW run from a finished run's weights (with this config's settings)")
-    p.add_argument("--continue-optimizer", action="store_true",
-                   help="with --continue-from: also restore the finished run's optimizer state")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="resume an interrupted run exactly from its newest intact checkpoint",
+    )
+    p.add_argument(
+        "--continue-from",
+        metavar="RUN_DIR",
+        help="start a NEW run from a finished run's weights (with this config's settings)",
+    )
+    p.add_argument(
+        "--continue-optimizer",
+        action="store_true",
+        help="with --continue-from: also restore the finished run's optimizer state",
+    )
     scale = p.add_argument_group("several processes (docs/distributed.md)")
-    scale.add_argument("--nproc", type=int, metavar="N",
-                       help="train with N processes on this machine (torchrun; gloo on CPU, NCCL on GPU); "
-                            "the config's batch size stays the global batch")
-    scale.add_argument("--ray", action="store_true", help="train in Ray Train workers (pip install 'lmforge[ray]')")
-    scale.add_argument("--ray-address", metavar="ADDR", help="with --ray: an existing cluster (default: local Ray)")
-    scale.add_argument("--workers", type=int, default=2, help="with --ray: number of workers (default 2)")
-    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs per worker (default 0)")
-    scale.add_argument("--cpus-per-worker", type=int, help="with --ray: CPUs per worker (default: shared evenly)")
+    scale.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (torchrun; gloo on CPU, NCCL on GPU); "
+        "the config's batch size stays the global batch",
+    )
+    scale.add_argument(
+        "--ray", action="store_true", help="train in Ray Train workers (pip install 'lmforge[ray]')"
+    )
+    scale.add_argument(
+        "--ray-address", metavar="ADDR", help="with --ray: an existing cluster (default: local Ray)"
+    )
+    scale.add_argument(
+        "--workers", type=int, default=2, help="with --ray: number of workers (default 2)"
+    )
+    scale.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs per worker (default 0)"
+    )
+    scale.add_argument(
+        "--cpus-per-worker", type=int, help="with --ray: CPUs per worker (default: shared evenly)"
+    )
     p.set_defaults(func=cmd_train)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="fine-tune the packaged MiniLM on the packaged demo data",
-                       description="Fine-tune the packaged pretrained MiniLM-L6 on lmforge's own demo data "
-                                   "(360 financial-news sentences, 3 sentiments), evaluate on a held-out "
-                                   f"test split, and print the metrics and the report path. Recipe: {DEMO_RECIPE}")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set method=lora")
+    p = sub.add_parser(
+        "demo",
+        help="fine-tune the packaged MiniLM on the packaged demo data",
+        description="Fine-tune the packaged pretrained MiniLM-L6 on lmforge's own demo data "
+        "(360 financial-news sentences, 3 sentiments), evaluate on a held-out "
+        f"test split, and print the metrics and the report path. Recipe: {DEMO_RECIPE}",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set method=lora",
+    )
     p.add_argument("--output", "-o", help="run directory (default: runs/demo-<timestamp>)")
     p.set_defaults(func=cmd_demo)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a trained model on a labeled file",
-                       description="Print a classification report for a run or model directory on a labeled "
-                                   "file. Reading options default to the run's own data settings.")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained model on a labeled file",
+        description="Print a classification report for a run or model directory on a labeled "
+        "file. Reading options default to the run's own data settings.",
+    )
     p.add_argument("model", help="run directory or Hugging Face model directory")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="labeled file (CSV, TSV, JSONL, Parquet, delimited text; "
-                                       "CoNLL or token JSONL for a token-classification model)")
-    source.add_argument("--split", choices=("validation", "test"),
-                        help="the run's own split, derived again from its config (text classifiers and "
-                             "regressors; e.g. when validation was carved from the training file)")
+    source.add_argument(
+        "--data",
+        help="labeled file (CSV, TSV, JSONL, Parquet, delimited text; "
+        "CoNLL or token JSONL for a token-classification model)",
+    )
+    source.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        help="the run's own split, derived again from its config (text classifiers and "
+        "regressors; e.g. when validation was carved from the training file)",
+    )
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
-    p.add_argument("--task", choices=TASK_CHOICES, help="evaluate as this task (e.g. embedding, for the encoder of "
-                                                        "any model); default: the task the model was trained for")
-    p.add_argument("--perturb", help="also score perturbed copies of the texts: a comma list of typos, casing, "
-                                     "word_drop (a robustness check; labels unchanged)")
-    p.add_argument("--perturb-rate", type=float, default=0.1,
-                   help="typos/word_drop: share of words changed; casing: share of texts (default 0.1)")
-    p.add_argument("--corpus", help="embedding: more documents to rank besides the positives of --data "
-                                    "(a text file, one per line, or a table with a text column)")
+    p.add_argument(
+        "--task",
+        choices=TASK_CHOICES,
+        help="evaluate as this task (e.g. embedding, for the encoder of "
+        "any model); default: the task the model was trained for",
+    )
+    p.add_argument(
+        "--perturb",
+        help="also score perturbed copies of the texts: a comma list of typos, casing, "
+        "word_drop (a robustness check; labels unchanged)",
+    )
+    p.add_argument(
+        "--perturb-rate",
+        type=float,
+        default=0.1,
+        help="typos/word_drop: share of words changed; casing: share of texts (default 0.1)",
+    )
+    p.add_argument(
+        "--corpus",
+        help="embedding: more documents to rank besides the positives of --data "
+        "(a text file, one per line, or a table with a text column)",
+    )
     _add_reader_flags(p)
     _add_inference_flags(p)
     p.set_defaults(func=cmd_eval)
 
 
 def _add_ensemble(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ensemble", help="evaluate the probability average of several runs",
-                       description="Average the predicted probabilities of several runs (same task and labels) "
-                                   "on a labeled file; prints the ensemble's metrics and each member's.")
+    p = sub.add_parser(
+        "ensemble",
+        help="evaluate the probability average of several runs",
+        description="Average the predicted probabilities of several runs (same task and labels) "
+        "on a labeled file; prints the ensemble's metrics and each member's.",
+    )
     p.add_argument("models", nargs="+", help="two or more run directories")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="labeled file, read the way the first run read its data")
-    source.add_argument("--split", choices=("validation", "test"),
-                        help="the first run's own split, derived again from its config")
+    source.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        help="the first run's own split, derived again from its config",
+    )
     p.add_argument("--json", dest="json_out", help="also write the metrics as JSON to this file")
     _add_reader_flags(p)
     _add_inference_flags(p)
@@ -102,27 +174,46 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="train one config with several methods and tabulate them",
-                       description="Train CONFIG once per method (same data, split, seed and budget) and write "
-                                   "OUTPUT/compare.md and compare.json: trainable parameters, size on disk, peak "
-                                   "memory, train time, examples/s, validation metric.")
+    p = sub.add_parser(
+        "compare",
+        help="train one config with several methods and tabulate them",
+        description="Train CONFIG once per method (same data, split, seed and budget) and write "
+        "OUTPUT/compare.md and compare.json: trainable parameters, size on disk, peak "
+        "memory, train time, examples/s, validation metric.",
+    )
     p.add_argument("config", help="YAML run config")
-    p.add_argument("--methods", required=True, help="comma list, e.g. full,lora,adalora,ia3,prompt,adapter")
+    p.add_argument(
+        "--methods", required=True, help="comma list, e.g. full,lora,adalora,ia3,prompt,adapter"
+    )
     p.add_argument("--output", "-o", required=True, help="directory for the runs and the table")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key for every method")
-    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
-                   help="learning rate of one method (adapter methods want larger ones), repeatable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every method",
+    )
+    p.add_argument(
+        "--lr",
+        action="append",
+        default=[],
+        metavar="METHOD=LR",
+        help="learning rate of one method (adapter methods want larger ones), repeatable",
+    )
     p.set_defaults(func=cmd_compare)
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="write an embedding vector for each input text",
-                       description="Embed texts with an embedding run or the encoder of any Hugging Face model "
-                                   "(mean pooling, unit length). Input: a text file (one text per line), a "
-                                   "CSV/TSV/JSONL/Parquet file with a text column, or - for standard input. Output: "
-                                   ".npy (a float32 matrix, one row per text, in input order), or .jsonl "
-                                   "(text and embedding per line).")
+    p = sub.add_parser(
+        "embed",
+        help="write an embedding vector for each input text",
+        description="Embed texts with an embedding run or the encoder of any Hugging Face model "
+        "(mean pooling, unit length). Input: a text file (one text per line), a "
+        "CSV/TSV/JSONL/Parquet file with a text column, or - for standard input. Output: "
+        ".npy (a float32 matrix, one row per text, in input order), or .jsonl "
+        "(text and embedding per line).",
+    )
     p.add_argument("model", help="run directory or Hugging Face model directory")
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", required=True, help="output file: .npy or .jsonl")
@@ -132,41 +223,75 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate text with a causal language model",
-                       description="Continue a prompt (--prompt) or every prompt of a file (--input: a text file "
-                                   "with one prompt per line, or JSONL with 'prompt' and optionally 'reference'; "
-                                   "with references, exact match and ROUGE-L are printed). A single prompt streams "
-                                   "to the terminal as it is generated.")
+    p = sub.add_parser(
+        "generate",
+        help="generate text with a causal language model",
+        description="Continue a prompt (--prompt) or every prompt of a file (--input: a text file "
+        "with one prompt per line, or JSONL with 'prompt' and optionally 'reference'; "
+        "with references, exact match and ROUGE-L are printed). A single prompt streams "
+        "to the terminal as it is generated.",
+    )
     p.add_argument("model", help="run directory or Hugging Face model directory (a causal LM)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", "-p", help="one prompt")
-    source.add_argument("--input", "-i", help="prompts: a text file (one per line) or JSONL (prompt, reference)")
+    source.add_argument(
+        "--input", "-i", help="prompts: a text file (one per line) or JSONL (prompt, reference)"
+    )
     p.add_argument("--output", "-o", help="write one JSON object per prompt to this file")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)"
+    )
+    p.add_argument(
+        "--greedy", action="store_true", help="always take the most likely token (no sampling)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)"
+    )
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability mass")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        help="sample among the most likely tokens holding this probability mass",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 discourages repeats (default 1.0)",
+    )
     p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
     p.add_argument("--seed", type=int, help="seed: the same seed gives the same text")
-    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn of the chat template")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
-                   help="inference precision (default: bf16 where supported)")
+    p.add_argument(
+        "--chat", action="store_true", help="wrap each prompt as a user turn of the chat template"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="prompts generated together (default 8)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="inference precision (default: bf16 where supported)",
+    )
     p.set_defaults(func=cmd_generate)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="predict labels for texts, as JSONL",
-                       description="Predict a label and probabilities for each input text (a score for "
-                                   "regression, label sets for multi-label, entity spans with character offsets "
-                                   "for NER). Input: a text file (one text per line), a CSV/TSV/JSONL/Parquet "
-                                   "file with a text column, or - for standard input. Output: one JSON object "
-                                   "per line.")
-    p.add_argument("model", nargs="+",
-                   help="run directory or Hugging Face model directory; several adapter runs of one base model "
-                        "load the base once and predict with each (one key per run, as given, in each line)")
+    p = sub.add_parser(
+        "predict",
+        help="predict labels for texts, as JSONL",
+        description="Predict a label and probabilities for each input text (a score for "
+        "regression, label sets for multi-label, entity spans with character offsets "
+        "for NER). Input: a text file (one text per line), a CSV/TSV/JSONL/Parquet "
+        "file with a text column, or - for standard input. Output: one JSON object "
+        "per line.",
+    )
+    p.add_argument(
+        "model",
+        nargs="+",
+        help="run directory or Hugging Face model directory; several adapter runs of one base model "
+        "load the base once and predict with each (one key per run, as given, in each line)",
+    )
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", help="output JSONL file (default: standard output)")
     _add_reader_flags(p)
@@ -175,98 +300,172 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="list every config key with its default and meaning",
-                       description="Print every config key with its type, default and description, "
-                                   "or validate a config file and print it fully resolved.")
-    p.add_argument("file", nargs="?", help="validate this YAML config and print the resolved version")
+    p = sub.add_parser(
+        "config",
+        help="list every config key with its default and meaning",
+        description="Print every config key with its type, default and description, "
+        "or validate a config file and print it fully resolved.",
+    )
+    p.add_argument(
+        "file", nargs="?", help="validate this YAML config and print the resolved version"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_config)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="load tests: `lmforge bench serve`",
-                       description="Measure lmforge under load. Docs: docs/serving.md (Load test).")
+    p = sub.add_parser(
+        "bench",
+        help="load tests: `lmforge bench serve`",
+        description="Measure lmforge under load. Docs: docs/serving.md (Load test).",
+    )
     bench = p.add_subparsers(dest="bench", metavar="BENCH")
     bench.required = True
-    s = bench.add_parser("serve", help="load test `lmforge serve` against a naive transformers.pipeline server",
-                         description="Start `lmforge serve MODEL` on a free 127.0.0.1 port, drive it with concurrent "
-                                     "clients (POST /v1/classify, one text each) for a warm-up and a bounded "
-                                     "duration, and report throughput, p50/p95/p99 latency, errors and the "
-                                     "server's memory (RSS and its slope); then the same for a naive FastAPI + "
-                                     "transformers.pipeline server on the same model, and the ratios.")
-    s.add_argument("model", metavar="MODEL", help="a run directory or a model directory (a classifier)")
-    s.add_argument("--texts", required=True, metavar="FILE",
-                   help="texts to send, cycled: a line each (.txt), a table (CSV, TSV, JSONL, Parquet; the text "
-                        "column), or 'text@label' lines (--delimiter @)")
+    s = bench.add_parser(
+        "serve",
+        help="load test `lmforge serve` against a naive transformers.pipeline server",
+        description="Start `lmforge serve MODEL` on a free 127.0.0.1 port, drive it with concurrent "
+        "clients (POST /v1/classify, one text each) for a warm-up and a bounded "
+        "duration, and report throughput, p50/p95/p99 latency, errors and the "
+        "server's memory (RSS and its slope); then the same for a naive FastAPI + "
+        "transformers.pipeline server on the same model, and the ratios.",
+    )
+    s.add_argument(
+        "model", metavar="MODEL", help="a run directory or a model directory (a classifier)"
+    )
+    s.add_argument(
+        "--texts",
+        required=True,
+        metavar="FILE",
+        help="texts to send, cycled: a line each (.txt), a table (CSV, TSV, JSONL, Parquet; the text "
+        "column), or 'text@label' lines (--delimiter @)",
+    )
     s.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
-    s.add_argument("--duration", type=float, default=60.0, help="measured seconds per server (default 60)")
-    s.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring (default 5)")
+    s.add_argument(
+        "--duration", type=float, default=60.0, help="measured seconds per server (default 60)"
+    )
+    s.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds of load before measuring (default 5)"
+    )
     s.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive baseline")
-    s.add_argument("--json", dest="json_out", metavar="OUT", help="also write the metrics as JSON to this file")
+    s.add_argument(
+        "--json", dest="json_out", metavar="OUT", help="also write the metrics as JSON to this file"
+    )
     served = s.add_argument_group("lmforge server")
-    served.add_argument("--max-batch-size", type=int, default=32, help="passed to lmforge serve (default 32)")
-    served.add_argument("--max-wait-ms", type=float, default=5.0, help="passed to lmforge serve (default 5 ms)")
-    served.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="passed to lmforge serve (default auto; the naive server is fp32, the "
-                             "pipeline's default)")
+    served.add_argument(
+        "--max-batch-size", type=int, default=32, help="passed to lmforge serve (default 32)"
+    )
+    served.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="passed to lmforge serve (default 5 ms)"
+    )
+    served.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="passed to lmforge serve (default auto; the naive server is fp32, the "
+        "pipeline's default)",
+    )
     _add_reader_flags(s)
     s.set_defaults(func=cmd_bench_serve)
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="measure what a training run will cost before running it",
-                       description="A short measured dry run: for candidate batch sizes, a few real training "
-                                   "steps in a fresh process each (ending with the longest batch). Prints peak memory, "
-                                   "examples/s and the estimated time of the whole run, and recommends batch "
-                                   "size x gradient accumulation for the memory budget. "
-                                   "`training.batch_size: auto` uses the same planner.")
+    p = sub.add_parser(
+        "plan",
+        help="measure what a training run will cost before running it",
+        description="A short measured dry run: for candidate batch sizes, a few real training "
+        "steps in a fresh process each (ending with the longest batch). Prints peak memory, "
+        "examples/s and the estimated time of the whole run, and recommends batch "
+        "size x gradient accumulation for the memory budget. "
+        "`training.batch_size: auto` uses the same planner.",
+    )
     p.add_argument("config", help="YAML run config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--memory", help="memory budget, e.g. 8GB (default: training.memory_budget, "
-                                    "else 90%% of available RAM or GPU memory)")
+    p.add_argument(
+        "--memory",
+        help="memory budget, e.g. 8GB (default: training.memory_budget, "
+        "else 90%% of available RAM or GPU memory)",
+    )
     p.add_argument("--steps", type=int, default=6, help="measured steps per batch size (default 6)")
     p.add_argument("--json", dest="json_out", help="also write the plan as JSON to this file")
     p.set_defaults(func=cmd_plan)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="compress and export a trained model, verified against the original",
-                       description="Write a self-contained model directory (a Hugging Face directory with adapters "
-                                   "merged, or ONNX), optionally int8, distilled into fewer layers or pruned, and "
-                                   "verify it against the original: size, latency p50/p95 at batch 1, throughput, "
-                                   "and the task metric on held-out rows (OUTPUT/export_report.md and .json). An "
-                                   "export that loses more than --tolerance points exits with code 1.")
+    p = sub.add_parser(
+        "export",
+        help="compress and export a trained model, verified against the original",
+        description="Write a self-contained model directory (a Hugging Face directory with adapters "
+        "merged, or ONNX), optionally int8, distilled into fewer layers or pruned, and "
+        "verify it against the original: size, latency p50/p95 at batch 1, throughput, "
+        "and the task metric on held-out rows (OUTPUT/export_report.md and .json). An "
+        "export that loses more than --tolerance points exits with code 1.",
+    )
     p.add_argument("model", help="run directory (or its model/ or adapter/, or a model directory)")
     p.add_argument("--output", "-o", required=True, help="directory for the export (new or empty)")
-    p.add_argument("--format", dest="export_format", choices=["hf", "onnx"], default="hf",
-                   help="hf: Hugging Face directory, safetensors (default); onnx: model.onnx for ONNX Runtime")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8: dynamic int8 weights (ONNX Runtime for onnx, torchao for hf)")
+    p.add_argument(
+        "--format",
+        dest="export_format",
+        choices=["hf", "onnx"],
+        default="hf",
+        help="hf: Hugging Face directory, safetensors (default); onnx: model.onnx for ONNX Runtime",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: dynamic int8 weights (ONNX Runtime for onnx, torchao for hf)",
+    )
     compress = p.add_argument_group("compression (docs/export.md)")
-    compress.add_argument("--distill", metavar="LAYERS",
-                          help="distil into a student with this many of the model's layers (e.g. 3), or these "
-                               "layer indices (e.g. 1,3,5), trained on the run's own data")
-    compress.add_argument("--distill-epochs", type=int, help="epochs of the distillation (default: the run's)")
-    compress.add_argument("--prune", metavar="KIND:SHARE[,...]",
-                          help="remove a share of single weights (unstructured:0.5), attention heads (heads:0.25) "
-                               "and/or FFN neurons (ffn:0.25)")
-    compress.add_argument("--recover-epochs", type=int, default=0,
-                          help="fine-tune the pruned model this many epochs on the run's data (default 0: none)")
-    compress.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a training key of the distillation / recovery runs, e.g. "
-                               "--set training.learning_rate=1e-4")
+    compress.add_argument(
+        "--distill",
+        metavar="LAYERS",
+        help="distil into a student with this many of the model's layers (e.g. 3), or these "
+        "layer indices (e.g. 1,3,5), trained on the run's own data",
+    )
+    compress.add_argument(
+        "--distill-epochs", type=int, help="epochs of the distillation (default: the run's)"
+    )
+    compress.add_argument(
+        "--prune",
+        metavar="KIND:SHARE[,...]",
+        help="remove a share of single weights (unstructured:0.5), attention heads (heads:0.25) "
+        "and/or FFN neurons (ffn:0.25)",
+    )
+    compress.add_argument(
+        "--recover-epochs",
+        type=int,
+        default=0,
+        help="fine-tune the pruned model this many epochs on the run's data (default 0: none)",
+    )
+    compress.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training key of the distillation / recovery runs, e.g. "
+        "--set training.learning_rate=1e-4",
+    )
     _add_verification_flags(p)
     p.set_defaults(func=cmd_export)
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="measure an export against its original again",
-                       description="Measure an exported directory against the model it was exported from (or "
-                                   "--original) on this machine: size, latency, throughput and the task metric. "
-                                   "Exits with code 1 when the export loses more than --tolerance points.")
+    p = sub.add_parser(
+        "verify",
+        help="measure an export against its original again",
+        description="Measure an exported directory against the model it was exported from (or "
+        "--original) on this machine: size, latency, throughput and the task metric. "
+        "Exits with code 1 when the export loses more than --tolerance points.",
+    )
     p.add_argument("model", help="the exported directory (lmforge export --output)")
-    p.add_argument("--original", help="the original run or model (default: exported_from in its lmforge.json)")
-    p.add_argument("--json", dest="json_out", help="also write the verification as JSON to this file")
+    p.add_argument(
+        "--original", help="the original run or model (default: exported_from in its lmforge.json)"
+    )
+    p.add_argument(
+        "--json", dest="json_out", help="also write the verification as JSON to this file"
+    )
     _add_verification_flags(p)
     p.set_defaults(func=cmd_verify)
 
@@ -274,115 +473,262 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     from lmforge.serving.config import default_of
 
-    p = sub.add_parser("serve", help="serve models over HTTP (FastAPI): classify, score, tag, embed, generate",
-                       description="Serve one or more models (run directories, model directories, exports; ONNX "
-                                   "directories run on ONNX Runtime) behind one HTTP API with dynamic batching, API "
-                                   "keys, rate and size limits, personal-data masking in logs and Prometheus "
-                                   "metrics. Endpoints: POST /v1/classify /v1/score /v1/tag /v1/embed /v1/generate, "
-                                   "OpenAI-compatible /v1/completions /v1/chat/completions (streaming), GET "
-                                   "/v1/models /healthz /readyz /metrics /docs. Every flag is also a key of "
-                                   "--config (a flag wins). Docs: docs/serving.md.")
-    p.add_argument("models", nargs="*", metavar="MODEL", help="a model to serve: PATH or NAME=PATH (default name: "
-                                                              "the run directory's); or `models:` in --config")
-    p.add_argument("--config", metavar="SERVE.YAML", help="settings file: the flags' names as keys (max_batch_size: "
-                                                          "64), `models:` a list")
+    p = sub.add_parser(
+        "serve",
+        help="serve models over HTTP (FastAPI): classify, score, tag, embed, generate",
+        description="Serve one or more models (run directories, model directories, exports; ONNX "
+        "directories run on ONNX Runtime) behind one HTTP API with dynamic batching, API "
+        "keys, rate and size limits, personal-data masking in logs and Prometheus "
+        "metrics. Endpoints: POST /v1/classify /v1/score /v1/tag /v1/embed /v1/generate, "
+        "OpenAI-compatible /v1/completions /v1/chat/completions (streaming), GET "
+        "/v1/models /healthz /readyz /metrics /docs. Every flag is also a key of "
+        "--config (a flag wins). Docs: docs/serving.md.",
+    )
+    p.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="a model to serve: PATH or NAME=PATH (default name: "
+        "the run directory's); or `models:` in --config",
+    )
+    p.add_argument(
+        "--config",
+        metavar="SERVE.YAML",
+        help="settings file: the flags' names as keys (max_batch_size: 64), `models:` a list",
+    )
 
     def setting(group: Any, flag: str, help: str, **kw: Any) -> None:
         key = flag.removeprefix("--").replace("-", "_")
         default = default_of(key)
-        shown = "" if default is None or default is False or default == [] else f" (default {default:g})" \
-            if isinstance(default, float) else f" (default {default})"
+        shown = (
+            ""
+            if default is None or default is False or default == []
+            else f" (default {default:g})"
+            if isinstance(default, float)
+            else f" (default {default})"
+        )
         group.add_argument(flag, default=None, help=help + shown, **kw)
 
     setting(p, "--host", "address to listen on")
     setting(p, "--port", "port", type=int)
-    setting(p, "--precision", "PyTorch inference precision; auto: bf16 where the hardware has it",
-            choices=["auto", "bf16", "fp32"])
-    setting(p, "--workers", "server processes on the port, each with its own copy of the models", type=int)
-    setting(p, "--reload-interval", "seconds between checks of the model directories for new weights, loaded "
-                                    "without a restart; 0: off", type=float, metavar="SECONDS")
+    setting(
+        p,
+        "--precision",
+        "PyTorch inference precision; auto: bf16 where the hardware has it",
+        choices=["auto", "bf16", "fp32"],
+    )
+    setting(
+        p,
+        "--workers",
+        "server processes on the port, each with its own copy of the models",
+        type=int,
+    )
+    setting(
+        p,
+        "--reload-interval",
+        "seconds between checks of the model directories for new weights, loaded "
+        "without a restart; 0: off",
+        type=float,
+        metavar="SECONDS",
+    )
     access = p.add_argument_group("access")
-    access.add_argument("--api-key", action="append", default=[], metavar="[NAME:]KEY",
-                        help="accept this key as `Authorization: Bearer KEY` (repeatable; also --api-keys-file and "
-                             "$LMFORGE_API_KEYS, comma-separated); kept hashed")
+    access.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="[NAME:]KEY",
+        help="accept this key as `Authorization: Bearer KEY` (repeatable; also --api-keys-file and "
+        "$LMFORGE_API_KEYS, comma-separated); kept hashed",
+    )
     setting(access, "--api-keys-file", "a file of [NAME:]KEY lines")
-    setting(access, "--allow-open", "listen on a non-loopback address without API keys (not advised)",
-            action="store_const", const=True)
-    setting(access, "--rate-limit", "requests per key, e.g. 600/minute (default: none)", metavar="N/PERIOD")
-    access.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
-                        help="allow browser calls from this origin (repeatable; default: CORS off)")
-    setting(access, "--mask-inputs", "mask e-mails, phone, card and account numbers, IDs in the texts before the "
-                                     "model sees them (logs are always masked)", action="store_const", const=True)
+    setting(
+        access,
+        "--allow-open",
+        "listen on a non-loopback address without API keys (not advised)",
+        action="store_const",
+        const=True,
+    )
+    setting(
+        access,
+        "--rate-limit",
+        "requests per key, e.g. 600/minute (default: none)",
+        metavar="N/PERIOD",
+    )
+    access.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser calls from this origin (repeatable; default: CORS off)",
+    )
+    setting(
+        access,
+        "--mask-inputs",
+        "mask e-mails, phone, card and account numbers, IDs in the texts before the "
+        "model sees them (logs are always masked)",
+        action="store_const",
+        const=True,
+    )
     limits = p.add_argument_group("limits and batching")
     setting(limits, "--max-body-bytes", "larger bodies get 413", type=int)
     setting(limits, "--max-texts", "texts (or prompts) per request at most", type=int)
     setting(limits, "--max-chars", "characters per text at most", type=int)
-    setting(limits, "--max-batch-size", "texts gathered from concurrent requests into one model call", type=int)
-    setting(limits, "--forward-batch-size", "texts per forward pass within it, length-sorted (default: 8 on a "
-                                            "CPU, all on a GPU)", type=int)
-    setting(limits, "--model-threads", "batches of a CPU model that run at once, each with cores/N PyTorch "
-                                       "threads (default: the cores, at most 4)", type=int)
-    setting(limits, "--max-wait-ms", "how long a request waits for others to batch with", type=float)
+    setting(
+        limits,
+        "--max-batch-size",
+        "texts gathered from concurrent requests into one model call",
+        type=int,
+    )
+    setting(
+        limits,
+        "--forward-batch-size",
+        "texts per forward pass within it, length-sorted (default: 8 on a CPU, all on a GPU)",
+        type=int,
+    )
+    setting(
+        limits,
+        "--model-threads",
+        "batches of a CPU model that run at once, each with cores/N PyTorch "
+        "threads (default: the cores, at most 4)",
+        type=int,
+    )
+    setting(
+        limits, "--max-wait-ms", "how long a request waits for others to batch with", type=float
+    )
     setting(limits, "--max-queue", "texts that may wait; beyond, 503 with Retry-After", type=int)
-    setting(limits, "--max-new-tokens", "tokens one generation request may ask for at most", type=int)
-    setting(limits, "--max-generation-queue", "generation requests that may wait per model; beyond, 503", type=int)
+    setting(
+        limits, "--max-new-tokens", "tokens one generation request may ask for at most", type=int
+    )
+    setting(
+        limits,
+        "--max-generation-queue",
+        "generation requests that may wait per model; beyond, 503",
+        type=int,
+    )
     p.set_defaults(func=cmd_serve)
 
 
 def _add_verification_flags(p: argparse.ArgumentParser) -> None:
     check = p.add_argument_group("verification")
     source = check.add_mutually_exclusive_group()
-    source.add_argument("--data", help="labeled evaluation file (default: the run's test split, else validation)")
-    source.add_argument("--split", choices=("validation", "test"), help="the run's own split, derived again")
-    check.add_argument("--metric", help="metric of the gate (default: accuracy where the task has it)")
-    check.add_argument("--tolerance", type=float, default=1.0,
-                       help="points (hundredths of the metric) the export may lose (default 1.0)")
-    check.add_argument("--accept-degradation", action="store_true",
-                       help="keep an export that loses more than the tolerance (exit 0; it is marked as failed)")
-    check.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (default 3)")
-    check.add_argument("--latency-texts", type=int, default=100, help="texts timed one at a time per round "
-                                                                      "(default 100)")
-    check.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput (default 32)")
+    source.add_argument(
+        "--data", help="labeled evaluation file (default: the run's test split, else validation)"
+    )
+    source.add_argument(
+        "--split", choices=("validation", "test"), help="the run's own split, derived again"
+    )
+    check.add_argument(
+        "--metric", help="metric of the gate (default: accuracy where the task has it)"
+    )
+    check.add_argument(
+        "--tolerance",
+        type=float,
+        default=1.0,
+        help="points (hundredths of the metric) the export may lose (default 1.0)",
+    )
+    check.add_argument(
+        "--accept-degradation",
+        action="store_true",
+        help="keep an export that loses more than the tolerance (exit 0; it is marked as failed)",
+    )
+    check.add_argument(
+        "--rounds", type=int, default=3, help="interleaved measurement rounds (default 3)"
+    )
+    check.add_argument(
+        "--latency-texts",
+        type=int,
+        default=100,
+        help="texts timed one at a time per round (default 100)",
+    )
+    check.add_argument(
+        "--batch-size", type=int, default=32, help="batch size of the throughput (default 32)"
+    )
     _add_reader_flags(p, format_flag="--data-format")  # --format is the export's
 
 
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="inference precision (default auto: bf16 where the hardware has it)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8: dynamic int8 quantization of the linear layers (torchao), CPU")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="examples per forward pass (default 64)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="inference precision (default auto: bf16 where the hardware has it)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: dynamic int8 quantization of the linear layers (torchao), CPU",
+    )
 
 
 def _add_reader_flags(p: argparse.ArgumentParser, format_flag: str = "--format") -> None:
     p.add_argument("--text-column", help="column with the text (default: the run's, else 'text')")
-    p.add_argument("--text-pair-column", help="column with the second text of pairs (default: the run's)")
-    p.add_argument("--label-column", help="column with the label (default: the run's, else 'label')")
-    p.add_argument(format_flag, dest="format", choices=["auto", "csv", "tsv", "jsonl", "parquet", "delimited"],
-                   help="file format (default: by extension)")
+    p.add_argument(
+        "--text-pair-column", help="column with the second text of pairs (default: the run's)"
+    )
+    p.add_argument(
+        "--label-column", help="column with the label (default: the run's, else 'label')"
+    )
+    p.add_argument(
+        format_flag,
+        dest="format",
+        choices=["auto", "csv", "tsv", "jsonl", "parquet", "delimited"],
+        help="file format (default: by extension)",
+    )
     p.add_argument("--delimiter", help="field delimiter, e.g. '@' for 'text@label' lines")
     p.add_argument("--encoding", help="file encoding, e.g. latin-1 (default utf-8)")
-    p.add_argument("--no-header", dest="header", action="store_false", default=None,
-                   help="the file has no header row")
+    p.add_argument(
+        "--no-header",
+        dest="header",
+        action="store_false",
+        default=None,
+        help="the file has no header row",
+    )
 
 
 def _reader_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"text_column": args.text_column, "label_column": args.label_column, "format": args.format,
-            "text_pair_column": args.text_pair_column,
-            "delimiter": args.delimiter, "encoding": args.encoding, "header": args.header}
+    return {
+        "text_column": args.text_column,
+        "label_column": args.label_column,
+        "format": args.format,
+        "text_pair_column": args.text_pair_column,
+        "delimiter": args.delimiter,
+        "encoding": args.encoding,
+        "header": args.header,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lmforge", description="Fine-tune, evaluate and run language models from one YAML file.",
-        epilog="Start with `lmforge demo`, then `lmforge train examples/financial_phrasebank.yaml`.")
+        prog="lmforge",
+        description="Fine-tune, evaluate and run language models from one YAML file.",
+        epilog="Start with `lmforge demo`, then `lmforge train examples/financial_phrasebank.yaml`.",
+    )
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_plan, _add_eval, _add_predict, _add_embed, _add_generate, _add_compare,
-                _add_ensemble, _add_export, _add_verify, _add_serve, _add_bench, _add_config):
+    for add in (
+        _add_demo,
+        _add_train,
+        _add_plan,
+        _add_eval,
+        _add_predict,
+        _add_embed,
+        _add_generate,
+        _add_compare,
+        _add_ensemble,
+        _add_export,
+        _add_verify,
+        _add_serve,
+        _add_bench,
+        _add_config,
+    ):
         add(sub)
     return parser
 
@@ -393,10 +739,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.continue_from:
-            raise LmforgeError("--resume takes the run directory only: the run's own config.yaml is used")
+            raise LmforgeError(
+                "--resume takes the run directory only: the run's own config.yaml is used"
+            )
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
-            raise LmforgeError(f"{run_dir} is not a run directory (no config.yaml); nothing to resume")
+            raise LmforgeError(
+                f"{run_dir} is not a run directory (no config.yaml); nothing to resume"
+            )
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         resume: bool | None = True
     else:
@@ -404,7 +754,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise LmforgeError("give a config file (lmforge train CONFIG.yaml) or --resume RUN_DIR")
         overrides = list(args.overrides)
         if args.continue_from:
-            overrides += [f"continue_from={args.continue_from}", f"continue_optimizer={args.continue_optimizer}"]
+            overrides += [
+                f"continue_from={args.continue_from}",
+                f"continue_optimizer={args.continue_optimizer}",
+            ]
         elif args.continue_optimizer:
             raise LmforgeError("--continue-optimizer needs --continue-from RUN_DIR")
         cfg = load_config(args.config, overrides)
@@ -425,13 +778,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.ray:
         from lmforge.distributed.ray_train import train_with_ray
 
-        run_dir = train_with_ray(cfg, run_dir, resume, args.workers, args.gpus_per_worker, args.cpus_per_worker,
-                                 args.ray_address)
+        run_dir = train_with_ray(
+            cfg,
+            run_dir,
+            resume,
+            args.workers,
+            args.gpus_per_worker,
+            args.cpus_per_worker,
+            args.ray_address,
+        )
     else:
         run_dir = run_training(cfg, output_dir=run_dir, resume=resume)
     # Rank 0 of a run started by torchrun or Ray reports; under `--nproc` the launcher does.
-    if (run_dir / "metrics.json").is_file() and int(os.environ.get("RANK", "0")) == 0 \
-            and "LMFORGE_LAUNCHER" not in os.environ:
+    if (
+        (run_dir / "metrics.json").is_file()
+        and int(os.environ.get("RANK", "0")) == 0
+        and "LMFORGE_LAUNCHER" not in os.environ
+    ):
         _print_summary(run_dir)
     return 0
 
@@ -448,8 +811,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _print_summary(run_dir: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     train = metrics["train"]
-    print(f"\ntrained {train['steps']} steps in {train['train_seconds']} s "
-          f"({train['examples_per_second']} examples/s, {train['precision']} on {train['device']})")
+    print(
+        f"\ntrained {train['steps']} steps in {train['train_seconds']} s "
+        f"({train['examples_per_second']} examples/s, {train['precision']} on {train['device']})"
+    )
     for split in ("validation", "test"):
         if split in metrics:
             print(f"{split:<10} n={metrics[split]['n']:<5} {headline(metrics[split])}")
@@ -470,8 +835,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.steps < 2:
         raise LmforgeError("--steps must be at least 2 (the time model fits a line through them)")
-    plan = plan_training(cfg, memory_budget=args.memory, steps=args.steps,
-                         progress=lambda msg: logging.getLogger("lmforge").info(msg))
+    plan = plan_training(
+        cfg,
+        memory_budget=args.memory,
+        steps=args.steps,
+        progress=lambda msg: logging.getLogger("lmforge").info(msg),
+    )
     print(plan.table())
     if args.json_out:
         out = Path(args.json_out)
@@ -485,9 +854,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lmforge.evaluation.recipe import run_evaluation
 
     kinds = [k.strip() for k in args.perturb.split(",") if k.strip()] if args.perturb else []
-    metrics = run_evaluation(args.model, args.data, _reader_overrides(args), args.batch_size, args.precision,
-                             args.quantize, task=args.task, corpus=args.corpus, perturbations=kinds,
-                             perturb_rate=args.perturb_rate, split=args.split)
+    metrics = run_evaluation(
+        args.model,
+        args.data,
+        _reader_overrides(args),
+        args.batch_size,
+        args.precision,
+        args.quantize,
+        task=args.task,
+        corpus=args.corpus,
+        perturbations=kinds,
+        perturb_rate=args.perturb_rate,
+        split=args.split,
+    )
     if "per_class" in metrics:
         print(format_classification_report(metrics))
     elif "per_type" in metrics:
@@ -503,8 +882,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from lmforge.evaluation.ensemble import run_ensemble
 
-    metrics = run_ensemble(args.models, args.data, _reader_overrides(args), args.batch_size, args.precision,
-                           args.quantize, split=args.split)
+    metrics = run_ensemble(
+        args.models,
+        args.data,
+        _reader_overrides(args),
+        args.batch_size,
+        args.precision,
+        args.quantize,
+        split=args.split,
+    )
     for model, scores in metrics["members"].items():
         print(f"member    {headline(scores)}  ({model})")
     print(f"ensemble  {headline(metrics)}  (n={metrics['n']}, {len(metrics['members'])} runs)")
@@ -532,25 +918,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
     from lmforge.export.recipe import ExportOptions
 
-    return ExportOptions(data=args.data, split=args.split, reader_overrides=_reader_overrides(args), metric=args.metric,
-                         tolerance=args.tolerance, accept_degradation=args.accept_degradation, rounds=args.rounds,
-                         latency_texts=args.latency_texts, batch_size=args.batch_size, **extra)
+    return ExportOptions(
+        data=args.data,
+        split=args.split,
+        reader_overrides=_reader_overrides(args),
+        metric=args.metric,
+        tolerance=args.tolerance,
+        accept_degradation=args.accept_degradation,
+        rounds=args.rounds,
+        latency_texts=args.latency_texts,
+        batch_size=args.batch_size,
+        **extra,
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lmforge.export.recipe import REPORT, VerificationFailed, run_export
 
-    options = _export_options(args, format=args.export_format, quantize=args.quantize, distill=args.distill,
-                              distill_epochs=args.distill_epochs, prune=args.prune,
-                              recover_epochs=args.recover_epochs, overrides=args.overrides)
+    options = _export_options(
+        args,
+        format=args.export_format,
+        quantize=args.quantize,
+        distill=args.distill,
+        distill_epochs=args.distill_epochs,
+        prune=args.prune,
+        recover_epochs=args.recover_epochs,
+        overrides=args.overrides,
+    )
     out = Path(args.output)
     try:
         run_export(args.model, out, options)
-    except TrainingInterrupted as stop:  # in a distillation / recovery stage: the same command continues it
+    except (
+        TrainingInterrupted
+    ) as stop:  # in a distillation / recovery stage: the same command continues it
         import shlex
 
-        print(f"lmforge: {stop}; checkpoint saved in {stop.run_dir}. Continue with the same command: "
-              f"{shlex.join(['lmforge', *args.argv])}", file=sys.stderr)
+        print(
+            f"lmforge: {stop}; checkpoint saved in {stop.run_dir}. Continue with the same command: "
+            f"{shlex.join(['lmforge', *args.argv])}",
+            file=sys.stderr,
+        )
         return 128 + stop.signum
     except VerificationFailed as failed:
         print((out / f"{REPORT}.md").read_text(encoding="utf-8"), end="")
@@ -600,12 +1007,17 @@ def format_classification_report(m: dict[str, Any]) -> str:
     width = max(12, *(len(name) for name in m["per_class"]))
     lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
     for name, row in m["per_class"].items():
-        lines.append(f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:8.4f}  "
-                     f"{row['support']:7d}")
-    lines += ["", f"{'accuracy':>{width}}  {'':9}  {'':6}  {m['accuracy']:8.4f}  {m['n']:7d}",
-              f"{'macro f1':>{width}}  {m['macro_precision']:9.4f}  {m['macro_recall']:6.4f}  "
-              f"{m['macro_f1']:8.4f}  {m['n']:7d}",
-              f"{'weighted f1':>{width}}  {'':9}  {'':6}  {m['weighted_f1']:8.4f}  {m['n']:7d}"]
+        lines.append(
+            f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:8.4f}  "
+            f"{row['support']:7d}"
+        )
+    lines += [
+        "",
+        f"{'accuracy':>{width}}  {'':9}  {'':6}  {m['accuracy']:8.4f}  {m['n']:7d}",
+        f"{'macro f1':>{width}}  {m['macro_precision']:9.4f}  {m['macro_recall']:6.4f}  "
+        f"{m['macro_f1']:8.4f}  {m['n']:7d}",
+        f"{'weighted f1':>{width}}  {'':9}  {'':6}  {m['weighted_f1']:8.4f}  {m['n']:7d}",
+    ]
     return "\n".join(lines)
 
 
@@ -613,28 +1025,50 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from lmforge.generation.generate import GenerationOptions, exact_match, generate, rouge_l
     from lmforge.inference.predictor import Predictor
 
-    options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, repetition_penalty=args.repetition_penalty, greedy=args.greedy,
-                                stop=args.stop, seed=args.seed)
-    prompts, references = ([args.prompt], None) if args.prompt is not None else read_prompts(args.input)
+    options = GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        greedy=args.greedy,
+        stop=args.stop,
+        seed=args.seed,
+    )
+    prompts, references = (
+        ([args.prompt], None) if args.prompt is not None else read_prompts(args.input)
+    )
     predictor = Predictor.load(args.model, precision=args.precision, task="causal_lm")
     stream = sys.stdout if len(prompts) == 1 and not args.output else None
-    texts = generate(predictor.model, predictor.tokenizer, prompts, options, batch_size=args.batch_size,
-                     stream=stream, chat=args.chat)
+    texts = generate(
+        predictor.model,
+        predictor.tokenizer,
+        prompts,
+        options,
+        batch_size=args.batch_size,
+        stream=stream,
+        chat=args.chat,
+    )
     if stream is not None:
         print()
     elif args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
-                row = {"prompt": prompt, "generated": text, **({"reference": references[i]} if references else {})}
+                row = {
+                    "prompt": prompt,
+                    "generated": text,
+                    **({"reference": references[i]} if references else {}),
+                }
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         logging.getLogger("lmforge").info("wrote %d generations to %s", len(texts), args.output)
     else:
         for prompt, text in zip(prompts, texts, strict=True):
             print(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False))
     if references:
-        print(f"n={len(texts)}  exact match {exact_match(texts, references):.4f}  "
-              f"ROUGE-L {rouge_l(texts, references):.4f}")
+        print(
+            f"n={len(texts)}  exact match {exact_match(texts, references):.4f}  "
+            f"ROUGE-L {rouge_l(texts, references):.4f}"
+        )
     return 0
 
 
@@ -662,8 +1096,10 @@ def read_prompts(path: str) -> tuple[list[str], list[str] | None]:
         references.append(record.get("reference"))
     given = [r for r in references if r is not None]
     if given and len(given) != len(references):
-        raise LmforgeError(f'{file}: {len(references) - len(given)} of {len(references)} lines have no "reference"; '
-                           "give one on every line or on none")
+        raise LmforgeError(
+            f'{file}: {len(references) - len(given)} of {len(references)} lines have no "reference"; '
+            "give one on every line or on none"
+        )
     return prompts, [str(r) for r in references] if given else None
 
 
@@ -674,8 +1110,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     if out.suffix.lower() not in (".npy", ".jsonl"):
-        raise LmforgeError(f"--output {out}: write .npy (a matrix) or .jsonl (text and embedding per line)")
-    predictor = Predictor.load(args.model, precision=args.precision, quantize=args.quantize, task="embedding")
+        raise LmforgeError(
+            f"--output {out}: write .npy (a matrix) or .jsonl (text and embedding per line)"
+        )
+    predictor = Predictor.load(
+        args.model, precision=args.precision, quantize=args.quantize, task="embedding"
+    )
     texts, _ = read_prediction_input(args)
     vectors = predictor.logits(texts, batch_size=args.batch_size).astype(np.float32)  # (N, H)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -693,13 +1133,26 @@ def format_entity_report(m: dict[str, Any]) -> str:
     """Entity-level scores per type, like seqeval's classification_report."""
     width = max(12, *(len(name) for name in m["per_type"]))
     lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
-    rows = [*m["per_type"].items(), ("", None),
-            ("all entities", {**m, "support": m["entities_true"]})]
+    rows = [
+        *m["per_type"].items(),
+        ("", None),
+        ("all entities", {**m, "support": m["entities_true"]}),
+    ]
     for name, row in rows:
-        lines.append("" if row is None else f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
-                                            f"{row['f1']:8.4f}  {row['support']:7d}")
-    lines.append(f"\n{m['n']} sentences, {m['words']} words, word accuracy {m['accuracy']:.4f}"
-                 + (f", {m['words_cut_off']} words past max_length (predicted O)" if m["words_cut_off"] else ""))
+        lines.append(
+            ""
+            if row is None
+            else f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+            f"{row['f1']:8.4f}  {row['support']:7d}"
+        )
+    lines.append(
+        f"\n{m['n']} sentences, {m['words']} words, word accuracy {m['accuracy']:.4f}"
+        + (
+            f", {m['words_cut_off']} words past max_length (predicted O)"
+            if m["words_cut_off"]
+            else ""
+        )
+    )
     return "\n".join(lines)
 
 
@@ -708,15 +1161,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     runs, args.model = args.model, args.model[0]  # the first run's data settings read the input
     adapters = adapter_set(runs, args) if len(runs) > 1 else None
-    predictor = (Predictor.load(runs[0], precision=args.precision, quantize=args.quantize) if adapters is None
-                 else adapters.predictor)
+    predictor = (
+        Predictor.load(runs[0], precision=args.precision, quantize=args.quantize)
+        if adapters is None
+        else adapters.predictor
+    )
     texts, pairs = read_prediction_input(args) if not predictor.pairs else read_pair_input(args)
     if adapters is None:
         rows = predictor.predict(texts, batch_size=args.batch_size, pairs=pairs)
     else:  # {"text": ..., "predictions": {run: prediction}}: every adapter on the one base model
-        per_run = {name: adapters.use(name).predict(texts, batch_size=args.batch_size, pairs=pairs)
-                   for name in adapters.names}
-        rows = [{"predictions": {name: per_run[name][i] for name in per_run}} for i in range(len(texts))]
+        per_run = {
+            name: adapters.use(name).predict(texts, batch_size=args.batch_size, pairs=pairs)
+            for name in adapters.names
+        }
+        rows = [
+            {"predictions": {name: per_run[name][i] for name in per_run}} for i in range(len(texts))
+        ]
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
@@ -735,7 +1195,9 @@ def adapter_set(runs: list[str], args: argparse.Namespace) -> Any:
     from lmforge.inference.adapters import AdapterSet
 
     if args.quantize != "none":
-        raise LmforgeError("--quantize applies to one model; predict with several adapter runs without it")
+        raise LmforgeError(
+            "--quantize applies to one model; predict with several adapter runs without it"
+        )
     if len(set(runs)) < len(runs):
         raise LmforgeError(f"a run is given twice ({', '.join(runs)}); give each once")
     return AdapterSet.load({run: run for run in runs}, precision=args.precision)
@@ -746,10 +1208,14 @@ def read_pair_input(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     from lmforge.evaluation.recipe import read_table_for
 
     if args.input == "-":
-        raise LmforgeError("this model scores text pairs: give --input a table (CSV, TSV, JSONL) with both columns")
+        raise LmforgeError(
+            "this model scores text pairs: give --input a table (CSV, TSV, JSONL) with both columns"
+        )
     frame, _ = read_table_for(args.model, args.input, _reader_overrides(args), labeled=False)
     if "text_pair" not in frame:
-        raise LmforgeError("this model scores text pairs: name the second column with --text-pair-column")
+        raise LmforgeError(
+            "this model scores text pairs: name the second column with --text-pair-column"
+        )
     return frame["text"].tolist(), frame["text_pair"].tolist()
 
 
@@ -766,17 +1232,28 @@ def read_prediction_input(args: argparse.Namespace) -> tuple[list[str], None]:
             raise LmforgeError(f"input file {path} not found; give a file, or - for standard input")
         plain = path.suffix.lower() in (".txt", "") and not args.format
         if not plain:
-            opts = ReaderOptions(format=args.format or "auto", delimiter=args.delimiter,
-                                 header=args.header is not False, encoding=encoding,
-                                 text_column=args.text_column or "text", label_column=None)
+            opts = ReaderOptions(
+                format=args.format or "auto",
+                delimiter=args.delimiter,
+                header=args.header is not False,
+                encoding=encoding,
+                text_column=args.text_column or "text",
+                label_column=None,
+            )
             if detect_format(path, opts) != "delimited":
-                return [str(t) for t in read_examples(path, opts, require_label=False)["text"].fillna("")], None
+                return [
+                    str(t)
+                    for t in read_examples(path, opts, require_label=False)["text"].fillna("")
+                ], None
         lines = decode_file(path, encoding).split("\n")
     texts = [line.strip() for line in lines if line.strip()]
-    blank = sum(1 for line in lines if not line.strip()) - (1 if lines and not lines[-1].strip() else 0)
+    blank = sum(1 for line in lines if not line.strip()) - (
+        1 if lines and not lines[-1].strip() else 0
+    )
     if blank > 0:
-        logging.getLogger("lmforge").warning("skipped %d blank line(s) of %s; each output row carries "
-                                             "its text", blank, args.input)
+        logging.getLogger("lmforge").warning(
+            "skipped %d blank line(s) of %s; each output row carries its text", blank, args.input
+        )
     if not texts:
         raise LmforgeError(f"no texts in {args.input}; give one text per line")
     return texts, None
@@ -787,14 +1264,27 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from lmforge.models.loading import resolve_model_path
     from lmforge.serving.loadtest import bench_serve, format_table, read_texts, write_json
 
-    opts = ReaderOptions(format=args.format or "auto", delimiter=args.delimiter, header=args.header is not False,
-                         encoding=args.encoding or "utf-8", text_column=args.text_column or "text",
-                         label_column=None)
+    opts = ReaderOptions(
+        format=args.format or "auto",
+        delimiter=args.delimiter,
+        header=args.header is not False,
+        encoding=args.encoding or "utf-8",
+        text_column=args.text_column or "text",
+        label_column=None,
+    )
     texts = read_texts(args.texts, opts)
     resolve_model_path(args.model)  # a wrong path fails here, not after a server start
-    results = bench_serve(args.model, texts, clients=args.clients, duration=args.duration, warmup=args.warmup,
-                          naive=args.naive, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                          precision=args.precision)
+    results = bench_serve(
+        args.model,
+        texts,
+        clients=args.clients,
+        duration=args.duration,
+        warmup=args.warmup,
+        naive=args.naive,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        precision=args.precision,
+    )
     print(format_table(results), end="")
     if args.json_out:
         print(f"metrics: {write_json(results, args.json_out)}")
@@ -808,7 +1298,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     from lmforge.config.schema import RunConfig
 
     if args.file:
-        print(yaml.safe_dump(load_config(args.file, args.overrides).model_dump(mode="json"), sort_keys=False))
+        print(
+            yaml.safe_dump(
+                load_config(args.file, args.overrides).model_dump(mode="json"), sort_keys=False
+            )
+        )
         return 0
     print(describe_config(RunConfig))
     return 0
@@ -830,9 +1324,13 @@ def describe_config(root: Any) -> str:
                 default = sub.get_default(call_default_factory=True)
                 lines.append(f"  {key}: {json.dumps(default)}  # {sub.description}")
         elif name == "method":
-            lines.append("\nmethod: full  # or a mapping {name: METHOD, ...options}; methods and options:")
+            lines.append(
+                "\nmethod: full  # or a mapping {name: METHOD, ...options}; methods and options:"
+            )
             for method, options in METHOD_OPTIONS.items():
-                opts = ", ".join(f"{k}={json.dumps(f.get_default())}" for k, f in options.model_fields.items())
+                opts = ", ".join(
+                    f"{k}={json.dumps(f.get_default())}" for k, f in options.model_fields.items()
+                )
                 lines.append(f"  # {method}: {opts or '(no options)'}")
         else:
             lines.append(f"{name}: {json.dumps(field.get_default())}  # {field.description}")
@@ -865,13 +1363,20 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TrainingInterrupted as stop:
         if rank == 0:
-            world = int(os.environ.get("WORLD_SIZE", "1"))  # a distributed run resumes with as many processes
+            world = int(
+                os.environ.get("WORLD_SIZE", "1")
+            )  # a distributed run resumes with as many processes
             again = f" --nproc {world}" if world > 1 else ""
-            print(f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}{again}",
-                  file=sys.stderr)
+            print(
+                f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}{again}",
+                file=sys.stderr,
+            )
         return 128 + stop.signum
     except LmforgeError as err:
-        print(f"lmforge: error: {err}" if rank == 0 else f"lmforge: error (process {rank}): {err}", file=sys.stderr)
+        print(
+            f"lmforge: error: {err}" if rank == 0 else f"lmforge: error (process {rank}): {err}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

@@ -35,6 +35,8 @@ def format_validation_error(err: Any, model_cls: type[BaseModel], prefix: str = 
             continue
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        shown = "" if isinstance(got, dict | list) or e["type"] == "value_error" else f" (got {got!r})"
+        shown = (
+            "" if isinstance(got, dict | list) or e["type"] == "value_error" else f" (got {got!r})"
+        )
         problems.append(f"{dotted}: {msg}{shown}" if dotted else f"{msg}{shown}")
     return "; ".join(problems)

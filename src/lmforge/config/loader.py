@@ -28,7 +28,8 @@ _Yaml12Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def parse_yaml(text: str) -> Any:
@@ -41,12 +42,16 @@ def read_yaml(path: str | Path, needs: str = "at least data.train_file") -> dict
     the error for an empty file says a config needs)."""
     path = Path(path)
     if not path.is_file():
-        raise LmforgeError(f"config file {path} not found; pass the path of a YAML file "
-                           "(see examples/ for working configs)")
+        raise LmforgeError(
+            f"config file {path} not found; pass the path of a YAML file "
+            "(see examples/ for working configs)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise LmforgeError(f"{path}: config is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise LmforgeError(
+            f"{path}: config is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
     try:
         data = parse_yaml(text)
     except yaml.YAMLError as err:
@@ -55,12 +60,16 @@ def read_yaml(path: str | Path, needs: str = "at least data.train_file") -> dict
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise LmforgeError(f"{path}:{where}: invalid YAML: {problem}") from None
     except (ValueError, RecursionError) as err:  # PyYAML raises these for values like 2024-02-30
-        raise LmforgeError(f"{path}: invalid YAML value: {err}; quote the value to keep it as text") from None
+        raise LmforgeError(
+            f"{path}: invalid YAML value: {err}; quote the value to keep it as text"
+        ) from None
     if data is None:
         raise LmforgeError(f"{path} is empty; a config needs {needs}")
     if not isinstance(data, dict):
-        raise LmforgeError(f"{path}: a config must be a mapping of keys (task:, model:, data:, ...), "
-                           f"not a {type(data).__name__}")
+        raise LmforgeError(
+            f"{path}: a config must be a mapping of keys (task:, model:, data:, ...), "
+            f"not a {type(data).__name__}"
+        )
     return data
 
 
@@ -90,7 +99,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    source: str | Path | dict[str, Any], overrides: list[str] | None = None
+) -> RunConfig:
     """Read, override and validate a run config.
 
     Args:
@@ -101,7 +112,9 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         LmforgeError: With one line naming the file, the key and the fix.
     """
     label = str(source) if not isinstance(source, dict) else "config"
-    data = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)  # never edit the caller's
+    data = (
+        copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
+    )  # never edit the caller's
     data = apply_overrides(data, overrides or [])
     try:
         cfg = RunConfig.model_validate(data)
@@ -125,8 +138,13 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             if _exists(str(candidate)):
                 setattr(cfg.data, key, str(candidate))
     template = cfg.data.chat_template
-    if (template and is_template_file(template) and not Path(template).is_absolute()
-            and not Path(template).exists() and (base / template).exists()):
+    if (
+        template
+        and is_template_file(template)
+        and not Path(template).is_absolute()
+        and not Path(template).exists()
+        and (base / template).exists()
+    ):
         cfg.data.chat_template = str(base / template)
     return cfg
 
@@ -145,4 +163,6 @@ def _exists(path: str) -> bool:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    Path(path).write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )

@@ -47,33 +47,173 @@ PERTURBATIONS = ("typos", "casing", "word_drop")
 # Words never replaced by a synonym: EDA leaves stopwords alone because swapping "the"
 # for a neighbour ("a", "this") adds noise without adding lexical variety. A small list
 # is enough: embedding neighbours of function words are mostly other function words.
-STOPWORDS = frozenset({
-    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are",
-    "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by",
-    "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from",
-    "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him",
-    "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me",
-    "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only",
-    "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so",
-    "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there",
-    "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was",
-    "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with",
-    "would", "you", "your", "yours", "yourself", "yourselves",
-})
+STOPWORDS = frozenset(
+    {
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "against",
+        "all",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "myself",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "ours",
+        "ourselves",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "themselves",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+    }
+)
 
 # Neighbouring keys on a QWERTY keyboard: a replaced letter is one a finger could have
 # hit instead, which is what real typos look like.
 QWERTY_NEIGHBOURS = {
-    "q": "wa", "w": "qeas", "e": "wrsd", "r": "etdf", "t": "ryfg", "y": "tugh", "u": "yihj",
-    "i": "uojk", "o": "ipkl", "p": "ol", "a": "qwsz", "s": "awedxz", "d": "serfcx",
-    "f": "drtgvc", "g": "ftyhbv", "h": "gyujnb", "j": "huikmn", "k": "jiolm", "l": "kop",
-    "z": "asx", "x": "zsdc", "c": "xdfv", "v": "cfgb", "b": "vghn", "n": "bhjm", "m": "njk",
+    "q": "wa",
+    "w": "qeas",
+    "e": "wrsd",
+    "r": "etdf",
+    "t": "ryfg",
+    "y": "tugh",
+    "u": "yihj",
+    "i": "uojk",
+    "o": "ipkl",
+    "p": "ol",
+    "a": "qwsz",
+    "s": "awedxz",
+    "d": "serfcx",
+    "f": "drtgvc",
+    "g": "ftyhbv",
+    "h": "gyujnb",
+    "j": "huikmn",
+    "k": "jiolm",
+    "l": "kop",
+    "z": "asx",
+    "x": "zsdc",
+    "c": "xdfv",
+    "v": "cfgb",
+    "b": "vghn",
+    "n": "bhjm",
+    "m": "njk",
 }
 
 _EDGE_PUNCTUATION = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
 
 
 # ---- the four EDA operations ----
+
 
 def random_swap(words: Sequence[str], n: int, rng: random.Random) -> list[str]:
     """Swap two random positions, ``n`` times (EDA's RS).
@@ -115,8 +255,9 @@ def random_deletion(words: Sequence[str], p: float, rng: random.Random) -> list[
     return kept or [words[rng.randrange(len(words))]]
 
 
-def random_insertion(words: Sequence[str], n: int, rng: random.Random,
-                     candidates: SynonymFn | None = None) -> list[str]:
+def random_insertion(
+    words: Sequence[str], n: int, rng: random.Random, candidates: SynonymFn | None = None
+) -> list[str]:
     """Insert ``n`` words at random positions (EDA's RI).
 
     Each inserted word is a synonym of a random word of the sentence when ``candidates``
@@ -152,8 +293,9 @@ def _word_to_insert(words: list[str], rng: random.Random, candidates: SynonymFn 
     return words[rng.randrange(len(words))]
 
 
-def synonym_replacement(words: Sequence[str], n: int, rng: random.Random,
-                        synonyms: SynonymFn) -> list[str]:
+def synonym_replacement(
+    words: Sequence[str], n: int, rng: random.Random, synonyms: SynonymFn
+) -> list[str]:
     """Replace up to ``n`` distinct words that have synonyms (EDA's SR).
 
     Words are tried in random order; stopwords are never replaced. A word is looked up
@@ -199,6 +341,7 @@ def _swap_core(word: str, new: str) -> str:
 
 # ---- synonyms from the model's embedding table ----
 
+
 class EmbeddingNeighbours:
     """Synonyms as nearest neighbours (cosine) in a model's input embedding table.
 
@@ -218,8 +361,10 @@ class EmbeddingNeighbours:
     def __init__(self, words: list[str], vectors: np.ndarray):
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(words):
-            raise ValueError(f"EmbeddingNeighbours needs one vector row per word: got {len(words)} words "
-                             f"and vectors of shape {vectors.shape}")
+            raise ValueError(
+                f"EmbeddingNeighbours needs one vector row per word: got {len(words)} words "
+                f"and vectors of shape {vectors.shape}"
+            )
         first: dict[str, int] = {}
         for i, word in enumerate(words):
             first.setdefault(word, i)
@@ -315,7 +460,7 @@ def candidate_words(vocab: dict[str, int], special: set[str]) -> tuple[list[str]
         if marks:
             if not token.startswith(marks[0]):
                 continue
-            token = token[len(marks[0]):]
+            token = token[len(marks[0]) :]
         elif token.startswith("##"):
             continue
         if len(token) >= 3 and token.isalpha():
@@ -325,6 +470,7 @@ def candidate_words(vocab: dict[str, int], special: set[str]) -> tuple[list[str]
 
 
 # ---- augmenting rows ----
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -347,24 +493,37 @@ class AugmentConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        operations = (self.operations,) if isinstance(self.operations, str) else tuple(self.operations)
+        operations = (
+            (self.operations,) if isinstance(self.operations, str) else tuple(self.operations)
+        )
         object.__setattr__(self, "operations", operations)
         if not operations:
-            raise LmforgeError(f"augmentation operations is empty: list one or more of {', '.join(OPERATIONS)}")
+            raise LmforgeError(
+                f"augmentation operations is empty: list one or more of {', '.join(OPERATIONS)}"
+            )
         for op in operations:
             if op not in OPERATIONS:
-                raise LmforgeError(f"augmentation operation '{op}' is unknown{did_you_mean(op, OPERATIONS)}: "
-                                   f"use one of {', '.join(OPERATIONS)}")
+                raise LmforgeError(
+                    f"augmentation operation '{op}' is unknown{did_you_mean(op, OPERATIONS)}: "
+                    f"use one of {', '.join(OPERATIONS)}"
+                )
             if operations.count(op) > 1:
-                raise LmforgeError(f"augmentation operations lists '{op}' twice: list each operation once")
+                raise LmforgeError(
+                    f"augmentation operations lists '{op}' twice: list each operation once"
+                )
         if not 0 < self.rate <= 1:
-            raise LmforgeError(f"augmentation rate is {self.rate}: use a share of words in (0, 1], e.g. 0.1")
+            raise LmforgeError(
+                f"augmentation rate is {self.rate}: use a share of words in (0, 1], e.g. 0.1"
+            )
         if not isinstance(self.copies, int) or self.copies < 1:
-            raise LmforgeError(f"augmentation copies is {self.copies}: use a whole number of copies >= 1")
+            raise LmforgeError(
+                f"augmentation copies is {self.copies}: use a whole number of copies >= 1"
+            )
 
 
-def augment_rows(texts: list[str], labels: list, config: AugmentConfig,
-                 neighbours: SynonymFn | None = None) -> tuple[list[str], list, dict[str, int]]:
+def augment_rows(
+    texts: list[str], labels: list, config: AugmentConfig, neighbours: SynonymFn | None = None
+) -> tuple[list[str], list, dict[str, int]]:
     """Add ``config.copies`` EDA-augmented copies of every training row.
 
     Each copy applies one operation, drawn by the seeded generator from
@@ -387,11 +546,14 @@ def augment_rows(texts: list[str], labels: list, config: AugmentConfig,
         result depends only on the arguments: the same seed gives the same rows.
     """
     if len(texts) != len(labels):
-        raise LmforgeError(f"augmentation got {len(texts)} texts but {len(labels)} labels: "
-                           f"pass one label per text")
+        raise LmforgeError(
+            f"augmentation got {len(texts)} texts but {len(labels)} labels: pass one label per text"
+        )
     if "synonym" in config.operations and neighbours is None:
-        raise LmforgeError("augmentation operation 'synonym' needs the model's embeddings: pass "
-                           "neighbours=EmbeddingNeighbours.from_model(model, tokenizer) or drop 'synonym'")
+        raise LmforgeError(
+            "augmentation operation 'synonym' needs the model's embeddings: pass "
+            "neighbours=EmbeddingNeighbours.from_model(model, tokenizer) or drop 'synonym'"
+        )
     rng = random.Random(config.seed)
     out_texts, out_labels = list(texts), list(labels)
     unchanged = 0
@@ -406,13 +568,19 @@ def augment_rows(texts: list[str], labels: list, config: AugmentConfig,
             out_texts.append(new)
             out_labels.append(label)
     summary = {"original": len(texts), "added": len(out_texts) - len(texts), "unchanged": unchanged}
-    log.info("augmentation (%s, rate %s, %d copies): %s", "/".join(config.operations), config.rate,
-             config.copies, summary)
+    log.info(
+        "augmentation (%s, rate %s, %d copies): %s",
+        "/".join(config.operations),
+        config.rate,
+        config.copies,
+        summary,
+    )
     return out_texts, out_labels, summary
 
 
-def _apply(op: str, words: list[str], rate: float, rng: random.Random,
-           neighbours: SynonymFn | None) -> list[str]:
+def _apply(
+    op: str, words: list[str], rate: float, rng: random.Random, neighbours: SynonymFn | None
+) -> list[str]:
     n = max(1, round(rate * len(words)))
     if op == "swap":
         return random_swap(words, n, rng)
@@ -425,8 +593,14 @@ def _apply(op: str, words: list[str], rate: float, rng: random.Random,
 
 # ---- back-translation ----
 
-def back_translate(texts: list[str], forward_model: str, backward_model: str, batch_size: int = 16,
-                   max_new_tokens: int = 256) -> list[str]:
+
+def back_translate(
+    texts: list[str],
+    forward_model: str,
+    backward_model: str,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+) -> list[str]:
     """Paraphrase texts by translating them to a pivot language and back.
 
     Greedy decoding keeps the result deterministic. Runs on the GPU when one is visible.
@@ -451,7 +625,9 @@ def back_translate(texts: list[str], forward_model: str, backward_model: str, ba
     from lmforge.training.precision import resolve_device
 
     device = resolve_device("auto")
-    pivot = _translate(list(texts), _load_translator(forward_model, device), batch_size, max_new_tokens)
+    pivot = _translate(
+        list(texts), _load_translator(forward_model, device), batch_size, max_new_tokens
+    )
     return _translate(pivot, _load_translator(backward_model, device), batch_size, max_new_tokens)
 
 
@@ -463,31 +639,43 @@ def _load_translator(name: str, device: str) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForSeq2SeqLM.from_pretrained(name)
     except (OSError, ValueError, ImportError) as e:
-        raise LmforgeError(f"back_translate cannot load translation model '{name}' ({type(e).__name__}): "
-                           f"a seq2seq translation model must be available locally or through the "
-                           f"Hugging Face hub") from e
+        raise LmforgeError(
+            f"back_translate cannot load translation model '{name}' ({type(e).__name__}): "
+            f"a seq2seq translation model must be available locally or through the "
+            f"Hugging Face hub"
+        ) from e
     if tokenizer.pad_token is None:
         # Batches need padding; the tokenizer here is a private copy, so this is local.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.to(device).eval()
 
 
-def _translate(texts: list[str], translator: tuple[Any, Any], batch_size: int,
-               max_new_tokens: int) -> list[str]:
+def _translate(
+    texts: list[str], translator: tuple[Any, Any], batch_size: int, max_new_tokens: int
+) -> list[str]:
     import torch
 
     tokenizer, model = translator
     out: list[str] = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              truncation=True).to(model.device)
-            generated = model.generate(**batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens)
-            out.extend(t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True))
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+            ).to(model.device)
+            generated = model.generate(
+                **batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens
+            )
+            out.extend(
+                t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)
+            )
     return out
 
 
 # ---- perturbations for robustness checks ----
+
 
 def perturb(texts: list[str], kind: str, rate: float, seed: int = 0) -> list[str]:
     """Degrade texts to measure robustness; labels are never touched.
@@ -512,8 +700,10 @@ def perturb(texts: list[str], kind: str, rate: float, seed: int = 0) -> list[str
         One perturbed text per input text, in order.
     """
     if kind not in PERTURBATIONS:
-        raise LmforgeError(f"perturbation kind '{kind}' is unknown{did_you_mean(kind, PERTURBATIONS)}: "
-                           f"use one of {', '.join(PERTURBATIONS)}")
+        raise LmforgeError(
+            f"perturbation kind '{kind}' is unknown{did_you_mean(kind, PERTURBATIONS)}: "
+            f"use one of {', '.join(PERTURBATIONS)}"
+        )
     if not 0 <= rate <= 1:
         raise LmforgeError(f"perturbation rate is {rate}: use a share in [0, 1], e.g. 0.1")
     rng = random.Random(seed)
@@ -543,7 +733,11 @@ def typo(word: str, rng: random.Random) -> str:
     chars = list(word)
     kind = ("swap", "drop", "double", "keyboard")[rng.randrange(4)]
     if kind == "swap":
-        pairs = [i for i in letters if i + 1 < len(chars) and chars[i + 1].isalpha() and chars[i] != chars[i + 1]]
+        pairs = [
+            i
+            for i in letters
+            if i + 1 < len(chars) and chars[i + 1].isalpha() and chars[i] != chars[i + 1]
+        ]
         if pairs:
             i = pairs[rng.randrange(len(pairs))]
             chars[i], chars[i + 1] = chars[i + 1], chars[i]

@@ -19,9 +19,14 @@ class EncodedDataset(Dataset):
     word each sub-token belongs to.
     """
 
-    def __init__(self, input_ids: Sequence[np.ndarray], labels: np.ndarray | None = None,
-                 pair_starts: np.ndarray | None = None, token_labels: Sequence[np.ndarray] | None = None,
-                 word_ids: np.ndarray | None = None):
+    def __init__(
+        self,
+        input_ids: Sequence[np.ndarray],
+        labels: np.ndarray | None = None,
+        pair_starts: np.ndarray | None = None,
+        token_labels: Sequence[np.ndarray] | None = None,
+        word_ids: np.ndarray | None = None,
+    ):
         if labels is not None and len(labels) != len(input_ids):
             raise ValueError(f"{len(input_ids)} rows but {len(labels)} labels")
         self.input_ids = input_ids
@@ -53,7 +58,9 @@ class EncodedDataset(Dataset):
         return PaddingCollator(pad_token_id, pad_to_multiple_of)
 
 
-def pad_rows(rows: Sequence[np.ndarray], pad_id: int, multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(
+    rows: Sequence[np.ndarray], pad_id: int, multiple: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Id rows right-padded to the longest (rounded up to ``multiple``): ids (B, T) and the
     attention mask (B, T), 1 on real tokens. Every collator pads through here."""
     width = max(len(row) for row in rows)
@@ -62,8 +69,8 @@ def pad_rows(rows: Sequence[np.ndarray], pad_id: int, multiple: int | None = Non
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.as_tensor(np.asarray(row), dtype=torch.long)
-        mask[i, :len(row)] = 1
+        ids[i, : len(row)] = torch.as_tensor(np.asarray(row), dtype=torch.long)
+        mask[i, : len(row)] = 1
     return ids, mask
 
 
@@ -79,18 +86,22 @@ class PaddingCollator:
         self.multiple = pad_to_multiple_of
 
     def __call__(self, batch: list[dict[str, object]]) -> dict[str, torch.Tensor]:
-        ids, mask = pad_rows([item["input_ids"] for item in batch], self.pad_token_id, self.multiple)
+        ids, mask = pad_rows(
+            [item["input_ids"] for item in batch], self.pad_token_id, self.multiple
+        )
         width = ids.shape[1]
         out = {"input_ids": ids, "attention_mask": mask}
         if "pair_start" in batch[0]:  # text pairs: token type 1 from the second text on (BERT)
             starts = torch.tensor([item["pair_start"] for item in batch]).unsqueeze(1)  # (B, 1)
-            out["token_type_ids"] = ((torch.arange(width).unsqueeze(0) >= starts) & mask.bool()).long()  # (B, T)
+            out["token_type_ids"] = (
+                (torch.arange(width).unsqueeze(0) >= starts) & mask.bool()
+            ).long()  # (B, T)
         if "labels" in batch[0]:
             out["labels"] = torch.as_tensor(np.stack([item["labels"] for item in batch]))
         if "token_labels" in batch[0]:  # one label per sub-token; padding is ignored by the loss
             labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
             for row, item in enumerate(batch):
-                labels[row, :len(item["token_labels"])] = torch.as_tensor(item["token_labels"])
+                labels[row, : len(item["token_labels"])] = torch.as_tensor(item["token_labels"])
             out["labels"] = labels
         return out
 
@@ -112,7 +123,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     Sorting by length wastes almost no compute on padding; callers restore input order.
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
 def padded_tokens(batch: Sequence[int], lengths: Sequence[int]) -> int:

@@ -33,12 +33,18 @@ class CleaningReport:
     def summary(self, name: str) -> str:
         reasons = [f"{n} {k.replace('_', ' ')}" for k, n in self.drops().items() if n]
         why = f" ({', '.join(reasons)})" if reasons else ""
-        repaired = f"; {self.repaired_tags} invalid tag transitions repaired" if self.repaired_tags else ""
+        repaired = (
+            f"; {self.repaired_tags} invalid tag transitions repaired" if self.repaired_tags else ""
+        )
         return f"{name}: read {self.rows_read} rows, kept {self.rows_kept}, dropped {self.dropped}{why}{repaired}"
 
     def drops(self) -> dict[str, int]:
         """Rows dropped, by reason."""
-        return {k: n for k, n in asdict(self).items() if k not in ("rows_read", "rows_kept", "repaired_tags")}
+        return {
+            k: n
+            for k, n in asdict(self).items()
+            if k not in ("rows_read", "rows_kept", "repaired_tags")
+        }
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -56,8 +62,12 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
-def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
-                   drop_duplicates: bool = True, has_label: bool = True) -> tuple[pd.DataFrame, CleaningReport]:
+def clean_examples(
+    frame: pd.DataFrame,
+    normalize_whitespace: bool = True,
+    drop_duplicates: bool = True,
+    has_label: bool = True,
+) -> tuple[pd.DataFrame, CleaningReport]:
     """Drop empty texts, missing labels, exact duplicates and texts with conflicting labels.
 
     Args:
@@ -74,7 +84,9 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
     texts = [normalize_text(t) for t in texts] if normalize_whitespace else texts
     columns = {"text": texts}
     paired = "text_pair" in frame
-    sides = [side for side in ("text_pair", "negative") if side in frame]  # second texts, hard negatives
+    sides = [
+        side for side in ("text_pair", "negative") if side in frame
+    ]  # second texts, hard negatives
     for side in sides:
         values = [_as_str(t) for t in frame[side]]
         columns[side] = [normalize_text(t) for t in values] if normalize_whitespace else values
@@ -85,8 +97,13 @@ def clean_examples(frame: pd.DataFrame, normalize_whitespace: bool = True,
     report.empty_text = int((~keep).sum())
     frame = frame.loc[keep]
     if sides:
-        present = np.array([all(t.strip() != "" for t in row) for row in zip(*(frame[s] for s in sides), strict=True)],
-                           dtype=bool)
+        present = np.array(
+            [
+                all(t.strip() != "" for t in row)
+                for row in zip(*(frame[s] for s in sides), strict=True)
+            ],
+            dtype=bool,
+        )
         report.missing_pair = int((~present).sum())
         frame = frame.loc[present]
     if has_label:

@@ -25,7 +25,9 @@ class Splits:
     frames: dict[str, pd.DataFrame]
     cleaning: dict[str, CleaningReport] = field(default_factory=dict)
     carved: dict[str, float] = field(default_factory=dict)
-    augmented: dict[str, dict[str, int]] = field(default_factory=dict)  # what augmentation added to train
+    augmented: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # what augmentation added to train
 
     def summary(self) -> dict[str, object]:
         return {
@@ -33,7 +35,9 @@ class Splits:
             "cleaning": {name: r.as_dict() for name, r in self.cleaning.items()},
             "carved_from_train": self.carved,
             # a run's evaluation rows, so that `eval --split` can tell when its files changed since
-            "fingerprints": {name: fingerprint(f) for name, f in self.frames.items() if name != "train"},
+            "fingerprints": {
+                name: fingerprint(f) for name, f in self.frames.items() if name != "train"
+            },
             **({"augmented": self.augmented} if self.augmented else {}),
         }
 
@@ -51,13 +55,25 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 
 def reader_options(cfg: DataConfig) -> ReaderOptions:
-    return ReaderOptions(format=cfg.format, delimiter=cfg.delimiter, header=cfg.header,
-                         encoding=cfg.encoding, text_column=cfg.text_column, label_column=cfg.label_column,
-                         text_pair_column=cfg.text_pair_column, negative_column=cfg.negative_column)
+    return ReaderOptions(
+        format=cfg.format,
+        delimiter=cfg.delimiter,
+        header=cfg.header,
+        encoding=cfg.encoding,
+        text_column=cfg.text_column,
+        label_column=cfg.label_column,
+        text_pair_column=cfg.text_pair_column,
+        negative_column=cfg.negative_column,
+    )
 
 
-def load_splits(cfg: DataConfig, seed: int, strata: Callable[[list[str]], list[str]] | None = None,
-                tokens: bool = False, labeled: bool = True) -> Splits:
+def load_splits(
+    cfg: DataConfig,
+    seed: int,
+    strata: Callable[[list[str]], list[str]] | None = None,
+    tokens: bool = False,
+    labeled: bool = True,
+) -> Splits:
     """Read, clean and (when needed) split the configured data.
 
     A validation (and test) split is carved from train, stratified by label (or by
@@ -70,46 +86,87 @@ def load_splits(cfg: DataConfig, seed: int, strata: Callable[[list[str]], list[s
     """
     if tokens:
         if cfg.hf_dataset:
-            raise LmforgeError("token_classification reads CoNLL or token JSONL files: set data.train_file "
-                               "instead of data.hf_dataset")
+            raise LmforgeError(
+                "token_classification reads CoNLL or token JSONL files: set data.train_file "
+                "instead of data.hf_dataset"
+            )
         files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
-        loaded = {name: load_token_frame(path, cfg.tag_scheme, cfg.repair_tags, cfg.encoding)
-                  for name, path in files.items() if path}
+        loaded = {
+            name: load_token_frame(path, cfg.tag_scheme, cfg.repair_tags, cfg.encoding)
+            for name, path in files.items()
+            if path
+        }
     else:
-        loaded = {name: clean_examples(frame, cfg.normalize_whitespace, cfg.drop_duplicates, has_label=labeled)
-                  for name, frame in _read_sources(cfg, reader_options(cfg), labeled).items()}
+        loaded = {
+            name: clean_examples(
+                frame, cfg.normalize_whitespace, cfg.drop_duplicates, has_label=labeled
+            )
+            for name, frame in _read_sources(cfg, reader_options(cfg), labeled).items()
+        }
     if "train" not in loaded:
-        raise LmforgeError("no training data: set data.train_file (a CSV/TSV/JSONL/Parquet/text file) "
-                           "or data.hf_dataset")
+        raise LmforgeError(
+            "no training data: set data.train_file (a CSV/TSV/JSONL/Parquet/text file) "
+            "or data.hf_dataset"
+        )
     frames, reports = {}, {}
     for name, (frame, report) in loaded.items():
         frames[name], reports[name] = frame, report
         log.info(report.summary(name))
         if frames[name].empty:
-            raise LmforgeError(f"{name} data has no usable rows after cleaning "
-                               f"({reports[name].summary(name)}); check data.text_column / data.label_column")
-    fractions = {name: share for name, share in (("validation", cfg.validation_size), ("test", cfg.test_size))
-                 if name not in frames and share > 0}
+            raise LmforgeError(
+                f"{name} data has no usable rows after cleaning "
+                f"({reports[name].summary(name)}); check data.text_column / data.label_column"
+            )
+    fractions = {
+        name: share
+        for name, share in (("validation", cfg.validation_size), ("test", cfg.test_size))
+        if name not in frames and share > 0
+    }
     if fractions:
-        frames.update(stratified_split(frames.pop("train"), fractions, seed, strata=strata,
-                                       label_column="label" if labeled else "text"))
+        frames.update(
+            stratified_split(
+                frames.pop("train"),
+                fractions,
+                seed,
+                strata=strata,
+                label_column="label" if labeled else "text",
+            )
+        )
     _warn_overlap(frames)
     return Splits(frames=frames, cleaning=reports, carved=fractions)
 
 
-def _read_sources(cfg: DataConfig, opts: ReaderOptions, labeled: bool = True) -> dict[str, pd.DataFrame]:
+def _read_sources(
+    cfg: DataConfig, opts: ReaderOptions, labeled: bool = True
+) -> dict[str, pd.DataFrame]:
     if cfg.hf_dataset:
-        splits = {"train": cfg.hf_train_split, "validation": cfg.hf_validation_split, "test": cfg.hf_test_split}
-        return {name: read_hf_dataset(cfg.hf_dataset, cfg.hf_config, split, opts, labeled)
-                for name, split in splits.items() if split}
+        splits = {
+            "train": cfg.hf_train_split,
+            "validation": cfg.hf_validation_split,
+            "test": cfg.hf_test_split,
+        }
+        return {
+            name: read_hf_dataset(cfg.hf_dataset, cfg.hf_config, split, opts, labeled)
+            for name, split in splits.items()
+            if split
+        }
     files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
-    return {name: read_examples(path, opts, require_label=labeled) for name, path in files.items() if path}
+    return {
+        name: read_examples(path, opts, require_label=labeled)
+        for name, path in files.items()
+        if path
+    }
 
 
 def _warn_overlap(frames: dict[str, pd.DataFrame]) -> None:
     """Texts shared between train and an evaluation split inflate its metrics: say so."""
-    def inputs(frame: pd.DataFrame) -> pd.Series:  # a pair is one input: the same sentence may pair differently
-        return frame["text"] + "\x00" + frame["text_pair"] if "text_pair" in frame else frame["text"]
+
+    def inputs(
+        frame: pd.DataFrame,
+    ) -> pd.Series:  # a pair is one input: the same sentence may pair differently
+        return (
+            frame["text"] + "\x00" + frame["text_pair"] if "text_pair" in frame else frame["text"]
+        )
 
     seen = set(inputs(frames["train"]))
     for name, frame in frames.items():
@@ -117,5 +174,10 @@ def _warn_overlap(frames: dict[str, pd.DataFrame]) -> None:
             continue
         shared = int(inputs(frame).isin(seen).sum())
         if shared:
-            log.warning("%d of %d %s texts also appear in train; their metrics will look better than "
-                        "they are", shared, len(frame), name)
+            log.warning(
+                "%d of %d %s texts also appear in train; their metrics will look better than "
+                "they are",
+                shared,
+                len(frame),
+                name,
+            )

@@ -61,13 +61,21 @@ class MaskedLMCollator:
         pad_to_multiple_of: round the batch width up (tensor-core friendly shapes).
     """
 
-    def __init__(self, tokenizer: Any, mlm_probability: float = 0.15, whole_word: bool = False,
-                 seed: int | None = None, pad_to_multiple_of: int | None = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        mlm_probability: float = 0.15,
+        whole_word: bool = False,
+        seed: int | None = None,
+        pad_to_multiple_of: int | None = None,
+    ):
         if not 0.0 < mlm_probability < 1.0:
             raise LmforgeError(f"mlm_probability must be between 0 and 1, got {mlm_probability}")
         if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
-            raise LmforgeError("masked-LM training needs a tokenizer with a mask and a pad token "
-                               "(BERT-style tokenizers have [MASK] and [PAD])")
+            raise LmforgeError(
+                "masked-LM training needs a tokenizer with a mask and a pad token "
+                "(BERT-style tokenizers have [MASK] and [PAD])"
+            )
         self.mlm_probability = mlm_probability
         self.whole_word = whole_word
         self.seed = seed
@@ -84,7 +92,9 @@ class MaskedLMCollator:
         ids, valid = self._pad([item["input_ids"] for item in batch], self.pad_id)  # (B, T), (B, T)
         generator = self._current_generator()
         maskable = valid & ~torch.isin(ids, self.special_ids)  # (B, T)
-        starts = self._word_starts(batch, ids) if self.whole_word else torch.ones_like(valid)  # (B, T)
+        starts = (
+            self._word_starts(batch, ids) if self.whole_word else torch.ones_like(valid)
+        )  # (B, T)
 
         # Draw once per word start; every token takes the draw of the last start at or before it.
         draws = torch.rand(ids.shape, generator=generator) < self.mlm_probability  # (B, T)
@@ -95,7 +105,9 @@ class MaskedLMCollator:
         corruption = torch.rand(ids.shape, generator=generator)  # (B, T)
         to_mask = selected & (corruption < MASK_SHARE)
         to_random = selected & (corruption >= MASK_SHARE) & (corruption < MASK_SHARE + RANDOM_SHARE)
-        random_ids = self.random_ids[torch.randint(len(self.random_ids), ids.shape, generator=generator)]
+        random_ids = self.random_ids[
+            torch.randint(len(self.random_ids), ids.shape, generator=generator)
+        ]
 
         inputs = ids.masked_fill(to_mask, self.mask_id)
         inputs = torch.where(to_random, random_ids, inputs)  # (B, T)
@@ -114,8 +126,8 @@ class MaskedLMCollator:
         out = torch.full((len(rows), width), fill, dtype=torch.long)  # (B, T)
         valid = torch.zeros((len(rows), width), dtype=torch.bool)  # (B, T)
         for i, row in enumerate(rows):
-            out[i, :len(row)] = torch.as_tensor(np.asarray(row, dtype=np.int64))
-            valid[i, :len(row)] = True
+            out[i, : len(row)] = torch.as_tensor(np.asarray(row, dtype=np.int64))
+            valid[i, : len(row)] = True
         return out, valid
 
     def _word_starts(self, batch: list[dict[str, np.ndarray]], ids: torch.Tensor) -> torch.Tensor:
@@ -126,8 +138,10 @@ class MaskedLMCollator:
             starts[:, 1:] = words[:, 1:] != words[:, :-1]
             return starts
         if self.continues_word is None:
-            raise LmforgeError("whole-word masking needs word_ids in each item: this tokenizer has no "
-                               "'##'-style continuation prefix to find words by")
+            raise LmforgeError(
+                "whole-word masking needs word_ids in each item: this tokenizer has no "
+                "'##'-style continuation prefix to find words by"
+            )
         starts = ~self.continues_word[ids]  # (B, T)
         starts[:, 0] = True
         return starts

@@ -84,17 +84,23 @@ def plan_blocks(doc_offsets: np.ndarray, block_size: int, mode: str) -> BlockPla
         return _plan_packed(offsets, block_size)
     if mode == "documents":
         return _plan_documents(offsets, block_size)
-    raise LmforgeError(f"unknown packing mode {mode!r}; use one of {', '.join(MODES)}{did_you_mean(mode, MODES)}")
+    raise LmforgeError(
+        f"unknown packing mode {mode!r}; use one of {', '.join(MODES)}{did_you_mean(mode, MODES)}"
+    )
 
 
 def _checked_offsets(doc_offsets: np.ndarray) -> np.ndarray:
     offsets = np.asarray(doc_offsets)
     if offsets.ndim != 1 or len(offsets) < 2 or not np.issubdtype(offsets.dtype, np.integer):
-        raise LmforgeError(f"document offsets must be a 1-D integer array of n_docs + 1 values, "
-                           f"got shape {offsets.shape} of {offsets.dtype}")
+        raise LmforgeError(
+            f"document offsets must be a 1-D integer array of n_docs + 1 values, "
+            f"got shape {offsets.shape} of {offsets.dtype}"
+        )
     offsets = offsets.astype(np.int64)
     if offsets[0] < 0 or np.any(np.diff(offsets) < 0):
-        raise LmforgeError("document offsets must be non-negative and non-decreasing; the offsets file is corrupt")
+        raise LmforgeError(
+            "document offsets must be non-negative and non-decreasing; the offsets file is corrupt"
+        )
     return offsets
 
 
@@ -102,8 +108,10 @@ def _plan_packed(offsets: np.ndarray, block_size: int) -> BlockPlan:
     first, total = int(offsets[0]), int(offsets[-1] - offsets[0])
     n_blocks, dropped = divmod(total, block_size)
     if n_blocks == 0:
-        raise LmforgeError(f"the corpus has {total} tokens, fewer than one block of {block_size}; "
-                           "lower block_size or add text")
+        raise LmforgeError(
+            f"the corpus has {total} tokens, fewer than one block of {block_size}; "
+            "lower block_size or add text"
+        )
     starts = first + np.arange(n_blocks, dtype=np.int64) * block_size
     ranges = np.stack([starts, starts + block_size], axis=1)  # (n_blocks, 2)
     # A cut splits a document when it falls strictly inside it; the end of the last block is a
@@ -121,7 +129,9 @@ def _plan_documents(offsets: np.ndarray, block_size: int) -> BlockPlan:
     if n_blocks == 0:
         raise LmforgeError("the corpus has no tokens; every document is empty")
     doc = np.repeat(np.arange(len(lengths)), chunks)  # (n_blocks,)
-    chunk_in_doc = np.arange(n_blocks) - np.repeat(np.cumsum(chunks) - chunks, chunks)  # (n_blocks,)
+    chunk_in_doc = np.arange(n_blocks) - np.repeat(
+        np.cumsum(chunks) - chunks, chunks
+    )  # (n_blocks,)
     starts = offsets[doc] + chunk_in_doc * block_size
     ends = np.minimum(starts + block_size, offsets[doc + 1])
     return BlockPlan(np.stack([starts, ends], axis=1), 0, int(np.count_nonzero(chunks > 1)))
@@ -136,14 +146,18 @@ class PackedBlocks(Dataset):
     the document segments from the zeros, so no separate document ids are carried.
     """
 
-    def __init__(self, tokens: np.ndarray, doc_offsets: np.ndarray, plan: BlockPlan, boundaries: bool):
+    def __init__(
+        self, tokens: np.ndarray, doc_offsets: np.ndarray, plan: BlockPlan, boundaries: bool
+    ):
         self.tokens = tokens
         self.offsets = _checked_offsets(doc_offsets)
         self.ranges = plan.ranges
         self.boundaries = boundaries
         if len(self.ranges) and int(self.ranges[:, 1].max()) > len(tokens):
-            raise LmforgeError(f"the block plan reaches token {int(self.ranges[:, 1].max())} but the token "
-                               f"array holds {len(tokens)}; plan and tokens come from different files")
+            raise LmforgeError(
+                f"the block plan reaches token {int(self.ranges[:, 1].max())} but the token "
+                f"array holds {len(tokens)}; plan and tokens come from different files"
+            )
 
     def __len__(self) -> int:
         return len(self.ranges)
@@ -190,8 +204,13 @@ class CausalLMCollator:
             other kernels may insist on matching dtypes).
     """
 
-    def __init__(self, pad_token_id: int, isolate_documents: bool, pad_to_multiple_of: int | None = None,
-                 mask_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        pad_token_id: int,
+        isolate_documents: bool,
+        pad_to_multiple_of: int | None = None,
+        mask_dtype: torch.dtype = torch.float32,
+    ):
         self.pad_token_id = pad_token_id
         self.isolate_documents = isolate_documents
         self.multiple = pad_to_multiple_of
@@ -212,12 +231,16 @@ class CausalLMCollator:
         if implementation not in ("eager", "sdpa"):
             return False
         modeling = sys.modules.get(type(base).__module__)
-        builds_mask_with_hf = getattr(modeling, "create_causal_mask", None) is masking_utils.create_causal_mask
+        builds_mask_with_hf = (
+            getattr(modeling, "create_causal_mask", None) is masking_utils.create_causal_mask
+        )
         return builds_mask_with_hf and "position_ids" in inspect.signature(base.forward).parameters
 
     def __call__(self, batch: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         lengths = [len(item["input_ids"]) for item in batch]
-        ids, mask = pad_rows([item["input_ids"] for item in batch], self.pad_token_id, self.multiple)
+        ids, mask = pad_rows(
+            [item["input_ids"] for item in batch], self.pad_token_id, self.multiple
+        )
         valid, width = mask.bool(), ids.shape[1]  # (B, T)
         if "labels" in batch[0]:  # per-token targets (chat: the assistant's tokens only)
             labels = torch.full_like(ids, IGNORE_INDEX)  # (B, T)
@@ -229,23 +252,33 @@ class CausalLMCollator:
             return {"input_ids": ids, "attention_mask": valid.long(), "labels": labels}
 
         if "position_ids" not in batch[0]:
-            raise LmforgeError("document isolation needs position ids in each block; "
-                               "build the dataset with PackedBlocks(..., boundaries=True)")
+            raise LmforgeError(
+                "document isolation needs position ids in each block; "
+                "build the dataset with PackedBlocks(..., boundaries=True)"
+            )
         positions = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T) padding at 0
         for row, (item, n) in enumerate(zip(batch, lengths, strict=True)):
             positions[row, :n] = torch.as_tensor(item["position_ids"], dtype=torch.long)
         starts = (positions == 0) & valid  # (B, T)
         labels = labels.masked_fill(starts, IGNORE_INDEX)
-        return {"input_ids": ids, "attention_mask": self._block_causal_mask(starts, valid),
-                "position_ids": positions, "labels": labels}
+        return {
+            "input_ids": ids,
+            "attention_mask": self._block_causal_mask(starts, valid),
+            "position_ids": positions,
+            "labels": labels,
+        }
 
     def _block_causal_mask(self, starts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        segment = torch.cumsum(starts, dim=1).masked_fill(~valid, -1)  # (B, T) padding is segment -1
+        segment = torch.cumsum(starts, dim=1).masked_fill(
+            ~valid, -1
+        )  # (B, T) padding is segment -1
         width = starts.shape[1]
         causal = torch.ones((width, width), dtype=torch.bool).tril()  # (T, T)
         allowed = causal & (segment[:, :, None] == segment[:, None, :])  # (B, T, T)
         blocked = torch.finfo(self.mask_dtype).min
-        mask = torch.zeros(allowed.shape, dtype=self.mask_dtype).masked_fill_(~allowed, blocked)  # (B, T, T)
+        mask = torch.zeros(allowed.shape, dtype=self.mask_dtype).masked_fill_(
+            ~allowed, blocked
+        )  # (B, T, T)
         return mask.unsqueeze(1)  # (B, 1, T, T)
 
 
@@ -282,7 +315,9 @@ class PackedSequences(Dataset):
     block-diagonal mask from.
     """
 
-    def __init__(self, input_ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], capacity: int):
+    def __init__(
+        self, input_ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], capacity: int
+    ):
         self.input_ids = input_ids
         self.token_labels = labels
         self.rows = pack_sequences([len(row) for row in input_ids], capacity)
@@ -297,7 +332,10 @@ class PackedSequences(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         members = self.rows[i]
-        return {"input_ids": np.concatenate([self.input_ids[j] for j in members]).astype(np.int64),
-                "labels": np.concatenate([self.token_labels[j] for j in members]).astype(np.int64),
-                "position_ids": np.concatenate([np.arange(len(self.input_ids[j]), dtype=np.int64)
-                                                for j in members])}
+        return {
+            "input_ids": np.concatenate([self.input_ids[j] for j in members]).astype(np.int64),
+            "labels": np.concatenate([self.token_labels[j] for j in members]).astype(np.int64),
+            "position_ids": np.concatenate(
+                [np.arange(len(self.input_ids[j]), dtype=np.int64) for j in members]
+            ),
+        }

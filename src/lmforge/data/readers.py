@@ -19,8 +19,14 @@ import pandas as pd
 from lmforge.errors import LmforgeError, did_you_mean
 
 _EXTENSIONS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-    ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 
 
@@ -38,7 +44,9 @@ class ReaderOptions:
     negative_column: str | None = None
 
 
-def read_examples(path: str | Path, opts: ReaderOptions, require_label: bool = True) -> pd.DataFrame:
+def read_examples(
+    path: str | Path, opts: ReaderOptions, require_label: bool = True
+) -> pd.DataFrame:
     """Read a file into a DataFrame with ``text`` (and ``label``) columns of strings.
 
     Args:
@@ -48,10 +56,14 @@ def read_examples(path: str | Path, opts: ReaderOptions, require_label: bool = T
     """
     path = Path(path)
     if not path.exists():
-        raise LmforgeError(f"data file {path} not found; check data.train_file / --data "
-                           "(relative paths are resolved against the working directory, then the config)")
+        raise LmforgeError(
+            f"data file {path} not found; check data.train_file / --data "
+            "(relative paths are resolved against the working directory, then the config)"
+        )
     if path.is_dir():
-        raise LmforgeError(f"{path} is a directory; give a data file (CSV, TSV, JSONL, Parquet or text)")
+        raise LmforgeError(
+            f"{path} is a directory; give a data file (CSV, TSV, JSONL, Parquet or text)"
+        )
     fmt = detect_format(path, opts)
     if fmt == "parquet":
         frame = _read_parquet(path)
@@ -76,9 +88,17 @@ def detect_format(path: Path, opts: ReaderOptions) -> str:
         return opts.format
     if path.suffix.lower() in _EXTENSIONS:
         fmt = _EXTENSIONS[path.suffix.lower()]
-        return "delimited" if fmt in ("csv", "tsv") and opts.delimiter and len(opts.delimiter) > 1 else fmt
+        return (
+            "delimited"
+            if fmt in ("csv", "tsv") and opts.delimiter and len(opts.delimiter) > 1
+            else fmt
+        )
     if opts.delimiter:
-        return "delimited" if opts.delimiter not in (",", "\t") else ("tsv" if opts.delimiter == "\t" else "csv")
+        return (
+            "delimited"
+            if opts.delimiter not in (",", "\t")
+            else ("tsv" if opts.delimiter == "\t" else "csv")
+        )
     with path.open("rb") as f:
         head = f.read(65536)
     lines = [line for line in head.removeprefix(b"\xef\xbb\xbf").splitlines() if line.strip()]
@@ -89,8 +109,10 @@ def detect_format(path: Path, opts: ReaderOptions) -> str:
         return "tsv"
     if b"," in first:
         return "csv"
-    raise LmforgeError(f"cannot tell the format of {path}; set data.format (csv, tsv, jsonl, parquet, "
-                       "delimited) and, for 'text@label' lines, data.delimiter")
+    raise LmforgeError(
+        f"cannot tell the format of {path}; set data.format (csv, tsv, jsonl, parquet, "
+        "delimited) and, for 'text@label' lines, data.delimiter"
+    )
 
 
 def decode_file(path: Path, encoding: str) -> str:
@@ -100,22 +122,36 @@ def decode_file(path: Path, encoding: str) -> str:
     try:
         text = raw.decode(enc)
     except LookupError:
-        raise LmforgeError(f"data.encoding '{encoding}' is not a known encoding; use e.g. utf-8 or latin-1") from None
+        raise LmforgeError(
+            f"data.encoding '{encoding}' is not a known encoding; use e.g. utf-8 or latin-1"
+        ) from None
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise LmforgeError(f"{path}: line {line} is not valid {encoding} (byte 0x{raw[err.start]:02x}); "
-                           "set data.encoding to the file's encoding, e.g. latin-1") from None
+        raise LmforgeError(
+            f"{path}: line {line} is not valid {encoding} (byte 0x{raw[err.start]:02x}); "
+            "set data.encoding to the file's encoding, e.g. latin-1"
+        ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _read_csv(path: Path, text: str, opts: ReaderOptions, sep: str) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(io.StringIO(text), sep=sep, header=0 if opts.header else None, dtype=str,
-                            keep_default_na=False, na_values=[], skip_blank_lines=True,
-                            quoting=csv.QUOTE_MINIMAL, engine="python" if len(sep) > 1 else "c")
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            header=0 if opts.header else None,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[],
+            skip_blank_lines=True,
+            quoting=csv.QUOTE_MINIMAL,
+            engine="python" if len(sep) > 1 else "c",
+        )
     except (pd.errors.ParserError, csv.Error) as err:
-        raise LmforgeError(f"{path}: malformed {'TSV' if sep == chr(9) else 'CSV'}: "
-                           f"{str(err).strip().splitlines()[-1]}") from None
+        raise LmforgeError(
+            f"{path}: malformed {'TSV' if sep == chr(9) else 'CSV'}: "
+            f"{str(err).strip().splitlines()[-1]}"
+        ) from None
     except pd.errors.EmptyDataError:
         raise LmforgeError(f"{path} is empty; it needs at least one example") from None
     if not opts.header:
@@ -145,8 +181,10 @@ def _read_delimited(path: Path, text: str, opts: ReaderOptions) -> pd.DataFrame:
             continue
         rows.append((text_part, label.strip()))
     if bad:
-        raise LmforgeError(f"{path}: {len(bad)} line(s) have no '{delim}' delimiter (first: line {bad[0]}); "
-                           "fix them or set data.delimiter")
+        raise LmforgeError(
+            f"{path}: {len(bad)} line(s) have no '{delim}' delimiter (first: line {bad[0]}); "
+            "fix them or set data.delimiter"
+        )
     names = [opts.text_column, opts.label_column or "label"]
     if opts.header and lines:
         head = lines[0].rpartition(delim)
@@ -173,14 +211,20 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
             try:
                 lines.append((number, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise LmforgeError(f"{path}: line {number} is not valid JSON ({err.msg}); "
-                                   "JSONL needs one object per line") from None
+                raise LmforgeError(
+                    f"{path}: line {number} is not valid JSON ({err.msg}); "
+                    "JSONL needs one object per line"
+                ) from None
             except RecursionError:
-                raise LmforgeError(f"{path}: line {number} is nested too deeply to be a record") from None
+                raise LmforgeError(
+                    f"{path}: line {number} is nested too deeply to be a record"
+                ) from None
     for number, record in lines:
         if not isinstance(record, dict):
-            raise LmforgeError(f"{path}: record {number} is a {type(record).__name__}, not an object; "
-                               'JSONL needs one {"text": ..., "label": ...} object per line')
+            raise LmforgeError(
+                f"{path}: record {number} is a {type(record).__name__}, not an object; "
+                'JSONL needs one {"text": ..., "label": ...} object per line'
+            )
     # dtype=object: an integer label column with a gap must not turn into floats ('1.0').
     return pd.DataFrame([r for _, r in lines], dtype=object).map(as_text)
 
@@ -191,8 +235,10 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
         records = pq.read_table(path).to_pylist()  # Python values: nulls stay None, ints stay ints
     except Exception as err:  # pyarrow raises many types for a corrupt file
-        raise LmforgeError(f"{path}: not a readable Parquet file ({type(err).__name__}); "
-                           "check the file or set data.format") from None
+        raise LmforgeError(
+            f"{path}: not a readable Parquet file ({type(err).__name__}); "
+            "check the file or set data.format"
+        ) from None
     return pd.DataFrame(records, dtype=object).map(as_text)
 
 
@@ -207,11 +253,15 @@ def as_text(value: object) -> str | None:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
-def _select_columns(path: Path, frame: pd.DataFrame, opts: ReaderOptions, require_label: bool) -> pd.DataFrame:
+def _select_columns(
+    path: Path, frame: pd.DataFrame, opts: ReaderOptions, require_label: bool
+) -> pd.DataFrame:
     columns = [str(c).strip() for c in frame.columns]
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
-        raise LmforgeError(f"{path} has duplicate column names {repeated}; rename them so each is unique")
+        raise LmforgeError(
+            f"{path} has duplicate column names {repeated}; rename them so each is unique"
+        )
     frame.columns = columns
     wanted = {"text": opts.text_column}
     if opts.text_pair_column:
@@ -222,14 +272,17 @@ def _select_columns(path: Path, frame: pd.DataFrame, opts: ReaderOptions, requir
         wanted["label"] = opts.label_column
     for role, column in wanted.items():
         if column not in columns:
-            raise LmforgeError(f"{path} has no {role} column '{column}'{did_you_mean(column, columns)}; "
-                               f"its columns are: {', '.join(columns[:20])}; set data.{role}_column")
+            raise LmforgeError(
+                f"{path} has no {role} column '{column}'{did_you_mean(column, columns)}; "
+                f"its columns are: {', '.join(columns[:20])}; set data.{role}_column"
+            )
     out = pd.DataFrame({role: frame[column] for role, column in wanted.items()})
     return out.astype(object).where(out.notna(), None)
 
 
-def read_hf_dataset(name: str, config: str | None, split: str, opts: ReaderOptions,
-                    labeled: bool = True) -> pd.DataFrame:
+def read_hf_dataset(
+    name: str, config: str | None, split: str, opts: ReaderOptions, labeled: bool = True
+) -> pd.DataFrame:
     """Load one split of a Hugging Face dataset (hub name or local path) as a DataFrame.
 
     Class-label features are turned into their names so that labels stay readable.
@@ -237,17 +290,27 @@ def read_hf_dataset(name: str, config: str | None, split: str, opts: ReaderOptio
     try:
         import datasets
     except ImportError:  # pragma: no cover - a core dependency
-        raise LmforgeError("reading data.hf_dataset needs the 'datasets' package: pip install datasets") from None
+        raise LmforgeError(
+            "reading data.hf_dataset needs the 'datasets' package: pip install datasets"
+        ) from None
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LmforgeError(f"could not load Hugging Face dataset '{name}' split '{split}': {first}; "
-                           "check the name and split, or that the hub is reachable") from None
+        raise LmforgeError(
+            f"could not load Hugging Face dataset '{name}' split '{split}': {first}; "
+            "check the name and split, or that the hub is reachable"
+        ) from None
     label_feature = ds.features.get(opts.label_column) if opts.label_column else None
     frame = pd.DataFrame(ds.to_list(), columns=ds.column_names, dtype=object).map(as_text)
-    if label_feature is not None and hasattr(label_feature, "int2str") and opts.label_column in frame:
+    if (
+        label_feature is not None
+        and hasattr(label_feature, "int2str")
+        and opts.label_column in frame
+    ):
         # ClassLabel ids to names; -1 marks an unlabeled row (e.g. GLUE test splits)
-        frame[opts.label_column] = [None if v is None or int(v) < 0 else label_feature.int2str(int(v))
-                                    for v in frame[opts.label_column]]
+        frame[opts.label_column] = [
+            None if v is None or int(v) < 0 else label_feature.int2str(int(v))
+            for v in frame[opts.label_column]
+        ]
     return _select_columns(Path(f"{name}[{split}]"), frame, opts, require_label=labeled)

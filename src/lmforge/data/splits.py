@@ -8,8 +8,13 @@ import numpy as np
 import pandas as pd
 
 
-def stratified_split(frame: pd.DataFrame, fractions: dict[str, float], seed: int, label_column: str = "label",
-                     strata: Callable[[list[str]], list[str]] | None = None) -> dict[str, pd.DataFrame]:
+def stratified_split(
+    frame: pd.DataFrame,
+    fractions: dict[str, float],
+    seed: int,
+    label_column: str = "label",
+    strata: Callable[[list[str]], list[str]] | None = None,
+) -> dict[str, pd.DataFrame]:
     """Carve named fractions off ``frame``, keeping each label's share in every part.
 
     Each label's rows are shuffled with ``seed`` and cut proportionally (rounded, and at
@@ -31,7 +36,7 @@ def stratified_split(frame: pd.DataFrame, fractions: dict[str, float], seed: int
             if share > 0 and take == 0 and n - start > 1:
                 take = 1
             take = min(take, n - start - 1)  # train keeps at least one row of every label
-            parts[name].extend(index[start:start + take].tolist())
+            parts[name].extend(index[start : start + take].tolist())
             start += max(take, 0)
         parts["train"].extend(index[start:].tolist())
     return {name: frame.loc[sorted(rows)].reset_index(drop=True) for name, rows in parts.items()}

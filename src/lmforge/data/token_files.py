@@ -70,8 +70,10 @@ def _read_conll(path: Path, text: str) -> list[TokenExample]:
             close()
             continue
         if len(fields) < 2 or not fields[-1].strip():
-            raise LmforgeError(f"{path}: line {number} has no tag ({line[:60]!r}); CoNLL needs 'token<TAB>tag' "
-                               "lines with a blank line between sentences")
+            raise LmforgeError(
+                f"{path}: line {number} has no tag ({line[:60]!r}); CoNLL needs 'token<TAB>tag' "
+                "lines with a blank line between sentences"
+            )
         tokens.append(fields[0])
         tags.append(fields[-1].strip())
     close()
@@ -86,28 +88,45 @@ def _read_jsonl(path: Path, text: str) -> list[TokenExample]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise LmforgeError(f"{path}: line {number} is not valid JSON ({err.msg}); token JSONL needs one "
-                               '{"tokens": [...], "tags": [...]} object per line') from None
-        if not isinstance(record, dict) or not isinstance(record.get("tokens"), list) \
-                or not isinstance(record.get("tags"), list):
+            raise LmforgeError(
+                f"{path}: line {number} is not valid JSON ({err.msg}); token JSONL needs one "
+                '{"tokens": [...], "tags": [...]} object per line'
+            ) from None
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("tokens"), list)
+            or not isinstance(record.get("tags"), list)
+        ):
             raise LmforgeError(f'{path}: line {number} needs "tokens" and "tags" lists')
         tokens, tags = [str(t) for t in record["tokens"]], [str(t) for t in record["tags"]]
         if len(tokens) != len(tags):
-            raise LmforgeError(f"{path}: line {number} has {len(tokens)} tokens but {len(tags)} tags; "
-                               "each token needs exactly one tag")
+            raise LmforgeError(
+                f"{path}: line {number} has {len(tokens)} tokens but {len(tags)} tags; "
+                "each token needs exactly one tag"
+            )
         if tokens:
             examples.append(TokenExample(tokens, tags))
     return examples
 
 
 def write_conll(examples: Iterable[TokenExample], path: str | Path) -> None:
-    Path(path).write_text("\n".join("\n".join(f"{t}\t{g}" for t, g in zip(e.tokens, e.tags, strict=True)) + "\n"
-                                    for e in examples), encoding="utf-8")
+    Path(path).write_text(
+        "\n".join(
+            "\n".join(f"{t}\t{g}" for t, g in zip(e.tokens, e.tags, strict=True)) + "\n"
+            for e in examples
+        ),
+        encoding="utf-8",
+    )
 
 
 def write_jsonl(examples: Iterable[TokenExample], path: str | Path) -> None:
-    Path(path).write_text("".join(json.dumps({"tokens": e.tokens, "tags": e.tags}, ensure_ascii=False) + "\n"
-                                  for e in examples), encoding="utf-8")
+    Path(path).write_text(
+        "".join(
+            json.dumps({"tokens": e.tokens, "tags": e.tags}, ensure_ascii=False) + "\n"
+            for e in examples
+        ),
+        encoding="utf-8",
+    )
 
 
 def _split(tag: str) -> tuple[str, str]:
@@ -120,8 +139,9 @@ def _split(tag: str) -> tuple[str, str]:
     return prefix, kind
 
 
-def check_scheme(examples: Sequence[TokenExample], scheme: str = "bio", repair: bool = True,
-                 source: str = "data") -> tuple[list[TokenExample], int]:
+def check_scheme(
+    examples: Sequence[TokenExample], scheme: str = "bio", repair: bool = True, source: str = "data"
+) -> tuple[list[TokenExample], int]:
     """Validate tag transitions; return (examples, number of tags repaired).
 
     BIO: an ``I-x`` after ``O`` or after another type starts an entity, so it is
@@ -136,12 +156,16 @@ def check_scheme(examples: Sequence[TokenExample], scheme: str = "bio", repair: 
         for tag in example.tags:
             prefix, kind = _split(tag)
             if scheme == "bio" and prefix in ("E", "S"):
-                raise LmforgeError(f"{source}: sentence {number} has {tag!r}, a BIOES tag; set the tag scheme to bioes")
+                raise LmforgeError(
+                    f"{source}: sentence {number} has {tag!r}, a BIOES tag; set the tag scheme to bioes"
+                )
             continues = previous[1] == kind and previous[0] in ("B", "I")
             if prefix in ("I", "E") and not continues:
                 if not repair:
-                    raise LmforgeError(f"{source}: sentence {number} has {tag!r} without a preceding entity of "
-                                       f"type {kind}; fix the data or allow repairs")
+                    raise LmforgeError(
+                        f"{source}: sentence {number} has {tag!r} without a preceding entity of "
+                        f"type {kind}; fix the data or allow repairs"
+                    )
                 tag, prefix = (f"B-{kind}", "B") if prefix == "I" else (f"S-{kind}", "S")
                 repaired += 1
             tags.append(tag)
@@ -150,16 +174,26 @@ def check_scheme(examples: Sequence[TokenExample], scheme: str = "bio", repair: 
     return out, repaired
 
 
-def load_token_frame(path: str | Path, scheme: str = "bio", repair: bool = True,
-                     encoding: str = "utf-8") -> tuple[pd.DataFrame, CleaningReport]:
+def load_token_frame(
+    path: str | Path, scheme: str = "bio", repair: bool = True, encoding: str = "utf-8"
+) -> tuple[pd.DataFrame, CleaningReport]:
     """A token file as a frame (``tokens``, ``label`` = the tags, ``text`` = the words joined by
     spaces) with its tags checked against ``scheme``; the report counts sentences and repairs.
 
     Sentences are kept as given (no de-duplication: a short sentence such as "Thanks !" may
     rightly occur many times in a corpus).
     """
-    examples, repaired = check_scheme(read_token_file(path, encoding), scheme, repair, source=str(path))
-    report = CleaningReport(rows_read=len(examples), rows_kept=len(examples), repaired_tags=repaired)
-    frame = pd.DataFrame({"text": [" ".join(e.tokens) for e in examples], "tokens": [e.tokens for e in examples],
-                          "label": [e.tags for e in examples]})
+    examples, repaired = check_scheme(
+        read_token_file(path, encoding), scheme, repair, source=str(path)
+    )
+    report = CleaningReport(
+        rows_read=len(examples), rows_kept=len(examples), repaired_tags=repaired
+    )
+    frame = pd.DataFrame(
+        {
+            "text": [" ".join(e.tokens) for e in examples],
+            "tokens": [e.tokens for e in examples],
+            "label": [e.tags for e in examples],
+        }
+    )
     return frame, report

@@ -72,8 +72,9 @@ class Tokenized:
     word_ids: list[np.ndarray] | None = None
 
 
-def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int,
-                   use_cache: bool = True) -> tuple[list[np.ndarray], bool]:
+def tokenize_texts(
+    texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: bool = True
+) -> tuple[list[np.ndarray], bool]:
     """Token ids (with special tokens, truncated to ``max_length``) for each text.
 
     Returns:
@@ -108,11 +109,18 @@ def _load_cache(path: Path, n: int) -> Tokenized | None:
     if len(offsets) != n + 1:
         return None
     cut = [slice(offsets[i], offsets[i + 1]) for i in range(n)]
-    return Tokenized([ids[s] for s in cut], starts, True, [words[s] for s in cut] if words is not None else None)
+    return Tokenized(
+        [ids[s] for s in cut], starts, True, [words[s] for s in cut] if words is not None else None
+    )
 
 
-def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: bool = True,
-             pairs: Sequence[str] | None = None) -> Tokenized:
+def tokenize(
+    texts: Sequence[str],
+    tokenizer: Any,
+    max_length: int,
+    use_cache: bool = True,
+    pairs: Sequence[str] | None = None,
+) -> Tokenized:
     """Token ids of texts, or of text pairs (``[CLS] a [SEP] b [SEP]``, the longer side truncated first).
 
     For models with token types (BERT), ``pair_starts[i]`` is the position where row i's
@@ -124,28 +132,44 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: b
         raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
     rows = [(t,) for t in texts] if pairs is None else list(zip(texts, pairs, strict=True))
     # The key hashes the whole tokenizer (~90 ms for a 30k vocabulary): only when the cache is used.
-    path = _cache_path(tokenizer, max_length, "pairs" if pairs is not None else "texts", rows) if use_cache else None
+    path = (
+        _cache_path(tokenizer, max_length, "pairs" if pairs is not None else "texts", rows)
+        if use_cache
+        else None
+    )
     if path is not None and (hit := _load_cache(path, len(texts))) is not None:
         return hit
     typed = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     with tokenizer_threads():
-        encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None,
-                            truncation="longest_first" if pairs is not None else True, max_length=max_length,
-                            add_special_tokens=True, return_attention_mask=False, return_token_type_ids=typed)
+        encoded = tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            truncation="longest_first" if pairs is not None else True,
+            max_length=max_length,
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=typed,
+        )
     ids = [np.asarray(row, dtype=np.int32) for row in encoded["input_ids"]]
     starts = None
     if typed:
         # Where token type 1 begins (the row's length when the second text was truncated away).
-        starts = np.array([next((i for i, t in enumerate(types) if t == 1), len(types))
-                           for types in encoded["token_type_ids"]], dtype=np.int32)
+        starts = np.array(
+            [
+                next((i for i, t in enumerate(types) if t == 1), len(types))
+                for types in encoded["token_type_ids"]
+            ],
+            dtype=np.int32,
+        )
     out = Tokenized(ids, starts, False)
     if path is not None:
         _save_atomically(path, out)
     return out
 
 
-def tokenize_words(sentences: Sequence[Sequence[str]], tokenizer: Any, max_length: int,
-                   use_cache: bool = True) -> Tokenized:
+def tokenize_words(
+    sentences: Sequence[Sequence[str]], tokenizer: Any, max_length: int, use_cache: bool = True
+) -> Tokenized:
     """Token ids of pre-split sentences (NER), with the word index of every sub-token.
 
     ``word_ids[i][j]`` is the word that sub-token ``j`` of sentence ``i`` belongs to, or -1
@@ -157,17 +181,27 @@ def tokenize_words(sentences: Sequence[Sequence[str]], tokenizer: Any, max_lengt
     if not getattr(tokenizer, "is_fast", False):
         from lmforge.errors import LmforgeError
 
-        raise LmforgeError("token classification needs a fast (Rust) tokenizer to align words and sub-tokens; "
-                           "this model only ships a slow one")
+        raise LmforgeError(
+            "token classification needs a fast (Rust) tokenizer to align words and sub-tokens; "
+            "this model only ships a slow one"
+        )
     path = _cache_path(tokenizer, max_length, "words", sentences) if use_cache else None
     if path is not None and (hit := _load_cache(path, len(sentences))) is not None:
         return hit
     with tokenizer_threads():
-        encoded = tokenizer([list(words) for words in sentences], is_split_into_words=True, truncation=True,
-                            max_length=max_length, add_special_tokens=True, return_attention_mask=False)
+        encoded = tokenizer(
+            [list(words) for words in sentences],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=True,
+            return_attention_mask=False,
+        )
     ids = [np.asarray(row, dtype=np.int32) for row in encoded["input_ids"]]
-    words = [np.array([-1 if w is None else w for w in encoded.word_ids(i)], dtype=np.int32)
-             for i in range(len(ids))]
+    words = [
+        np.array([-1 if w is None else w for w in encoded.word_ids(i)], dtype=np.int32)
+        for i in range(len(ids))
+    ]
     out = Tokenized(ids, None, False, words)
     if path is not None:
         _save_atomically(path, out)
@@ -177,11 +211,16 @@ def tokenize_words(sentences: Sequence[Sequence[str]], tokenizer: Any, max_lengt
 def _save_atomically(path: Path, out: Tokenized) -> None:
     offsets = np.zeros(len(out.ids) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in out.ids], out=offsets[1:])
-    arrays = {"ids": np.concatenate(out.ids) if out.ids else np.zeros(0, dtype=np.int32), "offsets": offsets}
+    arrays = {
+        "ids": np.concatenate(out.ids) if out.ids else np.zeros(0, dtype=np.int32),
+        "offsets": offsets,
+    }
     if out.pair_starts is not None:
         arrays["starts"] = out.pair_starts
     if out.word_ids is not None:
-        arrays["words"] = np.concatenate(out.word_ids) if out.word_ids else np.zeros(0, dtype=np.int32)
+        arrays["words"] = (
+            np.concatenate(out.word_ids) if out.word_ids else np.zeros(0, dtype=np.int32)
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")

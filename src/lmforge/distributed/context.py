@@ -53,10 +53,14 @@ class DistContext:
         if not dist.is_initialized():  # Ray Train and Accelerate may have done it already
             backend = "nccl" if device == "cuda" else "gloo"
             try:
-                dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+                dist.init_process_group(
+                    backend, timeout=datetime.timedelta(minutes=timeout_minutes)
+                )
             except (RuntimeError, ValueError) as err:
-                raise LmforgeError(f"could not join the distributed run (WORLD_SIZE={world_size}): {err}; "
-                                   "start it with `lmforge train --nproc N` or torchrun") from None
+                raise LmforgeError(
+                    f"could not join the distributed run (WORLD_SIZE={world_size}): {err}; "
+                    "start it with `lmforge train --nproc N` or torchrun"
+                ) from None
         return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     def barrier(self) -> None:
@@ -123,4 +127,8 @@ class DistContext:
 
     def _device(self) -> torch.device:
         backend = dist.get_backend()
-        return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )

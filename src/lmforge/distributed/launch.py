@@ -39,7 +39,9 @@ def strip_options(argv: Sequence[str], options: dict[str, bool]) -> list[str]:
 
 def threads_per_process(nproc: int) -> int:
     """CPU threads for each of ``nproc`` processes on this machine (torchrun's default is 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return max(1, cores // nproc)
 
 
@@ -48,8 +50,18 @@ def launch_local(argv: Sequence[str], nproc: int, output_dir: Path) -> int:
 
     The run directory is fixed here so that every process writes to the same one.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "lmforge", *argv, "--output", str(output_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "lmforge",
+        *argv,
+        "--output",
+        str(output_dir),
+    ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

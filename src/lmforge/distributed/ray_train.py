@@ -34,9 +34,15 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     return out
 
 
-def train_with_ray(cfg: RunConfig, output_dir: Path, resume: bool | None, workers: int,
-                   gpus_per_worker: float = 0.0, cpus_per_worker: int | None = None,
-                   address: str | None = None) -> Path:
+def train_with_ray(
+    cfg: RunConfig,
+    output_dir: Path,
+    resume: bool | None,
+    workers: int,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: int | None = None,
+    address: str | None = None,
+) -> Path:
     """Train ``cfg`` with ``workers`` Ray Train workers; return the run directory."""
     try:
         import ray
@@ -61,13 +67,20 @@ def train_with_ray(cfg: RunConfig, output_dir: Path, resume: bool | None, worker
         resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "output_dir": str(run_dir), "resume": resume},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "output_dir": str(run_dir),
+            "resume": resume,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
         # Ray's own bookkeeping (not lmforge's checkpoints) beside the run directory.
         run_config=RayRunConfig(name=run_dir.name, storage_path=str(run_dir.parent / ".ray")),
     )
-    log.info("Ray Train: %d workers x %s on %s", workers, resources, address or "a local Ray instance")
+    log.info(
+        "Ray Train: %d workers x %s on %s", workers, resources, address or "a local Ray instance"
+    )
     try:
         trainer.fit()
     except Exception as err:  # Ray wraps the worker's exception (TrainingFailedError and the like)

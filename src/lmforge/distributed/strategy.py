@@ -35,19 +35,37 @@ class Strategy:
     With one process both strategies are plain single-process training.
     """
 
-    def __init__(self, name: str, ctx: DistContext, accelerator: Any, device: str, precision: str,
-                 cpu_offload: bool = False):
+    def __init__(
+        self,
+        name: str,
+        ctx: DistContext,
+        accelerator: Any,
+        device: str,
+        precision: str,
+        cpu_offload: bool = False,
+    ):
         if name not in STRATEGIES:
-            raise LmforgeError(f"distributed.strategy: unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
-        self.ctx, self.accelerator, self.device, self.precision = ctx, accelerator, device, precision
+            raise LmforgeError(
+                f"distributed.strategy: unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}"
+            )
+        self.ctx, self.accelerator, self.device, self.precision = (
+            ctx,
+            accelerator,
+            device,
+            precision,
+        )
         self.sharded = name == "fsdp" and ctx.enabled
         self.name = name if ctx.enabled else "single"
         self.cpu_offload = cpu_offload
         if self.sharded and precision == "fp16":
-            raise LmforgeError("distributed.strategy fsdp: fp16 needs a sharded gradient scaler; "
-                               "set training.precision to bf16 (or fp32)")
+            raise LmforgeError(
+                "distributed.strategy fsdp: fp16 needs a sharded gradient scaler; "
+                "set training.precision to bf16 (or fp32)"
+            )
         if cpu_offload and not self.sharded:
-            log.warning("distributed.cpu_offload applies to fsdp with several processes only; ignored")
+            log.warning(
+                "distributed.cpu_offload applies to fsdp with several processes only; ignored"
+            )
 
     @property
     def is_main(self) -> bool:
@@ -55,9 +73,11 @@ class Strategy:
 
     # --- building ------------------------------------------------------------------------------
 
-    def prepare(self, model: torch.nn.Module,
-                build_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
-                ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        build_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
         """(model to train, optimizer, the plain model underneath for saving and checkpoints)."""
         if not self.sharded:
             optimizer = build_optimizer(model)
@@ -65,8 +85,9 @@ class Strategy:
             return model, optimizer, self.accelerator.unwrap_model(model)
         model = self._fully_shard(model.to(self.accelerator.device))
         if self.precision == "bf16":  # the same autocast Accelerate applies in the other strategies
-            model.forward = torch.autocast(device_type=self.accelerator.device.type,
-                                           dtype=torch.bfloat16)(model.forward)
+            model.forward = torch.autocast(
+                device_type=self.accelerator.device.type, dtype=torch.bfloat16
+            )(model.forward)
         return model, build_optimizer(model), model
 
     def _fully_shard(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -77,14 +98,18 @@ class Strategy:
         options: dict[str, Any] = {"mesh": mesh}
         if self.cpu_offload:
             if self.device != "cuda":
-                log.warning("distributed.cpu_offload: the parameters already live in CPU memory; ignored")
+                log.warning(
+                    "distributed.cpu_offload: the parameters already live in CPU memory; ignored"
+                )
             else:
                 options["offload_policy"] = CPUOffloadPolicy()
         unit_names = set(getattr(model, "_no_split_modules", None) or [])
         units = [m for m in model.modules() if type(m).__name__ in unit_names]
         if not units:
-            raise LmforgeError(f"distributed.strategy fsdp: {type(model).__name__} does not name its layers "
-                               "(_no_split_modules); use strategy ddp")
+            raise LmforgeError(
+                f"distributed.strategy fsdp: {type(model).__name__} does not name its layers "
+                "(_no_split_modules); use strategy ddp"
+            )
         for unit in units:
             fully_shard(unit, **options)
         fully_shard(model, **options)
@@ -122,6 +147,7 @@ class Strategy:
     def state_bytes(model: torch.nn.Module, optimizer: Any) -> int:
         """Bytes this process holds of parameters, their gradients (one per trainable parameter)
         and optimizer state: what FSDP divides by the number of processes and DDP does not."""
+
         def local(t: torch.Tensor) -> torch.Tensor:
             return t.to_local() if hasattr(t, "to_local") else t  # a DTensor's own shard
 
@@ -130,12 +156,18 @@ class Strategy:
             size = local(p).numel() * local(p).element_size()
             total += size * (2 if p.requires_grad else 1)
         for state in optimizer.state.values():
-            total += sum(local(v).numel() * local(v).element_size() for v in state.values() if torch.is_tensor(v))
+            total += sum(
+                local(v).numel() * local(v).element_size()
+                for v in state.values()
+                if torch.is_tensor(v)
+            )
         return total
 
     # --- full state for checkpoints and saving (collective under fsdp) ---------------------------
 
-    def model_state(self, model: torch.nn.Module, trainable_only: bool = True) -> dict[str, torch.Tensor] | None:
+    def model_state(
+        self, model: torch.nn.Module, trainable_only: bool = True
+    ) -> dict[str, torch.Tensor] | None:
         """Full CPU tensors on rank 0; None on the others. Every rank must call it."""
         names = {n for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
         if self.sharded:
@@ -144,10 +176,14 @@ class Strategy:
                 get_model_state_dict,
             )
 
-            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            full = get_model_state_dict(
+                model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
             if not trainable_only:
                 return full if self.is_main else None
-            return {k: v.contiguous() for k, v in full.items() if k in names} if self.is_main else None
+            return (
+                {k: v.contiguous() for k, v in full.items() if k in names} if self.is_main else None
+            )
         if not self.is_main:
             return None
         return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in names}
@@ -159,8 +195,9 @@ class Strategy:
                 get_optimizer_state_dict,
             )
 
-            full = get_optimizer_state_dict(model, optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            full = get_optimizer_state_dict(
+                model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
             return full if self.is_main else None
         return optimizer.state_dict() if self.is_main else None
 
@@ -172,20 +209,26 @@ class Strategy:
                 set_model_state_dict,
             )
 
-            set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+            set_model_state_dict(
+                model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+            )
             return
         with torch.no_grad():
             params = dict(model.named_parameters())
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
 
-    def load_optimizer_state(self, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+    def load_optimizer_state(
+        self, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]
+    ) -> None:
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 set_optimizer_state_dict,
             )
 
-            set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+            )
         else:
             optimizer.load_state_dict(state)

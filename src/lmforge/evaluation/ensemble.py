@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 ENSEMBLE_TASKS = ("sequence_classification", "multi_label_classification", "regression")
 
 
-def run_ensemble(models: Sequence[str | Path], data: str | Path | None, reader_options: dict[str, Any] | None = None,
-                 batch_size: int = 64, precision: str = "auto", quantize: str = "none",
-                 split: str | None = None) -> dict[str, Any]:
+def run_ensemble(
+    models: Sequence[str | Path],
+    data: str | Path | None,
+    reader_options: dict[str, Any] | None = None,
+    batch_size: int = 64,
+    precision: str = "auto",
+    quantize: str = "none",
+    split: str | None = None,
+) -> dict[str, Any]:
     """Evaluate the probability average of ``models`` on a labeled file (or the first run's own
     ``split``); the members' scores too."""
     from lmforge.evaluation.recipe import read_table_for
@@ -37,13 +43,19 @@ def run_ensemble(models: Sequence[str | Path], data: str | Path | None, reader_o
     members = [Predictor.load(m, precision=precision, quantize=quantize) for m in models]
     first = members[0]
     if first.task.name not in ENSEMBLE_TASKS:
-        raise LmforgeError(f"ensembles average {', '.join(ENSEMBLE_TASKS)} models; {models[0]} is a "
-                           f"{first.task.name} model")
+        raise LmforgeError(
+            f"ensembles average {', '.join(ENSEMBLE_TASKS)} models; {models[0]} is a "
+            f"{first.task.name} model"
+        )
     for model, member in zip(models[1:], members[1:], strict=True):
-        if member.task.name != first.task.name or sorted(member.label_names) != sorted(first.label_names):
-            raise LmforgeError(f"{model} is a {member.task.name} model over {member.label_names}; {models[0]} a "
-                               f"{first.task.name} model over {first.label_names}: an ensemble needs one task "
-                               "and one label set")
+        if member.task.name != first.task.name or sorted(member.label_names) != sorted(
+            first.label_names
+        ):
+            raise LmforgeError(
+                f"{model} is a {member.task.name} model over {member.label_names}; {models[0]} a "
+                f"{first.task.name} model over {first.label_names}: an ensemble needs one task "
+                "and one label set"
+            )
     frame, report = read_table_for(models[0], data, reader_options or {}, split=split)
     source = str(data) if split is None else f"the {split} split of {models[0]}"
     texts = frame["text"].tolist()
@@ -54,17 +66,29 @@ def run_ensemble(models: Sequence[str | Path], data: str | Path | None, reader_o
     for model, member in zip(models, members, strict=True):
         logits = member.logits(texts, batch_size, pairs=pairs)
         order = [member.label_names.index(name) for name in first.label_names]  # align to the first
-        logits = logits[:, order] if logits.ndim == 2 and first.task.name != "regression" else logits
+        logits = (
+            logits[:, order] if logits.ndim == 2 and first.task.name != "regression" else logits
+        )
         per_member[str(model)] = first.task.compute_metrics(logits, label_ids, first.label_names)
         scores.append(to_probabilities(first.task.name, logits))
     averaged = from_probabilities(first.task.name, np.mean(scores, axis=0))
     if first.task.name == "multi_label_classification":
-        thresholds = np.mean([np.asarray(m.task.thresholds or [0.5] * len(m.label_names))[
-            [m.label_names.index(n) for n in first.label_names]] for m in members], axis=0)
+        thresholds = np.mean(
+            [
+                np.asarray(m.task.thresholds or [0.5] * len(m.label_names))[
+                    [m.label_names.index(n) for n in first.label_names]
+                ]
+                for m in members
+            ],
+            axis=0,
+        )
         first.task.configure({"thresholds": thresholds.tolist()})
     metrics = first.task.compute_metrics(averaged, label_ids, first.label_names)
-    metrics.update(members={k: _scalars(v) for k, v in per_member.items()}, rows_dropped=report.dropped,
-                   data=source)
+    metrics.update(
+        members={k: _scalars(v) for k, v in per_member.items()},
+        rows_dropped=report.dropped,
+        data=source,
+    )
     return metrics
 
 

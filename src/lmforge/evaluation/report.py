@@ -15,13 +15,19 @@ def pyplot():
     return plt
 
 
-def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+def plot_confusion_matrix(
+    matrix: list[list[int]], labels: list[str], path: Path, title: str
+) -> None:
     plt = pyplot()
     size = max(4.0, 0.45 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 6 else 0,
-                  fontsize=8 if len(labels) > 20 else 10)
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=90 if len(labels) > 6 else 0,
+        fontsize=8 if len(labels) > 20 else 10,
+    )
     ax.set_yticks(range(len(labels)), labels, fontsize=8 if len(labels) > 20 else 10)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -30,8 +36,15 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
         peak = max(max(row) for row in matrix) or 1
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
-                ax.text(j, i, str(value), ha="center", va="center",
-                        color="white" if value > peak / 2 else "black", fontsize=9)
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    color="white" if value > peak / 2 else "black",
+                    fontsize=9,
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -39,8 +52,16 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
 
 def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> bool:
     """Train loss per logging window and validation loss per evaluation; False when empty."""
-    train = [(h["step"], h["loss"]) for h in history if h["split"] == "train" and h.get("loss") is not None]
-    val = [(h["step"], h["loss"]) for h in history if h["split"] == "validation" and h.get("loss") is not None]
+    train = [
+        (h["step"], h["loss"])
+        for h in history
+        if h["split"] == "train" and h.get("loss") is not None
+    ]
+    val = [
+        (h["step"], h["loss"])
+        for h in history
+        if h["split"] == "validation" and h.get("loss") is not None
+    ]
     if not train and not val:
         return False
     plt = pyplot()
@@ -63,22 +84,33 @@ def classification_table(metrics: dict[str, Any]) -> str:
     """A Markdown per-class table, like sklearn's classification_report."""
     lines = ["| label | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     for name, row in metrics["per_class"].items():
-        lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+        lines.append(
+            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
+        )
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[str, Any]], metric: str) -> Path:
+def write_report(
+    run_dir: Path, metrics: dict[str, Any], history: list[dict[str, Any]], metric: str
+) -> Path:
     """Write ``report.md`` (and its PNGs) into the run directory."""
     train = metrics["train"]
-    parts = [f"# Run report: {run_dir.name}", "",
-             f"Task **{metrics['task']}**, method **{metrics['method']}**, "
-             f"{train['trainable_parameters']:,} of {train['total_parameters']:,} parameters trained "
-             f"({100 * train['trainable_share']:.2f}%), precision {train['precision']} on {train['device']}.", "",
-             "| | value |", "|---|---:|",
-             f"| optimizer steps | {train['steps']} |", f"| epochs | {train['epochs']} |",
-             f"| train time (s) | {train['train_seconds']} |",
-             f"| examples/s | {train['examples_per_second']} |",
-             f"| best step ({metric}) | {train['best_step']} |", ""]
+    parts = [
+        f"# Run report: {run_dir.name}",
+        "",
+        f"Task **{metrics['task']}**, method **{metrics['method']}**, "
+        f"{train['trainable_parameters']:,} of {train['total_parameters']:,} parameters trained "
+        f"({100 * train['trainable_share']:.2f}%), precision {train['precision']} on {train['device']}.",
+        "",
+        "| | value |",
+        "|---|---:|",
+        f"| optimizer steps | {train['steps']} |",
+        f"| epochs | {train['epochs']} |",
+        f"| train time (s) | {train['train_seconds']} |",
+        f"| examples/s | {train['examples_per_second']} |",
+        f"| best step ({metric}) | {train['best_step']} |",
+        "",
+    ]
     for split in ("validation", "test"):
         if split not in metrics:
             continue
@@ -86,13 +118,22 @@ def write_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[str,
         parts += [f"## {split.capitalize()} ({m['n']} examples)", ""]
         if "per_class" not in m:  # a score, not classes: the metrics as a table
             parts += ["| metric | value |", "|---|---:|"]
-            parts += [f"| {key} | {value:.4f} |" for key, value in m.items() if isinstance(value, float)]
+            parts += [
+                f"| {key} | {value:.4f} |" for key, value in m.items() if isinstance(value, float)
+            ]
             parts.append("")
             continue
-        parts += [f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, "
-                  f"weighted-F1 {m['weighted_f1']:.4f}", "", classification_table(m), ""]
+        parts += [
+            f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, "
+            f"weighted-F1 {m['weighted_f1']:.4f}",
+            "",
+            classification_table(m),
+            "",
+        ]
         image = f"confusion_matrix_{split}.png"
-        plot_confusion_matrix(m["confusion_matrix"], m["labels"], run_dir / image, f"{split} confusion matrix")
+        plot_confusion_matrix(
+            m["confusion_matrix"], m["labels"], run_dir / image, f"{split} confusion matrix"
+        )
         parts += [f"![{split} confusion matrix]({image})", ""]
     if plot_loss_curve(history, run_dir / "loss_curve.png"):
         parts += ["## Loss", "", "![loss curve](loss_curve.png)", ""]
@@ -101,10 +142,20 @@ def write_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[str,
         parts += ["## Data", "", "| split | rows |", "|---|---:|"]
         parts += [f"| {name} | {n} |" for name, n in data["rows"].items()]
         for name, counts in data["cleaning"].items():
-            dropped = {k: v for k, v in counts.items() if k not in ("rows_read", "rows_kept", "repaired_tags") and v}
-            parts.append(f"\n{name} file: {counts['rows_read']} rows read, {counts['rows_kept']} kept"
-                         + (f"; dropped: {dropped}" if dropped else "")
-                         + (f"; {counts['repaired_tags']} tags repaired" if counts.get("repaired_tags") else ""))
+            dropped = {
+                k: v
+                for k, v in counts.items()
+                if k not in ("rows_read", "rows_kept", "repaired_tags") and v
+            }
+            parts.append(
+                f"\n{name} file: {counts['rows_read']} rows read, {counts['rows_kept']} kept"
+                + (f"; dropped: {dropped}" if dropped else "")
+                + (
+                    f"; {counts['repaired_tags']} tags repaired"
+                    if counts.get("repaired_tags")
+                    else ""
+                )
+            )
         parts.append("")
     path = run_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")

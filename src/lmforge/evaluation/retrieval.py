@@ -13,8 +13,13 @@ import numpy as np
 NDCG_AT = 10
 
 
-def retrieval_metrics(queries: np.ndarray, corpus: np.ndarray, relevant: Sequence[set[int]],
-                      ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict[str, float]:
+def retrieval_metrics(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    relevant: Sequence[set[int]],
+    ks: Sequence[int] = (1, 5, 10),
+    chunk: int = 1024,
+) -> dict[str, float]:
     """Rank the corpus for every query and average the ranking metrics over queries.
 
     Args:
@@ -37,11 +42,11 @@ def retrieval_metrics(queries: np.ndarray, corpus: np.ndarray, relevant: Sequenc
     mrr = ndcg = 0.0
     positions = np.arange(len(corpus))
     for start in range(0, len(queries), chunk):
-        scores = queries[start:start + chunk] @ corpus.T  # (C, D)
+        scores = queries[start : start + chunk] @ corpus.T  # (C, D)
         order = np.argsort(-scores, axis=1, kind="stable")  # (C, D): stable = ties by corpus index
         ranks = np.empty_like(order)  # (C, D): 1-based rank of each document
         np.put_along_axis(ranks, order, np.broadcast_to(positions + 1, order.shape), axis=1)
-        for row, docs in enumerate(relevant[start:start + chunk]):
+        for row, docs in enumerate(relevant[start : start + chunk]):
             found = np.sort(ranks[row, sorted(docs)])  # (R,) ranks of the relevant documents
             for k in ks:
                 recall[k] += np.count_nonzero(found <= k) / len(docs)
@@ -49,8 +54,9 @@ def retrieval_metrics(queries: np.ndarray, corpus: np.ndarray, relevant: Sequenc
             ndcg += _ndcg(found, len(docs))
     n = len(queries)
     metrics: dict[str, float] = {f"recall@{k}": recall[k] / n for k in ks}
-    metrics.update({"mrr": mrr / n, f"ndcg@{NDCG_AT}": ndcg / n,
-                    "n_queries": n, "n_corpus": len(corpus)})
+    metrics.update(
+        {"mrr": mrr / n, f"ndcg@{NDCG_AT}": ndcg / n, "n_queries": n, "n_corpus": len(corpus)}
+    )
     return metrics
 
 
@@ -64,25 +70,31 @@ def _ndcg(ranks: np.ndarray, n_relevant: int) -> float:
 
 def _check(queries: np.ndarray, corpus: np.ndarray, relevant: Sequence[set[int]]) -> None:
     if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
-        raise ValueError(f"queries {queries.shape} and corpus {corpus.shape} "
-                         "must be (Q, H) and (D, H)")
+        raise ValueError(
+            f"queries {queries.shape} and corpus {corpus.shape} must be (Q, H) and (D, H)"
+        )
     if len(queries) == 0 or len(corpus) == 0:
-        raise ValueError(f"{len(queries)} queries and {len(corpus)} documents; "
-                         "need at least one of each")
+        raise ValueError(
+            f"{len(queries)} queries and {len(corpus)} documents; need at least one of each"
+        )
     if len(relevant) != len(queries):
         raise ValueError(f"{len(queries)} queries but {len(relevant)} relevance sets")
     empty = sum(not docs for docs in relevant)
     if empty:
-        raise ValueError(f"{empty} of {len(relevant)} queries have no relevant document; "
-                         "drop them or add their documents to the corpus")
+        raise ValueError(
+            f"{empty} of {len(relevant)} queries have no relevant document; "
+            "drop them or add their documents to the corpus"
+        )
     outside = sum(any(not 0 <= d < len(corpus) for d in docs) for docs in relevant)
     if outside:
-        raise ValueError(f"{outside} queries name relevant ids outside the corpus "
-                         f"(0..{len(corpus) - 1})")
+        raise ValueError(
+            f"{outside} queries name relevant ids outside the corpus (0..{len(corpus) - 1})"
+        )
 
 
-def build_corpus(queries: Sequence[str], positives: Sequence[str],
-                 extra_corpus: Sequence[str] = ()) -> tuple[list[str], list[set[int]]]:
+def build_corpus(
+    queries: Sequence[str], positives: Sequence[str], extra_corpus: Sequence[str] = ()
+) -> tuple[list[str], list[set[int]]]:
     """Corpus and relevance sets from (query, positive) pairs.
 
     The corpus is the distinct positives in first-seen order, then the extra texts not

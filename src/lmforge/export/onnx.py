@@ -38,7 +38,12 @@ SAMPLE_TEXTS = (
     "ok",
 )
 # Tasks whose model is a Hugging Face encoder with a `logits` output of fixed meaning.
-ONNX_TASKS = ("sequence_classification", "regression", "multi_label_classification", "token_classification")
+ONNX_TASKS = (
+    "sequence_classification",
+    "regression",
+    "multi_label_classification",
+    "token_classification",
+)
 
 
 @dataclass
@@ -56,9 +61,13 @@ class OnnxExport:
         return asdict(self)
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "none",
-                sample_texts: tuple[str, ...] | list[str] = SAMPLE_TEXTS,
-                metadata: dict[str, Any] | None = None) -> OnnxExport:
+def export_onnx(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    quantize: str = "none",
+    sample_texts: tuple[str, ...] | list[str] = SAMPLE_TEXTS,
+    metadata: dict[str, Any] | None = None,
+) -> OnnxExport:
     """Write ``out_dir/model.onnx`` (plus tokenizer, config and lmforge.json) for the model in
     ``model_dir`` (a run or model directory), and measure its logits against the PyTorch
     model's on ``sample_texts``.
@@ -73,14 +82,21 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
         raise LmforgeError(f"unknown quantization '{quantize}' for ONNX; use none or int8")
     predictor = Predictor.load(model_dir, device="cpu", precision="fp32")
     if predictor.task.name not in ONNX_TASKS:
-        raise LmforgeError(f"ONNX export covers classifiers, regressors and taggers; {model_dir} is a "
-                           f"{predictor.task.name.replace('_', ' ')} model: export it with --format hf")
+        raise LmforgeError(
+            f"ONNX export covers classifiers, regressors and taggers; {model_dir} is a "
+            f"{predictor.task.name.replace('_', ' ')} model: export it with --format hf"
+        )
     model = plain_model(predictor.model, model_dir)
     tokenizer = predictor.tokenizer
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    encoded = tokenizer(list(sample_texts), padding=True, truncation=True, max_length=predictor.max_length,
-                        return_tensors="pt")
+    encoded = tokenizer(
+        list(sample_texts),
+        padding=True,
+        truncation=True,
+        max_length=predictor.max_length,
+        return_tensors="pt",
+    )
     names = [n for n in tokenizer.model_input_names if n in encoded]
     inputs = {n: encoded[n] for n in names}  # by name: see the module docstring
     raw = out / ".raw.onnx"
@@ -91,8 +107,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
         raise
     except Exception as err:  # the exporter's own errors: an architecture it cannot trace
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LmforgeError(f"cannot export {type(model).__name__} to ONNX ({first[:200]}); "
-                           "export it with --format hf instead") from None
+        raise LmforgeError(
+            f"cannot export {type(model).__name__} to ONNX ({first[:200]}); "
+            "export it with --format hf instead"
+        ) from None
     target = out / ONNX_FILE
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -105,7 +123,11 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)
     source = find_model_dir(model_dir)
-    base = metadata if metadata is not None else {**read_metadata(source), "exported_from": str(source)}
+    base = (
+        metadata
+        if metadata is not None
+        else {**read_metadata(source), "exported_from": str(source)}
+    )
     write_metadata(out, {**base, "format": "onnx", "quantize": quantize, "onnx_inputs": names})
 
     with torch.inference_mode():
@@ -114,16 +136,23 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: str = "non
     if expected.ndim == 3:  # (B, T, C): compare real tokens only
         real = encoded["attention_mask"].numpy().astype(bool)
         expected, got = expected[real], got[real]
-    return OnnxExport(directory=str(out), quantize=quantize, size_bytes=target.stat().st_size,
-                      max_abs_logit_diff=float(np.abs(got - expected).max()),
-                      same_prediction=float((got.argmax(-1) == expected.argmax(-1)).mean()), inputs=names)
+    return OnnxExport(
+        directory=str(out),
+        quantize=quantize,
+        size_bytes=target.stat().st_size,
+        max_abs_logit_diff=float(np.abs(got - expected).max()),
+        same_prediction=float((got.argmax(-1) == expected.argmax(-1)).mean()),
+        inputs=names,
+    )
 
 
 def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """Logits of an exported model for int64 input arrays (name -> (B, T))."""
     session = open_session(Path(path))
     wanted = {i.name for i in session.get_inputs()}
-    return session.run(["logits"], {k: v.astype(np.int64) for k, v in feeds.items() if k in wanted})[0]
+    return session.run(
+        ["logits"], {k: v.astype(np.int64) for k, v in feeds.items() if k in wanted}
+    )[0]
 
 
 def plain_model(model: torch.nn.Module, model_dir: str | Path) -> torch.nn.Module:
@@ -132,11 +161,15 @@ def plain_model(model: torch.nn.Module, model_dir: str | Path) -> torch.nn.Modul
         try:
             return model.merge_and_unload()
         except (ValueError, AttributeError, NotImplementedError):
-            raise LmforgeError(f"{model_dir} is an adapter that cannot be merged (prompt or prefix tuning); "
-                               "export needs a plain model: train with method lora or full") from None
+            raise LmforgeError(
+                f"{model_dir} is an adapter that cannot be merged (prompt or prefix tuning); "
+                "export needs a plain model: train with method lora or full"
+            ) from None
     if any(".adapters." in name for name, _ in model.named_parameters()):
-        raise LmforgeError(f"{model_dir} carries bottleneck adapters, which do not merge into the weights; "
-                           "export needs a plain model: train with method lora or full")
+        raise LmforgeError(
+            f"{model_dir} carries bottleneck adapters, which do not merge into the weights; "
+            "export needs a plain model: train with method lora or full"
+        )
     return model
 
 
@@ -162,9 +195,16 @@ def _export_graph(model: torch.nn.Module, inputs: dict[str, torch.Tensor], path:
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("sequence", min=2, max=int(model.config.max_position_embeddings))
-    program = torch.onnx.export(model, (), kwargs=inputs, input_names=list(inputs), output_names=["logits"],
-                                dynamo=True, dynamic_shapes={n: {0: batch, 1: length} for n in inputs},
-                                verbose=False)
+    program = torch.onnx.export(
+        model,
+        (),
+        kwargs=inputs,
+        input_names=list(inputs),
+        output_names=["logits"],
+        dynamo=True,
+        dynamic_shapes={n: {0: batch, 1: length} for n in inputs},
+        verbose=False,
+    )
     program.save(str(path))
     graph = onnx.load(str(path))
     graph.graph.ClearField("value_info")  # see the module docstring

@@ -48,15 +48,21 @@ def parse_prune(text: str) -> list[PruneStep]:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         match = re.fullmatch(r"(\w+):([0-9.]+)", part)
         if not match or match.group(1) not in KINDS:
-            raise LmforgeError(f"--prune {part!r}: expected KIND:SHARE with KIND one of {', '.join(KINDS)}, "
-                               "e.g. unstructured:0.5 or heads:0.25,ffn:0.25")
+            raise LmforgeError(
+                f"--prune {part!r}: expected KIND:SHARE with KIND one of {', '.join(KINDS)}, "
+                "e.g. unstructured:0.5 or heads:0.25,ffn:0.25"
+            )
         amount = float(match.group(2))
         if not 0.0 < amount < 1.0:
-            raise LmforgeError(f"--prune {part!r}: the share to remove must be between 0 and 1 (exclusive)")
+            raise LmforgeError(
+                f"--prune {part!r}: the share to remove must be between 0 and 1 (exclusive)"
+            )
         steps.append(PruneStep(match.group(1), amount))
     kinds = [s.kind for s in steps]
     if not steps or len(set(kinds)) < len(kinds):
-        raise LmforgeError(f"--prune {text!r}: give each kind at most once, e.g. heads:0.25,ffn:0.25")
+        raise LmforgeError(
+            f"--prune {text!r}: give each kind at most once, e.g. heads:0.25,ffn:0.25"
+        )
     return sorted(steps, key=lambda s: KINDS.index(s.kind) if s.structured else len(KINDS))
 
 
@@ -90,12 +96,18 @@ def sparsity_of(model: torch.nn.Module) -> dict[str, Any]:
     zeros = [int((w == 0).sum()) for _, w in weights]
     sizes = [w.numel() for _, w in weights]
     shares = [z / n for z, n in zip(zeros, sizes, strict=True)]
-    return {"weights": sum(sizes), "zeros": sum(zeros), "sparsity": sum(zeros) / max(sum(sizes), 1),
-            "min_matrix_sparsity": min(shares), "max_matrix_sparsity": max(shares)}
+    return {
+        "weights": sum(sizes),
+        "zeros": sum(zeros),
+        "sparsity": sum(zeros) / max(sum(sizes), 1),
+        "min_matrix_sparsity": min(shares),
+        "max_matrix_sparsity": max(shares),
+    }
 
 
-def unit_importance(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
-                    device: str = "cpu") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def unit_importance(
+    model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: str = "cpu"
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per layer, the importance of each attention head (H_l,) and each FFN neuron (I,): the mean
     absolute gradient of the loss with respect to a gate on the unit (see the module docstring).
 
@@ -103,19 +115,32 @@ def unit_importance(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
     """
     blocks = bert_blocks(model)
     size = head_size(model)
-    head_gates = [torch.ones(b.attention_out.in_features // size, device=device, requires_grad=True) for b in blocks]
-    neuron_gates = [torch.ones(b.ffn_out.in_features, device=device, requires_grad=True) for b in blocks]
+    head_gates = [
+        torch.ones(b.attention_out.in_features // size, device=device, requires_grad=True)
+        for b in blocks
+    ]
+    neuron_gates = [
+        torch.ones(b.ffn_out.in_features, device=device, requires_grad=True) for b in blocks
+    ]
     head_scores = [torch.zeros_like(g) for g in head_gates]
     neuron_scores = [torch.zeros_like(g) for g in neuron_gates]
 
     def gate_heads(gate: torch.Tensor) -> Any:
-        return lambda module, args: (args[0] * gate.repeat_interleave(size),)  # (B, T, H*d) * (H*d,)
+        return lambda module, args: (
+            args[0] * gate.repeat_interleave(size),
+        )  # (B, T, H*d) * (H*d,)
 
     def gate_neurons(gate: torch.Tensor) -> Any:
         return lambda module, args: (args[0] * gate,)  # (B, T, I) * (I,)
 
-    hooks = [b.attention_out.register_forward_pre_hook(gate_heads(g)) for b, g in zip(blocks, head_gates, strict=True)]
-    hooks += [b.ffn_out.register_forward_pre_hook(gate_neurons(g)) for b, g in zip(blocks, neuron_gates, strict=True)]
+    hooks = [
+        b.attention_out.register_forward_pre_hook(gate_heads(g))
+        for b, g in zip(blocks, head_gates, strict=True)
+    ]
+    hooks += [
+        b.ffn_out.register_forward_pre_hook(gate_neurons(g))
+        for b, g in zip(blocks, neuron_gates, strict=True)
+    ]
     was_training = model.training
     model.eval()
     n = 0
@@ -123,8 +148,10 @@ def unit_importance(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
         for batch in batches:
             loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
             if loss is None:
-                raise LmforgeError("structured pruning scores units by the loss on labelled training data; "
-                                   "the batches carry no labels")
+                raise LmforgeError(
+                    "structured pruning scores units by the loss on labelled training data; "
+                    "the batches carry no labels"
+                )
             model.zero_grad(set_to_none=True)
             gates = head_gates + neuron_gates
             grads = torch.autograd.grad(loss, gates)
@@ -136,19 +163,32 @@ def unit_importance(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
             hook.remove()
         model.train(was_training)
     if n == 0:
-        raise LmforgeError("structured pruning needs training batches to score the units; the training split is empty")
+        raise LmforgeError(
+            "structured pruning needs training batches to score the units; the training split is empty"
+        )
     return [s / n for s in head_scores], [s / n for s in neuron_scores]
 
 
-def prune_heads(model: torch.nn.Module, share: float, scores: list[torch.Tensor]) -> dict[int, list[int]]:
+def prune_heads(
+    model: torch.nn.Module, share: float, scores: list[torch.Tensor]
+) -> dict[int, list[int]]:
     """Remove the ``share`` of all heads with the lowest (per-layer normalized) importance; return
     the removed heads per layer, in the original numbering."""
-    already = {int(k): set(v) for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()}
-    present = [[h for h in range(model.config.num_attention_heads) if h not in already.get(i, set())]
-               for i in range(len(scores))]
-    normalized = [s / (s.norm() + 1e-12) for s in scores]  # Michel et al.: layers' scores on one scale
-    ranked = sorted((float(score), layer, present[layer][j]) for layer, layer_scores in enumerate(normalized)
-                    for j, score in enumerate(layer_scores))
+    already = {
+        int(k): set(v) for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()
+    }
+    present = [
+        [h for h in range(model.config.num_attention_heads) if h not in already.get(i, set())]
+        for i in range(len(scores))
+    ]
+    normalized = [
+        s / (s.norm() + 1e-12) for s in scores
+    ]  # Michel et al.: layers' scores on one scale
+    ranked = sorted(
+        (float(score), layer, present[layer][j])
+        for layer, layer_scores in enumerate(normalized)
+        for j, score in enumerate(layer_scores)
+    )
     budget = int(round(share * len(ranked)))
     left = [len(p) for p in present]
     removed: dict[int, list[int]] = {}

@@ -25,18 +25,26 @@ from lmforge.inference.predictor import write_metadata
 FLOAT_MODULES = ["classifier", "score"]
 
 
-def save_int8(model_dir: Path, out_dir: Path, task: Any, tokenizer: Any, metadata: dict[str, Any]) -> Path:
+def save_int8(
+    model_dir: Path, out_dir: Path, task: Any, tokenizer: Any, metadata: dict[str, Any]
+) -> Path:
     """Write ``out_dir``: the plain model in ``model_dir`` with int8 (torchao) linear weights."""
     if getattr(_config(model_dir), "pruned_heads", None):
-        raise LmforgeError("--quantize int8 with --format hf cannot hold a head-pruned model (transformers "
-                           "rebuilds no pruned heads under quantization); use --format onnx --quantize int8")
+        raise LmforgeError(
+            "--quantize int8 with --format hf cannot hold a head-pruned model (transformers "
+            "rebuilds no pruned heads under quantization); use --format onnx --quantize int8"
+        )
     logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
         from transformers import TorchAoConfig
     except ImportError:
-        raise LmforgeError("--quantize int8 with --format hf needs torchao: pip install 'lmforge[int8]'") from None
-    config = TorchAoConfig(Int8DynamicActivationInt8WeightConfig(), modules_to_not_convert=FLOAT_MODULES)
+        raise LmforgeError(
+            "--quantize int8 with --format hf needs torchao: pip install 'lmforge[int8]'"
+        ) from None
+    config = TorchAoConfig(
+        Int8DynamicActivationInt8WeightConfig(), modules_to_not_convert=FLOAT_MODULES
+    )
     model = task.load_model(str(model_dir), quantization_config=config)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

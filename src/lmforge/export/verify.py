@@ -52,11 +52,15 @@ class Measured:
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latency_ms)
-        return {"name": self.name, "backend": self.backend, "size_bytes": self.size_bytes,
-                "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-                "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
-                "throughput": float(np.median(self.throughput)) if self.throughput else None,
-                "metrics": self.metrics}
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "size_bytes": self.size_bytes,
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+            "throughput": float(np.median(self.throughput)) if self.throughput else None,
+            "metrics": self.metrics,
+        }
 
 
 @dataclass
@@ -86,8 +90,11 @@ class Verification:
     @property
     def summary(self) -> str:
         points = abs(self.degradation_points)
-        change = ("unchanged" if points < 0.005 else
-                  f"{'loses' if self.degradation_points > 0 else 'gains'} {points:.2f} points")
+        change = (
+            "unchanged"
+            if points < 0.005
+            else f"{'loses' if self.degradation_points > 0 else 'gains'} {points:.2f} points"
+        )
         return f"{self.metric} {self.original:.4f} -> {self.exported:.4f}: {change} (tolerance {self.tolerance_points:g})"
 
 
@@ -105,10 +112,21 @@ def default_metric(task_name: str) -> str:
 SETTLE_SECONDS = 0.5  # between two workers' turns: idle thread pools stop spinning well within this
 
 
-def verify(original: Path, exported: Path, texts: Sequence[str], label_ids: Any, pairs: Sequence[str] | None,
-           metric: str | None = None, tolerance: float = 1.0, rounds: int = 3, batch_size: int = 32,
-           latency_texts: int = 100, data_name: str = "", export_name: str = "export",
-           progress: Callable[[str], None] | None = None) -> Verification:
+def verify(
+    original: Path,
+    exported: Path,
+    texts: Sequence[str],
+    label_ids: Any,
+    pairs: Sequence[str] | None,
+    metric: str | None = None,
+    tolerance: float = 1.0,
+    rounds: int = 3,
+    batch_size: int = 32,
+    latency_texts: int = 100,
+    data_name: str = "",
+    export_name: str = "export",
+    progress: Callable[[str], None] | None = None,
+) -> Verification:
     """Measure ``original`` (fp32, and bf16 where the hardware has it) and ``exported`` on the
     evaluation texts and compare them; ``passed`` is False when the export loses more than
     ``tolerance`` points of ``metric``."""
@@ -122,8 +140,10 @@ def verify(original: Path, exported: Path, texts: Sequence[str], label_ids: Any,
     task.configure(meta)
     metric = metric or default_metric(task.name)
     if metric not in TASK_METRICS[task.name] or metric == "loss":
-        raise LmforgeError(f"--metric {metric}: task {task.name} reports "
-                           f"{', '.join(m for m in TASK_METRICS[task.name] if m != 'loss')}")
+        raise LmforgeError(
+            f"--metric {metric}: task {task.name} reports "
+            f"{', '.join(m for m in TASK_METRICS[task.name] if m != 'loss')}"
+        )
     plan = [("original (PyTorch fp32)", original, "fp32")]
     if resolve_precision("auto", "cpu") == "bf16":
         plan.append(("original (PyTorch bf16)", original, "bf16"))
@@ -132,15 +152,21 @@ def verify(original: Path, exported: Path, texts: Sequence[str], label_ids: Any,
     workers = []
     try:
         say(f"loading {len(plan)} models, each in its own process")
-        workers = [ModelWorker(path, precision, texts, pairs, latency_texts, batch_size)
-                   for _, path, precision in plan]
+        workers = [
+            ModelWorker(path, precision, texts, pairs, latency_texts, batch_size)
+            for _, path, precision in plan
+        ]
         infos = [w.ready() for w in workers]  # they load (and warm up) side by side
         labels = [info["labels"] for info in infos]
         if labels[-1] != labels[0]:
-            raise LmforgeError(f"{exported} predicts labels {labels[-1][:10]}, the original {labels[0][:10]}: "
-                               f"it is not an export of {original}")
-        rows = [Measured(name, info["backend"], weights_size(find_model_dir(path)))
-                for (name, path, _), info in zip(plan, infos, strict=True)]
+            raise LmforgeError(
+                f"{exported} predicts labels {labels[-1][:10]}, the original {labels[0][:10]}: "
+                f"it is not an export of {original}"
+            )
+        rows = [
+            Measured(name, info["backend"], weights_size(find_model_dir(path)))
+            for (name, path, _), info in zip(plan, infos, strict=True)
+        ]
         for r in range(rounds):
             for row, worker in zip(rows, workers, strict=True):
                 say(f"round {r + 1}/{rounds}: {row.name}")
@@ -158,15 +184,32 @@ def verify(original: Path, exported: Path, texts: Sequence[str], label_ids: Any,
     first, last = rows[0], rows[-1]
     degradation = 100 * (last.metrics[metric] - first.metrics[metric])
     degradation = degradation if metric in LOWER_IS_BETTER else -degradation
-    ref_out, exp_out = np.asarray(first.outputs, dtype=np.float64), np.asarray(last.outputs, dtype=np.float64)
-    agreement = (float((ref_out.argmax(-1) == exp_out.argmax(-1)).mean())
-                 if ref_out.ndim == 2 and ref_out.shape[1] > 1 else None)
+    ref_out, exp_out = (
+        np.asarray(first.outputs, dtype=np.float64),
+        np.asarray(last.outputs, dtype=np.float64),
+    )
+    agreement = (
+        float((ref_out.argmax(-1) == exp_out.argmax(-1)).mean())
+        if ref_out.ndim == 2 and ref_out.shape[1] > 1
+        else None
+    )
     return Verification(
-        rows=[row.summary() for row in rows], metric=metric, original=first.metrics[metric],
-        exported=last.metrics[metric], degradation_points=degradation, tolerance_points=tolerance,
-        passed=degradation <= tolerance, agreement=agreement,
-        max_abs_output_diff=float(np.abs(ref_out - exp_out).max()), data=data_name, n=len(texts), rounds=rounds,
-        batch_size=batch_size, latency_texts=min(latency_texts, len(texts)), machine=machine())
+        rows=[row.summary() for row in rows],
+        metric=metric,
+        original=first.metrics[metric],
+        exported=last.metrics[metric],
+        degradation_points=degradation,
+        tolerance_points=tolerance,
+        passed=degradation <= tolerance,
+        agreement=agreement,
+        max_abs_output_diff=float(np.abs(ref_out - exp_out).max()),
+        data=data_name,
+        n=len(texts),
+        rounds=rounds,
+        batch_size=batch_size,
+        latency_texts=min(latency_texts, len(texts)),
+        machine=machine(),
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -175,8 +218,13 @@ def machine() -> dict[str, Any]:
 
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def speedups(v: Verification) -> list[dict[str, Any]]:
@@ -184,34 +232,52 @@ def speedups(v: Verification) -> list[dict[str, Any]]:
     ref = v.rows[0]
     out = []
     for row in v.rows:
-        out.append({"latency": ref["latency_p50_ms"] / row["latency_p50_ms"] if row["latency_p50_ms"] else None,
-                    "throughput": row["throughput"] / ref["throughput"] if ref["throughput"] else None,
-                    "size": ref["size_bytes"] / row["size_bytes"] if row["size_bytes"] else None})
+        out.append(
+            {
+                "latency": ref["latency_p50_ms"] / row["latency_p50_ms"]
+                if row["latency_p50_ms"]
+                else None,
+                "throughput": row["throughput"] / ref["throughput"] if ref["throughput"] else None,
+                "size": ref["size_bytes"] / row["size_bytes"] if row["size_bytes"] else None,
+            }
+        )
     return out
 
 
 def render_markdown(v: Verification, title: str, extra: dict[str, Any] | None = None) -> str:
     """The human report: the table, the comparison, the verdict, and how it was measured."""
     lines = [f"# {title}", "", f"**{'PASSED' if v.passed else 'FAILED'}**: {v.summary}.", ""]
-    lines += [f"| model | backend | size | latency p50 / p95 (batch 1) | throughput (batch {v.batch_size}) "
-              f"| {v.metric} | vs fp32 original: latency / throughput / size |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| model | backend | size | latency p50 / p95 (batch 1) | throughput (batch {v.batch_size}) "
+        f"| {v.metric} | vs fp32 original: latency / throughput / size |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for row, speed in zip(v.rows, speedups(v), strict=True):
-        lines.append(f"| {row['name']} | {row['backend']} | {row['size_bytes'] / 1e6:.1f} MB "
-                     f"| {row['latency_p50_ms']:.2f} / {row['latency_p95_ms']:.2f} ms "
-                     f"| {row['throughput']:.1f} ex/s | {row['metrics'].get(v.metric, float('nan')):.4f} "
-                     f"| {speed['latency']:.2f}x / {speed['throughput']:.2f}x / {speed['size']:.2f}x |")
+        lines.append(
+            f"| {row['name']} | {row['backend']} | {row['size_bytes'] / 1e6:.1f} MB "
+            f"| {row['latency_p50_ms']:.2f} / {row['latency_p95_ms']:.2f} ms "
+            f"| {row['throughput']:.1f} ex/s | {row['metrics'].get(v.metric, float('nan')):.4f} "
+            f"| {speed['latency']:.2f}x / {speed['throughput']:.2f}x / {speed['size']:.2f}x |"
+        )
     lines += ["", f"- Evaluation data: {v.data} ({v.n} rows)."]
     if v.agreement is not None:
-        lines.append(f"- The export predicts the same label as the fp32 original on {100 * v.agreement:.1f}% of them; "
-                     f"largest output difference {v.max_abs_output_diff:.4g}.")
+        lines.append(
+            f"- The export predicts the same label as the fp32 original on {100 * v.agreement:.1f}% of them; "
+            f"largest output difference {v.max_abs_output_diff:.4g}."
+        )
     else:
-        lines.append(f"- Largest output difference from the fp32 original: {v.max_abs_output_diff:.4g}.")
-    lines.append(f"- Latency: {v.latency_texts} texts one at a time, {v.rounds} interleaved rounds "
-                 "(tokenization included); throughput: the median of the rounds.")
+        lines.append(
+            f"- Largest output difference from the fp32 original: {v.max_abs_output_diff:.4g}."
+        )
+    lines.append(
+        f"- Latency: {v.latency_texts} texts one at a time, {v.rounds} interleaved rounds "
+        "(tokenization included); throughput: the median of the rounds."
+    )
     m = v.machine
-    lines.append(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} PyTorch threads, "
-                 f"torch {m['torch']}.")
+    lines.append(
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} PyTorch threads, "
+        f"torch {m['torch']}."
+    )
     for key, value in (extra or {}).items():
         lines.append(f"- {key}: {value}")
     lines += [f"- {note}" for note in v.notes]

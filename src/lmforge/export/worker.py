@@ -26,12 +26,22 @@ class ModelWorker:
     """One model loaded in its own process (a forkserver child: fresh thread pools, modules
     preloaded), measured on request; what it raises comes back as the same one-line error."""
 
-    def __init__(self, path: Path, precision: str, texts: list[str], pairs: list[str] | None,
-                 latency_texts: int, batch_size: int):
+    def __init__(
+        self,
+        path: Path,
+        precision: str,
+        texts: list[str],
+        pairs: list[str] | None,
+        latency_texts: int,
+        batch_size: int,
+    ):
         context = _context()
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, daemon=True,
-                                       args=(child, str(path), precision, texts, pairs, latency_texts, batch_size))
+        self.process = context.Process(
+            target=_worker_main,
+            daemon=True,
+            args=(child, str(path), precision, texts, pairs, latency_texts, batch_size),
+        )
         self.process.start()
         child.close()
 
@@ -47,8 +57,9 @@ class ModelWorker:
         try:
             kind, value = self.conn.recv()
         except EOFError:
-            raise RuntimeError(f"the measuring process ended unexpectedly (exit code {self.process.exitcode})") \
-                from None
+            raise RuntimeError(
+                f"the measuring process ended unexpectedly (exit code {self.process.exitcode})"
+            ) from None
         if kind == "error":
             raise LmforgeError(value)
         if kind == "crash":
@@ -74,19 +85,35 @@ def _context() -> Any:
     return context
 
 
-def _worker_main(conn: Any, path: str, precision: str, texts: list[str], pairs: list[str] | None,
-                 latency_texts: int, batch_size: int) -> None:
+def _worker_main(
+    conn: Any,
+    path: str,
+    precision: str,
+    texts: list[str],
+    pairs: list[str] | None,
+    latency_texts: int,
+    batch_size: int,
+) -> None:
     try:
-        logging.getLogger("lmforge").setLevel(logging.ERROR)  # the parent reports; a failed export warns there
+        logging.getLogger("lmforge").setLevel(
+            logging.ERROR
+        )  # the parent reports; a failed export warns there
         predictor = Predictor.load(path, device="cpu", precision=precision)
-        sample, sample_pairs = texts[:latency_texts], pairs[:latency_texts] if pairs is not None else None
+        sample, sample_pairs = (
+            texts[:latency_texts],
+            pairs[:latency_texts] if pairs is not None else None,
+        )
 
         def one(i: int) -> None:
-            predictor.logits([sample[i]], batch_size=1, pairs=[sample_pairs[i]] if sample_pairs else None)
+            predictor.logits(
+                [sample[i]], batch_size=1, pairs=[sample_pairs[i]] if sample_pairs else None
+            )
 
         for i in range(min(8, len(sample))):  # warm-up: compiled graphs, thread pools, allocator
             one(i)
-        predictor.logits(texts[:batch_size], batch_size=batch_size, pairs=pairs[:batch_size] if pairs else None)
+        predictor.logits(
+            texts[:batch_size], batch_size=batch_size, pairs=pairs[:batch_size] if pairs else None
+        )
         conn.send(("ready", {"backend": predictor.backend, "labels": predictor.label_names}))
         while True:
             command, with_outputs = conn.recv()

@@ -189,7 +189,9 @@ def complete(
                 streamer=streamer,
             )  # (B, T + new)
             for i, new_ids in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
-                results[i] = _completion(new_ids, len(encoded[i]), tokenizer, options, stop_ids, pad_id)
+                results[i] = _completion(
+                    new_ids, len(encoded[i]), tokenizer, options, stop_ids, pad_id
+                )
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]  # every slot is filled
@@ -241,11 +243,20 @@ def _within_positions(model: Any, options: GenerationOptions, longest: int) -> G
     if not isinstance(positions, int) or longest + options.max_new_tokens <= positions:
         return options
     if any(key.startswith("rope") for key in config.to_dict()):
-        log.warning("generating past the model's %d trained positions (prompt %d + up to %d new tokens)",
-                    positions, longest, options.max_new_tokens)
+        log.warning(
+            "generating past the model's %d trained positions (prompt %d + up to %d new tokens)",
+            positions,
+            longest,
+            options.max_new_tokens,
+        )
         return options
-    log.warning("max_new_tokens %d lowered to %d: the longest prompt has %d of the model's %d positions",
-                options.max_new_tokens, positions - longest, longest, positions)
+    log.warning(
+        "max_new_tokens %d lowered to %d: the longest prompt has %d of the model's %d positions",
+        options.max_new_tokens,
+        positions - longest,
+        longest,
+        positions,
+    )
     return replace(options, max_new_tokens=positions - longest)
 
 
@@ -259,13 +270,17 @@ def check_stop_strings(tokenizer: Any, stop: Sequence[str]) -> None:
     try:
         StopStringCriteria(tokenizer, list(stop))  # builds (and caches) the matcher generate() uses
     except ValueError:
-        raise LmforgeError(f"stop strings {list(stop)!r}: one has characters this model's tokenizer has no "
-                           "tokens for; use stop strings made of ordinary text") from None
+        raise LmforgeError(
+            f"stop strings {list(stop)!r}: one has characters this model's tokenizer has no "
+            "tokens for; use stop strings made of ordinary text"
+        ) from None
 
 
 def _encode_prompt(prompt: Prompt, number: int, tokenizer: Any, chat: bool) -> list[int]:
     if chat:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        messages = (
+            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        )
         if not messages:
             raise LmforgeError(f"conversation {number} has no messages")
         text = render_chat(messages, tokenizer, add_generation_prompt=True)
@@ -312,8 +327,12 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 def _completion(
-    ids: Sequence[int], prompt_tokens: int, tokenizer: Any, options: GenerationOptions,
-    stop_ids: Sequence[int], pad_id: int,
+    ids: Sequence[int],
+    prompt_tokens: int,
+    tokenizer: Any,
+    options: GenerationOptions,
+    stop_ids: Sequence[int],
+    pad_id: int,
 ) -> Completion:
     """Decode new ids up to the first stop id, then cut before the first stop string.
 

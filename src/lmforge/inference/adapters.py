@@ -32,9 +32,11 @@ def adapter_dir_of(run: str | Path) -> Path:
     for candidate in (run / "adapter", run / "model", run):
         if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
-    raise LmforgeError(f"{run} has no adapter ({ADAPTER_CONFIG} in {run}/adapter or {run}/model): only runs "
-                       "of an adapter method (lora, dora, adalora, ia3, prompt, prefix, adapter) share a base; "
-                       "load a full fine-tuning run on its own")
+    raise LmforgeError(
+        f"{run} has no adapter ({ADAPTER_CONFIG} in {run}/adapter or {run}/model): only runs "
+        "of an adapter method (lora, dora, adalora, ia3, prompt, prefix, adapter) share a base; "
+        "load a full fine-tuning run on its own"
+    )
 
 
 class AdapterSet:
@@ -56,22 +58,32 @@ class AdapterSet:
         return list(self._entries)
 
     @classmethod
-    def load(cls, runs: Mapping[str, str | Path], device: str = "auto", precision: str = "auto") -> AdapterSet:
+    def load(
+        cls, runs: Mapping[str, str | Path], device: str = "auto", precision: str = "auto"
+    ) -> AdapterSet:
         """Load ``runs`` ({name: run directory}) onto one copy of their base model."""
         if not runs:
             raise LmforgeError("an adapter set needs at least one run")
         infos = {name: _describe(run) for name, run in runs.items()}
         first_name, first = next(iter(infos.items()))
         for name, info in infos.items():
-            for key, what in (("base", "base model"), ("task", "task"), ("kind", "adapter kind"),
-                              ("num_labels", "number of labels")):
+            for key, what in (
+                ("base", "base model"),
+                ("task", "task"),
+                ("kind", "adapter kind"),
+                ("num_labels", "number of labels"),
+            ):
                 if info[key] != first[key]:
-                    raise LmforgeError(f"{runs[name]} has {what} {info[key]!r} and {runs[first_name]} has "
-                                       f"{first[key]!r}: adapters share one base only with the same {what}; "
-                                       "load them separately")
+                    raise LmforgeError(
+                        f"{runs[name]} has {what} {info[key]!r} and {runs[first_name]} has "
+                        f"{first[key]!r}: adapters share one base only with the same {what}; "
+                        "load them separately"
+                    )
         task = get_task(first["task"])
         task.configure(first["meta"])
-        model = task.load_model(str(first["dir"]), first["labels"])  # base + the first adapter as "default"
+        model = task.load_model(
+            str(first["dir"]), first["labels"]
+        )  # base + the first adapter as "default"
         entries: dict[str, dict[str, Any]] = {}
         for i, (name, info) in enumerate(infos.items()):
             internal = "default" if i == 0 else f"adapter{i}"
@@ -81,17 +93,33 @@ class AdapterSet:
                 load_adapter(model, info["dir"], internal)
             elif i:
                 model.load_adapter(str(info["dir"]), adapter_name=internal)
-            entries[name] = {"internal": internal, "labels": info["labels"], "meta": info["meta"],
-                             "tokenizer": load_tokenizer(str(info["dir"])),
-                             # a bottleneck adapter's head lives in the base model; PEFT keeps one per adapter
-                             "head": saved_extra_state(info["dir"]) if first["kind"] == "bottleneck" else {}}
+            entries[name] = {
+                "internal": internal,
+                "labels": info["labels"],
+                "meta": info["meta"],
+                "tokenizer": load_tokenizer(str(info["dir"])),
+                # a bottleneck adapter's head lives in the base model; PEFT keeps one per adapter
+                "head": saved_extra_state(info["dir"]) if first["kind"] == "bottleneck" else {},
+            }
         device = resolve_device(device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            resolve_precision(precision, device)
+        )
         meta = first["meta"]
         tokenizer = entries[first_name]["tokenizer"]
-        max_length = int(meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512))
-        predictor = Predictor(model, tokenizer, task, first["labels"], max_length, device, dtype,
-                              bool(meta.get("text_pairs")))
+        max_length = int(
+            meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512)
+        )
+        predictor = Predictor(
+            model,
+            tokenizer,
+            task,
+            first["labels"],
+            max_length,
+            device,
+            dtype,
+            bool(meta.get("text_pairs")),
+        )
         adapters = cls(predictor, entries, first["kind"])
         adapters.use(first_name)
         return adapters
@@ -127,8 +155,15 @@ def _describe(run: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise LmforgeError(f"cannot read the adapter in {directory}: {err}") from None
     labels = list(meta.get("labels") or [])
-    return {"dir": directory, "meta": meta, "labels": labels or None, "num_labels": len(labels),
-            "task": meta.get("task", "sequence_classification"), "base": config.get("base_model_name_or_path"),
-            # one PEFT model holds adapters of one PEFT type (LoRA with LoRA, IA3 with IA3)
-            "kind": "bottleneck" if config.get("adapter_type") == "bottleneck" else config.get("peft_type")}
-
+    return {
+        "dir": directory,
+        "meta": meta,
+        "labels": labels or None,
+        "num_labels": len(labels),
+        "task": meta.get("task", "sequence_classification"),
+        "base": config.get("base_model_name_or_path"),
+        # one PEFT model holds adapters of one PEFT type (LoRA with LoRA, IA3 with IA3)
+        "kind": "bottleneck"
+        if config.get("adapter_type") == "bottleneck"
+        else config.get("peft_type"),
+    }

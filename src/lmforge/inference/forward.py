@@ -12,8 +12,12 @@ from lmforge.data.batching import ragged
 
 
 @torch.inference_mode()
-def collect_logits(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: str | torch.device,
-                   autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, float | None]:
+def collect_logits(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: str | torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, float | None]:
     """Run ``model`` over ``batches``; return float32 logits (N, C) and the mean loss when labeled.
 
     A token-level model (logits ``(B, T, C)``) gives one ``(T_i, C)`` array per row, cut to
@@ -24,8 +28,11 @@ def collect_logits(model: torch.nn.Module, batches: Iterable[dict[str, torch.Ten
     if was_training:  # .eval() walks every module (~1.5 ms a call for MiniLM): a cost at batch 1
         model.eval()
     device = torch.device(device)
-    cast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
-            else contextlib.nullcontext())
+    cast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype
+        else contextlib.nullcontext()
+    )
     logits, loss_sum, n = [], 0.0, 0
     with cast:
         for batch in batches:
@@ -33,7 +40,10 @@ def collect_logits(model: torch.nn.Module, batches: Iterable[dict[str, torch.Ten
             out = model(**batch)
             if out.logits.dim() == 3:  # (B, T, C): per token; padding cut off each row
                 lengths = batch["attention_mask"].sum(dim=1).tolist()
-                logits.extend(row[:n].numpy() for row, n in zip(out.logits.float().cpu(), lengths, strict=True))
+                logits.extend(
+                    row[:n].numpy()
+                    for row, n in zip(out.logits.float().cpu(), lengths, strict=True)
+                )
             else:
                 logits.append(out.logits.float().cpu())  # (B, C)
             if out.loss is not None:

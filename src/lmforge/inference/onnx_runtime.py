@@ -35,9 +35,18 @@ class OnnxRuntimeModel(torch.nn.Module):
         self.path = path
         self.input_names = [i.name for i in session.get_inputs()]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, **unused: Any) -> SimpleNamespace:
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **unused: Any,
+    ) -> SimpleNamespace:
+        given = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
         if given["attention_mask"] is None:
             given["attention_mask"] = torch.ones_like(input_ids)
         if given["token_type_ids"] is None:  # a single text: every token is of type 0
@@ -45,14 +54,18 @@ class OnnxRuntimeModel(torch.nn.Module):
         feeds = {}
         for name in self.input_names:
             if name not in given:
-                raise LmforgeError(f"{self.path} takes an input '{name}' that lmforge does not provide; "
-                                   "export the model again with lmforge export")
+                raise LmforgeError(
+                    f"{self.path} takes an input '{name}' that lmforge does not provide; "
+                    "export the model again with lmforge export"
+                )
             feeds[name] = given[name].detach().cpu().numpy().astype(np.int64)
         (logits,) = self.session.run(["logits"], feeds)
         return SimpleNamespace(logits=torch.from_numpy(logits), loss=None)  # (B, C) or (B, T, C)
 
 
-def load_onnx_model(model_dir: Path, device: str = "cpu", threads: int | None = None) -> OnnxRuntimeModel:
+def load_onnx_model(
+    model_dir: Path, device: str = "cpu", threads: int | None = None
+) -> OnnxRuntimeModel:
     """The ONNX Runtime model of an exported directory; a missing or corrupt file is a one-line error.
 
     Args:
@@ -62,15 +75,21 @@ def load_onnx_model(model_dir: Path, device: str = "cpu", threads: int | None = 
     try:
         import onnxruntime as ort
     except ImportError:
-        raise LmforgeError(f"{model_dir} is an ONNX export: pip install 'lmforge[onnx]' to run it") from None
+        raise LmforgeError(
+            f"{model_dir} is an ONNX export: pip install 'lmforge[onnx]' to run it"
+        ) from None
     from transformers import AutoConfig
 
     path = model_dir / ONNX_FILE
     if not path.is_file():
-        raise LmforgeError(f"{model_dir} is an ONNX export without {ONNX_FILE}: the directory is incomplete; "
-                           "export the model again")
+        raise LmforgeError(
+            f"{model_dir} is an ONNX export without {ONNX_FILE}: the directory is incomplete; "
+            "export the model again"
+        )
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the quantized graphs' shape notices are not the user's concern
+    options.log_severity_level = (
+        3  # errors only: the quantized graphs' shape notices are not the user's concern
+    )
     if threads:
         options.intra_op_num_threads = threads
     providers = ["CPUExecutionProvider"]
@@ -78,11 +97,15 @@ def load_onnx_model(model_dir: Path, device: str = "cpu", threads: int | None = 
         providers.insert(0, "CUDAExecutionProvider")
     session = open_session(path, options, providers)
     if "logits" not in [o.name for o in session.get_outputs()]:
-        raise LmforgeError(f"{path} has no 'logits' output: it is not an lmforge export; export the model again")
+        raise LmforgeError(
+            f"{path} has no 'logits' output: it is not an lmforge export; export the model again"
+        )
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError) as err:
-        raise LmforgeError(f"cannot read {model_dir / 'config.json'}: {str(err).splitlines()[0]}") from None
+        raise LmforgeError(
+            f"cannot read {model_dir / 'config.json'}: {str(err).splitlines()[0]}"
+        ) from None
     return OnnxRuntimeModel(session, config, path)
 
 
@@ -91,7 +114,13 @@ def open_session(path: Path, options: Any = None, providers: list[str] | None = 
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types for corrupt or truncated files
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+        )
+    except (
+        Exception
+    ) as err:  # onnxruntime raises its own exception types for corrupt or truncated files
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LmforgeError(f"cannot load the ONNX model {path}: {message}; export the model again") from None
+        raise LmforgeError(
+            f"cannot load the ONNX model {path}: {message}; export the model again"
+        ) from None

@@ -46,8 +46,12 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
 
 
 # the head of a plain Hugging Face directory (no lmforge.json) -> the task that serves it
-ARCHITECTURE_TASKS = {"ForCausalLM": "causal_lm", "LMHeadModel": "causal_lm", "ForTokenClassification":
-                      "token_classification", "ForMaskedLM": "masked_lm"}
+ARCHITECTURE_TASKS = {
+    "ForCausalLM": "causal_lm",
+    "LMHeadModel": "causal_lm",
+    "ForTokenClassification": "token_classification",
+    "ForMaskedLM": "masked_lm",
+}
 
 
 def task_of_architecture(model_dir: Path) -> str:
@@ -72,8 +76,17 @@ def write_metadata(model_dir: Path, meta: dict[str, Any]) -> None:
 class Predictor:
     """A model, its tokenizer and its task, ready to turn texts into predictions."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Any, label_names: list[str],
-                 max_length: int, device: str, autocast_dtype: torch.dtype | None, pairs: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        task: Any,
+        label_names: list[str],
+        max_length: int,
+        device: str,
+        autocast_dtype: torch.dtype | None,
+        pairs: bool = False,
+    ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.task = task
@@ -87,12 +100,20 @@ class Predictor:
         # length costs memory. FPB batches through MiniLM (bf16, 400 random batches): RSS 741 -> 946 MB and
         # still growing unpadded, 558 -> 570 MB with multiples of 16, at the same speed. GPUs: tensor-core tiles.
         # (Only multiples that max_length is one of: padding never goes past the model's positions.)
-        multiple = next((m for m in ((8,) if device == "cuda" else (16, 8)) if max_length % m == 0), None)
+        multiple = next(
+            (m for m in ((8,) if device == "cuda" else (16, 8)) if max_length % m == 0), None
+        )
         self.collate = PaddingCollator(tokenizer.pad_token_id or 0, pad_to_multiple_of=multiple)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", quantize: str = "none",
-             task: str | None = None) -> Predictor:
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        quantize: str = "none",
+        task: str | None = None,
+    ) -> Predictor:
         """Load from a run directory (uses its ``model/``) or a Hugging Face model directory.
 
         Args:
@@ -111,36 +132,64 @@ class Predictor:
             raise LmforgeError(f"unknown quantization '{quantize}'; use none or int8")
         warn_if_unverified(model_dir, meta)
         device = resolve_device(device)
-        if meta.get("format") == "onnx":  # an ONNX export: ONNX Runtime runs it, already at its precision
+        if (
+            meta.get("format") == "onnx"
+        ):  # an ONNX export: ONNX Runtime runs it, already at its precision
             from lmforge.inference.onnx_runtime import load_onnx_model
 
             if quantize != "none":
-                raise LmforgeError(f"{model_dir} is an ONNX export (quantize: {meta.get('quantize', 'none')}); "
-                                   "--quantize applies to PyTorch models: export with --quantize int8 instead")
+                raise LmforgeError(
+                    f"{model_dir} is an ONNX export (quantize: {meta.get('quantize', 'none')}); "
+                    "--quantize applies to PyTorch models: export with --quantize int8 instead"
+                )
             model, dtype = load_onnx_model(model_dir, device), None
             backend = f"onnxruntime {'int8' if meta.get('quantize') == 'int8' else 'fp32'}"
         else:
             model = task_plugin.load_model(str(model_dir))
             mode = resolve_precision(precision, device)
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
-            saved_int8 = getattr(model.config, "quantization_config", None) is not None  # torchao weights
+            saved_int8 = (
+                getattr(model.config, "quantization_config", None) is not None
+            )  # torchao weights
             if saved_int8 and quantize != "none":
                 raise LmforgeError(f"{model_dir} is already quantized; load it without --quantize")
             if saved_int8:
                 model, dtype = compile_quantized(model, device), None
             elif quantize == "int8":
-                model, dtype = quantize_int8(model, device), None  # int8 matmuls; activations stay fp32
-            backend = "pytorch int8 (torchao, compiled)" if saved_int8 or quantize == "int8" else f"pytorch {mode}"
+                model, dtype = (
+                    quantize_int8(model, device),
+                    None,
+                )  # int8 matmuls; activations stay fp32
+            backend = (
+                "pytorch int8 (torchao, compiled)"
+                if saved_int8 or quantize == "int8"
+                else f"pytorch {mode}"
+            )
         label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         tokenizer = load_tokenizer(str(model_dir))
-        max_length = int(meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512))
-        predictor = cls(model, tokenizer, task_plugin, label_names, max_length, device, dtype,
-                        bool(meta.get("text_pairs")))
+        max_length = int(
+            meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512)
+        )
+        predictor = cls(
+            model,
+            tokenizer,
+            task_plugin,
+            label_names,
+            max_length,
+            device,
+            dtype,
+            bool(meta.get("text_pairs")),
+        )
         predictor.backend = backend
         return predictor
 
-    def logits(self, texts: Sequence[str], batch_size: int = 64, use_cache: bool = False,
-               pairs: Sequence[str] | None = None) -> np.ndarray:
+    def logits(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        use_cache: bool = False,
+        pairs: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Logits (N, C) in input order.
 
         Args:
@@ -153,16 +202,25 @@ class Predictor:
         encoded = tokenize(texts, self.tokenizer, self.max_length, use_cache=use_cache, pairs=pairs)
         ids, starts = encoded.ids, encoded.pair_starts
         order = length_sorted_batches([len(row) for row in ids], batch_size)
-        batches = (self.collate([{"input_ids": ids[i]} if starts is None else
-                                 {"input_ids": ids[i], "pair_start": int(starts[i])} for i in batch])
-                   for batch in order)
+        batches = (
+            self.collate(
+                [
+                    {"input_ids": ids[i]}
+                    if starts is None
+                    else {"input_ids": ids[i], "pair_start": int(starts[i])}
+                    for i in batch
+                ]
+            )
+            for batch in order
+        )
         sorted_logits, _ = collect_logits(self.model, batches, self.device, self.autocast_dtype)
         out = np.empty_like(sorted_logits)
         out[np.concatenate(order)] = sorted_logits
         return out
 
-    def word_logits(self, sentences: Sequence[Sequence[str]], batch_size: int = 64,
-                    use_cache: bool = False) -> np.ndarray:
+    def word_logits(
+        self, sentences: Sequence[Sequence[str]], batch_size: int = 64, use_cache: bool = False
+    ) -> np.ndarray:
         """Token classification: per sentence of words, the logits (words, C) of each word's first
         sub-token (NaN for a word past ``max_length``), in input order."""
         encoded = tokenize_words(sentences, self.tokenizer, self.max_length, use_cache=use_cache)
@@ -174,17 +232,22 @@ class Predictor:
             rows[np.concatenate(order)] = sorted_logits
         return word_logits(rows, encoded.word_ids, [len(words) for words in sentences])
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64,
-                pairs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def predict(
+        self, texts: Sequence[str], batch_size: int = 64, pairs: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """One dict per text: ``label``, ``score`` and ``probabilities`` (classification), ``score``
         (regression), ``labels`` (multi-label), or ``entities`` with character offsets (NER)."""
         if getattr(self.task, "loss_only", False):  # before any forward pass over (T, vocab) logits
-            raise LmforgeError(f"a {self.task.name} model generates text: use `lmforge generate`, not predict")
+            raise LmforgeError(
+                f"a {self.task.name} model generates text: use `lmforge generate`, not predict"
+            )
         if self.task.word_level:
             words = [split_words(text) for text in texts]
             logits = self.word_logits([[w for w, _, _ in row] for row in words], batch_size)
-            return [{"entities": self.task.entities(text, row, sentence, self.label_names)}
-                    for text, row, sentence in zip(texts, words, logits, strict=True)]
+            return [
+                {"entities": self.task.entities(text, row, sentence, self.label_names)}
+                for text, row, sentence in zip(texts, words, logits, strict=True)
+            ]
         return self.task.decode(self.logits(texts, batch_size, pairs=pairs), self.label_names)
 
 
@@ -216,8 +279,10 @@ def compile_quantized(model: torch.nn.Module, device: str) -> torch.nn.Module:
     """A model loaded with int8 (torchao) weights, compiled as :func:`quantize_int8` compiles
     (eager int8 runs at about half the speed of bf16)."""
     if device != "cpu":
-        raise LmforgeError("this model holds int8 weights for CPU inference (lmforge export --quantize int8); "
-                           "on a GPU load the original model with --precision bf16")
+        raise LmforgeError(
+            "this model holds int8 weights for CPU inference (lmforge export --quantize int8); "
+            "on a GPU load the original model with --precision bf16"
+        )
     return torch.compile(model, dynamic=True)
 
 
@@ -227,4 +292,6 @@ def warn_if_unverified(model_dir: Path, meta: dict[str, Any]) -> None:
     if verification.get("passed") is False:
         logging.getLogger("lmforge").warning(
             "%s failed its export verification (%s); it was kept with --accept-degradation",
-            model_dir, verification.get("summary", "see export_report.md"))
+            model_dir,
+            verification.get("summary", "see export_report.md"),
+        )

@@ -106,30 +106,45 @@ class BottleneckConfig:
 
     def __post_init__(self) -> None:
         if self.placement not in _PLACEMENTS:
-            raise LmforgeError(f"bottleneck placement must be one of {list(_PLACEMENTS)}, "
-                               f"got {self.placement!r}{did_you_mean(str(self.placement), _PLACEMENTS)}")
+            raise LmforgeError(
+                f"bottleneck placement must be one of {list(_PLACEMENTS)}, "
+                f"got {self.placement!r}{did_you_mean(str(self.placement), _PLACEMENTS)}"
+            )
         if self.non_linearity not in _NON_LINEARITIES:
-            raise LmforgeError(f"bottleneck non_linearity must be one of {list(_NON_LINEARITIES)}, "
-                               f"got {self.non_linearity!r}"
-                               f"{did_you_mean(str(self.non_linearity), _NON_LINEARITIES)}")
-        if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) \
-                or self.reduction_factor < 1:
-            raise LmforgeError(f"bottleneck reduction_factor must be an integer >= 1, got {self.reduction_factor!r}")
+            raise LmforgeError(
+                f"bottleneck non_linearity must be one of {list(_NON_LINEARITIES)}, "
+                f"got {self.non_linearity!r}"
+                f"{did_you_mean(str(self.non_linearity), _NON_LINEARITIES)}"
+            )
+        if (
+            isinstance(self.reduction_factor, bool)
+            or not isinstance(self.reduction_factor, int)
+            or self.reduction_factor < 1
+        ):
+            raise LmforgeError(
+                f"bottleneck reduction_factor must be an integer >= 1, got {self.reduction_factor!r}"
+            )
         if not self.init_std >= 0:  # also rejects NaN
             raise LmforgeError(f"bottleneck init_std must be >= 0, got {self.init_std!r}")
         if self.target_modules is not None:
             if isinstance(self.target_modules, str):  # a lone string would iterate per character
-                raise LmforgeError(f"bottleneck target_modules must be a list of regexes, "
-                                   f"got the string {self.target_modules!r}")
+                raise LmforgeError(
+                    f"bottleneck target_modules must be a list of regexes, "
+                    f"got the string {self.target_modules!r}"
+                )
             patterns = tuple(self.target_modules)
             if not patterns:
-                raise LmforgeError("bottleneck target_modules is empty; leave it unset to use the "
-                                   "architecture's defaults")
+                raise LmforgeError(
+                    "bottleneck target_modules is empty; leave it unset to use the "
+                    "architecture's defaults"
+                )
             for pattern in patterns:
                 try:
                     re.compile(pattern)
                 except (re.error, TypeError) as e:
-                    raise LmforgeError(f"bottleneck target_modules: bad regex {pattern!r}: {e}") from None
+                    raise LmforgeError(
+                        f"bottleneck target_modules: bad regex {pattern!r}: {e}"
+                    ) from None
             object.__setattr__(self, "target_modules", patterns)  # frozen: bypass __setattr__
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,8 +160,10 @@ class BottleneckConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise LmforgeError(f"unknown bottleneck adapter setting {unknown[0]!r}"
-                               f"{did_you_mean(unknown[0], known)}; known: {sorted(known)}")
+            raise LmforgeError(
+                f"unknown bottleneck adapter setting {unknown[0]!r}"
+                f"{did_you_mean(unknown[0], known)}; known: {sorted(known)}"
+            )
         return cls(**data)
 
 
@@ -160,8 +177,13 @@ class BottleneckAdapter(nn.Module):
         init_std: Standard deviation of the down-projection's weight initialization.
     """
 
-    def __init__(self, hidden_size: int, bottleneck_size: int, non_linearity: str = "relu",
-                 init_std: float = 1e-2):
+    def __init__(
+        self,
+        hidden_size: int,
+        bottleneck_size: int,
+        non_linearity: str = "relu",
+        init_std: float = 1e-2,
+    ):
         super().__init__()
         self.down = nn.Linear(hidden_size, bottleneck_size)
         self.act = _NON_LINEARITIES[non_linearity]()
@@ -200,7 +222,9 @@ class AdapterLayer(nn.Module):
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         if _out_features(base_layer) is None:
-            raise TypeError(f"AdapterLayer wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
+            raise TypeError(
+                f"AdapterLayer wraps nn.Linear or Conv1D, not {type(base_layer).__name__}"
+            )
         self.base_layer = base_layer
         self.adapters = nn.ModuleDict()
         self.active_adapter: str | None = None
@@ -217,8 +241,12 @@ class AdapterLayer(nn.Module):
     def add(self, name: str, config: BottleneckConfig) -> None:
         """Create adapter ``name`` on this layer, with the base weight's dtype and device."""
         hidden = self.out_features
-        adapter = BottleneckAdapter(hidden, bottleneck_size(hidden, config.reduction_factor),
-                                    config.non_linearity, config.init_std)
+        adapter = BottleneckAdapter(
+            hidden,
+            bottleneck_size(hidden, config.reduction_factor),
+            config.non_linearity,
+            config.init_std,
+        )
         weight = self.base_layer.weight
         self.adapters[name] = adapter.to(device=weight.device, dtype=weight.dtype)
 
@@ -277,8 +305,10 @@ def target_patterns(model: nn.Module, config: BottleneckConfig) -> tuple[str, ..
         # own model_type; recognize the layout rather than listing every name.
         pair = _BERT_TARGETS
     if pair is None:
-        raise LmforgeError(f"no default bottleneck adapter targets for model type {model_type!r}; "
-                           f"set method.target_modules to regexes of the output projections to adapt")
+        raise LmforgeError(
+            f"no default bottleneck adapter targets for model type {model_type!r}; "
+            f"set method.target_modules to regexes of the output projections to adapt"
+        )
     attention, ffn = pair
     return (attention, ffn) if config.placement == "houlsby" else (ffn,)
 
@@ -329,8 +359,10 @@ def _check_name(model: nn.Module, name: str) -> None:
     known = _configs(model)
     if name not in known:
         listed = ", ".join(repr(k) for k in known) or "none"
-        raise LmforgeError(f"unknown bottleneck adapter {name!r}{did_you_mean(name, known)}; "
-                           f"known adapters: {listed}")
+        raise LmforgeError(
+            f"unknown bottleneck adapter {name!r}{did_you_mean(name, known)}; "
+            f"known adapters: {listed}"
+        )
 
 
 def add_adapter(model: nn.Module, config: BottleneckConfig, name: str = "default") -> list[str]:
@@ -355,14 +387,20 @@ def add_adapter(model: nn.Module, config: BottleneckConfig, name: str = "default
     """
     if not name or "." in name:
         # The name becomes a ModuleDict key, which must not contain dots.
-        raise LmforgeError(f"bad bottleneck adapter name {name!r}: use a non-empty name without '.'")
+        raise LmforgeError(
+            f"bad bottleneck adapter name {name!r}: use a non-empty name without '.'"
+        )
     if name in _configs(model):
-        raise LmforgeError(f"bottleneck adapter {name!r} already exists on this model; pick another name")
+        raise LmforgeError(
+            f"bottleneck adapter {name!r} already exists on this model; pick another name"
+        )
     patterns = target_patterns(model, config)
     targets = _find_targets(model, patterns)
     if not targets:
-        raise LmforgeError(f"bottleneck target_modules {list(patterns)} match no nn.Linear or Conv1D "
-                           f"module of this model; check the module names with model.named_modules()")
+        raise LmforgeError(
+            f"bottleneck target_modules {list(patterns)} match no nn.Linear or Conv1D "
+            f"module of this model; check the module names with model.named_modules()"
+        )
 
     names = []
     for module_name, module in targets:
@@ -453,7 +491,9 @@ def count_adapter_parameters(model: nn.Module, name: str = "default") -> int:
     return sum(p.numel() for p in _adapter_parameters(model, name).values())
 
 
-def mark_only_adapters_trainable(model: nn.Module, name: str = "default", also: Sequence[str] = ()) -> None:
+def mark_only_adapters_trainable(
+    model: nn.Module, name: str = "default", also: Sequence[str] = ()
+) -> None:
     """Train adapter ``name`` (and parameters named like ``also``); freeze everything else.
 
     Args:
@@ -477,8 +517,12 @@ def _strip_name(key: str, name: str) -> str:
     return key.replace(f".adapters.{name}.", ".", 1)
 
 
-def save_adapter(model: nn.Module, directory: str | Path, name: str = "default",
-                 extra_state: Mapping[str, torch.Tensor] | None = None) -> Path:
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    name: str = "default",
+    extra_state: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
     """Write adapter ``name`` to ``directory``.
 
     Files: ``adapter_config.json`` (the config, ``adapter_type`` and
@@ -504,15 +548,23 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     _check_name(model, name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {_ADAPTER_PREFIX + _strip_name(k, name): v for k, v in adapter_state_dict(model, name).items()}
+    tensors = {
+        _ADAPTER_PREFIX + _strip_name(k, name): v
+        for k, v in adapter_state_dict(model, name).items()
+    }
     tensors.update({_EXTRA_PREFIX + k: v.detach() for k, v in (extra_state or {}).items()})
     # safetensors refuses shared or strided storage (tied weights, views): store copies.
-    save_file({k: v.cpu().contiguous().clone() for k, v in tensors.items()}, str(directory / WEIGHTS_NAME),
-              metadata={"format": "pt", "adapter_type": ADAPTER_TYPE})
+    save_file(
+        {k: v.cpu().contiguous().clone() for k, v in tensors.items()},
+        str(directory / WEIGHTS_NAME),
+        metadata={"format": "pt", "adapter_type": ADAPTER_TYPE},
+    )
 
     config = _configs(model)[name].to_dict()
     config["adapter_type"] = ADAPTER_TYPE
-    config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None)
+    config["base_model_name_or_path"] = getattr(
+        getattr(model, "config", None), "_name_or_path", None
+    )
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return directory
 
@@ -535,7 +587,9 @@ def read_adapter_config(directory: str | Path) -> BottleneckConfig:
     kind = data.pop("adapter_type", None)
     if kind != ADAPTER_TYPE:
         hint = f" (a PEFT {data['peft_type']} adapter)" if "peft_type" in data else ""
-        raise LmforgeError(f"{path} is not a bottleneck adapter config: adapter_type is {kind!r}{hint}")
+        raise LmforgeError(
+            f"{path} is not a bottleneck adapter config: adapter_type is {kind!r}{hint}"
+        )
     data.pop("base_model_name_or_path", None)
     try:
         return BottleneckConfig.from_dict(data)
@@ -560,7 +614,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def saved_extra_state(directory: str | Path) -> dict[str, torch.Tensor]:
     """The ``extra_state`` saved with an adapter (e.g. its trained head), keyed as in the model."""
     saved = _read_tensors(Path(directory) / WEIGHTS_NAME)
-    return {k[len(_EXTRA_PREFIX):]: v for k, v in saved.items() if k.startswith(_EXTRA_PREFIX)}
+    return {k[len(_EXTRA_PREFIX) :]: v for k, v in saved.items() if k.startswith(_EXTRA_PREFIX)}
 
 
 def load_adapter(model: nn.Module, directory: str | Path, name: str = "default") -> nn.Module:
@@ -587,8 +641,10 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     directory = Path(directory)
     config = read_adapter_config(directory)
     saved = _read_tensors(directory / WEIGHTS_NAME)
-    adapter = {k[len(_ADAPTER_PREFIX):]: v for k, v in saved.items() if k.startswith(_ADAPTER_PREFIX)}
-    extra = {k[len(_EXTRA_PREFIX):]: v for k, v in saved.items() if k.startswith(_EXTRA_PREFIX)}
+    adapter = {
+        k[len(_ADAPTER_PREFIX) :]: v for k, v in saved.items() if k.startswith(_ADAPTER_PREFIX)
+    }
+    extra = {k[len(_EXTRA_PREFIX) :]: v for k, v in saved.items() if k.startswith(_EXTRA_PREFIX)}
     stray = sorted(k for k in saved if not k.startswith((_ADAPTER_PREFIX, _EXTRA_PREFIX)))
     if stray:
         raise LmforgeError(f"unexpected tensor {stray[0]!r} in {directory / WEIGHTS_NAME}")
@@ -599,23 +655,31 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         model_state = model.state_dict()
         for key, value in extra.items():
             if key not in model_state:
-                raise LmforgeError(f"extra state {key!r} saved in {directory} is not a parameter or buffer "
-                                   f"of this model{did_you_mean(key, model_state)}")
+                raise LmforgeError(
+                    f"extra state {key!r} saved in {directory} is not a parameter or buffer "
+                    f"of this model{did_you_mean(key, model_state)}"
+                )
             if value.shape != model_state[key].shape:
-                raise LmforgeError(f"extra state {key!r} saved in {directory} has shape "
-                                   f"{tuple(value.shape)}, the model's has {tuple(model_state[key].shape)}")
+                raise LmforgeError(
+                    f"extra state {key!r} saved in {directory} has shape "
+                    f"{tuple(value.shape)}, the model's has {tuple(model_state[key].shape)}"
+                )
         expected = {_strip_name(k, name): k for k in adapter_state_dict(model, name)}
         missing = sorted(set(expected) - set(adapter))
         unexpected = sorted(set(adapter) - set(expected))
         if missing or unexpected:
             what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-            raise LmforgeError(f"bottleneck adapter in {directory} does not fit this model: {what} "
-                               f"({len(missing)} missing, {len(unexpected)} unexpected adapter tensors)")
+            raise LmforgeError(
+                f"bottleneck adapter in {directory} does not fit this model: {what} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected adapter tensors)"
+            )
         current = adapter_state_dict(model, name)
         for key, full_key in expected.items():
             if adapter[key].shape != current[full_key].shape:
-                raise LmforgeError(f"bottleneck adapter in {directory} does not fit this model: {key!r} has "
-                                   f"shape {tuple(adapter[key].shape)}, expected {tuple(current[full_key].shape)}")
+                raise LmforgeError(
+                    f"bottleneck adapter in {directory} does not fit this model: {key!r} has "
+                    f"shape {tuple(adapter[key].shape)}, expected {tuple(current[full_key].shape)}"
+                )
     except LmforgeError:
         delete_adapter(model, name)  # leave the model as it was
         raise

@@ -27,24 +27,38 @@ class FreezeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    embeddings: bool = Field(True, description="Freeze the embedding layer (token, position and type "
-                                               "embeddings; a tied LM head with them).")
+    embeddings: bool = Field(
+        True,
+        description="Freeze the embedding layer (token, position and type "
+        "embeddings; a tied LM head with them).",
+    )
     layers: int = Field(0, ge=0, description="Freeze the first N transformer layers.")
 
 
 @register_method("freeze", FreezeOptions)
 class Freeze:
-    def apply(self, model: Any, options: FreezeOptions, peft_task_type: str | None,
-              adapter_dir: Path | None = None, new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
+    def apply(
+        self,
+        model: Any,
+        options: FreezeOptions,
+        peft_task_type: str | None,
+        adapter_dir: Path | None = None,
+        new_token_ids: Sequence[int] = (),
+        total_steps: int = 0,
+    ) -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         layers = transformer_layers(model)
         if options.layers > len(layers):
-            raise LmforgeError(f"method.layers: {options.layers}, but the model has {len(layers)} layers")
+            raise LmforgeError(
+                f"method.layers: {options.layers}, but the model has {len(layers)} layers"
+            )
         frozen = list(layers[: options.layers])
         if options.embeddings and new_token_ids:
-            log.warning("method freeze: the embeddings stay trainable: %d of their rows are new tokens",
-                        len(new_token_ids))
+            log.warning(
+                "method freeze: the embeddings stay trainable: %d of their rows are new tokens",
+                len(new_token_ids),
+            )
         elif options.embeddings:
             frozen += embedding_modules(model)
         for module in frozen:
@@ -52,5 +66,7 @@ class Freeze:
                 p.requires_grad_(False)
         return model
 
-    def save(self, model: Any, run_dir: Path, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> Path:
+    def save(
+        self, model: Any, run_dir: Path, tokenizer: Any, state_dict: dict[str, Any] | None = None
+    ) -> Path:
         return FullFineTuning().save(model, run_dir, tokenizer, state_dict=state_dict)

@@ -42,10 +42,13 @@ class LoraOptions(_Options):
     """Options of ``method: {name: lora | dora, ...}``."""
 
     r: int = Field(8, ge=1, le=1024, description="Rank of the update matrices.")
-    alpha: int = Field(16, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
+    alpha: int = Field(
+        16, ge=1, description="Scaling numerator: the update is scaled by alpha / r."
+    )
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] | None = Field(
-        None, description="Module names to adapt; default: PEFT's choice for the architecture.")
+        None, description="Module names to adapt; default: PEFT's choice for the architecture."
+    )
     save_merged: bool = Field(True, description="Also save the merged plain model in model/.")
 
 
@@ -57,12 +60,22 @@ class AdaLoraOptions(_Options):
     target_r: int = Field(8, ge=1, description="Average rank left after pruning.")
     alpha: int = Field(16, ge=1, description="Scaling numerator.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    warmup_share: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the steps before pruning starts (tinit).")
-    final_share: float = Field(0.2, ge=0.0, lt=1.0, description="Share of the steps at the end with a fixed budget "
-                                                                 "(tfinal).")
+    warmup_share: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the steps before pruning starts (tinit)."
+    )
+    final_share: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the steps at the end with a fixed budget (tfinal).",
+    )
     interval: int = Field(10, ge=1, description="Steps between two budget reallocations (deltaT).")
-    orth_reg_weight: float = Field(0.5, ge=0.0, description="Weight of the orthogonality regularizer.")
-    target_modules: list[str] | None = Field(None, description="Module names to adapt; default: PEFT's choice.")
+    orth_reg_weight: float = Field(
+        0.5, ge=0.0, description="Weight of the orthogonality regularizer."
+    )
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default: PEFT's choice."
+    )
     save_merged: bool = Field(True, description="Also save the merged plain model in model/.")
 
 
@@ -70,9 +83,13 @@ class IA3Options(_Options):
     """Options of ``method: {name: ia3, ...}`` (Liu et al. 2022): learned vectors that rescale
     keys, values and feed-forward activations; the fewest trainable parameters of all."""
 
-    target_modules: list[str] | None = Field(None, description="Modules to rescale; default: PEFT's choice.")
+    target_modules: list[str] | None = Field(
+        None, description="Modules to rescale; default: PEFT's choice."
+    )
     feedforward_modules: list[str] | None = Field(
-        None, description="Which of target_modules are feed-forward (rescaled at their input); default: PEFT's.")
+        None,
+        description="Which of target_modules are feed-forward (rescaled at their input); default: PEFT's.",
+    )
     save_merged: bool = Field(True, description="Also save the merged plain model in model/.")
 
 
@@ -81,9 +98,14 @@ class PrefixOptions(_Options):
     prepended at every layer."""
 
     num_virtual_tokens: int = Field(20, ge=1, le=512, description="Prefix length.")
-    projection: bool = Field(False, description="Reparameterize the prefix through an MLP (more stable, more "
-                                                "parameters during training).")
-    projection_hidden: int | None = Field(None, ge=1, description="Hidden size of that MLP; default: the model's.")
+    projection: bool = Field(
+        False,
+        description="Reparameterize the prefix through an MLP (more stable, more "
+        "parameters during training).",
+    )
+    projection_hidden: int | None = Field(
+        None, ge=1, description="Hidden size of that MLP; default: the model's."
+    )
 
 
 class PromptOptions(_Options):
@@ -91,10 +113,14 @@ class PromptOptions(_Options):
     embeddings prepended to the input."""
 
     num_virtual_tokens: int = Field(20, ge=1, le=512, description="Soft-prompt length.")
-    init: Literal["random", "text"] = Field("random", description="Initialize from random vectors or from the "
-                                                                   "embeddings of init_text.")
-    init_text: str | None = Field(None, description="With init: text, the text whose token embeddings start the "
-                                                    "prompt (e.g. 'Classify the sentiment:').")
+    init: Literal["random", "text"] = Field(
+        "random", description="Initialize from random vectors or from the embeddings of init_text."
+    )
+    init_text: str | None = Field(
+        None,
+        description="With init: text, the text whose token embeddings start the "
+        "prompt (e.g. 'Classify the sentiment:').",
+    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +128,9 @@ class Setting:
     """What a config builder may need besides the method's options."""
 
     task_type: str | None  # PEFT's task type of the lmforge task (None: plain encoder / masked LM)
-    base_location: str  # where the base model was loaded from (prompt tuning tokenizes init_text with it)
+    base_location: (
+        str  # where the base model was loaded from (prompt tuning tokenizes init_text with it)
+    )
     new_token_ids: Sequence[int] = ()  # embedding rows added for this run (chat markers)
     total_steps: int = 0  # optimizer steps of the run (AdaLoRA schedules its budget over them)
 
@@ -110,25 +138,42 @@ class Setting:
 class PeftMethod:
     """Apply, save and continue one PEFT method; ``build`` turns its options into a PEFT config."""
 
-    def __init__(self, name: str, build: Callable[[Any, Setting], Any], mergeable: bool,
-                 needs_task_type: bool = False, check: Callable[[Any, str | None], None] | None = None,
-                 after_update: Callable[[Any, int], None] | None = None):
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[Any, Setting], Any],
+        mergeable: bool,
+        needs_task_type: bool = False,
+        check: Callable[[Any, str | None], None] | None = None,
+        after_update: Callable[[Any, int], None] | None = None,
+    ):
         self.name = name
         self.build = build
         self.mergeable = mergeable
         self.needs_task_type = needs_task_type
         self.check = check  # refuses a model the method cannot adapt, before any training
-        self.after_update = after_update  # (model, step) after each optimizer step, when the method needs it
+        self.after_update = (
+            after_update  # (model, step) after each optimizer step, when the method needs it
+        )
 
-    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
-              new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
+    def apply(
+        self,
+        model: Any,
+        options: Any,
+        peft_task_type: str | None,
+        adapter_dir: Path | None = None,
+        new_token_ids: Sequence[int] = (),
+        total_steps: int = 0,
+    ) -> Any:
         from peft import PeftModel, get_peft_model
 
         if adapter_dir is not None:  # continue training a finished run's adapter
             return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
         if self.needs_task_type and peft_task_type is None:
-            raise LmforgeError(f"method {self.name} is not available for this task (PEFT has no task type for it); "
-                               "use method: lora or full")
+            raise LmforgeError(
+                f"method {self.name} is not available for this task (PEFT has no task type for it); "
+                "use method: lora or full"
+            )
         if self.check is not None:
             self.check(model, peft_task_type)
         setting = Setting(peft_task_type, model.config._name_or_path, new_token_ids, total_steps)
@@ -141,8 +186,10 @@ class PeftMethod:
             return get_peft_model(model, config)
         except (ValueError, TypeError) as err:  # e.g. target modules that match nothing
             first = str(err).strip().splitlines()[0]
-            raise LmforgeError(f"method {self.name} cannot adapt {type(model).__name__}: {first}; set "
-                               "method.target_modules to module names of this model") from None
+            raise LmforgeError(
+                f"method {self.name} cannot adapt {type(model).__name__}: {first}; set "
+                "method.target_modules to module names of this model"
+            ) from None
 
     def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
         adapter_dir = run_dir / "adapter"
@@ -174,10 +221,16 @@ def absolute_base_path(adapter_dir: Path) -> None:
 def _lora(options: LoraOptions, setting: Setting, dora: bool = False) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(task_type=setting.task_type, r=options.r, lora_alpha=options.alpha,
-                      lora_dropout=options.dropout, target_modules=options.target_modules, use_dora=dora,
-                      # New embedding rows (chat markers) train in full; PEFT ties them to a tied LM head.
-                      trainable_token_indices=list(setting.new_token_ids) or None)
+    return LoraConfig(
+        task_type=setting.task_type,
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=options.target_modules,
+        use_dora=dora,
+        # New embedding rows (chat markers) train in full; PEFT ties them to a tied LM head.
+        trainable_token_indices=list(setting.new_token_ids) or None,
+    )
 
 
 def _dora(options: LoraOptions, setting: Setting) -> Any:
@@ -188,16 +241,29 @@ def _adalora(options: AdaLoraOptions, setting: Setting) -> Any:
     from peft import AdaLoraConfig
 
     if options.target_r > options.init_r:
-        raise LmforgeError(f"method.target_r ({options.target_r}) must not exceed method.init_r ({options.init_r})")
+        raise LmforgeError(
+            f"method.target_r ({options.target_r}) must not exceed method.init_r ({options.init_r})"
+        )
     total_steps = setting.total_steps
     tinit, tfinal = int(total_steps * options.warmup_share), int(total_steps * options.final_share)
     if total_steps - tinit - tfinal <= 0:
-        raise LmforgeError(f"method adalora: {total_steps} steps leave no budget phase after warmup_share and "
-                           "final_share; train longer or lower them")
-    return AdaLoraConfig(task_type=setting.task_type, init_r=options.init_r, target_r=options.target_r,
-                         lora_alpha=options.alpha, lora_dropout=options.dropout, tinit=tinit, tfinal=tfinal,
-                         deltaT=options.interval, orth_reg_weight=options.orth_reg_weight, total_step=total_steps,
-                         target_modules=options.target_modules)
+        raise LmforgeError(
+            f"method adalora: {total_steps} steps leave no budget phase after warmup_share and "
+            "final_share; train longer or lower them"
+        )
+    return AdaLoraConfig(
+        task_type=setting.task_type,
+        init_r=options.init_r,
+        target_r=options.target_r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=options.interval,
+        orth_reg_weight=options.orth_reg_weight,
+        total_step=total_steps,
+        target_modules=options.target_modules,
+    )
 
 
 def reallocate_ranks(model: Any, step: int) -> None:
@@ -208,17 +274,22 @@ def reallocate_ranks(model: Any, step: int) -> None:
 def _ia3(options: IA3Options, setting: Setting) -> Any:
     from peft import IA3Config
 
-    return IA3Config(task_type=setting.task_type, target_modules=options.target_modules,
-                     feedforward_modules=options.feedforward_modules)
+    return IA3Config(
+        task_type=setting.task_type,
+        target_modules=options.target_modules,
+        feedforward_modules=options.feedforward_modules,
+    )
 
 
 def _prefix(options: PrefixOptions, setting: Setting) -> Any:
     from peft import PrefixTuningConfig
 
-    return PrefixTuningConfig(task_type=setting.task_type, num_virtual_tokens=options.num_virtual_tokens,
-                              prefix_projection=options.projection,
-                              **({"encoder_hidden_size": options.projection_hidden} if options.projection_hidden
-                                 else {}))
+    return PrefixTuningConfig(
+        task_type=setting.task_type,
+        num_virtual_tokens=options.num_virtual_tokens,
+        prefix_projection=options.projection,
+        **({"encoder_hidden_size": options.projection_hidden} if options.projection_hidden else {}),
+    )
 
 
 def takes_past_key_values(model: Any, task_type: str | None) -> None:
@@ -230,29 +301,50 @@ def takes_past_key_values(model: Any, task_type: str | None) -> None:
     if task_type == "CAUSAL_LM":
         return
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), model)
-    if not any("past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)):
-        raise LmforgeError(f"method prefix needs a model that takes past_key_values; {type(model).__name__} does "
-                           "not (encoders lost it in transformers 5): use method prompt, adapter or lora, or prefix "
-                           "on a causal LM")
+    if not any(
+        "past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)
+    ):
+        raise LmforgeError(
+            f"method prefix needs a model that takes past_key_values; {type(model).__name__} does "
+            "not (encoders lost it in transformers 5): use method prompt, adapter or lora, or prefix "
+            "on a causal LM"
+        )
 
 
 def _prompt(options: PromptOptions, setting: Setting) -> Any:
     from peft import PromptTuningConfig
 
     if options.init == "text" and not options.init_text:
-        raise LmforgeError("method.init: text needs method.init_text, the text whose embeddings start the prompt")
-    return PromptTuningConfig(task_type=setting.task_type, num_virtual_tokens=options.num_virtual_tokens,
-                              prompt_tuning_init=options.init.upper(), prompt_tuning_init_text=options.init_text,
-                              tokenizer_name_or_path=setting.base_location if options.init == "text" else None)
+        raise LmforgeError(
+            "method.init: text needs method.init_text, the text whose embeddings start the prompt"
+        )
+    return PromptTuningConfig(
+        task_type=setting.task_type,
+        num_virtual_tokens=options.num_virtual_tokens,
+        prompt_tuning_init=options.init.upper(),
+        prompt_tuning_init_text=options.init_text,
+        tokenizer_name_or_path=setting.base_location if options.init == "text" else None,
+    )
 
 
 add_method("lora", LoraOptions, PeftMethod("lora", _lora, mergeable=True))
 add_method("dora", LoraOptions, PeftMethod("dora", _dora, mergeable=True))
-add_method("adalora", AdaLoraOptions, PeftMethod("adalora", _adalora, mergeable=True, after_update=reallocate_ranks))
+add_method(
+    "adalora",
+    AdaLoraOptions,
+    PeftMethod("adalora", _adalora, mergeable=True, after_update=reallocate_ranks),
+)
 add_method("ia3", IA3Options, PeftMethod("ia3", _ia3, mergeable=True))
-add_method("prefix", PrefixOptions, PeftMethod("prefix", _prefix, mergeable=False, needs_task_type=True,
-                                                check=takes_past_key_values))
-add_method("prompt", PromptOptions, PeftMethod("prompt", _prompt, mergeable=False, needs_task_type=True))
+add_method(
+    "prefix",
+    PrefixOptions,
+    PeftMethod(
+        "prefix", _prefix, mergeable=False, needs_task_type=True, check=takes_past_key_values
+    ),
+)
+add_method(
+    "prompt", PromptOptions, PeftMethod("prompt", _prompt, mergeable=False, needs_task_type=True)
+)
 
 
 class QLoraOptions(LoraOptions):
@@ -265,31 +357,54 @@ class QLoRA(PeftMethod):
     the portable result (apply it to the full-precision base); ``model/`` is PEFT's merge into
     the 4-bit base. The GPU path has not run on lmforge's CI (no GPU there)."""
 
-    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
-              new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
+    def apply(
+        self,
+        model: Any,
+        options: Any,
+        peft_task_type: str | None,
+        adapter_dir: Path | None = None,
+        new_token_ids: Sequence[int] = (),
+        total_steps: int = 0,
+    ) -> Any:
         import torch
 
         if not torch.cuda.is_available():
-            raise LmforgeError("method qlora quantizes the base to 4 bits with bitsandbytes, which needs a CUDA GPU; "
-                               "on this machine use method: lora")
+            raise LmforgeError(
+                "method qlora quantizes the base to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                "on this machine use method: lora"
+            )
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise LmforgeError("method qlora needs bitsandbytes: pip install bitsandbytes (or use method: lora)") \
-                from None
+            raise LmforgeError(
+                "method qlora needs bitsandbytes: pip install bitsandbytes (or use method: lora)"
+            ) from None
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
         location = model.config._name_or_path
-        quantized = type(model).from_pretrained(location, config=model.config, quantization_config=quantization,
-                                                device_map={"": torch.cuda.current_device()})
-        if quantized.get_input_embeddings().num_embeddings != model.get_input_embeddings().num_embeddings:
+        quantized = type(model).from_pretrained(
+            location,
+            config=model.config,
+            quantization_config=quantization,
+            device_map={"": torch.cuda.current_device()},
+        )
+        if (
+            quantized.get_input_embeddings().num_embeddings
+            != model.get_input_embeddings().num_embeddings
+        ):
             quantized.resize_token_embeddings(model.get_input_embeddings().num_embeddings)
         del model
         quantized = prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
-        return super().apply(quantized, options, peft_task_type, adapter_dir, new_token_ids, total_steps)
+        return super().apply(
+            quantized, options, peft_task_type, adapter_dir, new_token_ids, total_steps
+        )
 
 
 add_method("qlora", QLoraOptions, QLoRA("qlora", _lora, mergeable=True))

@@ -17,8 +17,15 @@ from pydantic import BaseModel
 class Method(Protocol):
     """What the training recipe needs from a fine-tuning method."""
 
-    def apply(self, model: Any, options: Any, peft_task_type: str | None, adapter_dir: Path | None = None,
-              new_token_ids: Sequence[int] = (), total_steps: int = 0) -> Any:
+    def apply(
+        self,
+        model: Any,
+        options: Any,
+        peft_task_type: str | None,
+        adapter_dir: Path | None = None,
+        new_token_ids: Sequence[int] = (),
+        total_steps: int = 0,
+    ) -> Any:
         """Return the model ready for training (wrapped, frozen parts set).
 
         ``adapter_dir`` holds a previous run's adapter to keep training (continue mode).

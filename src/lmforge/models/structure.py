@@ -14,10 +14,15 @@ from lmforge.errors import LmforgeError
 def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The model's stack of transformer blocks: the longest ``ModuleList`` of identical blocks
     (``encoder.layer`` in BERT, ``model.layers`` in Llama, ``transformer.h`` in GPT-2)."""
-    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)
-              and len({type(block) for block in m}) == 1]
+    stacks = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) and len({type(block) for block in m}) == 1
+    ]
     if not stacks:
-        raise LmforgeError(f"method freeze: {type(model).__name__} has no stack of transformer layers to freeze")
+        raise LmforgeError(
+            f"method freeze: {type(model).__name__} has no stack of transformer layers to freeze"
+        )
     return max(stacks, key=len)
 
 
@@ -45,9 +50,14 @@ def head_modules(model: torch.nn.Module, task_type: str | None) -> list[str]:
     if task_type != "SEQ_CLS":
         return names
     for name, module in model.named_modules():
-        if name.split(".")[-1] == "pooler":  # its linear layers: PEFT merges a saved module by its weight
-            names += [f"pooler.{child}" for child, layer in module.named_children()
-                      if isinstance(layer, torch.nn.Linear) and f"pooler.{child}" not in names]
+        if (
+            name.split(".")[-1] == "pooler"
+        ):  # its linear layers: PEFT merges a saved module by its weight
+            names += [
+                f"pooler.{child}"
+                for child, layer in module.named_children()
+                if isinstance(layer, torch.nn.Linear) and f"pooler.{child}" not in names
+            ]
     return names
 
 
@@ -73,10 +83,12 @@ def set_dropout(model: torch.nn.Module, probability: float) -> int:
         if isinstance(module, torch.nn.Dropout):
             module.p = probability
             changed += 1
-        elif isinstance(getattr(module, "attention_dropout", None), float):  # a float read at each forward
+        elif isinstance(
+            getattr(module, "attention_dropout", None), float
+        ):  # a float read at each forward
             module.attention_dropout = probability
     config = getattr(model, "config", None)
-    for key, value in (vars(config).items() if config is not None else []):
+    for key, value in vars(config).items() if config is not None else []:
         if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
             setattr(config, key, probability)
     return changed

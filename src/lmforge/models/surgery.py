@@ -45,13 +45,17 @@ def keep_layers(model: torch.nn.Module, keep: int | Sequence[int]) -> list[int]:
     total = len(layers)
     if isinstance(keep, int):
         if not 1 <= keep <= total:
-            raise LmforgeError(f"model.keep_layers: {keep} layers asked, the model has {total}; give 1 to {total}")
+            raise LmforgeError(
+                f"model.keep_layers: {keep} layers asked, the model has {total}; give 1 to {total}"
+            )
         indices = [total - 1 - round(i * total / keep) for i in reversed(range(keep))]
     else:
         indices = list(keep)
         bad = [i for i in indices if not 0 <= i < total]
         if not indices or bad or sorted(set(indices)) != indices:
-            raise LmforgeError(f"model.keep_layers: {indices} must be increasing layer indices from 0 to {total - 1}")
+            raise LmforgeError(
+                f"model.keep_layers: {indices} must be increasing layer indices from 0 to {total - 1}"
+            )
     kept = torch.nn.ModuleList([layers[i] for i in indices])
     for new_index, layer in enumerate(kept):  # attention modules that index a KV cache by layer
         for module in layer.modules():
@@ -73,7 +77,9 @@ class BertBlock:
     ffn_in: torch.nn.Linear  # output: the FFN neurons
     ffn_out: torch.nn.Linear
     attention: torch.nn.Module  # BertSelfAttention: holds the head size
-    parent: dict[str, tuple[torch.nn.Module, str]]  # where each linear hangs, to swap it for a smaller one
+    parent: dict[
+        str, tuple[torch.nn.Module, str]
+    ]  # where each linear hangs, to swap it for a smaller one
 
 
 def bert_blocks(model: torch.nn.Module) -> list[BertBlock]:
@@ -83,13 +89,22 @@ def bert_blocks(model: torch.nn.Module) -> list[BertBlock]:
         try:
             attn, out = layer.attention.self, layer.attention.output.dense
             ffn_in, ffn_out = layer.intermediate.dense, layer.output.dense
-            parent = {"query": (attn, "query"), "key": (attn, "key"), "value": (attn, "value"),
-                      "attention_out": (layer.attention.output, "dense"),
-                      "ffn_in": (layer.intermediate, "dense"), "ffn_out": (layer.output, "dense")}
-            blocks.append(BertBlock(attn.query, attn.key, attn.value, out, ffn_in, ffn_out, attn, parent))
+            parent = {
+                "query": (attn, "query"),
+                "key": (attn, "key"),
+                "value": (attn, "value"),
+                "attention_out": (layer.attention.output, "dense"),
+                "ffn_in": (layer.intermediate, "dense"),
+                "ffn_out": (layer.output, "dense"),
+            }
+            blocks.append(
+                BertBlock(attn.query, attn.key, attn.value, out, ffn_in, ffn_out, attn, parent)
+            )
         except AttributeError:
-            raise LmforgeError(f"structured pruning works on BERT-style encoders (BERT, RoBERTa, MiniLM, ...); "
-                               f"{type(model).__name__} has other block names") from None
+            raise LmforgeError(
+                f"structured pruning works on BERT-style encoders (BERT, RoBERTa, MiniLM, ...); "
+                f"{type(model).__name__} has other block names"
+            ) from None
     return blocks
 
 
@@ -104,7 +119,9 @@ def remove_heads(model: torch.nn.Module, heads: dict[int, Sequence[int]]) -> Non
     directory rebuilds the same shapes on load.
     """
     size = head_size(model)
-    already = {int(k): list(v) for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()}
+    already = {
+        int(k): list(v) for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()
+    }
     blocks = bert_blocks(model)
     for layer, removed in heads.items():
         removed = sorted(set(removed))
@@ -112,13 +129,22 @@ def remove_heads(model: torch.nn.Module, heads: dict[int, Sequence[int]]) -> Non
             continue
         block = blocks[layer]
         # Heads present now, by their original numbers: the rows of the current projections.
-        present = [h for h in range(model.config.num_attention_heads) if h not in already.get(layer, [])]
+        present = [
+            h for h in range(model.config.num_attention_heads) if h not in already.get(layer, [])
+        ]
         if set(removed) - set(present):
-            raise LmforgeError(f"layer {layer} has no head(s) {sorted(set(removed) - set(present))} to remove")
+            raise LmforgeError(
+                f"layer {layer} has no head(s) {sorted(set(removed) - set(present))} to remove"
+            )
         if len(removed) >= len(present):
             raise LmforgeError(f"layer {layer} would keep no attention head; keep at least one")
-        keep_rows = torch.cat([torch.arange(i * size, (i + 1) * size)
-                               for i, h in enumerate(present) if h not in removed])
+        keep_rows = torch.cat(
+            [
+                torch.arange(i * size, (i + 1) * size)
+                for i, h in enumerate(present)
+                if h not in removed
+            ]
+        )
         for name in ("query", "key", "value"):
             _swap(block, name, _slice_linear(getattr(block, name), keep_rows, dim=0))
         _swap(block, "attention_out", _slice_linear(block.attention_out, keep_rows, dim=1))
@@ -134,10 +160,14 @@ def shrink_ffn(model: torch.nn.Module, keep: dict[int, torch.Tensor]) -> None:
     keep the same number, which becomes ``config.intermediate_size``."""
     sizes = {len(v) for v in keep.values()}
     if len(sizes) != 1:
-        raise LmforgeError("FFN pruning keeps the same number of neurons in every layer (config.intermediate_size)")
+        raise LmforgeError(
+            "FFN pruning keeps the same number of neurons in every layer (config.intermediate_size)"
+        )
     blocks = bert_blocks(model)
     if len(keep) != len(blocks):
-        raise LmforgeError(f"FFN pruning needs neurons for all {len(blocks)} layers, got {len(keep)}")
+        raise LmforgeError(
+            f"FFN pruning needs neurons for all {len(blocks)} layers, got {len(keep)}"
+        )
     for layer, rows in keep.items():
         block = blocks[layer]
         rows = torch.sort(torch.as_tensor(rows, dtype=torch.long)).values
@@ -146,7 +176,9 @@ def shrink_ffn(model: torch.nn.Module, keep: dict[int, torch.Tensor]) -> None:
     model.config.intermediate_size = sizes.pop()
 
 
-def load_head_pruned(loader: Any, location: str, pruned: dict[Any, Sequence[int]], **kwargs: Any) -> Any:
+def load_head_pruned(
+    loader: Any, location: str, pruned: dict[Any, Sequence[int]], **kwargs: Any
+) -> Any:
     """A head-pruned model directory under transformers 5: the full-size model, its heads
     removed, then the saved (smaller) weights loaded strictly."""
     import logging
@@ -155,10 +187,14 @@ def load_head_pruned(loader: Any, location: str, pruned: dict[Any, Sequence[int]
 
     files = sorted(Path(location).glob("*.safetensors"))
     if not files:
-        raise LmforgeError(f"{location} records pruned attention heads but has no .safetensors weights; "
-                           "export the model again")
+        raise LmforgeError(
+            f"{location} records pruned attention heads but has no .safetensors weights; "
+            "export the model again"
+        )
     previous = logging.getLogger("transformers").level
-    logging.getLogger("transformers").setLevel(logging.ERROR)  # the size mismatches are expected here
+    logging.getLogger("transformers").setLevel(
+        logging.ERROR
+    )  # the size mismatches are expected here
     try:
         model = loader.from_pretrained(location, ignore_mismatched_sizes=True, **kwargs)
     finally:
@@ -172,13 +208,21 @@ def load_head_pruned(loader: Any, location: str, pruned: dict[Any, Sequence[int]
     prefix = f"{getattr(model, 'base_model_prefix', '')}."
     renamed = {}
     for key, tensor in saved.items():  # a base model read from a task model's file, or the reverse
-        name = key if key in own else key.removeprefix(prefix) if key.removeprefix(prefix) in own else prefix + key
+        name = (
+            key
+            if key in own
+            else key.removeprefix(prefix)
+            if key.removeprefix(prefix) in own
+            else prefix + key
+        )
         if name in own:
             renamed[name] = tensor
     missing = [k for k in own if k not in renamed and not _initialized_head(k)]
     if missing:
-        raise LmforgeError(f"{location}: the saved weights do not fit the pruned structure (missing {missing[:3]}); "
-                           "export the model again")
+        raise LmforgeError(
+            f"{location}: the saved weights do not fit the pruned structure (missing {missing[:3]}); "
+            "export the model again"
+        )
     model.load_state_dict(renamed, strict=False)
     return model
 
@@ -191,9 +235,18 @@ def _initialized_head(key: str) -> bool:
 def _slice_linear(layer: torch.nn.Linear, index: torch.Tensor, dim: int) -> torch.nn.Linear:
     """A new Linear with only the rows (dim 0) or input columns (dim 1) in ``index``."""
     weight = layer.weight.detach().index_select(dim, index.to(layer.weight.device)).clone()
-    bias = None if layer.bias is None else (layer.bias.detach()[index] if dim == 0 else layer.bias.detach()).clone()
-    new = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                          device=weight.device, dtype=weight.dtype)
+    bias = (
+        None
+        if layer.bias is None
+        else (layer.bias.detach()[index] if dim == 0 else layer.bias.detach()).clone()
+    )
+    new = torch.nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:

@@ -43,7 +43,9 @@ class Candidate:
     batch_size: int
     gradient_accumulation_steps: int
     peak_memory_bytes: int | None = None
-    examples_per_second: float | None = None  # over the whole run's batches, from the fitted time model
+    examples_per_second: float | None = (
+        None  # over the whole run's batches, from the fitted time model
+    )
     train_seconds: float | None = None
     total_seconds: float | None = None
     fits: bool = False
@@ -61,26 +63,39 @@ class Plan:
     recommendation: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "precision": self.precision, "budget_bytes": self.budget_bytes,
-                "effective_batch_size": self.effective_batch_size,
-                "candidates": [asdict(c) for c in self.candidates], "recommendation": self.recommendation}
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "budget_bytes": self.budget_bytes,
+            "effective_batch_size": self.effective_batch_size,
+            "candidates": [asdict(c) for c in self.candidates],
+            "recommendation": self.recommendation,
+        }
 
     def table(self) -> str:
         """A plain-text table of the candidates and the recommendation."""
-        lines = [f"device {self.device}, precision {self.precision}, memory budget {format_size(self.budget_bytes)}, "
-                 f"effective batch {self.effective_batch_size}",
-                 f"{'batch':>5} {'accum':>5} {'peak memory':>12} {'ex/s':>7} {'train':>9} {'run':>9}  fits"]
+        lines = [
+            f"device {self.device}, precision {self.precision}, memory budget {format_size(self.budget_bytes)}, "
+            f"effective batch {self.effective_batch_size}",
+            f"{'batch':>5} {'accum':>5} {'peak memory':>12} {'ex/s':>7} {'train':>9} {'run':>9}  fits",
+        ]
         for c in self.candidates:
             if c.error:
-                lines.append(f"{c.batch_size:>5} {c.gradient_accumulation_steps:>5}  failed: {c.error}")
+                lines.append(
+                    f"{c.batch_size:>5} {c.gradient_accumulation_steps:>5}  failed: {c.error}"
+                )
                 continue
-            lines.append(f"{c.batch_size:>5} {c.gradient_accumulation_steps:>5} {format_size(c.peak_memory_bytes):>12} "
-                         f"{c.examples_per_second:>7.1f} {_duration(c.train_seconds):>9} "
-                         f"{_duration(c.total_seconds):>9}  {'yes' if c.fits else 'no'}")
+            lines.append(
+                f"{c.batch_size:>5} {c.gradient_accumulation_steps:>5} {format_size(c.peak_memory_bytes):>12} "
+                f"{c.examples_per_second:>7.1f} {_duration(c.train_seconds):>9} "
+                f"{_duration(c.total_seconds):>9}  {'yes' if c.fits else 'no'}"
+            )
         r = self.recommendation
-        lines.append(f"recommended: batch_size {r['batch_size']} x gradient_accumulation_steps "
-                     f"{r['gradient_accumulation_steps']} ({r['reason']}); estimated run time "
-                     f"{_duration(r['total_seconds'])}, peak memory {format_size(r['peak_memory_bytes'])}")
+        lines.append(
+            f"recommended: batch_size {r['batch_size']} x gradient_accumulation_steps "
+            f"{r['gradient_accumulation_steps']} ({r['reason']}); estimated run time "
+            f"{_duration(r['total_seconds'])}, peak memory {format_size(r['peak_memory_bytes'])}"
+        )
         return "\n".join(lines)
 
 
@@ -127,17 +142,30 @@ def estimate(cfg: RunConfig, m: dict[str, Any]) -> tuple[float, float, float]:
     steps = t.max_steps or steps_per_epoch * t.epochs
     # The first batch of each padded shape also pays for kernel selection (measured as the
     # first-minus-second time of the same batch).
-    train = epochs * per_epoch + steps * m["optimizer_seconds"] + m["distinct_shapes"] * m["new_shape_seconds"]
+    train = (
+        epochs * per_epoch
+        + steps * m["optimizer_seconds"]
+        + m["distinct_shapes"] * m["new_shape_seconds"]
+    )
     evals = 0
     if m["validation_tokens"]:
-        evals = math.ceil(epochs) if t.eval_strategy == "epoch" else (steps // t.eval_steps if t.eval_steps else 0)
+        evals = (
+            math.ceil(epochs)
+            if t.eval_strategy == "epoch"
+            else (steps // t.eval_steps if t.eval_steps else 0)
+        )
     eval_seconds = m["validation_tokens"] * m["eval_seconds_per_token"]
     checkpoints = math.ceil(epochs) if cfg.checkpoint.at_epoch_end else 0
     if cfg.checkpoint.every_steps:
         checkpoints += steps // cfg.checkpoint.every_steps
     # Each evaluation may find a new best model (a save); at worst every one does.
     saves = max(evals, 1)
-    total = (train + evals * eval_seconds + checkpoints * m["checkpoint_seconds"] + saves * m["save_seconds"])
+    total = (
+        train
+        + evals * eval_seconds
+        + checkpoints * m["checkpoint_seconds"]
+        + saves * m["save_seconds"]
+    )
     return train, total, epochs * m["examples_per_epoch"]
 
 
@@ -153,24 +181,48 @@ def recommend(candidates: list[Candidate], budget: int) -> dict[str, Any]:
     if not fitting:
         measured = [c for c in candidates if c.error is None]
         smallest = min(measured, key=lambda c: c.peak_memory_bytes) if measured else None
-        need = f"batch size {smallest.batch_size} needs {format_size(smallest.peak_memory_bytes)}" if smallest else (
-            "no candidate ran: " + "; ".join(f"batch {c.batch_size}: {c.error}" for c in candidates))
-        raise LmforgeError(f"no batch size fits the memory budget of {format_size(budget)} ({need}); raise "
-                           "training.memory_budget, or use method: lora or training.gradient_checkpointing: true")
+        need = (
+            f"batch size {smallest.batch_size} needs {format_size(smallest.peak_memory_bytes)}"
+            if smallest
+            else (
+                "no candidate ran: "
+                + "; ".join(f"batch {c.batch_size}: {c.error}" for c in candidates)
+            )
+        )
+        raise LmforgeError(
+            f"no batch size fits the memory budget of {format_size(budget)} ({need}); raise "
+            "training.memory_budget, or use method: lora or training.gradient_checkpointing: true"
+        )
     best = max(fitting, key=lambda c: (c.examples_per_second, c.batch_size))
-    reason = (f"fastest that fits {format_size(budget)} with {int(HEADROOM * 100)}% headroom"
-              if len(fitting) > 1 else f"the only size that fits {format_size(budget)}")
-    return {"batch_size": best.batch_size, "gradient_accumulation_steps": best.gradient_accumulation_steps,
-            "peak_memory_bytes": best.peak_memory_bytes, "examples_per_second": best.examples_per_second,
-            "train_seconds": best.train_seconds, "total_seconds": best.total_seconds, "reason": reason}
+    reason = (
+        f"fastest that fits {format_size(budget)} with {int(HEADROOM * 100)}% headroom"
+        if len(fitting) > 1
+        else f"the only size that fits {format_size(budget)}"
+    )
+    return {
+        "batch_size": best.batch_size,
+        "gradient_accumulation_steps": best.gradient_accumulation_steps,
+        "peak_memory_bytes": best.peak_memory_bytes,
+        "examples_per_second": best.examples_per_second,
+        "train_seconds": best.train_seconds,
+        "total_seconds": best.total_seconds,
+        "reason": reason,
+    }
 
 
 def measure_candidate(cfg: RunConfig, batch_size: int, steps: int) -> dict[str, Any]:
     """Run the probe in a fresh process; its JSON result, or {'error': ...}."""
-    payload = json.dumps({"config": cfg.model_dump(mode="json"), "batch_size": batch_size, "steps": steps})
+    payload = json.dumps(
+        {"config": cfg.model_dump(mode="json"), "batch_size": batch_size, "steps": steps}
+    )
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, "-m", "lmforge.planning.probe"], input=payload, text=True,
-                          capture_output=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmforge.planning.probe"],
+        input=payload,
+        text=True,
+        capture_output=True,
+        env=env,
+    )
     if proc.returncode != 0:
         if proc.returncode < 0:
             return {"error": f"killed by signal {-proc.returncode} (out of memory?)"}
@@ -179,8 +231,13 @@ def measure_candidate(cfg: RunConfig, batch_size: int, steps: int) -> dict[str, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def plan_training(cfg: RunConfig, memory_budget: str | int | None = None, steps: int = 6,
-                  progress: Any = None, max_candidates: int = MAX_CANDIDATES) -> Plan:
+def plan_training(
+    cfg: RunConfig,
+    memory_budget: str | int | None = None,
+    steps: int = 6,
+    progress: Any = None,
+    max_candidates: int = MAX_CANDIDATES,
+) -> Plan:
     """Measure candidate batch sizes for ``cfg`` and recommend batch size x accumulation.
 
     Args:
@@ -196,10 +253,18 @@ def plan_training(cfg: RunConfig, memory_budget: str | int | None = None, steps:
     precision = resolve_precision(t.precision, device)
     budget_text = memory_budget if memory_budget is not None else t.memory_budget
     try:
-        budget = parse_size(budget_text) if budget_text is not None else int(0.9 * available_memory_bytes(device))
+        budget = (
+            parse_size(budget_text)
+            if budget_text is not None
+            else int(0.9 * available_memory_bytes(device))
+        )
     except ValueError as err:
         raise LmforgeError(f"memory budget: {err}") from None
-    effective = t.effective_batch_size if t.batch_size == "auto" else t.batch_size * t.gradient_accumulation_steps
+    effective = (
+        t.effective_batch_size
+        if t.batch_size == "auto"
+        else t.batch_size * t.gradient_accumulation_steps
+    )
     candidates = []
     for size in candidate_batch_sizes(effective, max_candidates):
         accum = effective // size
@@ -216,7 +281,10 @@ def plan_training(cfg: RunConfig, memory_budget: str | int | None = None, steps:
             c.train_seconds, c.total_seconds, examples = estimate(probe_cfg, m)
             c.examples_per_second = examples / c.train_seconds
         candidates.append(c)
-        log.info("batch %d: %s", size, c.error or f"peak {format_size(c.peak_memory_bytes)}, "
-                 f"{c.examples_per_second:.1f} ex/s")
+        log.info(
+            "batch %d: %s",
+            size,
+            c.error or f"peak {format_size(c.peak_memory_bytes)}, {c.examples_per_second:.1f} ex/s",
+        )
     recommendation = recommend(candidates, budget)
     return Plan(device, precision, budget, effective, candidates, recommendation)

@@ -104,10 +104,14 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
         micro.append((tokens[index], forward_backward))
         optimizer_seconds.append(update)
         new_shape_seconds.append(max(first[n] - forward_backward - update, 0.0))
-    for index in range(min(RUN_IN_STEPS, len(batches))):  # the run's own order: as many shapes as it meets early
+    for index in range(
+        min(RUN_IN_STEPS, len(batches))
+    ):  # the run's own order: as many shapes as it meets early
         step(index)
     step(longest)
-    shapes = {(len(b), padded_tokens(b, lengths)) for b in batches}  # one entry per distinct batch shape
+    shapes = {
+        (len(b), padded_tokens(b, lengths)) for b in batches
+    }  # one entry per distinct batch shape
 
     eval_seconds_per_token, validation_tokens = 0.0, 0
     validation = setup.datasets.get("validation")
@@ -130,28 +134,54 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
         RunLogger(Path(tmp) / "logs").close()
         pyplot()
         start = time.perf_counter()
-        save_checkpoint_atomically(Path(tmp) / "checkpoints", TrainState(), accelerator.unwrap_model(model),
-                                   optimizer, scheduler, accelerator.scaler)
+        save_checkpoint_atomically(
+            Path(tmp) / "checkpoints",
+            TrainState(),
+            accelerator.unwrap_model(model),
+            optimizer,
+            scheduler,
+            accelerator.scaler,
+        )
         checkpoint_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        save_model(accelerator.unwrap_model(model), setup.method, Path(tmp), setup.tokenizer, cfg, setup.label_names)
+        save_model(
+            accelerator.unwrap_model(model),
+            setup.method,
+            Path(tmp),
+            setup.tokenizer,
+            cfg,
+            setup.label_names,
+        )
         save_seconds = time.perf_counter() - start
         # The run ends by evaluating the saved model (a second copy, while the first one's
         # memory mostly stays with the process): do the same.
         saved = Predictor.load(tmp, device=device, precision=cfg.training.precision)
         if forward is loss_forward:
-            loss_forward(saved.model, [collate([train[i] for i in batches[longest][: cfg.training.eval_batch_size]])],
-                         device)
+            loss_forward(
+                saved.model,
+                [collate([train[i] for i in batches[longest][: cfg.training.eval_batch_size]])],
+                device,
+            )
         else:
-            saved.logits(setup.splits.frames["train"]["text"].tolist()[: cfg.training.eval_batch_size])
+            saved.logits(
+                setup.splits.frames["train"]["text"].tolist()[: cfg.training.eval_batch_size]
+            )
 
-    return {"batch_size": cfg.training.batch_size, "peak_memory_bytes": peak_memory_bytes(device),
-            "micro_steps": micro, "optimizer_seconds": statistics.median(optimizer_seconds),
-            "new_shape_seconds": statistics.median(new_shape_seconds), "distinct_shapes": len(shapes),
-            "batch_tokens": tokens, "examples_per_epoch": len(train),
-            "eval_seconds_per_token": eval_seconds_per_token, "validation_tokens": validation_tokens,
-            "checkpoint_seconds": checkpoint_seconds, "save_seconds": save_seconds,
-            "threads": torch.get_num_threads()}
+    return {
+        "batch_size": cfg.training.batch_size,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "micro_steps": micro,
+        "optimizer_seconds": statistics.median(optimizer_seconds),
+        "new_shape_seconds": statistics.median(new_shape_seconds),
+        "distinct_shapes": len(shapes),
+        "batch_tokens": tokens,
+        "examples_per_epoch": len(train),
+        "eval_seconds_per_token": eval_seconds_per_token,
+        "validation_tokens": validation_tokens,
+        "checkpoint_seconds": checkpoint_seconds,
+        "save_seconds": save_seconds,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> int:

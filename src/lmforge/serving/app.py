@@ -59,16 +59,25 @@ from lmforge.serving.telemetry import Metrics, log_access, new_request_id
 log = logging.getLogger(__name__)
 
 # task -> the endpoint that serves it
-TASK_ENDPOINTS = {"sequence_classification": "classify", "multi_label_classification": "classify",
-                  "regression": "score", "token_classification": "tag", "embedding": "embed",
-                  **{task: "generate" for task in GENERATIVE_TASKS}}
+TASK_ENDPOINTS = {
+    "sequence_classification": "classify",
+    "multi_label_classification": "classify",
+    "regression": "score",
+    "token_classification": "tag",
+    "embedding": "embed",
+    **{task: "generate" for task in GENERATIVE_TASKS},
+}
 # A gathered batch runs as length-sorted forward passes of this many texts on a CPU: less padding
 # beats a bigger matrix there. MiniLM on FPB, 2 cores, bf16: 32 texts as 4 passes of 8 take 6.4
 # ms/text, as one pass of 32 7.7 ms/text (16 as 2 x 8: 5.7, as 1 x 16: 7.0). A GPU takes the whole batch.
 CPU_FORWARD_BATCH = 8
-SSE_RESPONSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                      "description": "With `stream: true`: server-sent events (`data: {...}`), ending with "
-                                     "`data: [DONE]`."}}
+SSE_RESPONSE = {
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "With `stream: true`: server-sent events (`data: {...}`), ending with "
+        "`data: [DONE]`.",
+    }
+}
 
 
 @dataclass
@@ -83,13 +92,19 @@ class ServeSettings:
     mask_inputs: bool = False
     cors_origins: list[str] = field(default_factory=list)
     max_batch_size: int = 32  # texts gathered into one model call
-    forward_batch_size: int | None = None  # texts per forward pass within it (None: CPU_FORWARD_BATCH on a CPU)
-    model_threads: int = 1  # batches of a CPU model that run at once (recipe.model_threads picks it)
+    forward_batch_size: int | None = (
+        None  # texts per forward pass within it (None: CPU_FORWARD_BATCH on a CPU)
+    )
+    model_threads: int = (
+        1  # batches of a CPU model that run at once (recipe.model_threads picks it)
+    )
     max_wait_ms: float = 5.0
     max_queue: int = 1024
     max_new_tokens: int = 512  # cap on the tokens one generation request may ask for
     max_generation_queue: int = 64  # generation requests that may wait per model
-    reload_interval: float = 0.0  # seconds between checks of the model directories (0: no hot reload)
+    reload_interval: float = (
+        0.0  # seconds between checks of the model directories (0: no hot reload)
+    )
 
 
 @dataclass
@@ -116,9 +131,15 @@ class ServedModel:
 
     def card(self) -> ModelCard:
         generative = self.task in GENERATIVE_TASKS
-        return ModelCard(id=self.name, task=self.task, backend=self.backend, created=self.created, reloads=self.reloads,
-                         labels=[] if generative else list(self.predictor.label_names),
-                         endpoint=f"/v1/{TASK_ENDPOINTS.get(self.task, '')}")
+        return ModelCard(
+            id=self.name,
+            task=self.task,
+            backend=self.backend,
+            created=self.created,
+            reloads=self.reloads,
+            labels=[] if generative else list(self.predictor.label_names),
+            endpoint=f"/v1/{TASK_ENDPOINTS.get(self.task, '')}",
+        )
 
 
 class ApiError(Exception):
@@ -129,8 +150,12 @@ class ApiError(Exception):
         self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
 
 
-def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+def error_response(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"type": kind, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = None) -> FastAPI:
@@ -148,9 +173,14 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
                 served.generator = GenerationRunner(served.predictor, settings.max_generation_queue)
                 continue
             on_cpu = getattr(served.predictor, "device", "cpu") == "cpu"
-            served.batcher = MicroBatcher(_runner(served, settings), settings.max_batch_size, settings.max_wait_ms,
-                                          settings.max_queue, on_batch=_batch_metrics(metrics, served.name),
-                                          concurrency=settings.model_threads if on_cpu else 1)
+            served.batcher = MicroBatcher(
+                _runner(served, settings),
+                settings.max_batch_size,
+                settings.max_wait_ms,
+                settings.max_queue,
+                on_batch=_batch_metrics(metrics, served.name),
+                concurrency=settings.model_threads if on_cpu else 1,
+            )
             served.batcher.start()
         if settings.reload_interval > 0:
             watcher.start()
@@ -161,15 +191,23 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         for served in models.values():
             await (served.generator or served.batcher).stop()
 
-    app = FastAPI(title="lmforge", version=_version(), lifespan=lifespan,
-                  description="Models trained or exported by lmforge, behind one API. Send keys as "
-                              "`Authorization: Bearer KEY`.")
+    app = FastAPI(
+        title="lmforge",
+        version=_version(),
+        lifespan=lifespan,
+        description="Models trained or exported by lmforge, behind one API. Send keys as "
+        "`Authorization: Bearer KEY`.",
+    )
     app.state.metrics, app.state.models, app.state.settings = metrics, models, settings
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
@@ -178,7 +216,9 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         request.state.request_id = new_request_id(request.headers.get("x-request-id"))
         request.state.caller, request.state.model = None, None
         if not await body_within(request, settings.max_body_bytes):
-            response = error_response(413, "body_too_large", f"the body is over {settings.max_body_bytes} bytes")
+            response = error_response(
+                413, "body_too_large", f"the body is over {settings.max_body_bytes} bytes"
+            )
         else:
             response = await call_next(request)
         response.headers["X-Request-ID"] = request.state.request_id
@@ -189,8 +229,15 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             metrics.latency.labels(endpoint, model).observe(time.perf_counter() - started)
             if response.status_code >= 400:
                 metrics.errors.labels(str(response.status_code)).inc()
-        log_access(request.state.request_id, request.method, endpoint, response.status_code, started,
-                   caller=request.state.caller, model=request.state.model)
+        log_access(
+            request.state.request_id,
+            request.method,
+            endpoint,
+            response.status_code,
+            started,
+            caller=request.state.caller,
+            model=request.state.model,
+        )
         return response
 
     @app.exception_handler(ApiError)
@@ -199,9 +246,13 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
-                             for e in err.errors()[:5])
-        return error_response(422, "invalid_request", problems or "the body is not valid JSON for this endpoint")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+            for e in err.errors()[:5]
+        )
+        return error_response(
+            422, "invalid_request", problems or "the body is not valid JSON for this endpoint"
+        )
 
     def authorize(request: Request) -> str:
         """The caller's key name (401 without a valid key), rate-limited (429)."""
@@ -209,29 +260,45 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             caller = settings.keys.identify(token.strip()) if scheme.lower() == "bearer" else None
             if caller is None:
-                raise ApiError(401, "unauthorized", "a valid API key is needed: Authorization: Bearer KEY",
-                               {"WWW-Authenticate": "Bearer"})
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "a valid API key is needed: Authorization: Bearer KEY",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         else:
             caller = f"anonymous@{request.client.host if request.client else '-'}"
         request.state.caller = caller
         wait = limiter.allow(caller)
         if wait:
-            raise ApiError(429, "rate_limited", f"rate limit reached; retry after {wait:.1f} s",
-                           {"Retry-After": str(max(1, round(wait)))})
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit reached; retry after {wait:.1f} s",
+                {"Retry-After": str(max(1, round(wait)))},
+            )
         return caller
 
     def pick(request: Request, body: Any, endpoint: str) -> ServedModel:
         name = body.model or (next(iter(models)) if len(models) == 1 else None)
         if name is None:
-            raise ApiError(422, "model_required", f"several models are served: give 'model', one of {sorted(models)}")
+            raise ApiError(
+                422,
+                "model_required",
+                f"several models are served: give 'model', one of {sorted(models)}",
+            )
         if name not in models:
             raise ApiError(404, "model_not_found", f"no model '{name}'; served: {sorted(models)}")
         served = models[name]
         request.state.model = name
         if TASK_ENDPOINTS.get(served.task) != endpoint:
             right = TASK_ENDPOINTS.get(served.task)
-            raise ApiError(422, "wrong_endpoint", f"model '{name}' is a {served.task.replace('_', ' ')} model: "
-                                                  + (f"use POST /v1/{right}" if right else "it has no endpoint yet"))
+            raise ApiError(
+                422,
+                "wrong_endpoint",
+                f"model '{name}' is a {served.task.replace('_', ' ')} model: "
+                + (f"use POST /v1/{right}" if right else "it has no endpoint yet"),
+            )
         return served
 
     async def answer(request: Request, body: TextsRequest, endpoint: str) -> tuple[str, list[Any]]:
@@ -239,10 +306,19 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         served = pick(request, body, endpoint)
         texts, pairs = body.inputs()
         check_limits(texts, pairs, settings)
-        if served.predictor.pairs != (pairs is not None):  # a dropped second text would be a silent wrong answer
-            raise ApiError(422, "pair_mismatch", f"model '{served.name}' scores " +
-                           ("text pairs: give text_pair(s) too" if served.predictor.pairs
-                            else "single texts: remove text_pair(s)"))
+        if served.predictor.pairs != (
+            pairs is not None
+        ):  # a dropped second text would be a silent wrong answer
+            raise ApiError(
+                422,
+                "pair_mismatch",
+                f"model '{served.name}' scores "
+                + (
+                    "text pairs: give text_pair(s) too"
+                    if served.predictor.pairs
+                    else "single texts: remove text_pair(s)"
+                ),
+            )
         if settings.mask_inputs:
             texts = [mask_pii(t) for t in texts]
             pairs = [mask_pii(t) for t in pairs] if pairs is not None else None
@@ -250,7 +326,9 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         try:
             rows = await served.batcher.submit(texts, pairs)
         except QueueFull as full:
-            raise ApiError(503, "overloaded", str(full), {"Retry-After": str(round(full.retry_after))}) from None
+            raise ApiError(
+                503, "overloaded", str(full), {"Retry-After": str(round(full.retry_after))}
+            ) from None
         except LmforgeError as err:
             raise ApiError(422, "invalid_input", str(err)) from None
         finally:
@@ -258,70 +336,122 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         metrics.texts.labels(served.name).inc(len(texts))
         return served.name, rows
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True, tags=["tasks"],
-              summary="Labels and probabilities (single- and multi-label classifiers)")
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        response_model_exclude_none=True,
+        tags=["tasks"],
+        summary="Labels and probabilities (single- and multi-label classifiers)",
+    )
     async def classify(request: Request, body: TextsRequest) -> ClassifyResponse:
         name, rows = await answer(request, body, "classify")
         return ClassifyResponse(model=name, results=rows)
 
-    @app.post("/v1/score", response_model=ScoreResponse, tags=["tasks"], summary="A number per text (regressors)")
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        tags=["tasks"],
+        summary="A number per text (regressors)",
+    )
     async def score(request: Request, body: TextsRequest) -> ScoreResponse:
         name, rows = await answer(request, body, "score")
         return ScoreResponse(model=name, results=rows)
 
-    @app.post("/v1/tag", response_model=TagResponse, tags=["tasks"],
-              summary="Entities with character offsets (token classifiers)")
+    @app.post(
+        "/v1/tag",
+        response_model=TagResponse,
+        tags=["tasks"],
+        summary="Entities with character offsets (token classifiers)",
+    )
     async def tag(request: Request, body: TextsRequest) -> TagResponse:
         name, rows = await answer(request, body, "tag")
         return TagResponse(model=name, results=rows)
 
-    @app.post("/v1/embed", response_model=EmbedResponse, tags=["tasks"], summary="Unit-length sentence vectors")
+    @app.post(
+        "/v1/embed",
+        response_model=EmbedResponse,
+        tags=["tasks"],
+        summary="Unit-length sentence vectors",
+    )
     async def embed(request: Request, body: TextsRequest) -> EmbedResponse:
         name, rows = await answer(request, body, "embed")
-        return EmbedResponse(model=name, dimensions=len(rows[0]["embedding"]) if rows else 0, results=rows)
+        return EmbedResponse(
+            model=name, dimensions=len(rows[0]["embedding"]) if rows else 0, results=rows
+        )
 
     def check_generation(prompts: list[Any], max_new_tokens: int) -> None:
-        texts = [t for p in prompts for t in ([p] if isinstance(p, str) else [m["content"] for m in p])]
+        texts = [
+            t for p in prompts for t in ([p] if isinstance(p, str) else [m["content"] for m in p])
+        ]
         if len(prompts) > settings.max_texts:
-            raise ApiError(422, "too_many_texts", f"{len(prompts)} prompts in one request; at most {settings.max_texts}")
+            raise ApiError(
+                422,
+                "too_many_texts",
+                f"{len(prompts)} prompts in one request; at most {settings.max_texts}",
+            )
         longest = max((len(t) for t in texts), default=0)
         if longest > settings.max_chars:
-            raise ApiError(422, "text_too_long", f"a text of {longest} characters; at most {settings.max_chars}")
+            raise ApiError(
+                422,
+                "text_too_long",
+                f"a text of {longest} characters; at most {settings.max_chars}",
+            )
         if max_new_tokens > settings.max_new_tokens:
-            raise ApiError(422, "too_many_tokens", f"{max_new_tokens} new tokens asked; at most "
-                                                   f"{settings.max_new_tokens} (--max-new-tokens)")
+            raise ApiError(
+                422,
+                "too_many_tokens",
+                f"{max_new_tokens} new tokens asked; at most "
+                f"{settings.max_new_tokens} (--max-new-tokens)",
+            )
 
-    async def generation(request: Request, body: Any, job: GenerationJob, shape: AnswerShape) -> Any:
+    async def generation(
+        request: Request, body: Any, job: GenerationJob, shape: AnswerShape
+    ) -> Any:
         """Run ``job`` and answer in ``shape``: whole, or streamed when the body asks for it."""
         served = models[shape.model]
         runner = served.generator
         if body.stream and len(job.prompts) != 1:
-            raise ApiError(422, "invalid_request", "stream takes one prompt; send several without stream")
+            raise ApiError(
+                422, "invalid_request", "stream takes one prompt; send several without stream"
+            )
         if settings.mask_inputs:
-            job.prompts = [mask_pii(p) if isinstance(p, str) else [{**m, "content": mask_pii(m["content"])} for m in p]
-                           for p in job.prompts]
+            job.prompts = [
+                mask_pii(p)
+                if isinstance(p, str)
+                else [{**m, "content": mask_pii(m["content"])} for m in p]
+                for p in job.prompts
+            ]
         try:
             runner.check(job)
             runner.reserve()
         except LmforgeError as err:
             raise ApiError(422, "invalid_input", str(err)) from None
         except QueueFull as full:
-            raise ApiError(503, "overloaded", str(full), {"Retry-After": str(round(full.retry_after))}) from None
+            raise ApiError(
+                503, "overloaded", str(full), {"Retry-After": str(round(full.retry_after))}
+            ) from None
         metrics.queue_depth.labels(served.name).set(runner.waiting)
 
         def done(completions: list[Any]) -> None:
             metrics.prompt_tokens.labels(served.name).inc(sum(c.prompt_tokens for c in completions))
-            metrics.generated_tokens.labels(served.name).inc(sum(c.completion_tokens for c in completions))
+            metrics.generated_tokens.labels(served.name).inc(
+                sum(c.completion_tokens for c in completions)
+            )
             metrics.queue_depth.labels(served.name).set(runner.waiting)
 
         if body.stream:
             started = time.perf_counter()
 
             def first() -> None:
-                metrics.time_to_first_token.labels(served.name).observe(time.perf_counter() - started)
+                metrics.time_to_first_token.labels(served.name).observe(
+                    time.perf_counter() - started
+                )
 
-            return StreamingResponse(sse_answer(runner, job, shape, on_first=first, on_done=done),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                sse_answer(runner, job, shape, on_first=first, on_done=done),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         try:
             completions = await runner.run(job)
         except LmforgeError as err:
@@ -329,8 +459,13 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         done(completions)
         return shape.whole(completions)
 
-    @app.post("/v1/generate", response_model=GenerateResponse, tags=["generation"], responses=SSE_RESPONSE,
-              summary="Continue prompts or answer a conversation (causal language models)")
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        tags=["generation"],
+        responses=SSE_RESPONSE,
+        summary="Continue prompts or answer a conversation (causal language models)",
+    )
     async def generate(request: Request, body: GenerateRequest) -> Any:
         authorize(request)
         served = pick(request, body, "generate")
@@ -341,15 +476,29 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         if not prompts:
             raise ApiError(422, "invalid_request", "'prompts' is empty")
         check_generation(prompts, body.max_new_tokens)
-        options = generation_options(lambda: GenerationOptions(
-            max_new_tokens=body.max_new_tokens, temperature=body.temperature or 1.0, greedy=body.temperature == 0,
-            top_p=body.top_p, top_k=body.top_k, repetition_penalty=body.repetition_penalty,
-            stop=body.stop_strings(), seed=body.seed))
+        options = generation_options(
+            lambda: GenerationOptions(
+                max_new_tokens=body.max_new_tokens,
+                temperature=body.temperature or 1.0,
+                greedy=body.temperature == 0,
+                top_p=body.top_p,
+                top_k=body.top_k,
+                repetition_penalty=body.repetition_penalty,
+                stop=body.stop_strings(),
+                seed=body.seed,
+            )
+        )
         job = GenerationJob(prompts, options, chat=body.messages is not None)
         return await generation(request, body, job, AnswerShape(served.name))
 
-    @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True,
-              tags=["openai"], responses=SSE_RESPONSE, summary="OpenAI-compatible text completions")
+    @app.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        response_model_exclude_none=True,
+        tags=["openai"],
+        responses=SSE_RESPONSE,
+        summary="OpenAI-compatible text completions",
+    )
     async def completions(request: Request, body: CompletionRequest) -> Any:
         authorize(request)
         served = pick(request, body, "generate")
@@ -359,29 +508,48 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         check_generation(prompts, body.max_tokens)
         options = generation_options(lambda: openai_options(body, body.max_tokens))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await generation(request, body, GenerationJob(prompts, options),
-                                CompletionShape(served.name, include_usage))
+        return await generation(
+            request,
+            body,
+            GenerationJob(prompts, options),
+            CompletionShape(served.name, include_usage),
+        )
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"],
-              responses=SSE_RESPONSE, summary="OpenAI-compatible chat completions")
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        tags=["openai"],
+        responses=SSE_RESPONSE,
+        summary="OpenAI-compatible chat completions",
+    )
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
         authorize(request)
         served = pick(request, body, "generate")
         conversation = [{"role": m.role, "content": m.text()} for m in body.messages]
-        max_new_tokens = body.max_completion_tokens or body.max_tokens or min(128, settings.max_new_tokens)
+        max_new_tokens = (
+            body.max_completion_tokens or body.max_tokens or min(128, settings.max_new_tokens)
+        )
         check_generation([conversation], max_new_tokens)
         options = generation_options(lambda: openai_options(body, max_new_tokens))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await generation(request, body, GenerationJob([conversation], options, chat=True),
-                                ChatShape(served.name, include_usage))
+        return await generation(
+            request,
+            body,
+            GenerationJob([conversation], options, chat=True),
+            ChatShape(served.name, include_usage),
+        )
 
     @app.get("/v1/models", response_model=ModelList, tags=["models"], summary="The served models")
     async def list_models(request: Request) -> ModelList:
         authorize(request)
         return ModelList(data=[served.card() for served in models.values()])
 
-    @app.post("/v1/models/{name}/reload", response_model=ModelCard, tags=["models"],
-              summary="Load a model's directory again (new weights), swapping it in between batches")
+    @app.post(
+        "/v1/models/{name}/reload",
+        response_model=ModelCard,
+        tags=["models"],
+        summary="Load a model's directory again (new weights), swapping it in between batches",
+    )
     async def reload(request: Request, name: str) -> ModelCard:
         authorize(request)
         if name not in models:
@@ -403,7 +571,9 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
     @app.get("/readyz", tags=["operations"], summary="Models loaded and accepting requests")
     async def readyz() -> Response:
         if not state["ready"]:
-            return error_response(503, "not_ready", "starting or shutting down", {"Retry-After": "1"})
+            return error_response(
+                503, "not_ready", "starting or shutting down", {"Retry-After": "1"}
+            )
         return JSONResponse({"status": "ready", "models": sorted(models)})
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
@@ -428,7 +598,9 @@ async def body_within(request: Request, limit: int) -> bool:
         if size > limit:
             return False
         chunks.append(chunk)
-    request._body = b"".join(chunks)  # Starlette's middleware replays a read body to the route from here
+    request._body = b"".join(
+        chunks
+    )  # Starlette's middleware replays a read body to the route from here
     return True
 
 
@@ -437,10 +609,16 @@ def check_limits(texts: list[str], pairs: list[str] | None, settings: ServeSetti
     if not texts:
         raise ApiError(422, "invalid_request", "'texts' is empty")
     if len(texts) > settings.max_texts:
-        raise ApiError(422, "too_many_texts", f"{len(texts)} texts in one request; at most {settings.max_texts}")
+        raise ApiError(
+            422,
+            "too_many_texts",
+            f"{len(texts)} texts in one request; at most {settings.max_texts}",
+        )
     longest = max(len(t) for t in [*texts, *(pairs or [])])
     if longest > settings.max_chars:
-        raise ApiError(422, "text_too_long", f"a text of {longest} characters; at most {settings.max_chars}")
+        raise ApiError(
+            422, "text_too_long", f"a text of {longest} characters; at most {settings.max_chars}"
+        )
 
 
 def generation_options(build: Any) -> GenerationOptions:
@@ -455,8 +633,12 @@ def _runner(served: ServedModel, settings: ServeSettings) -> Any:
     own = threading.local()
 
     def run(texts: list[str], pairs: list[str] | None) -> list[Any]:
-        predictor = _thread_copy(own, served.predictor) if settings.model_threads > 1 else served.predictor
-        size = settings.forward_batch_size or (CPU_FORWARD_BATCH if getattr(predictor, "device", "cpu") == "cpu" else len(texts))
+        predictor = (
+            _thread_copy(own, served.predictor) if settings.model_threads > 1 else served.predictor
+        )
+        size = settings.forward_batch_size or (
+            CPU_FORWARD_BATCH if getattr(predictor, "device", "cpu") == "cpu" else len(texts)
+        )
         return predictor.predict(texts, batch_size=size, pairs=pairs)
 
     return run

@@ -58,9 +58,15 @@ class MicroBatcher:
             requests keep merging while the others run.
     """
 
-    def __init__(self, run: Callable[[list[str], list[str] | None], list[Any]], max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, max_queue: int = 1024,
-                 on_batch: Callable[[int, float], None] | None = None, concurrency: int = 1):
+    def __init__(
+        self,
+        run: Callable[[list[str], list[str] | None], list[Any]],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        on_batch: Callable[[int, float], None] | None = None,
+        concurrency: int = 1,
+    ):
         self.run = run
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -68,7 +74,9 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.waiting = 0  # texts queued, not yet in a batch
-        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="lmforge-model")
+        self.executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="lmforge-model"
+        )
         self._slots = asyncio.Semaphore(concurrency)
         self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
@@ -93,7 +101,9 @@ class MicroBatcher:
             raise QueueFull(retry_after=max(1.0, self.waiting * self._seconds_per_text))
         future = asyncio.get_running_loop().create_future()
         self.waiting += len(texts)
-        await self.queue.put(_Pending(list(texts), list(pairs) if pairs is not None else None, future))
+        await self.queue.put(
+            _Pending(list(texts), list(pairs) if pairs is not None else None, future)
+        )
         return await future
 
     async def _loop(self) -> None:
@@ -135,10 +145,16 @@ class MicroBatcher:
         except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11)
             return None
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], size: int) -> None:
+    async def _run_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], size: int
+    ) -> None:
         texts = [t for item in batch for t in item.texts]
         with_pairs = [item for item in batch if item.pairs is not None]
-        pairs = [p for item in batch for p in (item.pairs or [""] * len(item.texts))] if with_pairs else None
+        pairs = (
+            [p for item in batch for p in (item.pairs or [""] * len(item.texts))]
+            if with_pairs
+            else None
+        )
         started = time.perf_counter()
         try:
             rows = await loop.run_in_executor(self.executor, self.run, texts, pairs)
@@ -154,5 +170,5 @@ class MicroBatcher:
         start = 0
         for item in batch:
             if not item.future.done():  # the caller may have gone (client disconnect)
-                item.future.set_result(rows[start:start + len(item.texts)])
+                item.future.set_result(rows[start : start + len(item.texts)])
             start += len(item.texts)

@@ -73,9 +73,13 @@ class GenerationRunner:
         """Raise the request's error (no chat template, prompt too long) before anything runs."""
         predictor = self.predictor
         if job.chat and not getattr(predictor.tokenizer, "chat_template", None):
-            raise LmforgeError("this model has no chat template (it was not fine-tuned for chat): send a prompt "
-                               "to /v1/completions or /v1/generate, or fine-tune it with task: chat")
-        encode_prompts(predictor.model, predictor.tokenizer, job.prompts, job.options.max_new_tokens, job.chat)
+            raise LmforgeError(
+                "this model has no chat template (it was not fine-tuned for chat): send a prompt "
+                "to /v1/completions or /v1/generate, or fine-tune it with task: chat"
+            )
+        encode_prompts(
+            predictor.model, predictor.tokenizer, job.prompts, job.options.max_new_tokens, job.chat
+        )
         check_stop_strings(predictor.tokenizer, job.options.stop)
 
     def reserve(self) -> None:
@@ -87,15 +91,26 @@ class GenerationRunner:
         """Generate for a reserved job (``stream``: a writer for the text of a one-prompt job)."""
         started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self._generate, job, stream)
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._generate, job, stream
+            )
         finally:
             self.waiting -= 1
-            self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * (time.perf_counter() - started)
+            self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * (
+                time.perf_counter() - started
+            )
 
     def _generate(self, job: GenerationJob, stream: Any) -> list[Completion]:
         predictor = self.predictor  # read once: a hot reload may swap it while this runs
-        return complete(predictor.model, predictor.tokenizer, job.prompts, job.options,
-                        batch_size=self.batch_size, stream=stream, chat=job.chat)
+        return complete(
+            predictor.model,
+            predictor.tokenizer,
+            job.prompts,
+            job.options,
+            batch_size=self.batch_size,
+            stream=stream,
+            chat=job.chat,
+        )
 
     async def stop(self) -> None:
         """Finish what was accepted, then stop (graceful shutdown)."""
@@ -123,8 +138,9 @@ class _LoopWriter:
 _END = object()
 
 
-async def stream_text(runner: GenerationRunner, job: GenerationJob,
-                      on_first: Callable[[], None] | None = None) -> AsyncIterator[str | list[Completion]]:
+async def stream_text(
+    runner: GenerationRunner, job: GenerationJob, on_first: Callable[[], None] | None = None
+) -> AsyncIterator[str | list[Completion]]:
     """The pieces of text of a reserved one-prompt job as they are generated, then its completions."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -159,7 +175,11 @@ def sse(payload: dict[str, Any] | str) -> str:
 def usage(completions: list[Completion]) -> dict[str, int]:
     prompt = sum(c.prompt_tokens for c in completions)
     generated = sum(c.completion_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+    }
 
 
 def completion_id(prefix: str) -> str:
@@ -169,10 +189,16 @@ def completion_id(prefix: str) -> str:
 def openai_options(body: Any, max_new_tokens: int) -> GenerationOptions:
     """An OpenAI body's settings as lmforge's (temperature 0: greedy)."""
     greedy = body.temperature == 0
-    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=1.0 if greedy else body.temperature,
-                             top_p=body.top_p if body.top_p < 1 else None, top_k=body.top_k,
-                             repetition_penalty=body.repetition_penalty, greedy=greedy,
-                             stop=body.stop_strings(), seed=body.seed)
+    return GenerationOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=1.0 if greedy else body.temperature,
+        top_p=body.top_p if body.top_p < 1 else None,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        greedy=greedy,
+        stop=body.stop_strings(),
+        seed=body.seed,
+    )
 
 
 # --- the three answer shapes -----------------------------------------------------------------------
@@ -188,9 +214,19 @@ class AnswerShape:
     prefix = "gen"
 
     def whole(self, completions: list[Completion]) -> dict[str, Any]:
-        return {"model": self.model, "usage": usage(completions),
-                "results": [{"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                             "completion_tokens": c.completion_tokens} for c in completions]}
+        return {
+            "model": self.model,
+            "usage": usage(completions),
+            "results": [
+                {
+                    "text": c.text,
+                    "finish_reason": c.finish_reason,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                }
+                for c in completions
+            ],
+        }
 
     def opening(self) -> list[dict[str, Any]]:
         return []
@@ -209,20 +245,43 @@ class CompletionShape(AnswerShape):
     chunk_object = "text_completion"
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model,
-                "choices": choices, **extra}
+        return {
+            "id": self.id,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
     def whole(self, completions: list[Completion]) -> dict[str, Any]:
-        return self._chunk([{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-                            for i, c in enumerate(completions)], usage=usage(completions))
+        return self._chunk(
+            [
+                {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                for i, c in enumerate(completions)
+            ],
+            usage=usage(completions),
+        )
 
     def piece(self, text: str) -> dict[str, Any]:
         return self._chunk([{"index": 0, "text": text, "finish_reason": None, "logprobs": None}])
 
     def closing(self, completions: list[Completion]) -> list[dict[str, Any]]:
-        events = [self._chunk([{"index": 0, "text": "", "finish_reason": completions[0].finish_reason,
-                                "logprobs": None}])]
-        if self.include_usage:  # OpenAI's stream_options.include_usage: a last chunk without choices
+        events = [
+            self._chunk(
+                [
+                    {
+                        "index": 0,
+                        "text": "",
+                        "finish_reason": completions[0].finish_reason,
+                        "logprobs": None,
+                    }
+                ]
+            )
+        ]
+        if (
+            self.include_usage
+        ):  # OpenAI's stream_options.include_usage: a last chunk without choices
             events.append(self._chunk([], usage=usage(completions)))
         return events
 
@@ -235,26 +294,47 @@ class ChatShape(CompletionShape):
 
     def whole(self, completions: list[Completion]) -> dict[str, Any]:
         c = completions[0]
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason}], "usage": usage(completions)}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": c.finish_reason,
+                }
+            ],
+            "usage": usage(completions),
+        }
 
     def opening(self) -> list[dict[str, Any]]:
-        return [self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+        return [
+            self._chunk(
+                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+            )
+        ]
 
     def piece(self, text: str) -> dict[str, Any]:
         return self._chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
 
     def closing(self, completions: list[Completion]) -> list[dict[str, Any]]:
-        events = [self._chunk([{"index": 0, "delta": {}, "finish_reason": completions[0].finish_reason}])]
+        events = [
+            self._chunk([{"index": 0, "delta": {}, "finish_reason": completions[0].finish_reason}])
+        ]
         if self.include_usage:
             events.append(self._chunk([], usage=usage(completions)))
         return events
 
 
-async def sse_answer(runner: GenerationRunner, job: GenerationJob, shape: AnswerShape,
-                     on_first: Callable[[], None] | None = None,
-                     on_done: Callable[[list[Completion]], None] | None = None) -> AsyncIterator[str]:
+async def sse_answer(
+    runner: GenerationRunner,
+    job: GenerationJob,
+    shape: AnswerShape,
+    on_first: Callable[[], None] | None = None,
+    on_done: Callable[[list[Completion]], None] | None = None,
+) -> AsyncIterator[str]:
     """A reserved job's answer as server-sent events, ending with ``data: [DONE]``."""
     for event in shape.opening():
         yield sse(event)
@@ -271,5 +351,7 @@ async def sse_answer(runner: GenerationRunner, job: GenerationJob, shape: Answer
         return
     except Exception as err:  # the headers are out: the error becomes the stream's last event
         log.exception("generation failed")
-        yield sse({"error": {"type": "generation_failed", "message": str(err) or type(err).__name__}})
+        yield sse(
+            {"error": {"type": "generation_failed", "message": str(err) or type(err).__name__}}
+        )
     yield sse("[DONE]")

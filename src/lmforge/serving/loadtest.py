@@ -54,7 +54,9 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
-    errors: dict[str, int] = field(default_factory=dict)  # kind ("HTTP 503", "ReadTimeout") -> count
+    errors: dict[str, int] = field(
+        default_factory=dict
+    )  # kind ("HTTP 503", "ReadTimeout") -> count
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
     rss_peak_mb: float = 0.0
@@ -79,23 +81,40 @@ class ServerSpec:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def lmforge_server(model: str, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                   precision: str = "auto") -> ServerSpec:
+def lmforge_server(
+    model: str, max_batch_size: int = 32, max_wait_ms: float = 5.0, precision: str = "auto"
+) -> ServerSpec:
     """``lmforge serve`` with a fresh API key (as it runs in production: keys on)."""
     key = secrets.token_urlsafe(24)
 
     def command(port: int) -> list[str]:
-        return [sys.executable, "-m", "lmforge", "serve", model, "--port", str(port), "--api-key", key,
-                "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
-                "--precision", precision]
+        return [
+            sys.executable,
+            "-m",
+            "lmforge",
+            "serve",
+            model,
+            "--port",
+            str(port),
+            "--api-key",
+            key,
+            "--max-batch-size",
+            str(max_batch_size),
+            "--max-wait-ms",
+            str(max_wait_ms),
+            "--precision",
+            precision,
+        ]
 
     return ServerSpec("lmforge", command, {"Authorization": f"Bearer {key}"})
 
 
 def naive_server(model: str) -> ServerSpec:
     """The baseline of :mod:`lmforge.serving.naive` (a pipeline call per request)."""
-    return ServerSpec("naive", lambda port: [sys.executable, "-m", "lmforge.serving.naive", model,
-                                             "--port", str(port)])
+    return ServerSpec(
+        "naive",
+        lambda port: [sys.executable, "-m", "lmforge.serving.naive", model, "--port", str(port)],
+    )
 
 
 def free_port() -> int:
@@ -124,8 +143,13 @@ def started_server(spec: ServerSpec) -> Iterator[ServerProcess]:
     """
     port = free_port()
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(spec.command(port), stdin=subprocess.DEVNULL, stdout=output,
-                                   stderr=subprocess.STDOUT, env=os.environ.copy())
+        process = subprocess.Popen(
+            spec.command(port),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
         try:
             yield ServerProcess(spec, process, f"http://127.0.0.1:{port}", output)
         finally:
@@ -139,13 +163,17 @@ def wait_until_ready(server: ServerProcess, timeout: float = READY_TIMEOUT_S) ->
     with httpx.Client(timeout=2.0) as http:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise LmforgeError(f"the {name} server exited (code {process.returncode}) before it was ready: "
-                                   f"{output_tail(server.output)}")
+                raise LmforgeError(
+                    f"the {name} server exited (code {process.returncode}) before it was ready: "
+                    f"{output_tail(server.output)}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if http.get(f"{server.url}/readyz").status_code == 200:
                     return
             time.sleep(0.25)
-    raise LmforgeError(f"the {name} server was not ready after {timeout:.0f} s: {output_tail(server.output)}")
+    raise LmforgeError(
+        f"the {name} server was not ready after {timeout:.0f} s: {output_tail(server.output)}"
+    )
 
 
 def output_tail(output: Any, lines: int = 3) -> str:
@@ -177,8 +205,13 @@ class _Record:
     error: str | None
 
 
-async def _client(http: httpx.AsyncClient, url: str, next_text: Callable[[], str], stop_at: float,
-                  records: list[_Record]) -> None:
+async def _client(
+    http: httpx.AsyncClient,
+    url: str,
+    next_text: Callable[[], str],
+    stop_at: float,
+    records: list[_Record],
+) -> None:
     """One user: a request at a time, the next as soon as the last is answered."""
     while time.perf_counter() < stop_at:
         started = time.perf_counter()
@@ -191,7 +224,9 @@ async def _client(http: httpx.AsyncClient, url: str, next_text: Callable[[], str
         records.append(_Record(ended, ended - started, error))
 
 
-async def _sample_rss(pid: int, start_at: float, stop_at: float, samples: list[tuple[float, float]]) -> None:
+async def _sample_rss(
+    pid: int, start_at: float, stop_at: float, samples: list[tuple[float, float]]
+) -> None:
     """(time, RSS in MB) about every second from ``start_at`` to ``stop_at``, both ends included."""
     process = psutil.Process(pid)
     await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
@@ -206,8 +241,16 @@ async def _sample_rss(pid: int, start_at: float, stop_at: float, samples: list[t
         await asyncio.sleep(min(1.0, max(0.0, stop_at - now)))
 
 
-async def drive(url: str, pid: int, texts: Sequence[str], clients: int, duration: float, warmup: float,
-                headers: dict[str, str] | None = None, name: str = "server") -> LoadResult:
+async def drive(
+    url: str,
+    pid: int,
+    texts: Sequence[str],
+    clients: int,
+    duration: float,
+    warmup: float,
+    headers: dict[str, str] | None = None,
+    name: str = "server",
+) -> LoadResult:
     """Run ``clients`` concurrent clients against ``url`` for ``warmup`` + ``duration`` seconds."""
     cycle = itertools.cycle(texts)  # one event loop: next() needs no lock
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -218,9 +261,15 @@ async def drive(url: str, pid: int, texts: Sequence[str], clients: int, duration
         stop_at = measure_from + duration
         sampler = asyncio.create_task(_sample_rss(pid, measure_from, stop_at, samples))
         cpu = asyncio.create_task(_cpu_percent(pid, measure_from, stop_at))
-        progress = asyncio.create_task(_progress(name, measure_from - warmup, measure_from, stop_at, records))
-        await asyncio.gather(*(_client(http, f"{url}/v1/classify", cycle.__next__, stop_at, records)
-                               for _ in range(clients)))
+        progress = asyncio.create_task(
+            _progress(name, measure_from - warmup, measure_from, stop_at, records)
+        )
+        await asyncio.gather(
+            *(
+                _client(http, f"{url}/v1/classify", cycle.__next__, stop_at, records)
+                for _ in range(clients)
+            )
+        )
         await progress
         await sampler
         server_cpu, client_cpu = await cpu
@@ -230,16 +279,22 @@ async def drive(url: str, pid: int, texts: Sequence[str], clients: int, duration
     return result
 
 
-async def _progress(name: str, began: float, measure_from: float, stop_at: float, records: list[_Record]) -> None:
+async def _progress(
+    name: str, began: float, measure_from: float, stop_at: float, records: list[_Record]
+) -> None:
     """A bar of the seconds under load (warm-up included), with the requests answered so far."""
     from tqdm import tqdm
 
-    with tqdm(total=round(stop_at - began), desc=f"{name} under load", unit="s", leave=False) as bar:
+    with tqdm(
+        total=round(stop_at - began), desc=f"{name} under load", unit="s", leave=False
+    ) as bar:
         while (now := time.perf_counter()) < stop_at:
             await asyncio.sleep(min(1.0, stop_at - now))
             bar.n = min(bar.total, round(time.perf_counter() - began))
-            bar.set_postfix_str(f"{len(records)} requests" + ("" if time.perf_counter() >= measure_from
-                                                              else ", warming up"))
+            bar.set_postfix_str(
+                f"{len(records)} requests"
+                + ("" if time.perf_counter() >= measure_from else ", warming up")
+            )
 
 
 async def _cpu_percent(pid: int, start_at: float, stop_at: float) -> tuple[float, float]:
@@ -261,27 +316,50 @@ async def _cpu_percent(pid: int, start_at: float, stop_at: float) -> tuple[float
     return 100 * server_used / elapsed, 100 * (seconds(me) - me_0) / elapsed
 
 
-def summarize(name: str, clients: int, duration: float, records: Sequence[_Record],
-              samples: Sequence[tuple[float, float]]) -> LoadResult:
+def summarize(
+    name: str,
+    clients: int,
+    duration: float,
+    records: Sequence[_Record],
+    samples: Sequence[tuple[float, float]],
+) -> LoadResult:
     """Throughput and latency percentiles of the successful requests, errors by kind, memory."""
     ok_ms = np.array([1000 * r.seconds for r in records if r.error is None])
-    p50, p95, p99 = (np.percentile(ok_ms, [50, 95, 99]) if ok_ms.size else (float("nan"),) * 3)
+    p50, p95, p99 = np.percentile(ok_ms, [50, 95, 99]) if ok_ms.size else (float("nan"),) * 3
     errors = dict(Counter(r.error for r in records if r.error is not None))
     rss = [mb for _, mb in samples]
     slope = 0.0
     if len(samples) >= 2:  # MB per minute: the slope of the least-squares line through the samples
         minutes = np.array([t for t, _ in samples]) / 60.0
         slope = float(np.polyfit(minutes - minutes[0], np.array(rss), 1)[0])
-    return LoadResult(server=name, clients=clients, duration_s=duration, requests=int(ok_ms.size),
-                      throughput_rps=ok_ms.size / duration, p50_ms=float(p50), p95_ms=float(p95),
-                      p99_ms=float(p99), errors=errors, rss_start_mb=rss[0] if rss else 0.0,
-                      rss_end_mb=rss[-1] if rss else 0.0, rss_peak_mb=max(rss, default=0.0),
-                      rss_slope_mb_per_min=slope)
+    return LoadResult(
+        server=name,
+        clients=clients,
+        duration_s=duration,
+        requests=int(ok_ms.size),
+        throughput_rps=ok_ms.size / duration,
+        p50_ms=float(p50),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        errors=errors,
+        rss_start_mb=rss[0] if rss else 0.0,
+        rss_end_mb=rss[-1] if rss else 0.0,
+        rss_peak_mb=max(rss, default=0.0),
+        rss_slope_mb_per_min=slope,
+    )
 
 
-def bench_serve(model: str, texts: Sequence[str], clients: int = 32, duration: float = 60.0,
-                warmup: float = 5.0, naive: bool = True, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                precision: str = "auto") -> list[LoadResult]:
+def bench_serve(
+    model: str,
+    texts: Sequence[str],
+    clients: int = 32,
+    duration: float = 60.0,
+    warmup: float = 5.0,
+    naive: bool = True,
+    max_batch_size: int = 32,
+    max_wait_ms: float = 5.0,
+    precision: str = "auto",
+) -> list[LoadResult]:
     """lmforge's server, then (unless ``naive`` is False) the naive baseline.
 
     Both load their models side by side (start-up is most of a short run's time), but they are
@@ -291,8 +369,10 @@ def bench_serve(model: str, texts: Sequence[str], clients: int = 32, duration: f
     if not texts:
         raise LmforgeError("no texts to send; give --texts a file with at least one text")
     if clients < 1 or duration <= 0 or warmup < 0:
-        raise LmforgeError(f"--clients must be at least 1 and --duration above 0, --warmup 0 or more "
-                           f"(got {clients}, {duration}, {warmup})")
+        raise LmforgeError(
+            f"--clients must be at least 1 and --duration above 0, --warmup 0 or more "
+            f"(got {clients}, {duration}, {warmup})"
+        )
     specs = [lmforge_server(model, max_batch_size, max_wait_ms, precision)]
     if naive:
         specs.append(naive_server(model))
@@ -302,27 +382,45 @@ def bench_serve(model: str, texts: Sequence[str], clients: int = 32, duration: f
         for server in servers:
             wait_until_ready(server)
         for server in servers:
-            results.append(asyncio.run(drive(server.url, server.process.pid, texts, clients, duration, warmup,
-                                             server.spec.headers, server.spec.name)))
+            results.append(
+                asyncio.run(
+                    drive(
+                        server.url,
+                        server.process.pid,
+                        texts,
+                        clients,
+                        duration,
+                        warmup,
+                        server.spec.headers,
+                        server.spec.name,
+                    )
+                )
+            )
             stop_server(server.process)
     return results
 
 
 def format_table(results: Sequence[LoadResult]) -> str:
     """A markdown table, a row per server, plus the lmforge/naive ratios when both ran."""
-    lines = ["| server | clients | s | requests | req/s | p50 ms | p95 ms | p99 ms | errors | "
-             "RSS start/end/peak MB | MB/min | CPU % server/clients |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | clients | s | requests | req/s | p50 ms | p95 ms | p99 ms | errors | "
+        "RSS start/end/peak MB | MB/min | CPU % server/clients |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         errors = ", ".join(f"{kind}: {n}" for kind, n in sorted(r.errors.items())) or "0"
-        lines.append(f"| {r.server} | {r.clients} | {r.duration_s:g} | {r.requests} | {r.throughput_rps:.1f} | "
-                     f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {errors} | "
-                     f"{r.rss_start_mb:.0f}/{r.rss_end_mb:.0f}/{r.rss_peak_mb:.0f} | "
-                     f"{r.rss_slope_mb_per_min:+.2f} | {r.server_cpu_percent:.0f}/{r.client_cpu_percent:.0f} |")
+        lines.append(
+            f"| {r.server} | {r.clients} | {r.duration_s:g} | {r.requests} | {r.throughput_rps:.1f} | "
+            f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {errors} | "
+            f"{r.rss_start_mb:.0f}/{r.rss_end_mb:.0f}/{r.rss_peak_mb:.0f} | "
+            f"{r.rss_slope_mb_per_min:+.2f} | {r.server_cpu_percent:.0f}/{r.client_cpu_percent:.0f} |"
+        )
     ratios = comparison(results)
     if ratios:
-        lines.append(f"\nlmforge / naive: throughput {ratios['throughput_ratio']:.2f}x, "
-                     f"p99 {ratios['p99_ratio']:.2f}x (below 1 is better)")
+        lines.append(
+            f"\nlmforge / naive: throughput {ratios['throughput_ratio']:.2f}x, "
+            f"p99 {ratios['p99_ratio']:.2f}x (below 1 is better)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -332,7 +430,10 @@ def comparison(results: Sequence[LoadResult]) -> dict[str, float]:
     ours, base = by_name.get("lmforge"), by_name.get("naive")
     if ours is None or base is None or not base.requests or not base.p99_ms:
         return {}
-    return {"throughput_ratio": ours.throughput_rps / base.throughput_rps, "p99_ratio": ours.p99_ms / base.p99_ms}
+    return {
+        "throughput_ratio": ours.throughput_rps / base.throughput_rps,
+        "p99_ratio": ours.p99_ms / base.p99_ms,
+    }
 
 
 def write_json(results: Sequence[LoadResult], path: str | Path) -> Path:
@@ -351,12 +452,17 @@ def read_texts(path: str | Path, opts: Any) -> list[str]:
 
     path = Path(path)
     if not path.is_file():
-        raise LmforgeError(f"--texts file {path} not found; give a file of texts (a line each, CSV, JSONL, "
-                           "or 'text@label' lines with --delimiter @)")
+        raise LmforgeError(
+            f"--texts file {path} not found; give a file of texts (a line each, CSV, JSONL, "
+            "or 'text@label' lines with --delimiter @)"
+        )
     if path.suffix.lower() in (".txt", "") and opts.format == "auto" and not opts.delimiter:
         texts = [line.strip() for line in decode_file(path, opts.encoding).splitlines()]
     else:
-        texts = [str(t).strip() for t in read_examples(path, opts, require_label=False)["text"].fillna("")]
+        texts = [
+            str(t).strip()
+            for t in read_examples(path, opts, require_label=False)["text"].fillna("")
+        ]
     texts = [t for t in texts if t]
     if not texts:
         raise LmforgeError(f"no texts in {path}; give at least one")

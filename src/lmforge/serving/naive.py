@@ -46,7 +46,9 @@ def create_app(model: str) -> FastAPI:
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog="python -m lmforge.serving.naive", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lmforge.serving.naive", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("model", help="a run directory or a Hugging Face model directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)

@@ -12,11 +12,15 @@ class TextsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Served model name (GET /v1/models); optional when one is served.")
+    model: str | None = Field(
+        None, description="Served model name (GET /v1/models); optional when one is served."
+    )
     text: str | None = Field(None, description="One input text.")
     texts: list[str] | None = Field(None, description="Several input texts, answered in order.")
     text_pair: str | None = Field(None, description="Pair models: the second text of `text`.")
-    text_pairs: list[str] | None = Field(None, description="Pair models: the second text of each of `texts`.")
+    text_pairs: list[str] | None = Field(
+        None, description="Pair models: the second text of each of `texts`."
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> TextsRequest:
@@ -24,14 +28,18 @@ class TextsRequest(BaseModel):
             raise ValueError("give either 'text' (a string) or 'texts' (a list of strings)")
         if self.text_pair is not None and self.text is None:
             raise ValueError("'text_pair' goes with 'text'; with 'texts' give 'text_pairs'")
-        if self.text_pairs is not None and (self.texts is None or len(self.text_pairs) != len(self.texts)):
+        if self.text_pairs is not None and (
+            self.texts is None or len(self.text_pairs) != len(self.texts)
+        ):
             raise ValueError("'text_pairs' needs 'texts' of the same length")
         return self
 
     def inputs(self) -> tuple[list[str], list[str] | None]:
         if self.text is not None:
             return [self.text], [self.text_pair] if self.text_pair is not None else None
-        return list(self.texts or []), list(self.text_pairs) if self.text_pairs is not None else None
+        return list(self.texts or []), list(
+            self.text_pairs
+        ) if self.text_pairs is not None else None
 
 
 class Classification(BaseModel):
@@ -93,7 +101,9 @@ class ModelCard(BaseModel):
     backend: str
     labels: list[str]
     endpoint: str = Field(description="The endpoint that serves this model's task.")
-    reloads: int = Field(0, description="How often its directory was loaded again since start (hot reload).")
+    reloads: int = Field(
+        0, description="How often its directory was loaded again since start (hot reload)."
+    )
 
 
 class ModelList(BaseModel):
@@ -114,11 +124,15 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Served model name; optional when one is served.")
-    temperature: float = Field(1.0, ge=0, le=100, description="0 means greedy (always the most likely token).")
+    temperature: float = Field(
+        1.0, ge=0, le=100, description="0 means greedy (always the most likely token)."
+    )
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, ge=1, description="Sample among the k most likely tokens.")
     repetition_penalty: float = Field(1.0, gt=0, le=100, description="> 1 discourages repeats.")
-    stop: str | list[str] | None = Field(None, description="Stop at the first of these strings (at most 4).")
+    stop: str | list[str] | None = Field(
+        None, description="Stop at the first of these strings (at most 4)."
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same text.")
     stream: bool = Field(False, description="Server-sent events as text is generated.")
 
@@ -141,27 +155,37 @@ class ChatMessage(BaseModel):
     name: str | None = Field(None, max_length=64, description="Ignored.")
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return (
+            self.content
+            if isinstance(self.content, str)
+            else "".join(part.text for part in self.content)
+        )
 
 
 class GenerateRequest(SamplingFields):
     """``prompt``, ``prompts`` (each continued) or ``messages`` (one conversation, chat template)."""
 
     prompt: str | None = Field(None, description="One text to continue.")
-    prompts: list[str] | None = Field(None, description="Several texts to continue (not with stream).")
+    prompts: list[str] | None = Field(
+        None, description="Several texts to continue (not with stream)."
+    )
     messages: list[ChatMessage] | None = Field(None, description="A conversation to answer.")
     max_new_tokens: int = Field(128, ge=1, description="Tokens to generate at most.")
 
     @model_validator(mode="after")
     def _one_form(self) -> GenerateRequest:
         if sum(x is not None for x in (self.prompt, self.prompts, self.messages)) != 1:
-            raise ValueError("give one of 'prompt' (a string), 'prompts' (a list) or 'messages' (a conversation)")
+            raise ValueError(
+                "give one of 'prompt' (a string), 'prompts' (a list) or 'messages' (a conversation)"
+            )
         return self
 
 
 class GeneratedText(BaseModel):
     text: str
-    finish_reason: str = Field(description="`stop` (end of text, end of turn or a stop string) or `length`.")
+    finish_reason: str = Field(
+        description="`stop` (end of text, end of turn or a stop string) or `length`."
+    )
     prompt_tokens: int
     completion_tokens: int
 
@@ -202,7 +226,9 @@ class OpenAIFields(BaseModel):
     frequency_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: only 0.")
     user: str | None = Field(None, max_length=256, description="Ignored.")
     top_k: int | None = Field(None, ge=1, description="lmforge extension (as in vLLM).")
-    repetition_penalty: float = Field(1.0, gt=0, le=100, description="lmforge extension (as in vLLM).")
+    repetition_penalty: float = Field(
+        1.0, gt=0, le=100, description="lmforge extension (as in vLLM)."
+    )
 
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -212,7 +238,9 @@ class CompletionRequest(OpenAIFields):
     """OpenAI ``POST /v1/completions``."""
 
     prompt: str | list[str] = Field(description="A text, or several (not with stream).")
-    max_tokens: int = Field(16, ge=1, description="Tokens to generate at most (OpenAI's default: 16).")
+    max_tokens: int = Field(
+        16, ge=1, description="Tokens to generate at most (OpenAI's default: 16)."
+    )
     echo: bool = Field(False, description="Not supported: only false.")
     logprobs: None = Field(None, description="Not supported.")
 
@@ -221,8 +249,14 @@ class ChatCompletionRequest(OpenAIFields):
     """OpenAI ``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most (default: 128, or the server's cap if lower).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="The newer name of max_tokens.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens to generate at most (default: 128, or the server's cap if lower).",
+    )
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="The newer name of max_tokens."
+    )
     logprobs: bool = Field(False, description="Not supported: only false.")
 
 

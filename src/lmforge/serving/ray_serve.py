@@ -42,9 +42,11 @@ DEPLOYMENT_NAME = "lmforge"
 # needs concurrent requests to fill a batch; the app's own queue bound answers 503 beyond this.
 MAX_ONGOING_REQUESTS = 256
 # lmforge serve's settings that Ray Serve decides instead, and what to use there
-NOT_ON_RAY = {"host": "Ray Serve's http_options (serve start --http-host, or the config file)",
-              "port": "Ray Serve's http_options (serve start --http-port, or the config file)",
-              "workers": "num_replicas"}
+NOT_ON_RAY = {
+    "host": "Ray Serve's http_options (serve start --http-host, or the config file)",
+    "port": "Ray Serve's http_options (serve start --http-port, or the config file)",
+    "workers": "num_replicas",
+}
 LISTS = ("models", "cors_origins")  # comma-separated on the command line
 
 
@@ -53,13 +55,18 @@ class ReplicaResources:
     """How many replicas, and what each reserves on its node."""
 
     num_replicas: int = 1  # processes that each hold all the models; Ray places them on the cluster
-    num_cpus: float = 1.0  # CPUs per replica (Ray also sets OMP_NUM_THREADS, torch's threads, from it)
+    num_cpus: float = (
+        1.0  # CPUs per replica (Ray also sets OMP_NUM_THREADS, torch's threads, from it)
+    )
     num_gpus: float = 0.0  # GPUs per replica (0: the replica sees no GPU)
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> ReplicaResources:
-        out = cls(_number(args, "num_replicas", int, cls.num_replicas),
-                  _number(args, "num_cpus", float, cls.num_cpus), _number(args, "num_gpus", float, cls.num_gpus))
+        out = cls(
+            _number(args, "num_replicas", int, cls.num_replicas),
+            _number(args, "num_cpus", float, cls.num_cpus),
+            _number(args, "num_gpus", float, cls.num_gpus),
+        )
         if out.num_replicas < 1:
             raise LmforgeError(f"num_replicas must be at least 1 (got {out.num_replicas})")
         if out.num_cpus <= 0:
@@ -74,7 +81,9 @@ def _number(args: dict[str, Any], key: str, kind: type, default: float) -> Any:
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise LmforgeError(f"{key}={value}: expected {'a whole number' if kind is int else 'a number'}") from None
+        raise LmforgeError(
+            f"{key}={value}: expected {'a whole number' if kind is int else 'a number'}"
+        ) from None
 
 
 def parse_args(args: dict[str, Any]) -> tuple[ReplicaResources, Any]:
@@ -83,16 +92,25 @@ def parse_args(args: dict[str, Any]) -> tuple[ReplicaResources, Any]:
     from lmforge.serving.config import ServeConfig, load_serve_config
 
     resources_keys = [f.name for f in ReplicaResources.__dataclass_fields__.values()]
-    known = ["config", *resources_keys, *(k for k in ServeConfig.model_fields if k not in NOT_ON_RAY)]
+    known = [
+        "config",
+        *resources_keys,
+        *(k for k in ServeConfig.model_fields if k not in NOT_ON_RAY),
+    ]
     for key in args:
         if key in NOT_ON_RAY:
             raise LmforgeError(f"{key}: on Ray Serve, use {NOT_ON_RAY[key]}")
         if key not in known:
-            raise LmforgeError(f"unknown argument '{key}'{did_you_mean(key, known)}; app_builder takes "
-                               f"{', '.join(known)}")
+            raise LmforgeError(
+                f"unknown argument '{key}'{did_you_mean(key, known)}; app_builder takes "
+                f"{', '.join(known)}"
+            )
     resources = ReplicaResources.parse(args)
-    flags = {key: _as_list(value) if key in LISTS else value for key, value in args.items()
-             if key not in resources_keys and key != "config"}
+    flags = {
+        key: _as_list(value) if key in LISTS else value
+        for key, value in args.items()
+        if key not in resources_keys and key != "config"
+    }
     config = load_serve_config(args.get("config"), flags)
     return resources, config.model_copy(update={"models": absolute_specs(config.models)})
 
@@ -123,7 +141,9 @@ def _ray_serve() -> Any:
     try:
         from ray import serve
     except ImportError:
-        raise LmforgeError("serving on Ray needs Ray Serve: pip install 'lmforge[serve-ray]'") from None
+        raise LmforgeError(
+            "serving on Ray needs Ray Serve: pip install 'lmforge[serve-ray]'"
+        ) from None
     return serve
 
 
@@ -147,9 +167,13 @@ def lmforge_deployment(resources: ReplicaResources, config: Any, keys: Any) -> A
         mask_all_logs()
         return create_app(load_models(specs, precision), settings)
 
-    @serve.deployment(name=DEPLOYMENT_NAME, num_replicas=resources.num_replicas,
-                      ray_actor_options={"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
-                      max_ongoing_requests=MAX_ONGOING_REQUESTS, graceful_shutdown_timeout_s=config.graceful_seconds)
+    @serve.deployment(
+        name=DEPLOYMENT_NAME,
+        num_replicas=resources.num_replicas,
+        ray_actor_options={"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
+        max_ongoing_requests=MAX_ONGOING_REQUESTS,
+        graceful_shutdown_timeout_s=config.graceful_seconds,
+    )
     @serve.ingress(build_app)
     class LmforgeService:
         """One replica of the service; the app's routes and lifespan do all the work."""
@@ -169,10 +193,17 @@ def app_builder(args: dict[str, Any]) -> Any:
     resources, config = parse_args(args)
     keys = ApiKeys.gather([], config.api_keys_file)
     if not keys and not config.allow_open:
-        raise LmforgeError(f"no API keys: set ${KEYS_ENV} (e.g. alice:KEY,bob:KEY) or api_keys_file where the "
-                           "app is built, or pass allow_open=true")
+        raise LmforgeError(
+            f"no API keys: set ${KEYS_ENV} (e.g. alice:KEY,bob:KEY) or api_keys_file where the "
+            "app is built, or pass allow_open=true"
+        )
     if config.workers > 1:  # from a serve.yaml shared with `lmforge serve`
         log.warning("workers: %d is ignored on Ray Serve; use num_replicas", config.workers)
-    log.info("lmforge on Ray Serve: %s, %d replica(s) of %g CPU, %g GPU", ", ".join(config.models),
-             resources.num_replicas, resources.num_cpus, resources.num_gpus)
+    log.info(
+        "lmforge on Ray Serve: %s, %d replica(s) of %g CPU, %g GPU",
+        ", ".join(config.models),
+        resources.num_replicas,
+        resources.num_cpus,
+        resources.num_gpus,
+    )
     return lmforge_deployment(resources, config, keys).bind()

@@ -39,8 +39,10 @@ def model_name(spec: str) -> tuple[str, str]:
         resolved = Path(spec.rstrip("/"))
         name = resolved.parent.name if resolved.name in ("model", "adapter") else resolved.name
     if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise LmforgeError(f"model name {name!r} (from {spec!r}): use letters, digits, '-', '_' and '.'; "
-                           "or give NAME=PATH")
+        raise LmforgeError(
+            f"model name {name!r} (from {spec!r}): use letters, digits, '-', '_' and '.'; "
+            "or give NAME=PATH"
+        )
     return name, path
 
 
@@ -57,10 +59,16 @@ def check_models(specs: list[str]) -> list[tuple[str, str]]:
             raise LmforgeError(f"two models are named '{name}'; name them: NAME=PATH")
         model_dir = find_model_dir(path)
         task = read_metadata(model_dir).get("task") or task_of_architecture(model_dir)
-        servable = task not in TASK_NAMES or task in GENERATIVE_TASKS or not getattr(get_task(task), "loss_only", False)
+        servable = (
+            task not in TASK_NAMES
+            or task in GENERATIVE_TASKS
+            or not getattr(get_task(task), "loss_only", False)
+        )
         if not servable:  # (an unknown task is Predictor.load's one-line error)
-            raise LmforgeError(f"{path} is a {task.replace('_', ' ')} model: it has no endpoint "
-                               "(fine-tune it for a task first)")
+            raise LmforgeError(
+                f"{path} is a {task.replace('_', ' ')} model: it has no endpoint "
+                "(fine-tune it for a task first)"
+            )
         named[name] = path
     return list(named.items())
 
@@ -71,7 +79,9 @@ def load_models(specs: list[str], precision: str = "auto") -> dict[str, ServedMo
 
     models: dict[str, ServedModel] = {}
     for name, path in check_models(specs):
-        predictor = own_weights(Predictor.load(path, precision=precision))  # its files may be rewritten
+        predictor = own_weights(
+            Predictor.load(path, precision=precision)
+        )  # its files may be rewritten
         models[name] = ServedModel(name, predictor, path, precision=precision)
         log.info("model %s: %s (%s, %s)", name, path, predictor.task.name, models[name].backend)
     return models
@@ -84,8 +94,10 @@ def check_binding(host: str, settings: ServeSettings, allow_open: bool) -> None:
     except ValueError:
         loopback = False
     if not settings.keys and not loopback and not allow_open:
-        raise LmforgeError(f"--host {host} without API keys would let anyone on the network call the models; "
-                           "give --api-key (or --api-keys-file, $LMFORGE_API_KEYS), or --allow-open")
+        raise LmforgeError(
+            f"--host {host} without API keys would let anyone on the network call the models; "
+            "give --api-key (or --api-keys-file, $LMFORGE_API_KEYS), or --allow-open"
+        )
 
 
 def serve(config: ServeConfig, keys: ApiKeys) -> None:
@@ -96,8 +108,13 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
     check_binding(config.host, settings, config.allow_open)
     if not settings.keys:
         log.warning("no API keys: the service is open to every caller on %s", config.host)
-    options = {"host": config.host, "port": config.port, "log_level": "info", "access_log": False,
-               "timeout_graceful_shutdown": config.graceful_seconds}
+    options = {
+        "host": config.host,
+        "port": config.port,
+        "log_level": "info",
+        "access_log": False,
+        "timeout_graceful_shutdown": config.graceful_seconds,
+    }
     if config.workers > 1:
         serve_workers(config, keys, options)
         return
@@ -105,8 +122,12 @@ def serve(config: ServeConfig, keys: ApiKeys) -> None:
     settings.model_threads = tune_process(config)
     server = uvicorn.Server(uvicorn.Config(create_app(models, settings), **options))
     mask_all_logs()
-    log.info("serving %s on http://%s:%d (docs: /docs, metrics: /metrics)", ", ".join(models), config.host,
-             config.port)
+    log.info(
+        "serving %s on http://%s:%d (docs: /docs, metrics: /metrics)",
+        ", ".join(models),
+        config.host,
+        config.port,
+    )
     server.run()
 
 
@@ -130,7 +151,9 @@ def model_threads(config: ServeConfig) -> int:
     """
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     cores = max(1, cores // config.workers)
     threads = config.model_threads or min(4, cores)
     torch.set_num_threads(max(1, cores // threads))
@@ -157,15 +180,24 @@ def serve_workers(config: ServeConfig, keys: ApiKeys, options: dict[str, Any]) -
     """
     import uvicorn
 
-    check_models(config.models)  # a bad model stops here, with its one-line error, before any worker starts
+    check_models(
+        config.models
+    )  # a bad model stops here, with its one-line error, before any worker starts
     metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="lmforge-metrics-")
     for stale in Path(metrics_dir).glob("*.db"):  # left over from an earlier run
         stale.unlink()
     os.environ[MULTIPROC_ENV] = metrics_dir
     os.environ[WORKER_ENV] = json.dumps({"config": config.model_dump(), "keys": keys.digests()})
-    log.info("serving %s on http://%s:%d with %d workers", ", ".join(config.models), config.host, config.port,
-             config.workers)
-    uvicorn.run("lmforge.serving.recipe:worker_app", factory=True, workers=config.workers, **options)
+    log.info(
+        "serving %s on http://%s:%d with %d workers",
+        ", ".join(config.models),
+        config.host,
+        config.port,
+        config.workers,
+    )
+    uvicorn.run(
+        "lmforge.serving.recipe:worker_app", factory=True, workers=config.workers, **options
+    )
 
 
 def worker_app() -> Any:

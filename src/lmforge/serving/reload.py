@@ -69,8 +69,10 @@ def reload_model(served: Any, load: Callable[..., Any] | None = None) -> None:
     seen = fingerprint(model_dir)
     predictor = own_weights((load or Predictor.load)(served.path, precision=served.precision))
     if predictor.task.name != served.task:
-        raise LmforgeError(f"{served.path} now holds a {predictor.task.name.replace('_', ' ')} model, not a "
-                           f"{served.task.replace('_', ' ')} one; serve it under another name")
+        raise LmforgeError(
+            f"{served.path} now holds a {predictor.task.name.replace('_', ' ')} model, not a "
+            f"{served.task.replace('_', ' ')} one; serve it under another name"
+        )
     served.predictor = predictor
     if served.generator is not None:
         served.generator.predictor = predictor
@@ -83,7 +85,9 @@ class ModelWatcher:
     """Checks every ``interval`` seconds whether a served directory changed, and reloads it once
     the change has settled (unchanged for one more interval)."""
 
-    def __init__(self, models: dict[str, Any], interval: float, on_reload: Callable[[str, str], None]):
+    def __init__(
+        self, models: dict[str, Any], interval: float, on_reload: Callable[[str, str], None]
+    ):
         self.models = models
         self.interval = interval
         self.on_reload = on_reload  # (model name, "ok" | "failed")
@@ -120,7 +124,12 @@ class ModelWatcher:
             await asyncio.to_thread(reload_model, served)
         except Exception as err:  # noqa: BLE001 - whatever the new files do, the old model keeps serving
             served.fingerprint = now  # do not retry the same broken files every interval
-            log.error("model %s: new files in %s not loaded, the old model keeps serving: %s", name, served.path, err)
+            log.error(
+                "model %s: new files in %s not loaded, the old model keeps serving: %s",
+                name,
+                served.path,
+                err,
+            )
             self.on_reload(name, "failed")
             return
         log.info("model %s: reloaded from %s", name, served.path)

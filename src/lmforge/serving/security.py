@@ -44,8 +44,10 @@ class ApiKeys:
 
     def add(self, name: str, key: str) -> None:
         if len(key) < 16:
-            raise LmforgeError(f"API key '{name}' is {len(key)} characters long; use at least 16 "
-                               "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+            raise LmforgeError(
+                f"API key '{name}' is {len(key)} characters long; use at least 16 "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         if any(n == name for n, _ in self._digests):
             raise LmforgeError(f"API key name '{name}' is given twice; name each key once")
         self._digests.append((name, _digest(key)))
@@ -78,7 +80,9 @@ class ApiKeys:
         return keys
 
     @classmethod
-    def gather(cls, keys: list[str], keys_file: str | None, environ: dict[str, str] | None = None) -> ApiKeys:
+    def gather(
+        cls, keys: list[str], keys_file: str | None, environ: dict[str, str] | None = None
+    ) -> ApiKeys:
         """Keys from ``--api-key`` (``KEY`` or ``NAME:KEY``), a keys file (one such entry per line,
         ``#`` comments) and ``$LMFORGE_API_KEYS`` (comma-separated entries)."""
         environ = os.environ if environ is None else environ
@@ -88,10 +92,16 @@ class ApiKeys:
             if not path.is_file():
                 raise LmforgeError(f"--api-keys-file {path} not found")
             lines = path.read_text(encoding="utf-8").splitlines()
-            entries += [(f"{path}:{n}", line.strip()) for n, line in enumerate(lines, start=1)
-                        if line.strip() and not line.strip().startswith("#")]
-        entries += [(f"${KEYS_ENV} entry {i + 1}", e.strip())
-                    for i, e in enumerate(environ.get(KEYS_ENV, "").split(",")) if e.strip()]
+            entries += [
+                (f"{path}:{n}", line.strip())
+                for n, line in enumerate(lines, start=1)
+                if line.strip() and not line.strip().startswith("#")
+            ]
+        entries += [
+            (f"${KEYS_ENV} entry {i + 1}", e.strip())
+            for i, e in enumerate(environ.get(KEYS_ENV, "").split(","))
+            if e.strip()
+        ]
         out = cls()
         for n, (where, entry) in enumerate(entries, start=1):
             name, sep, key = entry.partition(":")
@@ -117,7 +127,9 @@ class RateLimit:
     def parse(cls, text: str) -> RateLimit:
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(second|minute|hour)s?\s*", text)
         if not match or int(match.group(1)) < 1:
-            raise LmforgeError(f"--rate-limit {text!r}: expected N/second, N/minute or N/hour, e.g. 600/minute")
+            raise LmforgeError(
+                f"--rate-limit {text!r}: expected N/second, N/minute or N/hour, e.g. 600/minute"
+            )
         return cls(int(match.group(1)), _UNITS[match.group(2)])
 
 
@@ -169,9 +181,11 @@ def _classify_digits(match: re.Match[str], text: str) -> str:
     digits = re.sub(r"\D", "", run)
     if 13 <= len(digits) <= 19 and _luhn(digits):
         return "[CARD]"
-    if _ACCOUNT_WORDS.search(text[max(0, match.start() - 30):match.start()]) and len(digits) >= 6:
+    if _ACCOUNT_WORDS.search(text[max(0, match.start() - 30) : match.start()]) and len(digits) >= 6:
         return "[ACCOUNT]"
-    if 7 <= len(digits) <= 15 and (run.startswith("+") or re.search(r"[ ().-]", run) or len(digits) >= 10):
+    if 7 <= len(digits) <= 15 and (
+        run.startswith("+") or re.search(r"[ ().-]", run) or len(digits) >= 10
+    ):
         return "[PHONE]"
     if len(digits) >= 8:
         return "[ACCOUNT]"

@@ -43,14 +43,18 @@ class Chat(CausalLM):
         self.packing = "documents"  # one conversation per row unless data.packing: packed
         self.isolate = False
         self.tokens_added = 0
-        self.new_token_ids: list[int] = []  # the chat markers added to the vocabulary: new embedding rows
+        self.new_token_ids: list[
+            int
+        ] = []  # the chat markers added to the vocabulary: new embedding rows
         self.chat_template: str | None = None
 
     def configure(self, options: dict[str, Any]) -> None:
         super().configure(options)
         self.chat_template = options.get("chat_template") or self.chat_template
         if self.packing not in ("packed", "documents"):
-            raise LmforgeError(f"data.packing: {self.packing!r}; task {self.name} takes 'packed' or 'documents'")
+            raise LmforgeError(
+                f"data.packing: {self.packing!r}; task {self.name} takes 'packed' or 'documents'"
+            )
 
     def bind(self, tokenizer: Any) -> None:
         """Give the tokenizer a chat template when it has none (new special tokens are counted,
@@ -61,9 +65,11 @@ class Chat(CausalLM):
         custom = template not in (None, "chatml")
         setup = ensure_chat_template(tokenizer, _template_text(template) if custom else template)
         if setup.template_set and not custom:
-            log.info("%s: using lmforge's default (ChatML)%s",
-                     "data.chat_template: chatml" if template else "the tokenizer has no chat template",
-                     f", {setup.tokens_added} special tokens added" if setup.tokens_added else "")
+            log.info(
+                "%s: using lmforge's default (ChatML)%s",
+                "data.chat_template: chatml" if template else "the tokenizer has no chat template",
+                f", {setup.tokens_added} special tokens added" if setup.tokens_added else "",
+            )
         self.tokens_added = setup.tokens_added
         self.new_token_ids = list(range(len(tokenizer) - setup.tokens_added, len(tokenizer)))
 
@@ -79,13 +85,18 @@ class Chat(CausalLM):
         eos = model.generation_config.eos_token_id
         stops = [e for e in ([eos] if isinstance(eos, int) else list(eos or [])) if e is not None]
         if end is not None and end not in stops:
-            model.generation_config.eos_token_id = [*stops, end]  # saved with the model for any HF tool
+            model.generation_config.eos_token_id = [
+                *stops,
+                end,
+            ]  # saved with the model for any HF tool
 
     def collator(self, pad_to_multiple_of: int | None, seed: int | None = None) -> Any:
         from lmforge.data.packing import CausalLMCollator
 
         if self.packing == "packed":
-            return CausalLMCollator(self.pad_id, self.isolate, pad_to_multiple_of, mask_dtype=self.mask_dtype)
+            return CausalLMCollator(
+                self.pad_id, self.isolate, pad_to_multiple_of, mask_dtype=self.mask_dtype
+            )
         return PaddingCollator(self.pad_id, pad_to_multiple_of)
 
     def packed(self, dataset: EncodedDataset, name: str) -> tuple[Any, dict[str, Any]]:
@@ -98,27 +109,40 @@ class Chat(CausalLM):
         rows = PackedSequences(dataset.input_ids, dataset.token_labels, self.block_size)
         tokens = sum(len(row) for row in dataset.input_ids)
         info = {"packed_rows": len(rows), "fill": round(tokens / (len(rows) * self.block_size), 4)}
-        log.info("%s: %d conversations packed into %d rows of %d tokens (%.0f%% full)", name, len(dataset),
-                 len(rows), self.block_size, 100 * info["fill"])
+        log.info(
+            "%s: %d conversations packed into %d rows of %d tokens (%.0f%% full)",
+            name,
+            len(dataset),
+            len(rows),
+            self.block_size,
+            100 * info["fill"],
+        )
         return BlockDataset(rows, self, name), info
 
-    def file_dataset(self, data_cfg: Any, path: str, tokenizer: Any) -> tuple[EncodedDataset, dict[str, Any]]:
+    def file_dataset(
+        self, data_cfg: Any, path: str, tokenizer: Any
+    ) -> tuple[EncodedDataset, dict[str, Any]]:
         """Encode every conversation of a JSONL file; counts of what truncation did."""
         from lmforge.data.readers import decode_file
         from lmforge.generation.chat import encode_conversation, records_to_messages
 
         file = _existing(path)
         ids, labels, truncated, dropped = [], [], 0, 0
-        lines = [(n, line) for n, line in enumerate(decode_file(file, data_cfg.encoding).split("\n"), start=1)
-                 if line.strip()]
+        lines = [
+            (n, line)
+            for n, line in enumerate(decode_file(file, data_cfg.encoding).split("\n"), start=1)
+            if line.strip()
+        ]
         if not lines:
             raise LmforgeError(f"{file} is empty; it needs one conversation per line")
         for number, line in lines:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise LmforgeError(f"{file}: line {number} is not valid JSON ({err.msg}); a chat file holds one "
-                                   '{"messages": [...]} or {"instruction", "output"} object per line') from None
+                raise LmforgeError(
+                    f"{file}: line {number} is not valid JSON ({err.msg}); a chat file holds one "
+                    '{"messages": [...]} or {"instruction", "output"} object per line'
+                ) from None
             messages = records_to_messages(record, str(file), number)
             try:
                 encoded = encode_conversation(messages, tokenizer, self.block_size)
@@ -131,24 +155,47 @@ class Chat(CausalLM):
             ids.append(encoded.input_ids.astype(np.int64))
             labels.append(encoded.labels.astype(np.int64))
         if truncated:
-            log.warning("%s: %d of %d conversations are longer than data.max_length=%d tokens and were cut from "
-                        "the right%s", file, truncated, len(lines), self.block_size,
-                        f"; {dropped} lost every assistant token and were dropped" if dropped else "")
+            log.warning(
+                "%s: %d of %d conversations are longer than data.max_length=%d tokens and were cut from "
+                "the right%s",
+                file,
+                truncated,
+                len(lines),
+                self.block_size,
+                f"; {dropped} lost every assistant token and were dropped" if dropped else "",
+            )
         if not ids:
-            raise LmforgeError(f"{file}: no conversation keeps an assistant token within data.max_length="
-                               f"{self.block_size}; raise data.max_length")
-        info = {"conversations": len(lines), "truncated": truncated, "dropped": dropped,
-                "assistant_tokens": int(sum((row != -100).sum() for row in labels))}
+            raise LmforgeError(
+                f"{file}: no conversation keeps an assistant token within data.max_length="
+                f"{self.block_size}; raise data.max_length"
+            )
+        info = {
+            "conversations": len(lines),
+            "truncated": truncated,
+            "dropped": dropped,
+            "assistant_tokens": int(sum((row != -100).sum() for row in labels)),
+        }
         return EncodedDataset(ids, token_labels=labels), info
 
     def load_corpus(self, cfg: Any, tokenizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Train / validation / test conversations; without a validation file, ``data.validation_size``
         of the training conversations (drawn with the seed) are held out."""
-        files = {"train": cfg.data.train_file, "validation": cfg.data.validation_file, "test": cfg.data.test_file}
+        files = {
+            "train": cfg.data.train_file,
+            "validation": cfg.data.validation_file,
+            "test": cfg.data.test_file,
+        }
         if not cfg.data.train_file:
-            raise LmforgeError(f"task {self.name} needs data.train_file: a JSONL file of conversations")
+            raise LmforgeError(
+                f"task {self.name} needs data.train_file: a JSONL file of conversations"
+            )
         datasets: dict[str, Any] = {}
-        summary: dict[str, Any] = {"rows": {}, "cleaning": {}, "carved_from_train": {}, "conversations": {}}
+        summary: dict[str, Any] = {
+            "rows": {},
+            "cleaning": {},
+            "carved_from_train": {},
+            "conversations": {},
+        }
         for name, path in files.items():
             if not path:
                 continue
@@ -158,12 +205,19 @@ class Chat(CausalLM):
                 order = np.random.default_rng(cfg.training.seed).permutation(len(dataset))
                 held = max(1, int(round(len(order) * cfg.data.validation_size)))
                 if held >= len(order):
-                    raise LmforgeError(f"{path} has too few conversations ({len(order)}) to hold some out; give "
-                                       "data.validation_file or set data.validation_size: 0")
+                    raise LmforgeError(
+                        f"{path} has too few conversations ({len(order)}) to hold some out; give "
+                        "data.validation_file or set data.validation_size: 0"
+                    )
                 summary["carved_from_train"]["validation"] = cfg.data.validation_size
-                for part, index in (("validation", np.sort(order[:held])), ("train", np.sort(order[held:]))):
-                    datasets[part] = EncodedDataset([dataset.input_ids[i] for i in index],
-                                                    token_labels=[dataset.token_labels[i] for i in index])
+                for part, index in (
+                    ("validation", np.sort(order[:held])),
+                    ("train", np.sort(order[held:])),
+                ):
+                    datasets[part] = EncodedDataset(
+                        [dataset.input_ids[i] for i in index],
+                        token_labels=[dataset.token_labels[i] for i in index],
+                    )
                 continue
             datasets[name] = dataset
         for name in list(datasets):
@@ -189,13 +243,16 @@ def _template_text(value: str) -> str:
         return value
     file = Path(value)
     if not file.is_file():
-        raise LmforgeError(f"data.chat_template: file {file} not found; give a .jinja file, a Jinja template "
-                           "string, or 'chatml'")
+        raise LmforgeError(
+            f"data.chat_template: file {file} not found; give a .jinja file, a Jinja template "
+            "string, or 'chatml'"
+        )
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise LmforgeError(f"data.chat_template: {file} is not UTF-8 text; a chat template is a Jinja text "
-                           "file") from None
+        raise LmforgeError(
+            f"data.chat_template: {file} is not UTF-8 text; a chat template is a Jinja text file"
+        ) from None
 
 
 def _existing(path: str) -> Any:

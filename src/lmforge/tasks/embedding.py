@@ -30,8 +30,13 @@ class ContrastiveDataset(torch.utils.data.Dataset):
     """Query ids with their positive (and hard negative) ids; ``labels`` (N, 2) holds the ids of
     each row's query text and positive text, so that metrics know which rows share them."""
 
-    def __init__(self, input_ids: Sequence[np.ndarray], positive_ids: Sequence[np.ndarray],
-                 labels: np.ndarray, negative_ids: Sequence[np.ndarray] | None = None):
+    def __init__(
+        self,
+        input_ids: Sequence[np.ndarray],
+        positive_ids: Sequence[np.ndarray],
+        labels: np.ndarray,
+        negative_ids: Sequence[np.ndarray] | None = None,
+    ):
         self.input_ids = input_ids
         self.positive_ids = positive_ids
         self.negative_ids = negative_ids
@@ -46,8 +51,11 @@ class ContrastiveDataset(torch.utils.data.Dataset):
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, object]:
-        item: dict[str, object] = {"input_ids": self.input_ids[i], "positive_ids": self.positive_ids[i],
-                                   "positive_group": int(self.labels[i, 1])}
+        item: dict[str, object] = {
+            "input_ids": self.input_ids[i],
+            "positive_ids": self.positive_ids[i],
+            "positive_group": int(self.labels[i, 1]),
+        }
         if self.negative_ids is not None:
             item["negative_ids"] = self.negative_ids[i]
         return item
@@ -79,35 +87,53 @@ class Embedding:
 
     def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
         if fixed:
-            raise LmforgeError("data.labels lists class names; task embedding learns from (query, positive) "
-                               "pairs: remove data.labels")
+            raise LmforgeError(
+                "data.labels lists class names; task embedding learns from (query, positive) "
+                "pairs: remove data.labels"
+            )
         return []
 
     def strata(self, labels: Sequence[str]) -> list[str]:
         """Carved validation/test rows are drawn at random (pairs have no classes to stratify by)."""
         return ["all"] * len(labels)
 
-    def encode(self, frame: Any, name: str, tokenizer: Any, label_names: list[str],
-               max_length: int) -> ContrastiveDataset:
+    def encode(
+        self, frame: Any, name: str, tokenizer: Any, label_names: list[str], max_length: int
+    ) -> ContrastiveDataset:
         """Token ids of queries, positives and negatives (each cached), and the text ids of each row."""
         from lmforge.data.tokenization import tokenize
 
         if "text_pair" not in frame:
-            raise LmforgeError("task embedding trains on (query, positive) pairs: set data.text_pair_column to "
-                               "the column of the positive texts (data.text_column holds the queries)")
+            raise LmforgeError(
+                "task embedding trains on (query, positive) pairs: set data.text_pair_column to "
+                "the column of the positive texts (data.text_column holds the queries)"
+            )
         queries, positives = frame["text"].tolist(), frame["text_pair"].tolist()
-        negatives = (tokenize(frame["negative"].tolist(), tokenizer, max_length).ids if "negative" in frame
-                     else None)
-        return ContrastiveDataset(tokenize(queries, tokenizer, max_length).ids,
-                                  tokenize(positives, tokenizer, max_length).ids,
-                                  np.stack([text_ids(queries), text_ids(positives)], axis=1), negatives)
+        negatives = (
+            tokenize(frame["negative"].tolist(), tokenizer, max_length).ids
+            if "negative" in frame
+            else None
+        )
+        return ContrastiveDataset(
+            tokenize(queries, tokenizer, max_length).ids,
+            tokenize(positives, tokenizer, max_length).ids,
+            np.stack([text_ids(queries), text_ids(positives)], axis=1),
+            negatives,
+        )
 
     def split_outputs(self, predictor: Any, frame: Any, batch_size: int) -> np.ndarray:
         """Query and positive embeddings of a split's rows, side by side (N, 2H)."""
-        return np.concatenate([predictor.logits(frame["text"].tolist(), batch_size, use_cache=True),
-                               predictor.logits(frame["text_pair"].tolist(), batch_size, use_cache=True)], axis=1)
+        return np.concatenate(
+            [
+                predictor.logits(frame["text"].tolist(), batch_size, use_cache=True),
+                predictor.logits(frame["text_pair"].tolist(), batch_size, use_cache=True),
+            ],
+            axis=1,
+        )
 
-    def load_model(self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any) -> BiEncoder:
+    def load_model(
+        self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any
+    ) -> BiEncoder:
         """The encoder (``AutoModel``, no task head) with mean pooling."""
         from transformers import AutoModel
 
@@ -117,8 +143,13 @@ class Embedding:
         encoder.config.id2label = {}  # no classes: the model's label list is empty
         return BiEncoder(encoder, max_length=self.max_length)
 
-    def compute_metrics(self, logits: np.ndarray, labels: np.ndarray, label_names: Sequence[str],
-                        extra_corpus: np.ndarray | None = None) -> dict[str, Any]:
+    def compute_metrics(
+        self,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        label_names: Sequence[str],
+        extra_corpus: np.ndarray | None = None,
+    ) -> dict[str, Any]:
         """recall@1/5/10, MRR and nDCG@10 of every distinct query against the distinct positives.
 
         Args:
@@ -138,8 +169,13 @@ class Embedding:
         relevant = {}
         for q, d in zip(query_ids.tolist(), positive_ids.tolist(), strict=True):
             relevant.setdefault(q, set()).add(column[d])
-        metrics = retrieval_metrics(queries[first_query], corpus, [relevant[int(q)] for q in query_ids[first_query]])
-        return {"n": int(len(first_query)), **{k: float(v) if isinstance(v, float) else v for k, v in metrics.items()}}
+        metrics = retrieval_metrics(
+            queries[first_query], corpus, [relevant[int(q)] for q in query_ids[first_query]]
+        )
+        return {
+            "n": int(len(first_query)),
+            **{k: float(v) if isinstance(v, float) else v for k, v in metrics.items()},
+        }
 
     def decode(self, logits: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:
         return [{"embedding": [round(float(x), 6) for x in row]} for row in logits]

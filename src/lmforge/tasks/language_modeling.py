@@ -69,9 +69,16 @@ def corpus_spec(cfg: Any, path: str) -> Any:
 
     fmt = {"csv": "csv", "tsv": "csv", "jsonl": "jsonl", "text": "text"}.get(cfg.format, "auto")
     if cfg.format in ("parquet", "delimited"):
-        raise LmforgeError(f"data.format {cfg.format} is not a corpus format; use text, jsonl or csv")
-    return CorpusSpec(sources=[path], format=fmt, text_field=cfg.text_column, documents=cfg.documents,
-                      encoding=cfg.encoding)
+        raise LmforgeError(
+            f"data.format {cfg.format} is not a corpus format; use text, jsonl or csv"
+        )
+    return CorpusSpec(
+        sources=[path],
+        format=fmt,
+        text_field=cfg.text_column,
+        documents=cfg.documents,
+        encoding=cfg.encoding,
+    )
 
 
 def corpus_key(spec: Any, *settings: Any) -> str:
@@ -79,8 +86,11 @@ def corpus_key(spec: Any, *settings: Any) -> str:
     they are read, and ``settings`` (the tokenizer, a vocabulary size, ...)."""
     from lmforge.data.corpus import expand_sources
 
-    key = hashlib.sha256(json.dumps([spec.format, spec.text_field, spec.documents, spec.encoding,
-                                     *map(str, settings)]).encode())
+    key = hashlib.sha256(
+        json.dumps(
+            [spec.format, spec.text_field, spec.documents, spec.encoding, *map(str, settings)]
+        ).encode()
+    )
     for path in expand_sources(spec.sources):
         stat = path.stat()
         key.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -99,8 +109,12 @@ def corpus_token_file(spec: Any, tokenizer: Any) -> Any:
         pass  # not built yet (or damaged): build it
     path.parent.mkdir(parents=True, exist_ok=True)
     out = write_token_file(iter_documents(spec), tokenizer, path)
-    log.info("tokenized %s: %s documents, %s tokens", ", ".join(spec.sources), f"{out.n_documents:,}",
-             f"{out.n_tokens:,}")
+    log.info(
+        "tokenized %s: %s documents, %s tokens",
+        ", ".join(spec.sources),
+        f"{out.n_documents:,}",
+        f"{out.n_tokens:,}",
+    )
     return out
 
 
@@ -127,15 +141,19 @@ class _LanguageModeling:
 
     def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
         if fixed:
-            raise LmforgeError(f"data.labels lists class names; task {self.name} learns from raw text: "
-                               "remove data.labels")
+            raise LmforgeError(
+                f"data.labels lists class names; task {self.name} learns from raw text: "
+                "remove data.labels"
+            )
         return []
 
     def strata(self, labels: Sequence[str]) -> list[str]:
         return ["all"] * len(labels)
 
     # --- data ----------------------------------------------------------------------------
-    def load_corpus(self, cfg: Any, tokenizer: Any) -> tuple[dict[str, BlockDataset], dict[str, Any]]:
+    def load_corpus(
+        self, cfg: Any, tokenizer: Any
+    ) -> tuple[dict[str, BlockDataset], dict[str, Any]]:
         """Blocks for train / validation / test, and a summary of what reading and cutting did.
 
         Without a validation file, ``data.validation_size`` of the training blocks (drawn with
@@ -143,13 +161,23 @@ class _LanguageModeling:
         """
         from lmforge.data.packing import BlockPlan, PackedBlocks, plan_blocks
 
-        files = {"train": cfg.data.train_file, "validation": cfg.data.validation_file,
-                 "test": cfg.data.test_file}
+        files = {
+            "train": cfg.data.train_file,
+            "validation": cfg.data.validation_file,
+            "test": cfg.data.test_file,
+        }
         if not cfg.data.train_file:
-            raise LmforgeError(f"task {self.name} needs a training corpus: set data.train_file (text, JSONL or CSV "
-                               "files; a glob such as 'corpus/*.txt' reads many)")
+            raise LmforgeError(
+                f"task {self.name} needs a training corpus: set data.train_file (text, JSONL or CSV "
+                "files; a glob such as 'corpus/*.txt' reads many)"
+            )
         datasets: dict[str, BlockDataset] = {}
-        summary: dict[str, Any] = {"rows": {}, "cleaning": {}, "carved_from_train": {}, "corpus": {}}
+        summary: dict[str, Any] = {
+            "rows": {},
+            "cleaning": {},
+            "carved_from_train": {},
+            "corpus": {},
+        }
         boundaries = self.isolate  # position ids restart per document (causal LM isolation)
         for name, path in files.items():
             if not path:
@@ -161,30 +189,46 @@ class _LanguageModeling:
                 order = np.random.default_rng(cfg.training.seed).permutation(len(plan.ranges))
                 held = max(1, int(round(len(order) * cfg.data.validation_size)))
                 if held >= len(order):
-                    raise LmforgeError(f"the training corpus gives only {len(order)} block(s) of "
-                                       f"{self.block_size} tokens; add text, lower data.max_length, or give "
-                                       "data.validation_file")
+                    raise LmforgeError(
+                        f"the training corpus gives only {len(order)} block(s) of "
+                        f"{self.block_size} tokens; add text, lower data.max_length, or give "
+                        "data.validation_file"
+                    )
                 parts = {"validation": np.sort(order[:held]), "train": np.sort(order[held:])}
                 summary["carved_from_train"]["validation"] = cfg.data.validation_size
                 for part, index in parts.items():
                     sub = BlockPlan(plan.ranges[index], 0, 0)
-                    datasets[part] = BlockDataset(PackedBlocks(tokens.tokens, tokens.doc_offsets, sub, boundaries),
-                                                  self, path)
+                    datasets[part] = BlockDataset(
+                        PackedBlocks(tokens.tokens, tokens.doc_offsets, sub, boundaries), self, path
+                    )
                 continue
-            datasets[name] = BlockDataset(PackedBlocks(tokens.tokens, tokens.doc_offsets, plan, boundaries), self,
-                                          path)
+            datasets[name] = BlockDataset(
+                PackedBlocks(tokens.tokens, tokens.doc_offsets, plan, boundaries), self, path
+            )
         summary["rows"] = {name: len(d) for name, d in datasets.items()}
         return datasets, summary
 
     def describe(self, tokens: Any, plan: Any, name: str) -> dict[str, int]:
         """What cutting a corpus into blocks did (logged when documents were split)."""
         if plan.split_documents and self.packing == "documents":
-            log.info("%s: %d documents are longer than data.max_length=%d tokens and were split into several "
-                     "blocks", name, plan.split_documents, self.block_size)
-        return {"documents": tokens.n_documents, "tokens": tokens.n_tokens, "blocks": len(plan.ranges),
-                "dropped_tokens": plan.dropped_tokens, "split_documents": plan.split_documents}
+            log.info(
+                "%s: %d documents are longer than data.max_length=%d tokens and were split into several "
+                "blocks",
+                name,
+                plan.split_documents,
+                self.block_size,
+            )
+        return {
+            "documents": tokens.n_documents,
+            "tokens": tokens.n_tokens,
+            "blocks": len(plan.ranges),
+            "dropped_tokens": plan.dropped_tokens,
+            "split_documents": plan.split_documents,
+        }
 
-    def file_dataset(self, data_cfg: Any, path: str, tokenizer: Any) -> tuple[BlockDataset, dict[str, int]]:
+    def file_dataset(
+        self, data_cfg: Any, path: str, tokenizer: Any
+    ) -> tuple[BlockDataset, dict[str, int]]:
         """All blocks of one corpus file (or glob), e.g. for ``lmforge eval``."""
         from lmforge.data.packing import PackedBlocks, plan_blocks
 
@@ -194,7 +238,9 @@ class _LanguageModeling:
         return BlockDataset(blocks, self, path), self.describe(tokens, plan, path)
 
     # --- model ---------------------------------------------------------------------------
-    def load_model(self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    def load_model(
+        self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any
+    ) -> Any:
         """The pretrained model at ``location``, or a new one from ``model.from_scratch`` (training)."""
         from lmforge.models.loading import load_pretrained
 
@@ -208,35 +254,72 @@ class _LanguageModeling:
 
         arch = options["arch"]
         if arch not in self.arch_kinds:
-            raise LmforgeError(f"model.from_scratch.arch {arch} does not fit task {self.name}; use one of "
-                               f"{', '.join(self.arch_kinds)}")
+            raise LmforgeError(
+                f"model.from_scratch.arch {arch} does not fit task {self.name}; use one of "
+                f"{', '.join(self.arch_kinds)}"
+            )
         hidden, layers, heads = options["hidden"], options["layers"], options["heads"]
         inner = options.get("intermediate") or 4 * hidden
         vocab, positions = options["vocab_size"], options.get("max_positions") or self.block_size
-        special = {k: options[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if options.get(k) is not None}
+        special = {
+            k: options[k]
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+            if options.get(k) is not None
+        }
         if arch == "llama":
-            return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inner,
-                               num_hidden_layers=layers, num_attention_heads=heads,
-                               num_key_value_heads=options.get("kv_heads") or heads,
-                               max_position_embeddings=positions, tie_word_embeddings=True, **special)
+            return LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=hidden,
+                intermediate_size=inner,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=options.get("kv_heads") or heads,
+                max_position_embeddings=positions,
+                tie_word_embeddings=True,
+                **special,
+            )
         if arch == "gpt2":
-            return GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=inner,
-                              n_positions=positions, **special)
-        return BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          intermediate_size=inner, max_position_embeddings=positions,
-                          **{k: v for k, v in special.items() if k == "pad_token_id"})
+            return GPT2Config(
+                vocab_size=vocab,
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=heads,
+                n_inner=inner,
+                n_positions=positions,
+                **special,
+            )
+        return BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=inner,
+            max_position_embeddings=positions,
+            **{k: v for k, v in special.items() if k == "pad_token_id"},
+        )
 
     # --- metrics -------------------------------------------------------------------------
     def metrics_from(self, loss_sum: float, tokens: int, blocks: int) -> dict[str, Any]:
         """Mean loss per predicted token, its exponent (perplexity), and what was scored."""
         loss = loss_sum / max(tokens, 1)
-        return {"n": blocks, "loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+        return {
+            "n": blocks,
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "tokens": tokens,
+        }
 
-    def compute_metrics(self, logits: np.ndarray, labels: Any, label_names: Sequence[str]) -> dict[str, Any]:
-        raise LmforgeError(f"task {self.name} is scored by its loss (lmforge eval RUN --data CORPUS)")
+    def compute_metrics(
+        self, logits: np.ndarray, labels: Any, label_names: Sequence[str]
+    ) -> dict[str, Any]:
+        raise LmforgeError(
+            f"task {self.name} is scored by its loss (lmforge eval RUN --data CORPUS)"
+        )
 
     def decode(self, logits: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:
-        raise LmforgeError(f"a {self.name} model generates text: use `lmforge generate`, not predict")
+        raise LmforgeError(
+            f"a {self.name} model generates text: use `lmforge generate`, not predict"
+        )
 
 
 class CausalLM(_LanguageModeling):
@@ -253,7 +336,9 @@ class CausalLM(_LanguageModeling):
 
     def configure(self, options: dict[str, Any]) -> None:
         super().configure(options)
-        self.isolate = bool(options.get("isolate_documents", self.isolate)) and self.packing == "packed"
+        self.isolate = (
+            bool(options.get("isolate_documents", self.isolate)) and self.packing == "packed"
+        )
 
     @staticmethod
     def model_class() -> Any:
@@ -267,15 +352,20 @@ class CausalLM(_LanguageModeling):
         from lmforge.data.packing import CausalLMCollator
 
         if self.isolate and not CausalLMCollator.supports_document_isolation(model):
-            log.warning("%s cannot isolate the documents of a packed block (attention %s); they are "
-                        "separated by their end-of-document token only", type(model).__name__,
-                        getattr(model.config, "_attn_implementation", "?"))
+            log.warning(
+                "%s cannot isolate the documents of a packed block (attention %s); they are "
+                "separated by their end-of-document token only",
+                type(model).__name__,
+                getattr(model.config, "_attn_implementation", "?"),
+            )
             self.isolate = False
 
     def collator(self, pad_to_multiple_of: int | None) -> Any:
         from lmforge.data.packing import CausalLMCollator
 
-        return CausalLMCollator(self.pad_id, self.isolate, pad_to_multiple_of, mask_dtype=self.mask_dtype)
+        return CausalLMCollator(
+            self.pad_id, self.isolate, pad_to_multiple_of, mask_dtype=self.mask_dtype
+        )
 
     @staticmethod
     def predicted_tokens(labels: torch.Tensor) -> int:
@@ -292,7 +382,9 @@ class MaskedLM(_LanguageModeling):
 
     def __init__(self) -> None:
         super().__init__()
-        self.isolate = False  # bidirectional: documents in a packed block see each other (RoBERTa style)
+        self.isolate = (
+            False  # bidirectional: documents in a packed block see each other (RoBERTa style)
+        )
         self.mlm_probability = 0.15
         self.whole_word = False
         self.tokenizer: Any = None
@@ -315,9 +407,16 @@ class MaskedLM(_LanguageModeling):
         from lmforge.data.mlm import MaskedLMCollator
 
         if self.tokenizer.mask_token_id is None:
-            raise LmforgeError("task masked_lm needs a tokenizer with a mask token ([MASK]); this one has none")
-        return MaskedLMCollator(self.tokenizer, self.mlm_probability, self.whole_word, seed=seed,
-                                pad_to_multiple_of=pad_to_multiple_of)
+            raise LmforgeError(
+                "task masked_lm needs a tokenizer with a mask token ([MASK]); this one has none"
+            )
+        return MaskedLMCollator(
+            self.tokenizer,
+            self.mlm_probability,
+            self.whole_word,
+            seed=seed,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
 
     @staticmethod
     def predicted_tokens(labels: torch.Tensor) -> int:
@@ -330,12 +429,23 @@ def bind_tokenizer(task: Any, tokenizer: Any) -> None:
     if hasattr(task, "bind"):
         task.bind(tokenizer)
     task.tokenizer = tokenizer
-    task.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    task.pad_id = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else (tokenizer.eos_token_id or 0)
+    )
 
 
 @torch.inference_mode()
-def evaluate_loss(model: torch.nn.Module, dataset: BlockDataset, batch_size: int, task: Any, device: Any,
-                  ctx: Any = None, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+def evaluate_loss(
+    model: torch.nn.Module,
+    dataset: BlockDataset,
+    batch_size: int,
+    task: Any,
+    device: Any,
+    ctx: Any = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Loss per predicted token and perplexity of ``model`` on every block of ``dataset``.
 
     Masked LM draws its masks from a fixed seed, so every evaluation masks the same tokens
@@ -349,23 +459,34 @@ def evaluate_loss(model: torch.nn.Module, dataset: BlockDataset, batch_size: int
     ctx = ctx or DistContext()
     # The dataset's own collator: packed blocks go through the task's, one chat conversation per
     # row through plain padding.
-    collate = (task.collator(None, seed=task.seed) if isinstance(task, MaskedLM)
-               else dataset.collator(task.pad_id, None))
-    batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
-    mine = batches[ctx.rank::ctx.world_size]
+    collate = (
+        task.collator(None, seed=task.seed)
+        if isinstance(task, MaskedLM)
+        else dataset.collator(task.pad_id, None)
+    )
+    batches = [
+        list(range(i, min(i + batch_size, len(dataset))))
+        for i in range(0, len(dataset), batch_size)
+    ]
+    mine = batches[ctx.rank :: ctx.world_size]
     rounds = -(-len(batches) // ctx.world_size)
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    cast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
-            else contextlib.nullcontext())
+    cast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype
+        else contextlib.nullcontext()
+    )
     loss_sum, tokens = 0.0, 0
     with cast:
         for step in range(rounds):
             batch = collate([dataset[i] for i in (mine[step] if step < len(mine) else batches[0])])
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
-            if step < len(mine):  # a rank short of a batch repeats the first one and drops it (FSDP)
+            if step < len(
+                mine
+            ):  # a rank short of a batch repeats the first one and drops it (FSDP)
                 n = task.predicted_tokens(batch["labels"])
                 loss_sum += float(loss) * n
                 tokens += n
@@ -390,9 +511,15 @@ def default_scratch_tokenizer(cfg: Any, task: Any) -> Any:
     out = cache_root() / "tokenizers" / corpus_key(spec, kind, scratch.vocab_size, task.block_size)
     if (out / "tokenizer.json").is_file():
         return load_tokenizer(str(out))
-    log.info("training a %s tokenizer (%d tokens) on %s", kind, scratch.vocab_size, cfg.data.train_file)
-    staging = out.with_name(f".{out.name}.{os.getpid()}")  # renamed when complete: no half-written tokenizer
-    train_tokenizer(iter_documents(spec), kind, scratch.vocab_size, staging, model_max_length=task.block_size)
+    log.info(
+        "training a %s tokenizer (%d tokens) on %s", kind, scratch.vocab_size, cfg.data.train_file
+    )
+    staging = out.with_name(
+        f".{out.name}.{os.getpid()}"
+    )  # renamed when complete: no half-written tokenizer
+    train_tokenizer(
+        iter_documents(spec), kind, scratch.vocab_size, staging, model_max_length=task.block_size
+    )
     if out.exists():  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     else:
@@ -411,4 +538,3 @@ def scratch_options(cfg: Any, tokenizer: Any) -> dict[str, Any]:
 
 def is_language_modeling(task: Any) -> bool:
     return isinstance(task, _LanguageModeling)
-

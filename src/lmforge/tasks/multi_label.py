@@ -66,8 +66,10 @@ class MultiLabelClassification:
             try:
                 values = json.loads(text)
             except json.JSONDecodeError:
-                raise LmforgeError(f"label {text[:60]!r} starts like a JSON list but is not one; write "
-                                   f'["a", "b"] or a|b (data.label_delimiter)') from None
+                raise LmforgeError(
+                    f"label {text[:60]!r} starts like a JSON list but is not one; write "
+                    f'["a", "b"] or a|b (data.label_delimiter)'
+                ) from None
             if not isinstance(values, list):
                 raise LmforgeError(f"label {text[:60]!r} is not a list of labels")
             parts = [str(v).strip() for v in values]
@@ -76,13 +78,19 @@ class MultiLabelClassification:
         return sorted({p for p in parts if p})
 
     def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
-        present = with_fixed_labels(sorted({name for label in train_labels for name in self.parse(label)}), fixed)
+        present = with_fixed_labels(
+            sorted({name for label in train_labels for name in self.parse(label)}), fixed
+        )
         if len(present) < 2:
-            raise LmforgeError(f"training data has {len(present)} distinct label(s) {present}; multi-label "
-                               "classification needs at least two (check data.label_column and data.label_delimiter)")
+            raise LmforgeError(
+                f"training data has {len(present)} distinct label(s) {present}; multi-label "
+                "classification needs at least two (check data.label_column and data.label_delimiter)"
+            )
         return present
 
-    def encode_labels(self, labels: Sequence[str], label_names: Sequence[str], source: str) -> np.ndarray:
+    def encode_labels(
+        self, labels: Sequence[str], label_names: Sequence[str], source: str
+    ) -> np.ndarray:
         """Multi-hot float32 rows (N, L); a label the model never saw is an error naming it."""
         index = {name: i for i, name in enumerate(label_names)}
         out = np.zeros((len(labels), len(label_names)), dtype=np.float32)
@@ -95,26 +103,35 @@ class MultiLabelClassification:
                     unseen.add(name)
         if unseen:
             shown = ", ".join(repr(u) for u in sorted(unseen)[:10])
-            raise LmforgeError(f"{source} has {len(unseen)} label(s) the model was not trained on: {shown}; "
-                               f"the model knows: {', '.join(label_names)}")
+            raise LmforgeError(
+                f"{source} has {len(unseen)} label(s) the model was not trained on: {shown}; "
+                f"the model knows: {', '.join(label_names)}"
+            )
         return out
 
     def strata(self, labels: Sequence[str]) -> list[str]:
         """Carved splits stratified by each text's first label (its rarest combination would leave too few)."""
         return [(self.parse(label) or ["(none)"])[0] for label in labels]
 
-    def load_model(self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    def load_model(
+        self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any
+    ) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         from lmforge.models.loading import load_pretrained
 
         if label_names is not None:
-            kwargs.update(num_labels=len(label_names), problem_type="multi_label_classification",
-                          id2label=dict(enumerate(label_names)),
-                          label2id={name: i for i, name in enumerate(label_names)})
+            kwargs.update(
+                num_labels=len(label_names),
+                problem_type="multi_label_classification",
+                id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)},
+            )
         return load_pretrained(AutoModelForSequenceClassification, location, "model", **kwargs)
 
-    def tune_thresholds(self, logits: np.ndarray, targets: np.ndarray, metric: str = "micro_f1") -> list[float]:
+    def tune_thresholds(
+        self, logits: np.ndarray, targets: np.ndarray, metric: str = "micro_f1"
+    ) -> list[float]:
         """One threshold per label that maximizes ``metric`` on these (validation) rows.
 
         Coordinate ascent from 0.5 over a 0.05 grid, label by label, two sweeps; a change is
@@ -124,8 +141,12 @@ class MultiLabelClassification:
         """
         probs = _sigmoid(logits)
         truth = np.asarray(targets) > 0.5
-        score = {"micro_f1": _micro_f1, "macro_f1": _macro_f1, "subset_accuracy": _subset_accuracy,
-                 "loss": _micro_f1}[metric]
+        score = {
+            "micro_f1": _micro_f1,
+            "macro_f1": _macro_f1,
+            "subset_accuracy": _subset_accuracy,
+            "loss": _micro_f1,
+        }[metric]
         thresholds = np.full(truth.shape[1], 0.5)
         best = score(probs >= thresholds, truth)
         for _ in range(2):
@@ -138,8 +159,9 @@ class MultiLabelClassification:
                         best, thresholds = value, trial
         return [float(t) for t in thresholds]
 
-    def compute_metrics(self, logits: np.ndarray, targets: np.ndarray,
-                        label_names: Sequence[str]) -> dict[str, Any]:
+    def compute_metrics(
+        self, logits: np.ndarray, targets: np.ndarray, label_names: Sequence[str]
+    ) -> dict[str, Any]:
         """Micro/macro F1, subset accuracy (all labels right), per-label precision/recall/F1."""
         from sklearn.metrics import f1_score, precision_recall_fscore_support
 
@@ -151,16 +173,33 @@ class MultiLabelClassification:
             "n": int(len(truth)),
             "micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
-            "subset_accuracy": float((predicted == truth).all(axis=1).mean()) if len(truth) else 0.0,
-            "per_label": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                                 "support": int(s[i]), "threshold": float(thresholds[i])}
-                          for i, name in enumerate(label_names)},
+            "subset_accuracy": float((predicted == truth).all(axis=1).mean())
+            if len(truth)
+            else 0.0,
+            "per_label": {
+                name: {
+                    "precision": float(p[i]),
+                    "recall": float(r[i]),
+                    "f1": float(f[i]),
+                    "support": int(s[i]),
+                    "threshold": float(thresholds[i]),
+                }
+                for i, name in enumerate(label_names)
+            },
         }
 
     def decode(self, logits: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:
         """Per row: the labels at or above their thresholds, and every label's probability."""
         thresholds = np.asarray(self.thresholds if self.thresholds else [0.5] * len(label_names))
         probs = _sigmoid(logits)
-        return [{"labels": [name for name, x, t in zip(label_names, row, thresholds, strict=True) if x >= t],
-                 "probabilities": {name: round(float(x), 6) for name, x in zip(label_names, row, strict=True)}}
-                for row in probs]
+        return [
+            {
+                "labels": [
+                    name for name, x, t in zip(label_names, row, thresholds, strict=True) if x >= t
+                ],
+                "probabilities": {
+                    name: round(float(x), 6) for name, x in zip(label_names, row, strict=True)
+                },
+            }
+            for row in probs
+        ]

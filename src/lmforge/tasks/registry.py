@@ -36,12 +36,25 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 # (key, label) of the metrics printed after training and by `lmforge eval`, for whichever task.
-HEADLINE_METRICS = (("f1", "entity F1"), ("precision", "entity precision"), ("recall", "entity recall"),
-                    ("accuracy", "accuracy"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"),
-                    ("weighted_f1", "weighted-F1"), ("subset_accuracy", "subset accuracy"),
-                    ("spearman", "Spearman"), ("pearson", "Pearson"), ("rmse", "RMSE"), ("mae", "MAE"),
-                    ("recall@1", "recall@1"), ("recall@5", "recall@5"), ("mrr", "MRR"), ("ndcg@10", "nDCG@10"),
-                    ("perplexity", "perplexity"))
+HEADLINE_METRICS = (
+    ("f1", "entity F1"),
+    ("precision", "entity precision"),
+    ("recall", "entity recall"),
+    ("accuracy", "accuracy"),
+    ("micro_f1", "micro-F1"),
+    ("macro_f1", "macro-F1"),
+    ("weighted_f1", "weighted-F1"),
+    ("subset_accuracy", "subset accuracy"),
+    ("spearman", "Spearman"),
+    ("pearson", "Pearson"),
+    ("rmse", "RMSE"),
+    ("mae", "MAE"),
+    ("recall@1", "recall@1"),
+    ("recall@5", "recall@5"),
+    ("mrr", "MRR"),
+    ("ndcg@10", "nDCG@10"),
+    ("perplexity", "perplexity"),
+)
 
 # Metrics where smaller is better (early stopping and the best model look for a minimum).
 LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae", "perplexity"})

@@ -65,10 +65,14 @@ def find_embedding_module(model: nn.Module) -> nn.Module:
             embeddings = getter()
         except NotImplementedError:  # a PreTrainedModel that does not define it
             continue
-        if isinstance(embeddings, nn.Module) and isinstance(getattr(embeddings, "weight", None), torch.Tensor):
+        if isinstance(embeddings, nn.Module) and isinstance(
+            getattr(embeddings, "weight", None), torch.Tensor
+        ):
             return embeddings
-    raise LmforgeError(f"regularization.adversarial: cannot find the word embeddings of {type(model).__name__} "
-                       "(no get_input_embeddings()); set regularization.adversarial: none")
+    raise LmforgeError(
+        f"regularization.adversarial: cannot find the word embeddings of {type(model).__name__} "
+        "(no get_input_embeddings()); set regularization.adversarial: none"
+    )
 
 
 def find_word_embeddings(model: nn.Module) -> nn.Parameter:
@@ -96,13 +100,17 @@ def _unit(g: torch.Tensor) -> torch.Tensor:
     usable = torch.isfinite(norm) & (norm > 0)  # (B,)
     scale = torch.where(usable, 1.0 / norm, torch.zeros_like(norm))  # (B,)
     # where(), not a product: inf * 0 would be NaN.
-    return torch.where(_per_example(usable, g), g.float() * _per_example(scale, g), 0.0)  # (B, T, H)
+    return torch.where(
+        _per_example(usable, g), g.float() * _per_example(scale, g), 0.0
+    )  # (B, T, H)
 
 
 def _project(r: torch.Tensor, epsilon: float) -> torch.Tensor:
     """Scale each example of ``r`` back onto the L2 ball of radius ``epsilon`` if it left it."""
     norm = _l2_per_example(r)  # (B,)
-    factor = torch.where(norm > epsilon, epsilon / norm.clamp(min=1e-12), torch.ones_like(norm))  # (B,)
+    factor = torch.where(
+        norm > epsilon, epsilon / norm.clamp(min=1e-12), torch.ones_like(norm)
+    )  # (B,)
     return r * _per_example(factor, r)  # (B, T, H)
 
 
@@ -127,7 +135,9 @@ class EmbeddingAdversary:
         kind: the name reported in logs ("fgm" or "pgd").
     """
 
-    def __init__(self, model: nn.Module, epsilon: float, alpha: float, steps: int, kind: str = "pgd"):
+    def __init__(
+        self, model: nn.Module, epsilon: float, alpha: float, steps: int, kind: str = "pgd"
+    ):
         self.kind = kind
         self.epsilon = float(epsilon)
         self.alpha = float(alpha)
@@ -138,8 +148,10 @@ class EmbeddingAdversary:
         self._attack: list[torch.Tensor | None] | None = None  # perturbations while attacking
         self._outputs: list[torch.Tensor] = []  # perturbed embedding outputs of the attack forward
         self.perturbations: list[torch.Tensor] = []  # those of the last adversarial forward
-        self._handles = [model.register_forward_pre_hook(self._on_model_forward),
-                         self.embeddings.register_forward_hook(self._on_embedding_output)]
+        self._handles = [
+            model.register_forward_pre_hook(self._on_model_forward),
+            self.embeddings.register_forward_hook(self._on_embedding_output),
+        ]
 
     def remove(self) -> None:
         """Take the hooks off the model; the adversary cannot be used afterwards."""
@@ -155,7 +167,9 @@ class EmbeddingAdversary:
         if self._attack is None:  # a new clean forward: older gradients belong to another batch
             self._clean_grads = {}
 
-    def _on_embedding_output(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+    def _on_embedding_output(
+        self, module: nn.Module, args: Any, output: torch.Tensor
+    ) -> torch.Tensor | None:
         index = self._call
         self._call += 1
         if not torch.is_grad_enabled():
@@ -163,8 +177,10 @@ class EmbeddingAdversary:
         if self._attack is not None:
             r = self._attack[index] if index < len(self._attack) else None
             if r is not None and r.shape != output.shape:
-                raise RuntimeError(f"adversarial perturbation {tuple(r.shape)} does not fit embedding output "
-                                   f"{tuple(output.shape)}: train_step must run the batch of the clean backward")
+                raise RuntimeError(
+                    f"adversarial perturbation {tuple(r.shape)} does not fit embedding output "
+                    f"{tuple(output.shape)}: train_step must run the batch of the clean backward"
+                )
             out = output if r is None else output + r.to(output.dtype)  # (B, T, H)
             out = self._differentiable(out)
             self._outputs.append(out)
@@ -187,8 +203,9 @@ class EmbeddingAdversary:
 
     # The attack --------------------------------------------------------------------------
 
-    def train_step(self, compute_loss: Callable[[], torch.Tensor],
-                   backward: Callable[[torch.Tensor], Any]) -> float:
+    def train_step(
+        self, compute_loss: Callable[[], torch.Tensor], backward: Callable[[torch.Tensor], Any]
+    ) -> float:
         """Add the gradients of the adversarial loss to the parameters' ``.grad``.
 
         Call it right after the clean loss's backward, for the same batch. PGD's
@@ -226,7 +243,9 @@ class EmbeddingAdversary:
         backward(loss)  # parameter grads: clean + adversarial(r_K)
         return float(loss.detach())
 
-    def _step(self, r: list[torch.Tensor | None], grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    def _step(
+        self, r: list[torch.Tensor | None], grads: list[torch.Tensor | None]
+    ) -> list[torch.Tensor | None]:
         """One ascent step per embedding call: ``Proj(r + alpha * g/||g||)``."""
         out: list[torch.Tensor | None] = []
         with torch.no_grad():
@@ -238,8 +257,9 @@ class EmbeddingAdversary:
                 out.append(_project(moved if r_i is None else r_i + moved, self.epsilon))
         return out
 
-    def _attack_forward(self, compute_loss: Callable[[], torch.Tensor],
-                        r: list[torch.Tensor | None]) -> torch.Tensor:
+    def _attack_forward(
+        self, compute_loss: Callable[[], torch.Tensor], r: list[torch.Tensor | None]
+    ) -> torch.Tensor:
         """The loss with ``r`` added to the embedding outputs (hooks in attack mode)."""
         self._attack, self._outputs, self._call = r, [], 0
         try:
@@ -256,12 +276,17 @@ class EmbeddingAdversary:
 
 
 def _check_positive(key: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
         raise LmforgeError(f"regularization.{key} must be a positive number, got {value!r}")
 
 
-def make_adversary(model: nn.Module, kind: str = "none", epsilon: float = 0.2, alpha: float = 0.06,
-                   steps: int = 3) -> EmbeddingAdversary | None:
+def make_adversary(
+    model: nn.Module, kind: str = "none", epsilon: float = 0.2, alpha: float = 0.06, steps: int = 3
+) -> EmbeddingAdversary | None:
     """The adversary for ``regularization.adversarial``, hooked onto ``model``; None for "none".
 
     Args:
@@ -275,14 +300,18 @@ def make_adversary(model: nn.Module, kind: str = "none", epsilon: float = 0.2, a
         LmforgeError: an unknown kind, or a non-positive epsilon / alpha / steps.
     """
     if kind not in KINDS:
-        raise LmforgeError(f"regularization.adversarial: unknown kind {kind!r}{did_you_mean(str(kind), KINDS)}; "
-                           "use fgm, pgd or none")
+        raise LmforgeError(
+            f"regularization.adversarial: unknown kind {kind!r}{did_you_mean(str(kind), KINDS)}; "
+            "use fgm, pgd or none"
+        )
     if kind == "none":
         return None
     _check_positive("adversarial_epsilon", epsilon)
     _check_positive("adversarial_alpha", alpha)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise LmforgeError(f"regularization.adversarial_steps must be a whole number >= 1, got {steps!r}")
+        raise LmforgeError(
+            f"regularization.adversarial_steps must be a whole number >= 1, got {steps!r}"
+        )
     if kind == "fgm":
         return EmbeddingAdversary(model, epsilon, alpha=epsilon, steps=1, kind="fgm")
     return EmbeddingAdversary(model, epsilon, alpha=alpha, steps=steps, kind="pgd")

@@ -40,6 +40,7 @@ _REQUIRED = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "tra
 
 # --- random number generators ------------------------------------------------------------------
 
+
 def capture_rng() -> dict[str, Any]:
     """Every RNG a training step may draw from, in a form ``weights_only`` loading accepts."""
     np_state = np.random.get_state()
@@ -65,9 +66,14 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 # --- writing -----------------------------------------------------------------------------------
 
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The trainable tensors; frozen weights are reloaded from the base model on resume."""
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    return {
+        name: p.detach().cpu().contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -86,10 +92,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint_atomically(root: Path, state: TrainState, model: torch.nn.Module | None, optimizer: Any,
-                               scheduler: Any, scaler: Any = None, *, weights: dict[str, torch.Tensor] | None = None,
-                               optimizer_state: dict[str, Any] | None = None,
-                               rng: dict[str, Any] | None = None) -> Path:
+def save_checkpoint_atomically(
+    root: Path,
+    state: TrainState,
+    model: torch.nn.Module | None,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any = None,
+    *,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    rng: dict[str, Any] | None = None,
+) -> Path:
     """Write ``root/step-NNNNNNNN`` atomically and return it.
 
     ``weights``, ``optimizer_state`` and ``rng`` default to this process's model, optimizer
@@ -101,7 +115,10 @@ def save_checkpoint_atomically(root: Path, state: TrainState, model: torch.nn.Mo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(weights if weights is not None else trainable_state(model), tmp / "model.safetensors")
-    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(
+        optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+        tmp / "optimizer.pt",
+    )
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng if rng is not None else capture_rng(), tmp / "rng.pt")
     if scaler is not None:
@@ -123,6 +140,7 @@ def save_checkpoint_atomically(root: Path, state: TrainState, model: torch.nn.Mo
 
 
 # --- reading -----------------------------------------------------------------------------------
+
 
 def verify_checkpoint(path: Path) -> str | None:
     """None when intact, else what is wrong (missing file, size or checksum mismatch)."""
@@ -151,7 +169,11 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Checkpoint directories, newest step first (temporary directories are ignored)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
 
 
@@ -164,13 +186,21 @@ def latest_intact_checkpoint(root: Path) -> Path:
             return path
         log.warning("checkpoint %s is damaged: %s; falling back to the previous one", path, problem)
     if candidates:
-        raise LmforgeError(f"no intact checkpoint in {root} ({len(candidates)} damaged); "
-                           "the run cannot be resumed: start it again with a new --output")
+        raise LmforgeError(
+            f"no intact checkpoint in {root} ({len(candidates)} damaged); "
+            "the run cannot be resumed: start it again with a new --output"
+        )
     raise LmforgeError(f"no checkpoints in {root}; nothing to resume")
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                    scaler: Any = None, strategy: Any = None) -> tuple[TrainState, dict[str, Any]]:
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any = None,
+    strategy: Any = None,
+) -> tuple[TrainState, dict[str, Any]]:
     """Restore weights, optimizer, scheduler (and scaler) in place; return the state and RNG states.
 
     The RNG states are returned rather than applied: the caller restores them last, right
@@ -181,8 +211,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
     expected = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise LmforgeError(f"checkpoint {path} does not fit this model (missing {missing[:3]}, "
-                           f"unexpected {extra[:3]}); was the config changed?")
+        raise LmforgeError(
+            f"checkpoint {path} does not fit this model (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}); was the config changed?"
+        )
     optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     if strategy is not None:
         strategy.load_model_state(model, weights)
@@ -197,7 +229,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
-    state = TrainState.from_dict(json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
+    state = TrainState.from_dict(
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    )
     return state, rng
 
 
@@ -207,8 +241,12 @@ def rank_rng(rng: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
     if ranks is not None and len(ranks) == world_size:
         return ranks[rank]
     if world_size > 1 or ranks is not None:
-        log.warning("the checkpoint was written by %d process(es), this run has %d: the data order is the "
-                    "same, dropout masks will differ from an uninterrupted run", len(ranks or [rng]), world_size)
+        log.warning(
+            "the checkpoint was written by %d process(es), this run has %d: the data order is the "
+            "same, dropout masks will differ from an uninterrupted run",
+            len(ranks or [rng]),
+            world_size,
+        )
     return {k: v for k, v in rng.items() if k != "ranks"}
 
 
@@ -223,6 +261,7 @@ def prune_checkpoints(root: Path, keep_last: int, keep_step: int | None) -> None
 
 
 # --- policy ------------------------------------------------------------------------------------
+
 
 @dataclass
 class CheckpointPolicy:
@@ -243,10 +282,23 @@ class Checkpointer:
     from all of them (a collective under FSDP) and rank 0 writes.
     """
 
-    def __init__(self, root: Path, policy: CheckpointPolicy, model: torch.nn.Module, optimizer: Any,
-                 scheduler: Any, scaler: Any, strategy: Any):
+    def __init__(
+        self,
+        root: Path,
+        policy: CheckpointPolicy,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        strategy: Any,
+    ):
         self.root, self.policy, self.strategy = root, policy, strategy
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.model, self.optimizer, self.scheduler, self.scaler = (
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+        )
         self.last_step: int | None = None
         self.last_time = time.monotonic()
 
@@ -271,11 +323,21 @@ class Checkpointer:
         rngs = self.strategy.ctx.gather(capture_rng())
         if self.strategy.is_main:
             rng = rngs[0] if len(rngs) == 1 else {**rngs[0], "ranks": rngs}
-            path = save_checkpoint_atomically(self.root, state, None, None, self.scheduler, self.scaler,
-                                              weights=weights, optimizer_state=optimizer_state, rng=rng)
+            path = save_checkpoint_atomically(
+                self.root,
+                state,
+                None,
+                None,
+                self.scheduler,
+                self.scaler,
+                weights=weights,
+                optimizer_state=optimizer_state,
+                rng=rng,
+            )
         if path is not None:
-            prune_checkpoints(self.root, self.policy.keep_last,
-                              state.best_step if self.policy.keep_best else None)
+            prune_checkpoints(
+                self.root, self.policy.keep_last, state.best_step if self.policy.keep_best else None
+            )
         seconds = time.perf_counter() - start
         state.checkpoint_seconds += seconds
         self.last_step, self.last_time = state.step, time.monotonic()

@@ -25,18 +25,30 @@ from lmforge.data.batching import IGNORE_INDEX
 from lmforge.errors import LmforgeError
 
 
-def soft_target_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
-                     temperature: float) -> torch.Tensor:
+def soft_target_loss(
+    kind: str,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
     """The soft-target term for logits (B, C), or (B, T, C) with sub-token ``labels`` (B, T)."""
     s, t = student.float(), teacher.float()
     if kind == "value":  # regression: match the teacher's score
         return F.mse_loss(s.squeeze(-1), t.squeeze(-1))
-    if s.dim() == 3:  # per token: only the positions that carry a label (first sub-tokens, no padding)
+    if (
+        s.dim() == 3
+    ):  # per token: only the positions that carry a label (first sub-tokens, no padding)
         keep = labels.flatten() != IGNORE_INDEX
         s, t = s.flatten(0, 1)[keep], t.flatten(0, 1)[keep]
     s, t = s / temperature, t / temperature
     if kind == "softmax":
-        soft = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
+        soft = F.kl_div(
+            F.log_softmax(s, dim=-1),
+            F.log_softmax(t, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
     elif kind == "sigmoid":
         soft = F.binary_cross_entropy_with_logits(s, torch.sigmoid(t))
     else:
@@ -44,37 +56,53 @@ def soft_target_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, la
     return soft * temperature**2
 
 
-def load_teacher(location: str, task: Any, label_names: list[str], tokenizer: Any, device: Any) -> torch.nn.Module:
+def load_teacher(
+    location: str, task: Any, label_names: list[str], tokenizer: Any, device: Any
+) -> torch.nn.Module:
     """The teacher model, frozen, in eval mode on ``device``; checked to share the student's
     labels and tokenizer (the loss compares their outputs class by class, token by token)."""
     from lmforge.models.loading import load_tokenizer, resolve_model_path
 
     if getattr(task, "soft_targets", None) is None:
-        raise LmforgeError(f"distillation: task {task.name} has no soft targets to learn from (classification, "
-                           "multi-label, regression and NER do); remove distillation.teacher")
+        raise LmforgeError(
+            f"distillation: task {task.name} has no soft targets to learn from (classification, "
+            "multi-label, regression and NER do); remove distillation.teacher"
+        )
     path = resolve_model_path(location)
     teacher = task.load_model(path)
     labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     if task.labeled and labels != list(label_names):
-        raise LmforgeError(f"distillation.teacher {location} predicts labels {labels[:10]}, the student "
-                           f"{list(label_names)[:10]}; distil from a teacher trained on the same labels")
+        raise LmforgeError(
+            f"distillation.teacher {location} predicts labels {labels[:10]}, the student "
+            f"{list(label_names)[:10]}; distil from a teacher trained on the same labels"
+        )
     if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
-        raise LmforgeError(f"distillation.teacher {location} has another tokenizer than the student; the student "
-                           "must start from a model with the teacher's vocabulary (e.g. model.keep_layers)")
+        raise LmforgeError(
+            f"distillation.teacher {location} has another tokenizer than the student; the student "
+            "must start from a model with the teacher's vocabulary (e.g. model.keep_layers)"
+        )
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
 
 
-def distillation_loss(teacher: torch.nn.Module, task: Any, temperature: float, alpha: float,
-                      hard_loss: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
-                      autocast_dtype: torch.dtype | None = None) -> Callable[[Any, dict[str, torch.Tensor]], Any]:
+def distillation_loss(
+    teacher: torch.nn.Module,
+    task: Any,
+    temperature: float,
+    alpha: float,
+    hard_loss: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+    autocast_dtype: torch.dtype | None = None,
+) -> Callable[[Any, dict[str, torch.Tensor]], Any]:
     """``(model, batch) -> loss`` for the loop: the soft term against ``teacher`` plus
     ``hard_loss`` (the run's own loss, label smoothing included) on the same forward pass."""
     device = next(teacher.parameters()).device
-    cast = (lambda: torch.autocast(device_type=device.type, dtype=autocast_dtype)) if autocast_dtype \
+    cast = (
+        (lambda: torch.autocast(device_type=device.type, dtype=autocast_dtype))
+        if autocast_dtype
         else contextlib.nullcontext
+    )
 
     def loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -82,7 +110,9 @@ def distillation_loss(teacher: torch.nn.Module, task: Any, temperature: float, a
         hard = hard_loss(_Capture(model, captured), batch)
         with torch.no_grad(), cast():
             target = teacher(**inputs).logits
-        soft = soft_target_loss(task.soft_targets, captured["logits"], target, batch.get("labels"), temperature)
+        soft = soft_target_loss(
+            task.soft_targets, captured["logits"], target, batch.get("labels"), temperature
+        )
         return alpha * soft + (1.0 - alpha) * hard
 
     return loss

@@ -49,7 +49,9 @@ class LoopSettings:
 class EarlyStopping:
     """Track the best value of a metric and count evaluations without improvement."""
 
-    def __init__(self, metric: str, patience: int | None, best: float | None = None, bad_evals: int = 0):
+    def __init__(
+        self, metric: str, patience: int | None, best: float | None = None, bad_evals: int = 0
+    ):
         self.metric = metric
         self.greater_is_better = metric not in LOWER_IS_BETTER
         self.patience = patience
@@ -59,7 +61,9 @@ class EarlyStopping:
     def update(self, metrics: dict[str, float]) -> bool:
         """Record one evaluation; return True when it is the best so far."""
         value = metrics[self.metric]
-        better = self.best is None or (value > self.best if self.greater_is_better else value < self.best)
+        better = self.best is None or (
+            value > self.best if self.greater_is_better else value < self.best
+        )
         if better:
             self.best, self.bad_evals = value, 0
         else:
@@ -71,23 +75,40 @@ class EarlyStopping:
         return self.patience is not None and self.bad_evals >= self.patience
 
 
-def weighted_loss(loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor], model: Any,
-                  batch: dict[str, torch.Tensor], weight: float) -> torch.Tensor:
+def weighted_loss(
+    loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    weight: float,
+) -> torch.Tensor:
     return loss_fn(model, batch) * weight
 
 
-def total_optimizer_steps(batches_per_epoch: int, accumulation: int, epochs: int, max_steps: int | None) -> int:
+def total_optimizer_steps(
+    batches_per_epoch: int, accumulation: int, epochs: int, max_steps: int | None
+) -> int:
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / accumulation))
     return max_steps if max_steps else steps_per_epoch * epochs
 
 
-def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sampler: EpochBatchSampler,
-        strategy: Strategy, settings: LoopSettings, state: TrainState,
-        evaluate: Callable[[], dict[str, float]], on_best: Callable[[int], None], logger: RunLogger,
-        checkpointer: Checkpointer, stop: StopRequest,
-        after_update: Callable[[int], None] | None = None,
-        loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
-        adversary: Any = None) -> TrainState:
+def fit(
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    loader: Any,
+    sampler: EpochBatchSampler,
+    strategy: Strategy,
+    settings: LoopSettings,
+    state: TrainState,
+    evaluate: Callable[[], dict[str, float]],
+    on_best: Callable[[int], None],
+    logger: RunLogger,
+    checkpointer: Checkpointer,
+    stop: StopRequest,
+    after_update: Callable[[int], None] | None = None,
+    loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    adversary: Any = None,
+) -> TrainState:
     """Train from ``state`` until the epochs or ``max_steps`` are done, or early stopping says stop.
 
     Args:
@@ -109,11 +130,19 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
     batches_per_epoch = len(sampler)
     total = total_optimizer_steps(batches_per_epoch, accum, settings.epochs, settings.max_steps)
     stopper = EarlyStopping(settings.metric, settings.patience, state.best_metric, state.bad_evals)
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not strategy.is_main)
+    bar = tqdm(
+        total=total,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not strategy.is_main,
+    )
     ctx = strategy.ctx
     device = strategy.accelerator.device
-    window_loss = torch.tensor(state.window_loss_sum, device=device)  # summed on device: no sync per step
+    window_loss = torch.tensor(
+        state.window_loss_sum, device=device
+    )  # summed on device: no sync per step
     clock = {"segment": time.perf_counter(), "window": time.perf_counter()}
 
     def pause_clock() -> None:
@@ -137,9 +166,14 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
             on_best(state.step)
         state.bad_evals = stopper.bad_evals
         state.stopped_early = stopper.should_stop
-        shown = [k for k in ("loss", "accuracy", settings.metric) if isinstance(metrics.get(k), float)]
+        shown = [
+            k for k in ("loss", "accuracy", settings.metric) if isinstance(metrics.get(k), float)
+        ]
         if strategy.is_main:
-            bar.write(f"step {state.step}: validation " + ", ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown)))
+            bar.write(
+                f"step {state.step}: validation "
+                + ", ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown))
+            )
         resume_clock()
 
     def checkpoint(reason: str) -> None:
@@ -152,8 +186,11 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
         elapsed = time.perf_counter() - clock["window"]
         # The mean over all ranks' micro-batches (one small all-reduce per logging window).
         mean_loss = ctx.sum(float(window_loss)) / max(ctx.sum(state.window_batches), 1)
-        values = {"loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0],
-                  "examples_per_second": state.window_examples / max(elapsed, 1e-9)}
+        values = {
+            "loss": mean_loss,
+            "learning_rate": scheduler.get_last_lr()[0],
+            "examples_per_second": state.window_examples / max(elapsed, 1e-9),
+        }
         logger.log(state.step, values, "train")
         bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{values['examples_per_second']:.1f}")
         state.final_train_loss = mean_loss
@@ -168,7 +205,9 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             index = state.batches_in_epoch
             first_of_window = (index // accum) * accum
-            window_size = min(accum, batches_per_epoch - first_of_window)  # the epoch's last window may be short
+            window_size = min(
+                accum, batches_per_epoch - first_of_window
+            )  # the epoch's last window may be short
             state.batches_in_epoch += 1
             boundary = state.batches_in_epoch - first_of_window == window_size
             # Skip the gradient all-reduce on micro-batches that do not end a window (DDP, FSDP).
@@ -179,7 +218,9 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
                 weight = share / window_size
                 strategy.backward(loss * weight if weight != 1.0 else loss)
                 if adversary is not None:  # the same batch once more, under attack (same weight)
-                    adversary.train_step(partial(weighted_loss, loss_fn, model, batch, weight), strategy.backward)
+                    adversary.train_step(
+                        partial(weighted_loss, loss_fn, model, batch, weight), strategy.backward
+                    )
             window_loss += loss.detach() * share if share != 1.0 else loss.detach()
             state.window_batches += 1
             n = sampler.global_size(state.epoch, index)
@@ -223,6 +264,8 @@ def fit(model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, sam
             raise TrainingInterrupted(stop.signal, str(checkpointer.root.parent), state.step)
     pause_clock()
     if state.stopped_early and strategy.is_main:
-        bar.write(f"early stopping: no {settings.metric} improvement in {settings.patience} evaluations")
+        bar.write(
+            f"early stopping: no {settings.metric} improvement in {settings.patience} evaluations"
+        )
     bar.close()
     return state

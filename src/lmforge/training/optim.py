@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_")
 
 
-def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
-                    layer_decay: float = 1.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0
+) -> torch.optim.Optimizer:
     """AdamW over trainable parameters, fused kernel when available.
 
     Groups: decay / no decay, and with ``layer_decay < 1`` one pair per depth, the learning rate
@@ -30,9 +31,14 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
         if param.requires_grad:
             key = (depths.get(id(param), top), any(k in name for k in _NO_DECAY))
             groups.setdefault(key, []).append(param)
-    groups = [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
-               "lr": learning_rate * layer_decay ** (top - depth)}
-              for (depth, no_decay), params in sorted(groups.items())]
+    groups = [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr": learning_rate * layer_decay ** (top - depth),
+        }
+        for (depth, no_decay), params in sorted(groups.items())
+    ]
     device = next(model.parameters()).device.type
     try:
         # The fused AdamW does the whole update in one kernel per group on CPU and CUDA (torch >= 2.4).
@@ -42,9 +48,13 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
         return torch.optim.AdamW(groups, lr=learning_rate, foreach=True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int) -> Any:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int
+) -> Any:
     """Linear warmup to the peak LR, then linear or cosine decay to 0, or constant."""
     from transformers import get_scheduler
 
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[kind]
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )

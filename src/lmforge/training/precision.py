@@ -30,7 +30,9 @@ def resolve_device(requested: str) -> str:
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
-        raise LmforgeError("training.device is 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
+        raise LmforgeError(
+            "training.device is 'cuda' but no CUDA GPU is visible; use device: auto or cpu"
+        )
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
@@ -46,7 +48,9 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested == "auto":
         return "bf16" if bf16 else "no"
     if requested == "fp16" and device != "cuda":
-        raise LmforgeError("training.precision fp16 needs a CUDA GPU (loss scaling); on a CPU use bf16 or fp32")
+        raise LmforgeError(
+            "training.precision fp16 needs a CUDA GPU (loss scaling); on a CPU use bf16 or fp32"
+        )
     if requested == "bf16" and not bf16 and device == "cuda":
         raise LmforgeError("training.precision bf16 is not supported by this GPU; use fp16 or fp32")
     return requested

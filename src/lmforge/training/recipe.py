@@ -79,32 +79,55 @@ from lmforge.training.tracking import RunLogger
 log = logging.getLogger(__name__)
 
 
-def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool | None = None) -> Path:
+def run_training(
+    cfg: RunConfig, output_dir: str | Path | None = None, resume: bool | None = None
+) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.data`` and write a complete run directory; return its path.
 
     Args:
         resume: True to require resuming ``output_dir``; None to follow ``cfg.resume``.
     """
     # --- set up -------------------------------------------------------------------------------
-    ctx = DistContext.from_environment(resolve_device(cfg.training.device), cfg.distributed.timeout_minutes)
+    ctx = DistContext.from_environment(
+        resolve_device(cfg.training.device), cfg.distributed.timeout_minutes
+    )
     # Rank 0 decides (a default directory name has a timestamp); every rank gets its answer or error.
     run_dir, resuming = ctx.on_main(lambda: plan_run_dir(output_dir or cfg.output_dir, cfg, resume))
     parent = find_parent_run(cfg.continue_from) if cfg.continue_from else None
     requested, plan = cfg, None
     if cfg.training.batch_size == "auto":
         if ctx.enabled:
-            raise LmforgeError("training.batch_size: auto plans one process; in a distributed run set the global "
-                               "batch size (run `lmforge plan` on one process to choose it)")
+            raise LmforgeError(
+                "training.batch_size: auto plans one process; in a distributed run set the global "
+                "batch size (run `lmforge plan` on one process to choose it)"
+            )
         cfg, plan = resolve_auto_batch(cfg, run_dir if resuming else None)
     setup = prepare_run(cfg, parent, ctx)
-    task, splits, label_names, tokenizer, datasets = (setup.task, setup.splits, setup.label_names,
-                                                     setup.tokenizer, setup.datasets)
-    model, method, device, precision, accelerator = (setup.model, setup.method, setup.device, setup.precision,
-                                                     setup.accelerator)
+    task, splits, label_names, tokenizer, datasets = (
+        setup.task,
+        setup.splits,
+        setup.label_names,
+        setup.tokenizer,
+        setup.datasets,
+    )
+    model, method, device, precision, accelerator = (
+        setup.model,
+        setup.method,
+        setup.device,
+        setup.precision,
+        setup.accelerator,
+    )
     trainable, total_params = count_parameters(model)
-    log.info("method %s: %s of %s parameters train (%.2f%%)", cfg.method.name, f"{trainable:,}",
-             f"{total_params:,}", 100 * trainable / total_params)
-    loss_fn = run_loss(cfg, task, label_names, tokenizer, accelerator.device, precision)  # loads a teacher
+    log.info(
+        "method %s: %s of %s parameters train (%.2f%%)",
+        cfg.method.name,
+        f"{trainable:,}",
+        f"{total_params:,}",
+        100 * trainable / total_params,
+    )
+    loss_fn = run_loss(
+        cfg, task, label_names, tokenizer, accelerator.device, precision
+    )  # loads a teacher
 
     # Inputs are valid (data read, model loaded): only now does the run directory appear.
     if ctx.is_main:
@@ -113,77 +136,142 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
             save_config(requested, run_dir / "config.yaml")  # as asked: 'auto' stays 'auto'
         if plan is not None and not resuming:
             (run_dir / "plan.json").write_text(json.dumps(plan, indent=2), encoding="utf-8")
-    log.info("run directory %s (device %s, precision %s%s)", run_dir, device, precision,
-             f", {ctx.world_size} processes, {cfg.distributed.strategy}" if ctx.enabled else "")
+    log.info(
+        "run directory %s (device %s, precision %s%s)",
+        run_dir,
+        device,
+        precision,
+        f", {ctx.world_size} processes, {cfg.distributed.strategy}" if ctx.enabled else "",
+    )
 
     # --- optimization -------------------------------------------------------------------------
     sampler, train_loader = make_train_loader(cfg, datasets["train"], tokenizer, device, ctx)
     collate = train_loader.collate_fn
-    steps = total_optimizer_steps(len(sampler), cfg.training.gradient_accumulation_steps,
-                                  cfg.training.epochs, cfg.training.max_steps)
-    strategy = Strategy(cfg.distributed.strategy, ctx, accelerator, device, precision, cfg.distributed.cpu_offload)
+    steps = total_optimizer_steps(
+        len(sampler),
+        cfg.training.gradient_accumulation_steps,
+        cfg.training.epochs,
+        cfg.training.max_steps,
+    )
+    strategy = Strategy(
+        cfg.distributed.strategy, ctx, accelerator, device, precision, cfg.distributed.cpu_offload
+    )
     if strategy.sharded and cfg.method.name != "full":
-        raise LmforgeError(f"distributed.strategy fsdp shards full fine-tuning; method {cfg.method.name} trains "
-                           "few parameters: use strategy ddp")
+        raise LmforgeError(
+            f"distributed.strategy fsdp shards full fine-tuning; method {cfg.method.name} trains "
+            "few parameters: use strategy ddp"
+        )
     # unwrapped: the model without the DDP wrapper, what is saved and checkpointed.
     model, optimizer, unwrapped = strategy.prepare(
-        model, lambda m: build_optimizer(m, cfg.training.learning_rate, cfg.training.weight_decay,
-                                         cfg.regularization.layerwise_lr_decay))
+        model,
+        lambda m: build_optimizer(
+            m,
+            cfg.training.learning_rate,
+            cfg.training.weight_decay,
+            cfg.regularization.layerwise_lr_decay,
+        ),
+    )
     reg = cfg.regularization
-    adversary = make_adversary(unwrapped, reg.adversarial, reg.adversarial_epsilon, reg.adversarial_alpha,
-                               reg.adversarial_steps)
-    scheduler = build_scheduler(optimizer, cfg.training.scheduler,
-                                int(round(cfg.training.warmup_ratio * steps)), steps)
+    adversary = make_adversary(
+        unwrapped,
+        reg.adversarial,
+        reg.adversarial_epsilon,
+        reg.adversarial_alpha,
+        reg.adversarial_steps,
+    )
+    scheduler = build_scheduler(
+        optimizer, cfg.training.scheduler, int(round(cfg.training.warmup_ratio * steps)), steps
+    )
     if parent is not None and cfg.continue_optimizer:
         restore_parent_optimizer(parent, unwrapped, optimizer, strategy)
     if cfg.training.compile:
         model = compile_model(model)
     validation = datasets.get("validation")
     # Length-sorted evaluation batches pad almost nothing; labels are put in the same order.
-    val_order = (length_sorted_batches(validation.lengths, cfg.training.eval_batch_size)
-                 if validation is not None and not is_language_modeling(task) else [])
+    val_order = (
+        length_sorted_batches(validation.lengths, cfg.training.eval_batch_size)
+        if validation is not None and not is_language_modeling(task)
+        else []
+    )
     policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
-    checkpointer = Checkpointer(run_dir / "checkpoints", policy, unwrapped, optimizer,
-                                scheduler, accelerator.scaler, strategy=strategy)
+    checkpointer = Checkpointer(
+        run_dir / "checkpoints",
+        policy,
+        unwrapped,
+        optimizer,
+        scheduler,
+        accelerator.scaler,
+        strategy=strategy,
+    )
 
     state, rng = TrainState(), None
     if resuming:
         checkpoint = latest_intact_checkpoint(run_dir / "checkpoints")
-        state, rng = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, accelerator.scaler, strategy)
+        state, rng = load_checkpoint(
+            checkpoint, unwrapped, optimizer, scheduler, accelerator.scaler, strategy
+        )
         rng = rank_rng(rng, ctx.rank, ctx.world_size)
-        log.info("resuming from %s (step %d, epoch %d, batch %d)", checkpoint.name, state.step, state.epoch,
-                 state.batches_in_epoch)
+        log.info(
+            "resuming from %s (step %d, epoch %d, batch %d)",
+            checkpoint.name,
+            state.step,
+            state.epoch,
+            state.batches_in_epoch,
+        )
 
     def evaluate() -> dict[str, float]:
         if is_language_modeling(task):
-            return evaluate_loss(model, validation, cfg.training.eval_batch_size, task, accelerator.device, ctx)
-        return evaluate_during_training(model, validation, val_order, collate, task, label_names, ctx,
-                                        accelerator.device)
+            return evaluate_loss(
+                model, validation, cfg.training.eval_batch_size, task, accelerator.device, ctx
+            )
+        return evaluate_during_training(
+            model, validation, val_order, collate, task, label_names, ctx, accelerator.device
+        )
 
     def save(step: int | None = None) -> None:
         # Under FSDP gathering the full weights is a collective: every rank takes part, rank 0 writes.
-        weights = strategy.model_state(unwrapped, trainable_only=False) if strategy.sharded else None
+        weights = (
+            strategy.model_state(unwrapped, trainable_only=False) if strategy.sharded else None
+        )
         if ctx.is_main:
             save_model(unwrapped, method, run_dir, tokenizer, cfg, label_names, state_dict=weights)
 
     # Records after the checkpoint's step (from an interrupted process) are dropped and logged again.
     logger = RunLogger(run_dir / "logs", enabled=ctx.is_main, resume_after_step=state.step)
     settings = LoopSettings(
-        epochs=cfg.training.epochs, max_steps=cfg.training.max_steps,
-        accumulation=cfg.training.gradient_accumulation_steps, max_grad_norm=cfg.training.max_grad_norm,
+        epochs=cfg.training.epochs,
+        max_steps=cfg.training.max_steps,
+        accumulation=cfg.training.gradient_accumulation_steps,
+        max_grad_norm=cfg.training.max_grad_norm,
         logging_steps=cfg.training.logging_steps,
         eval_steps=cfg.training.eval_steps if cfg.training.eval_strategy == "steps" else None,
         evaluate=validation is not None and cfg.training.eval_strategy != "no",
-        metric=cfg.training.metric, patience=cfg.training.early_stopping_patience)
+        metric=cfg.training.metric,
+        patience=cfg.training.early_stopping_patience,
+    )
     if rng is not None:
         restore_rng(rng)  # last, so that nothing built above shifts the random streams
     started = time.perf_counter()
     try:
         with graceful_interrupts() as stop:
-            state = fit(model, optimizer, scheduler, train_loader, sampler, strategy, settings, state,
-                        evaluate, save, logger, checkpointer, stop,
-                        after_update=after_update_hooks(cfg, method, unwrapped, strategy),
-                        loss_fn=loss_fn, adversary=adversary)
+            state = fit(
+                model,
+                optimizer,
+                scheduler,
+                train_loader,
+                sampler,
+                strategy,
+                settings,
+                state,
+                evaluate,
+                save,
+                logger,
+                checkpointer,
+                stop,
+                after_update=after_update_hooks(cfg, method, unwrapped, strategy),
+                loss_fn=loss_fn,
+                adversary=adversary,
+            )
     finally:
         logger.close()
         if adversary is not None:
@@ -199,28 +287,42 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     if not ctx.is_main:
         return run_dir
     # The final evaluation loads the saved model; the training copy and optimizer state go first.
-    model = unwrapped = optimizer = scheduler = checkpointer = setup = strategy = loss_fn = None  # (and a teacher)
+    model = unwrapped = optimizer = scheduler = checkpointer = setup = strategy = loss_fn = (
+        None  # (and a teacher)
+    )
     accelerator.free_memory()  # drops its own references to them
     gc.collect()
     metrics: dict[str, Any] = {
-        "task": cfg.task, "method": cfg.method.name, "labels": label_names,
+        "task": cfg.task,
+        "method": cfg.method.name,
+        "labels": label_names,
         "parent_run": str(parent["dir"]) if parent else None,
-        "train": {"steps": state.step, "epochs": round(state.epoch + state.batches_in_epoch / len(sampler), 3),
-                  "examples_seen": state.examples_seen, "train_seconds": round(state.train_seconds, 2),
-                  "wall_seconds": round(wall_seconds, 2),
-                  "examples_per_second": round(state.examples_per_second, 2),
-                  "final_loss": state.final_train_loss, "best_step": state.best_step,
-                  "best_metric": {cfg.training.metric: state.best_metric}, "stopped_early": state.stopped_early,
-                  "checkpoints_written": state.checkpoints_written,
-                  "checkpoint_seconds": round(state.checkpoint_seconds, 3), "resumed": resuming,
-                  "trainable_parameters": trainable, "total_parameters": total_params,
-                  "trainable_share": trainable / total_params, "precision": precision, "device": device,
-                  "batch_size": cfg.training.batch_size,
-                  "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
-                  "processes": ctx.world_size,
-                  "strategy": cfg.distributed.strategy if ctx.enabled else "single",
-                  "train_peak_memory_bytes_per_process": rank_peaks,
-                  "model_state_bytes_per_process": rank_state},
+        "train": {
+            "steps": state.step,
+            "epochs": round(state.epoch + state.batches_in_epoch / len(sampler), 3),
+            "examples_seen": state.examples_seen,
+            "train_seconds": round(state.train_seconds, 2),
+            "wall_seconds": round(wall_seconds, 2),
+            "examples_per_second": round(state.examples_per_second, 2),
+            "final_loss": state.final_train_loss,
+            "best_step": state.best_step,
+            "best_metric": {cfg.training.metric: state.best_metric},
+            "stopped_early": state.stopped_early,
+            "checkpoints_written": state.checkpoints_written,
+            "checkpoint_seconds": round(state.checkpoint_seconds, 3),
+            "resumed": resuming,
+            "trainable_parameters": trainable,
+            "total_parameters": total_params,
+            "trainable_share": trainable / total_params,
+            "precision": precision,
+            "device": device,
+            "batch_size": cfg.training.batch_size,
+            "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
+            "processes": ctx.world_size,
+            "strategy": cfg.distributed.strategy if ctx.enabled else "single",
+            "train_peak_memory_bytes_per_process": rank_peaks,
+            "model_state_bytes_per_process": rank_state,
+        },
         "data": splits.summary(),
     }
     if cfg.distillation.teacher:
@@ -230,12 +332,16 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
         finish_report(run_dir, metrics, logger, cfg, device)
         return run_dir
     predictor = Predictor.load(run_dir, device=device, precision=cfg.training.precision)
-    logits = {name: split_logits(predictor, splits.frames[name], cfg.training.eval_batch_size)
-              for name in ("validation", "test") if name in datasets}
+    logits = {
+        name: split_logits(predictor, splits.frames[name], cfg.training.eval_batch_size)
+        for name in ("validation", "test")
+        if name in datasets
+    }
     if hasattr(predictor.task, "tune_thresholds") and "validation" in logits:
         # Multi-label: one threshold per label, tuned on validation, saved with the model.
-        thresholds = predictor.task.tune_thresholds(logits["validation"], datasets["validation"].labels,
-                                                    cfg.training.metric)
+        thresholds = predictor.task.tune_thresholds(
+            logits["validation"], datasets["validation"].labels, cfg.training.metric
+        )
         predictor.task.configure({"thresholds": thresholds})
         update_metadata(run_dir / "model", thresholds=thresholds)
         metrics["thresholds"] = dict(zip(label_names, thresholds, strict=True))
@@ -245,23 +351,32 @@ def run_training(cfg: RunConfig, output_dir: str | Path | None = None, resume: b
     return run_dir
 
 
-def finish_report(run_dir: Path, metrics: dict[str, Any], logger: RunLogger, cfg: RunConfig, device: str) -> None:
+def finish_report(
+    run_dir: Path, metrics: dict[str, Any], logger: RunLogger, cfg: RunConfig, device: str
+) -> None:
     """metrics.json and report.md of a finished run."""
-    metrics["train"]["peak_memory_bytes"] = peak_memory_bytes(device)  # the whole run's, evaluation included
+    metrics["train"]["peak_memory_bytes"] = peak_memory_bytes(
+        device
+    )  # the whole run's, evaluation included
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     write_report(run_dir, metrics, logger.history, cfg.training.metric)
     log.info("wrote %s", run_dir / "report.md")
 
 
-def evaluate_saved_language_model(run_dir: Path, task: Any, datasets: dict[str, Any], cfg: RunConfig,
-                                  device: str) -> dict[str, Any]:
+def evaluate_saved_language_model(
+    run_dir: Path, task: Any, datasets: dict[str, Any], cfg: RunConfig, device: str
+) -> dict[str, Any]:
     """Loss and perplexity of the saved model on the validation and test blocks."""
     model = task.load_model(str(run_dir / "model")).to(device)
     mode = resolve_precision(cfg.training.precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
-    return {name: evaluate_loss(model, datasets[name], cfg.training.eval_batch_size, task, device,
-                                autocast_dtype=dtype)
-            for name in ("validation", "test") if name in datasets}
+    return {
+        name: evaluate_loss(
+            model, datasets[name], cfg.training.eval_batch_size, task, device, autocast_dtype=dtype
+        )
+        for name in ("validation", "test")
+        if name in datasets
+    }
 
 
 @dataclass
@@ -290,7 +405,9 @@ class RunSetup:
     accelerator: Any
 
 
-def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistContext | None = None) -> RunSetup:
+def prepare_run(
+    cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistContext | None = None
+) -> RunSetup:
     """Device, precision, seeded RNGs, data (tokenized, cached) and the model with its method applied."""
     from accelerate.utils import set_seed
 
@@ -305,46 +422,81 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
 
     if is_language_modeling(task):  # raw-text corpora, tokenized to disk and cut into blocks
         label_names = task.label_names([], cfg.data.labels)
-        with (ctx or DistContext()).main_first():  # rank 0 trains the tokenizer and fills the token cache
+        with (
+            ctx or DistContext()
+        ).main_first():  # rank 0 trains the tokenizer and fills the token cache
             model_location = resolve_model_path(cfg.model.name_or_path)
-            tokenizer = (default_scratch_tokenizer(cfg, task) if cfg.model.from_scratch
-                         else load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code))
+            tokenizer = (
+                default_scratch_tokenizer(cfg, task)
+                if cfg.model.from_scratch
+                else load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
+            )
             bind_tokenizer(task, tokenizer)
             if cfg.model.from_scratch:
-                task.configure({**task_options(cfg), "from_scratch": scratch_options(cfg, tokenizer)})
+                task.configure(
+                    {**task_options(cfg), "from_scratch": scratch_options(cfg, tokenizer)}
+                )
             datasets, summary = task.load_corpus(cfg, tokenizer)
         splits = CorpusSplits(summary)
     else:
-        splits = load_splits(cfg.data, cfg.training.seed, strata=task.strata, tokens=task.word_level,
-                             labeled=task.labeled)
+        splits = load_splits(
+            cfg.data,
+            cfg.training.seed,
+            strata=task.strata,
+            tokens=task.word_level,
+            labeled=task.labeled,
+        )
         train = splits.frames["train"]
-        label_names = task.label_names(train["label"].tolist() if "label" in train else [],
-                                       parent["labels"] if parent else cfg.data.labels)
-        with (ctx or DistContext()).main_first():  # rank 0 downloads and fills the token cache, the others reuse it
+        label_names = task.label_names(
+            train["label"].tolist() if "label" in train else [],
+            parent["labels"] if parent else cfg.data.labels,
+        )
+        with (
+            ctx or DistContext()
+        ).main_first():  # rank 0 downloads and fills the token cache, the others reuse it
             model_location = resolve_model_path(cfg.model.name_or_path)
-            tokenizer = load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
+            tokenizer = load_tokenizer(
+                model_location, cfg.model.revision, cfg.model.trust_remote_code
+            )
             if cfg.augment.operations or cfg.augment.back_translation:
                 augment_training_split(splits, cfg, task, model_location, tokenizer)
-            datasets = {name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
-                        for name, frame in splits.frames.items()}
-    log.info("data: %s%s", ", ".join(f"{n} {len(d)}" for n, d in datasets.items()),
-             f"; labels: {label_names}" if label_names else "")
+            datasets = {
+                name: encode_split(frame, name, task, tokenizer, label_names, cfg.data.max_length)
+                for name, frame in splits.frames.items()
+            }
+    log.info(
+        "data: %s%s",
+        ", ".join(f"{n} {len(d)}" for n, d in datasets.items()),
+        f"; labels: {label_names}" if label_names else "",
+    )
 
-    start_from, adapter_dir = (model_location, None) if parent is None else parent_weights(parent, cfg)
-    model = task.load_model(start_from, label_names, revision=cfg.model.revision,
-                            trust_remote_code=cfg.model.trust_remote_code)
+    start_from, adapter_dir = (
+        (model_location, None) if parent is None else parent_weights(parent, cfg)
+    )
+    model = task.load_model(
+        start_from,
+        label_names,
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     if cfg.model.keep_layers is not None:  # a smaller student, initialized from some of the layers
         from lmforge.models.surgery import keep_layers
 
         log.info("model: kept layers %s", keep_layers(model, cfg.model.keep_layers))
     if cfg.training.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise LmforgeError(f"training.gradient_checkpointing: {type(model).__name__} does not support it; "
-                               "set it to false")
+            raise LmforgeError(
+                f"training.gradient_checkpointing: {type(model).__name__} does not support it; "
+                "set it to false"
+            )
         # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings, LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.regularization.dropout is not None:
-        log.info("dropout %.2f in %d modules", cfg.regularization.dropout, set_dropout(model, cfg.regularization.dropout))
+        log.info(
+            "dropout %.2f in %d modules",
+            cfg.regularization.dropout,
+            set_dropout(model, cfg.regularization.dropout),
+        )
     if cfg.training.fast_dropout and device == "cpu":
         log.debug("fast dropout in %d modules", use_fast_dropout(model))
     if is_language_modeling(task):
@@ -352,33 +504,74 @@ def prepare_run(cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistC
     method = get_method(cfg.method.name)
     # Rows the task added to the embeddings (chat markers): adapter methods must train them too.
     new_tokens = list(getattr(task, "new_token_ids", []))
-    steps = total_optimizer_steps(-(-len(datasets["train"]) // cfg.training.batch_size),
-                                  cfg.training.gradient_accumulation_steps, cfg.training.epochs,
-                                  cfg.training.max_steps)
-    model = method.apply(model, cfg.method.options, task.peft_task_type, adapter_dir, new_token_ids=new_tokens,
-                         total_steps=steps)
-    return RunSetup(task, splits, label_names, tokenizer, datasets, model, method, device, precision, accelerator)
+    steps = total_optimizer_steps(
+        -(-len(datasets["train"]) // cfg.training.batch_size),
+        cfg.training.gradient_accumulation_steps,
+        cfg.training.epochs,
+        cfg.training.max_steps,
+    )
+    model = method.apply(
+        model,
+        cfg.method.options,
+        task.peft_task_type,
+        adapter_dir,
+        new_token_ids=new_tokens,
+        total_steps=steps,
+    )
+    return RunSetup(
+        task,
+        splits,
+        label_names,
+        tokenizer,
+        datasets,
+        model,
+        method,
+        device,
+        precision,
+        accelerator,
+    )
 
 
-def make_train_loader(cfg: RunConfig, dataset: EncodedDataset, tokenizer: Any, device: str,
-                      ctx: DistContext | None = None) -> tuple[EpochBatchSampler, torch.utils.data.DataLoader]:
+def make_train_loader(
+    cfg: RunConfig,
+    dataset: EncodedDataset,
+    tokenizer: Any,
+    device: str,
+    ctx: DistContext | None = None,
+) -> tuple[EpochBatchSampler, torch.utils.data.DataLoader]:
     """The resumable batch sampler (length-grouped unless disabled) and its DataLoader.
 
     In a distributed run the sampler yields this rank's share of each global batch.
     """
     ctx = ctx or DistContext()
     # Multiples of 8 suit GPU tensor cores; on a CPU they only add pad tokens.
-    collate = dataset.collator(tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None)
+    collate = dataset.collator(
+        tokenizer.pad_token_id or 0, pad_to_multiple_of=8 if device == "cuda" else None
+    )
     # Corpus blocks have no input_ids list (they are read from disk) and share one length anyway.
     rows = getattr(dataset, "input_ids", None)
-    lengths = [len(row) for row in rows] if cfg.training.group_by_length and rows is not None else None
-    sampler = EpochBatchSampler(len(dataset), cfg.training.batch_size, cfg.training.seed, lengths=lengths,
-                                window=cfg.training.group_window, rank=ctx.rank, world_size=ctx.world_size)
+    lengths = (
+        [len(row) for row in rows] if cfg.training.group_by_length and rows is not None else None
+    )
+    sampler = EpochBatchSampler(
+        len(dataset),
+        cfg.training.batch_size,
+        cfg.training.seed,
+        lengths=lengths,
+        window=cfg.training.group_window,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
     # Its own generator: creating an epoch's iterator must not draw from the global RNG,
     # or a resumed run's dropout masks would differ from the uninterrupted run's.
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.training.num_workers,
-        pin_memory=device == "cuda", generator=torch.Generator().manual_seed(cfg.training.seed))
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.training.num_workers,
+        pin_memory=device == "cuda",
+        generator=torch.Generator().manual_seed(cfg.training.seed),
+    )
     return sampler, loader
 
 
@@ -389,7 +582,9 @@ def compile_model(model: Any) -> Any:
     return torch.compile(model, dynamic=True)
 
 
-def resolve_auto_batch(cfg: RunConfig, resumed_run: Path | None) -> tuple[RunConfig, dict[str, Any]]:
+def resolve_auto_batch(
+    cfg: RunConfig, resumed_run: Path | None
+) -> tuple[RunConfig, dict[str, Any]]:
     """``batch_size: auto``: the planner's measured choice (or, on resume, the choice the run made)."""
     from lmforge.planning.planner import plan_training
 
@@ -401,8 +596,12 @@ def resolve_auto_batch(cfg: RunConfig, resumed_run: Path | None) -> tuple[RunCon
     resolved = cfg.model_copy(deep=True)
     resolved.training.batch_size = choice["batch_size"]
     resolved.training.gradient_accumulation_steps = choice["gradient_accumulation_steps"]
-    log.info("batch_size auto: %d x %d accumulation (planner: %s)", choice["batch_size"],
-             choice["gradient_accumulation_steps"], choice["reason"])
+    log.info(
+        "batch_size auto: %d x %d accumulation (planner: %s)",
+        choice["batch_size"],
+        choice["gradient_accumulation_steps"],
+        choice["reason"],
+    )
     return resolved, plan
 
 
@@ -421,7 +620,9 @@ def make_accelerator(precision: str, device: str) -> Any:
     return Accelerator(mixed_precision=precision, cpu=device == "cpu")
 
 
-def plan_run_dir(requested: str | Path | None, cfg: RunConfig, resume: bool | None) -> tuple[Path, bool]:
+def plan_run_dir(
+    requested: str | Path | None, cfg: RunConfig, resume: bool | None
+) -> tuple[Path, bool]:
     """The run directory, and whether this is a resume of the run already in it.
 
     A directory with this run's checkpoints is resumed (``resume: auto`` or ``--resume``);
@@ -437,8 +638,10 @@ def plan_run_dir(requested: str | Path | None, cfg: RunConfig, resume: bool | No
             raise LmforgeError(f"{run_dir} holds no run to resume")
         return run_dir, False
     if (run_dir / "metrics.json").exists():
-        raise LmforgeError(f"{run_dir} holds a finished run; to train it further start a new run with "
-                           f"--continue-from {run_dir}, or choose another --output")
+        raise LmforgeError(
+            f"{run_dir} holds a finished run; to train it further start a new run with "
+            f"--continue-from {run_dir}, or choose another --output"
+        )
     has_checkpoints = bool(list_checkpoints(run_dir / "checkpoints"))
     started_here = (run_dir / "config.yaml").is_file()
     if resume or (started_here and cfg.resume == "auto" and resume is None):
@@ -448,9 +651,13 @@ def plan_run_dir(requested: str | Path | None, cfg: RunConfig, resume: bool | No
         if not (run_dir / "model").exists():  # stopped before its first checkpoint: nothing to lose
             log.warning("%s has no checkpoint yet; starting this run from the beginning", run_dir)
             return run_dir, False
-        raise LmforgeError(f"{run_dir} has no intact checkpoint to resume from; start a new run with "
-                           "another --output")
-    raise LmforgeError(f"output directory {run_dir} is not empty; choose another --output or remove it")
+        raise LmforgeError(
+            f"{run_dir} has no intact checkpoint to resume from; start a new run with "
+            "another --output"
+        )
+    raise LmforgeError(
+        f"output directory {run_dir} is not empty; choose another --output or remove it"
+    )
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -461,16 +668,26 @@ def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     """Resuming with changed settings would not be the same run: refuse and name the change."""
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
-        raise LmforgeError(f"{run_dir} has checkpoints but no config.yaml; it cannot be resumed safely")
+        raise LmforgeError(
+            f"{run_dir} has checkpoints but no config.yaml; it cannot be resumed safely"
+        )
     ignore = {"resume", "output_dir"}
-    saved = _flatten({k: v for k, v in load_config(saved_file).model_dump(mode="json").items() if k not in ignore})
+    saved = _flatten(
+        {
+            k: v
+            for k, v in load_config(saved_file).model_dump(mode="json").items()
+            if k not in ignore
+        }
+    )
     current = _flatten({k: v for k, v in cfg.model_dump(mode="json").items() if k not in ignore})
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
-        raise LmforgeError(f"{run_dir} holds a run with other settings ({diffs}); resume it unchanged with "
-                           f"--resume {run_dir}, or train with new settings as a new run: "
-                           f"--continue-from {run_dir} --output NEW_DIR")
+        raise LmforgeError(
+            f"{run_dir} holds a run with other settings ({diffs}); resume it unchanged with "
+            f"--resume {run_dir}, or train with new settings as a new run: "
+            f"--continue-from {run_dir} --output NEW_DIR"
+        )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -488,14 +705,20 @@ def find_parent_run(path: str) -> dict[str, Any]:
     parent = Path(path)
     model_dir = parent / "model"
     if not (model_dir / "config.json").is_file():
-        raise LmforgeError(f"continue_from: {parent} is not a finished run (no model/config.json); "
-                           "to pick up an interrupted run use --resume instead")
+        raise LmforgeError(
+            f"continue_from: {parent} is not a finished run (no model/config.json); "
+            "to pick up an interrupted run use --resume instead"
+        )
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     labels = [config["id2label"][str(i)] for i in range(len(config.get("id2label", {})))] or None
     meta_file = model_dir / METADATA_FILE
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    return {"dir": parent, "labels": labels, "method": meta.get("method", "full"),
-            "base_model": meta.get("base_model")}
+    return {
+        "dir": parent,
+        "labels": labels,
+        "method": meta.get("method", "full"),
+        "base_model": meta.get("base_model"),
+    }
 
 
 def parent_weights(parent: dict[str, Any], cfg: RunConfig) -> tuple[str, Path | None]:
@@ -505,23 +728,33 @@ def parent_weights(parent: dict[str, Any], cfg: RunConfig) -> tuple[str, Path | 
     state fits; any other combination starts from the parent's full (merged) model.
     """
     adapter = parent["dir"] / "adapter"
-    if cfg.method.name == "lora" and parent["method"] == "lora" and (adapter / "adapter_config.json").is_file():
+    if (
+        cfg.method.name == "lora"
+        and parent["method"] == "lora"
+        and (adapter / "adapter_config.json").is_file()
+    ):
         return resolve_model_path(parent["base_model"] or cfg.model.name_or_path), adapter
     if cfg.continue_optimizer and parent["method"] != cfg.method.name:
-        raise LmforgeError(f"continue_optimizer: the parent run used method {parent['method']}, this run "
-                           f"{cfg.method.name}; their optimizer states do not fit (drop continue_optimizer)")
+        raise LmforgeError(
+            f"continue_optimizer: the parent run used method {parent['method']}, this run "
+            f"{cfg.method.name}; their optimizer states do not fit (drop continue_optimizer)"
+        )
     return str(parent["dir"] / "model"), None
 
 
-def restore_parent_optimizer(parent: dict[str, Any], model: Any, optimizer: Any, strategy: Strategy) -> None:
+def restore_parent_optimizer(
+    parent: dict[str, Any], model: Any, optimizer: Any, strategy: Strategy
+) -> None:
     """Load the optimizer state of the parent's newest intact checkpoint (moments, step counts)."""
     checkpoint = latest_intact_checkpoint(parent["dir"] / "checkpoints")
     state = torch.load(checkpoint / "optimizer.pt", weights_only=True, map_location="cpu")
     try:
         strategy.load_optimizer_state(model, optimizer, state)
     except (ValueError, KeyError) as err:
-        raise LmforgeError(f"continue_optimizer: the optimizer state in {checkpoint} does not fit this model "
-                           f"({err}); drop continue_optimizer") from None
+        raise LmforgeError(
+            f"continue_optimizer: the optimizer state in {checkpoint} does not fit this model "
+            f"({err}); drop continue_optimizer"
+        ) from None
     for group in optimizer.param_groups:  # the new run's schedule decides the learning rate
         group.pop("initial_lr", None)
     log.info("optimizer state restored from %s", checkpoint)
@@ -529,15 +762,23 @@ def restore_parent_optimizer(parent: dict[str, Any], model: Any, optimizer: Any,
 
 def task_options(cfg: RunConfig) -> dict[str, Any]:
     """The data settings a task reads (and that are saved with its model)."""
-    return {"label_delimiter": cfg.data.label_delimiter, "tag_scheme": cfg.data.tag_scheme,
-            "label_all_tokens": cfg.data.label_all_tokens, "max_length": cfg.data.max_length,
-            "packing": cfg.data.packing, "isolate_documents": cfg.data.isolate_documents,
-            "mlm_probability": cfg.data.mlm_probability, "whole_word_masking": cfg.data.whole_word_masking,
-            "chat_template": cfg.data.chat_template, "seed": cfg.training.seed}
+    return {
+        "label_delimiter": cfg.data.label_delimiter,
+        "tag_scheme": cfg.data.tag_scheme,
+        "label_all_tokens": cfg.data.label_all_tokens,
+        "max_length": cfg.data.max_length,
+        "packing": cfg.data.packing,
+        "isolate_documents": cfg.data.isolate_documents,
+        "mlm_probability": cfg.data.mlm_probability,
+        "whole_word_masking": cfg.data.whole_word_masking,
+        "chat_template": cfg.data.chat_template,
+        "seed": cfg.training.seed,
+    }
 
 
-def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: list[str],
-                 max_length: int) -> EncodedDataset:
+def encode_split(
+    frame: Any, name: str, task: Any, tokenizer: Any, label_names: list[str], max_length: int
+) -> EncodedDataset:
     """Token ids (cached), pair starts for text pairs, and label ids (or targets) for one split.
 
     Tasks whose examples are not one text with a label (NER's words, embedding pairs) bring
@@ -547,13 +788,22 @@ def encode_split(frame: Any, name: str, task: Any, tokenizer: Any, label_names: 
         return task.encode(frame, name, tokenizer, label_names, max_length)
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
     encoded = tokenize(frame["text"].tolist(), tokenizer, max_length, pairs=pairs)
-    log.debug("%s: %d rows tokenized%s", name, len(encoded.ids), " (from cache)" if encoded.cached else "")
+    log.debug(
+        "%s: %d rows tokenized%s", name, len(encoded.ids), " (from cache)" if encoded.cached else ""
+    )
     labels = task.encode_labels(frame["label"].tolist(), label_names, f"{name} data")
     return EncodedDataset(encoded.ids, labels, encoded.pair_starts)
 
 
-def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunConfig,
-               label_names: list[str], state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_model(
+    model: Any,
+    method: Any,
+    run_dir: Path,
+    tokenizer: Any,
+    cfg: RunConfig,
+    label_names: list[str],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Save through the method, plus lmforge's metadata beside the HF files.
 
     ``state_dict``: the full weights when ``model`` holds only a shard of them (FSDP).
@@ -565,14 +815,25 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
         shutil.rmtree(stale, ignore_errors=True)
     staging = run_dir / f".staging-{os.getpid()}"
     staging.mkdir()
-    out = (method.save(model, staging, tokenizer) if state_dict is None
-           else method.save(model, staging, tokenizer, state_dict=state_dict))
-    meta = {"task": cfg.task, "labels": label_names,
-            # whether the model scores a pair of texts (a bi-encoder embeds one text at a time)
-            "text_pairs": cfg.data.text_pair_column is not None and cfg.task != "embedding", **task_options(cfg),
-            "base_model": (f"from_scratch:{cfg.model.from_scratch.arch}" if cfg.model.from_scratch
-                           else cfg.model.name_or_path), "method": cfg.method.name,
-            "lmforge_version": lmforge.__version__}
+    out = (
+        method.save(model, staging, tokenizer)
+        if state_dict is None
+        else method.save(model, staging, tokenizer, state_dict=state_dict)
+    )
+    meta = {
+        "task": cfg.task,
+        "labels": label_names,
+        # whether the model scores a pair of texts (a bi-encoder embeds one text at a time)
+        "text_pairs": cfg.data.text_pair_column is not None and cfg.task != "embedding",
+        **task_options(cfg),
+        "base_model": (
+            f"from_scratch:{cfg.model.from_scratch.arch}"
+            if cfg.model.from_scratch
+            else cfg.model.name_or_path
+        ),
+        "method": cfg.method.name,
+        "lmforge_version": lmforge.__version__,
+    }
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     for part in sorted(staging.iterdir()):
         target = run_dir / part.name
@@ -585,28 +846,48 @@ def save_model(model: Any, method: Any, run_dir: Path, tokenizer: Any, cfg: RunC
     return run_dir / out.name
 
 
-def evaluate_during_training(model: Any, validation: EncodedDataset, order: list[list[int]], collate: Any,
-                             task: Any, label_names: list[str], ctx: DistContext,
-                             device: Any) -> dict[str, float]:
+def evaluate_during_training(
+    model: Any,
+    validation: EncodedDataset,
+    order: list[list[int]],
+    collate: Any,
+    task: Any,
+    label_names: list[str],
+    ctx: DistContext,
+    device: Any,
+) -> dict[str, float]:
     """Validation metrics of the model being trained; in a distributed run each rank scores
     every N-th batch and all ranks compute the metrics from everybody's logits (so early
     stopping agrees). Each rank runs the same number of forward passes (FSDP's collectives
     need that): a rank short of a batch repeats its first one and drops the result."""
-    def run(batches: list[list[int]]) -> tuple[np.ndarray, float | None]:
-        return collect_logits(model, (collate([validation[i] for i in batch]) for batch in batches), device)
 
-    mine = order[ctx.rank::ctx.world_size]
+    def run(batches: list[list[int]]) -> tuple[np.ndarray, float | None]:
+        return collect_logits(
+            model, (collate([validation[i] for i in batch]) for batch in batches), device
+        )
+
+    mine = order[ctx.rank :: ctx.world_size]
     logits, loss = run(mine)
     if len(mine) < -(-len(order) // ctx.world_size):
         run(order[:1])  # the filler pass
-    parts = ctx.gather((logits, np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64),
-                        (loss or 0.0) * len(logits), len(logits)))
+    parts = ctx.gather(
+        (
+            logits,
+            np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64),
+            (loss or 0.0) * len(logits),
+            len(logits),
+        )
+    )
     all_logits = np.concatenate([p[0] for p in parts if len(p[0])])
     index = np.concatenate([p[1] for p in parts]).astype(np.int64)
     loss = sum(p[2] for p in parts) / max(sum(p[3] for p in parts), 1)
-    if getattr(validation, "word_ids", None) is not None:  # per sub-token -> per word, as the final evaluation
+    if (
+        getattr(validation, "word_ids", None) is not None
+    ):  # per sub-token -> per word, as the final evaluation
         labels = validation.labels[index]
-        all_logits = word_logits(all_logits, validation.word_ids[index], [len(row) for row in labels])
+        all_logits = word_logits(
+            all_logits, validation.word_ids[index], [len(row) for row in labels]
+        )
     metrics = task.compute_metrics(all_logits, validation.labels[index], label_names)
     return {"loss": loss, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
 
@@ -625,8 +906,9 @@ def update_metadata(model_dir: Path, **values: Any) -> None:
     write_metadata(model_dir, {**read_metadata(model_dir), **values})
 
 
-def run_loss(cfg: RunConfig, task: Any, label_names: list[str], tokenizer: Any, device: Any,
-             precision: str) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
+def run_loss(
+    cfg: RunConfig, task: Any, label_names: list[str], tokenizer: Any, device: Any, precision: str
+) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
     """The loss of this run: the task's (label smoothing included), with the teacher's soft
     targets added when ``distillation.teacher`` is set."""
     from lmforge.training.distillation import distillation_loss, load_teacher
@@ -636,12 +918,21 @@ def run_loss(cfg: RunConfig, task: Any, label_names: list[str], tokenizer: Any, 
     if not distill.teacher:
         return hard
     teacher = load_teacher(distill.teacher, task, label_names, tokenizer, device)
-    log.info("distillation from %s (temperature %g, alpha %g)", distill.teacher, distill.temperature, distill.alpha)
+    log.info(
+        "distillation from %s (temperature %g, alpha %g)",
+        distill.teacher,
+        distill.temperature,
+        distill.alpha,
+    )
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return distillation_loss(teacher, task, distill.temperature, distill.alpha, hard, autocast_dtype=dtype)
+    return distillation_loss(
+        teacher, task, distill.temperature, distill.alpha, hard, autocast_dtype=dtype
+    )
 
 
-def after_update_hooks(cfg: RunConfig, method: Any, model: Any, strategy: Strategy) -> Callable[[int], None] | None:
+def after_update_hooks(
+    cfg: RunConfig, method: Any, model: Any, strategy: Strategy
+) -> Callable[[int], None] | None:
     """What runs after each optimizer step: the method's own hook (AdaLoRA's rank budget),
     then ``training.keep_sparsity``'s masks."""
     hooks = [partial(method.after_update, model)] if getattr(method, "after_update", None) else []
@@ -649,8 +940,10 @@ def after_update_hooks(cfg: RunConfig, method: Any, model: Any, strategy: Strate
         from lmforge.training.sparsity import SparsityKeeper
 
         if strategy.sharded:
-            raise LmforgeError("training.keep_sparsity holds whole weight matrices; with distributed.strategy fsdp "
-                               "they are sharded: use strategy ddp")
+            raise LmforgeError(
+                "training.keep_sparsity holds whole weight matrices; with distributed.strategy fsdp "
+                "they are sharded: use strategy ddp"
+            )
         keeper = SparsityKeeper(model)
         log.info("keep_sparsity: %s pruned weights stay zero", f"{keeper.pruned:,}")
         hooks.append(keeper)
@@ -664,24 +957,36 @@ def after_update_hooks(cfg: RunConfig, method: Any, model: Any, strategy: Strate
     return after_update
 
 
-def training_loss(task: Any, label_smoothing: float) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
+def training_loss(
+    task: Any, label_smoothing: float
+) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
     """The loss the loop minimizes: the model's own, or cross-entropy with label smoothing
     (Szegedy et al. 2016) computed from its logits, for tasks with one class per target."""
     if not label_smoothing:
         return lambda model, batch: model(**batch).loss
     if not getattr(task, "smoothable", False):
-        raise LmforgeError(f"regularization.label_smoothing applies to classification and NER; task {task.name} "
-                           "has no classes to smooth over: set it to 0")
+        raise LmforgeError(
+            f"regularization.label_smoothing applies to classification and NER; task {task.name} "
+            "has no classes to smooth over: set it to 0"
+        )
 
     def smoothed(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, C) or (B, T, C)
-        return torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), batch["labels"].flatten(),
-                                                 ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+        logits = model(
+            **{k: v for k, v in batch.items() if k != "labels"}
+        ).logits  # (B, C) or (B, T, C)
+        return torch.nn.functional.cross_entropy(
+            logits.flatten(0, -2).float(),
+            batch["labels"].flatten(),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=label_smoothing,
+        )
 
     return smoothed
 
 
-def augment_training_split(splits: Any, cfg: RunConfig, task: Any, model_location: str, tokenizer: Any) -> None:
+def augment_training_split(
+    splits: Any, cfg: RunConfig, task: Any, model_location: str, tokenizer: Any
+) -> None:
     """Add augmented copies of the training texts (validation and test stay as they are)."""
     from lmforge.data.augmentation import (
         AugmentConfig,
@@ -692,8 +997,10 @@ def augment_training_split(splits: Any, cfg: RunConfig, task: Any, model_locatio
 
     frame = splits.frames["train"]
     if getattr(task, "word_level", False) or "text_pair" in frame or "text" not in frame:
-        raise LmforgeError(f"augment: works on single-text tasks; task {cfg.task} with these columns cannot be "
-                           "augmented word by word: remove augment")
+        raise LmforgeError(
+            f"augment: works on single-text tasks; task {cfg.task} with these columns cannot be "
+            "augmented word by word: remove augment"
+        )
     texts, labels = frame["text"].tolist(), frame["label"].tolist()
     added = {}
     if cfg.augment.operations:
@@ -704,8 +1011,9 @@ def augment_training_split(splits: Any, cfg: RunConfig, task: Any, model_locatio
             encoder = load_pretrained(AutoModel, model_location, "model")
             neighbours = EmbeddingNeighbours.from_model(encoder, tokenizer)
             del encoder
-        config = AugmentConfig(tuple(cfg.augment.operations), cfg.augment.rate, cfg.augment.copies,
-                               cfg.training.seed)
+        config = AugmentConfig(
+            tuple(cfg.augment.operations), cfg.augment.rate, cfg.augment.copies, cfg.training.seed
+        )
         new_texts, new_labels, summary = augment_rows(texts, labels, config, neighbours)
         added["eda"] = summary
         texts_out, labels_out = new_texts, new_labels
@@ -714,7 +1022,11 @@ def augment_training_split(splits: Any, cfg: RunConfig, task: Any, model_locatio
     if cfg.augment.back_translation:
         there, back = cfg.augment.back_translation
         translated = back_translate(texts, there, back)
-        kept = [(t, y) for t, o, y in zip(translated, texts, labels, strict=True) if t.strip() and t != o]
+        kept = [
+            (t, y)
+            for t, o, y in zip(translated, texts, labels, strict=True)
+            if t.strip() and t != o
+        ]
         added["back_translation"] = {"added": len(kept), "unchanged": len(texts) - len(kept)}
         texts_out += [t for t, _ in kept]
         labels_out += [y for _, y in kept]

@@ -38,9 +38,17 @@ class EpochBatchSampler(Sampler[list[int]]):
     once per epoch in both modes.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True,
-                 lengths: Sequence[int] | None = None, window: int = GROUP_WINDOW_BATCHES,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        lengths: Sequence[int] | None = None,
+        window: int = GROUP_WINDOW_BATCHES,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if lengths is not None and len(lengths) != num_examples:
             raise ValueError(f"{num_examples} examples but {len(lengths)} lengths")
         self.num_examples = num_examples
@@ -65,18 +73,21 @@ class EpochBatchSampler(Sampler[list[int]]):
         """All batches of ``epoch``, in order."""
         size = self.batch_size
         if not self.shuffle:
-            return [list(range(i, min(i + size, self.num_examples))) for i in range(0, self.num_examples, size)]
+            return [
+                list(range(i, min(i + size, self.num_examples)))
+                for i in range(0, self.num_examples, size)
+            ]
         generator = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.num_examples, generator=generator).numpy()
         if self.lengths is None:
-            return [order[i:i + size].tolist() for i in range(0, len(order), size)]
+            return [order[i : i + size].tolist() for i in range(0, len(order), size)]
         window = size * self.window
         grouped = []
         for start in range(0, len(order), window):
-            chunk = order[start:start + window]
+            chunk = order[start : start + window]
             # Stable sort: ties keep the random order, so equal lengths still mix.
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            grouped += [chunk[i:i + size].tolist() for i in range(0, len(chunk), size)]
+            grouped += [chunk[i : i + size].tolist() for i in range(0, len(chunk), size)]
         # Only the last window can end in a short batch; it stays one batch of the epoch.
         shuffle = torch.randperm(len(grouped), generator=generator).tolist()
         return [grouped[i] for i in shuffle]
@@ -94,7 +105,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         length-sorted batch, so no rank waits for another. A rank left without an example
         (a last batch smaller than the world) gets the batch's first one with weight 0.
         """
-        return batch[self.rank::self.world_size] or batch[:1]
+        return batch[self.rank :: self.world_size] or batch[:1]
 
     def loss_scale(self, epoch: int, index: int) -> float:
         """Factor for this rank's mean loss on batch ``index`` so that the all-reduced (averaged)
@@ -102,12 +113,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         if self.world_size == 1:
             return 1.0
         batch = self.epoch_batches(epoch)[index]
-        return len(batch[self.rank::self.world_size]) * self.world_size / len(batch)
+        return len(batch[self.rank :: self.world_size]) * self.world_size / len(batch)
 
     def global_size(self, epoch: int, index: int) -> int:
         """Examples in global batch ``index`` of ``epoch`` (all ranks together)."""
         return len(self.epoch_batches(epoch)[index])
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.epoch_batches(self.epoch)[self.start_batch:]:
+        for batch in self.epoch_batches(self.epoch)[self.start_batch :]:
             yield self.shard(batch)

@@ -22,7 +22,11 @@ class SparsityKeeper:
         for layer in transformer_layers(model):
             for module in layer.modules():
                 weight = getattr(module, "weight", None)
-                if isinstance(module, torch.nn.Linear) and weight is not None and bool((weight == 0).any()):
+                if (
+                    isinstance(module, torch.nn.Linear)
+                    and weight is not None
+                    and bool((weight == 0).any())
+                ):
                     self.masks.append((weight, weight != 0))
 
     @property

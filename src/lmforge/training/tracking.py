@@ -15,8 +15,8 @@ class RunLogger:
 
     def __init__(self, log_dir: Path, enabled: bool = True, resume_after_step: int | None = None):
         """Args:
-            resume_after_step: When resuming from a checkpoint at this step, records logged after
-                it by the interrupted process are dropped (they will be logged again).
+        resume_after_step: When resuming from a checkpoint at this step, records logged after
+            it by the interrupted process are dropped (they will be logged again).
         """
         self.enabled = enabled
         self.history: list[dict[str, Any]] = []
@@ -27,8 +27,12 @@ class RunLogger:
         log_dir.mkdir(parents=True, exist_ok=True)
         history_file = log_dir / "history.jsonl"
         if resume_after_step is not None and history_file.is_file():
-            self.history = [r for r in _read_jsonl(history_file) if r.get("step", 0) <= resume_after_step]
-            history_file.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+            self.history = [
+                r for r in _read_jsonl(history_file) if r.get("step", 0) <= resume_after_step
+            ]
+            history_file.write_text(
+                "".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8"
+            )
         self._jsonl = history_file.open("a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
