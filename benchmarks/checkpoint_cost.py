@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from lmforge.config.schema import parse_method
+from lmforge.devices import cpu_supports_bf16
 from lmforge.methods.registry import get_method
 from lmforge.models.loading import resolve_model_path
 from lmforge.tasks.registry import get_task
 from lmforge.training.checkpoint import save_checkpoint_atomically, verify_checkpoint
 from lmforge.training.optim import build_optimizer, build_scheduler
-from lmforge.training.precision import cpu_supports_bf16
 from lmforge.training.state import TrainState
 
 

@@ -27,10 +27,10 @@ import torch
 import lmforge
 from lmforge.config import load_config
 from lmforge.data.loading import load_splits
+from lmforge.devices import resolve_precision
 from lmforge.methods.registry import count_parameters
 from lmforge.models.loading import load_tokenizer, resolve_model_path
 from lmforge.tasks.registry import get_task
-from lmforge.training.precision import resolve_precision
 
 
 def run_lmforge(config: str, overrides: list[str], keep_model: Path | None = None) -> dict:

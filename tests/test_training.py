@@ -188,7 +188,7 @@ def test_gradient_accumulation_matches_large_batch(tmp_path, tiny_model_dir, sen
 
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_bf16_training_runs_on_cpu(tmp_path, tiny_model_dir, sentiment_csv, precision):
-    from lmforge.training.precision import cpu_supports_bf16
+    from lmforge.devices import cpu_supports_bf16
 
     run_dir = _train(tmp_path, tiny_model_dir, sentiment_csv, epochs=2, precision=precision)
     metrics = json.loads((run_dir / "metrics.json").read_text())

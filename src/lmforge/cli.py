@@ -17,6 +17,7 @@ from typing import Any
 
 from lmforge import __version__
 from lmforge.errors import LmforgeError
+from lmforge.logs import setup_logging
 from lmforge.tasks.registry import TASK_NAMES as TASK_CHOICES
 from lmforge.training.interrupts import TrainingInterrupted
 
@@ -1336,20 +1337,6 @@ def describe_config(root: Any) -> str:
             lines.append(f"{name}: {json.dumps(field.get_default())}  # {field.description}")
     lines.insert(0, f"# tasks: {', '.join(TASK_NAMES)}")
     return "\n".join(lines)
-
-
-def setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("lmforge: %(message)s"))
-    root = logging.getLogger("lmforge")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # transformers imports torchao when installed; its import-time notices are not the user's concern.
-    for noisy in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -622,7 +622,7 @@ def back_translate(
         raise LmforgeError(f"back_translate max_new_tokens is {max_new_tokens}: use 1 or more")
     if not texts:
         return []
-    from lmforge.training.precision import resolve_device
+    from lmforge.devices import resolve_device
 
     device = resolve_device("auto")
     pivot = _translate(

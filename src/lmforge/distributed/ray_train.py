@@ -107,7 +107,7 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def _worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: the process group is up; run the recipe like a torchrun process."""
-    from lmforge.cli import setup_logging
+    from lmforge.logs import setup_logging
     from lmforge.training.recipe import run_training
 
     setup_logging(verbose=False, quiet=int(os.environ.get("RANK", "0")) > 0)

@@ -130,9 +130,9 @@ def verify(
     """Measure ``original`` (fp32, and bf16 where the hardware has it) and ``exported`` on the
     evaluation texts and compare them; ``passed`` is False when the export loses more than
     ``tolerance`` points of ``metric``."""
+    from lmforge.devices import resolve_precision
     from lmforge.inference.predictor import find_model_dir, read_metadata
     from lmforge.tasks.registry import get_task
-    from lmforge.training.precision import resolve_precision
 
     say = progress or log.info
     meta = read_metadata(find_model_dir(original))

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
+from lmforge.devices import resolve_device, resolve_precision
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor, find_model_dir, read_metadata
 from lmforge.methods.bottleneck import saved_extra_state
 from lmforge.models.loading import ADAPTER_CONFIG, load_tokenizer
 from lmforge.tasks.registry import get_task
-from lmforge.training.precision import resolve_device, resolve_precision
 
 
 def adapter_dir_of(run: str | Path) -> Path:

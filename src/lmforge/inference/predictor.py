@@ -18,12 +18,12 @@ import torch
 
 from lmforge.data.batching import PaddingCollator, length_sorted_batches, ragged
 from lmforge.data.tokenization import tokenize, tokenize_words
+from lmforge.devices import resolve_device, resolve_precision
 from lmforge.errors import LmforgeError
 from lmforge.inference.forward import collect_logits
 from lmforge.models.loading import load_tokenizer, metadata_path, resolve_model_path
 from lmforge.tasks.registry import TASK_NAMES, get_task
 from lmforge.tasks.token_classification import split_words, word_logits
-from lmforge.training.precision import resolve_device, resolve_precision
 
 METADATA_FILE = "lmforge.json"
 

@@ -246,7 +246,7 @@ def plan_training(
         max_candidates: How many batch sizes to try (the effective batch and its halvings).
         progress: Optional callable taking a message, for a CLI to show what is being measured.
     """
-    from lmforge.training.precision import resolve_device, resolve_precision
+    from lmforge.devices import resolve_device, resolve_precision
 
     t = cfg.training
     device = resolve_device(t.device)

@@ -23,10 +23,10 @@ import torch
 from lmforge.config import RunConfig
 from lmforge.data.batching import length_sorted_batches, padded_tokens
 from lmforge.errors import LmforgeError
-from lmforge.evaluation.report import pyplot
 from lmforge.inference.forward import collect_logits
 from lmforge.inference.predictor import Predictor
 from lmforge.planning.memory import peak_memory_bytes
+from lmforge.plots import pyplot
 from lmforge.training.checkpoint import save_checkpoint_atomically
 from lmforge.training.optim import build_optimizer, build_scheduler
 from lmforge.training.state import TrainState

@@ -38,6 +38,7 @@ from lmforge.config import RunConfig, load_config, save_config
 from lmforge.data.batching import IGNORE_INDEX, EncodedDataset, length_sorted_batches
 from lmforge.data.loading import load_splits
 from lmforge.data.tokenization import tokenize
+from lmforge.devices import resolve_device, resolve_precision
 from lmforge.distributed.context import DistContext
 from lmforge.distributed.strategy import Strategy
 from lmforge.errors import LmforgeError
@@ -71,7 +72,6 @@ from lmforge.training.dropout import use_fast_dropout
 from lmforge.training.interrupts import graceful_interrupts
 from lmforge.training.loop import LoopSettings, fit, total_optimizer_steps
 from lmforge.training.optim import build_optimizer, build_scheduler
-from lmforge.training.precision import resolve_device, resolve_precision
 from lmforge.training.sampler import EpochBatchSampler
 from lmforge.training.state import TrainState
 from lmforge.training.tracking import RunLogger

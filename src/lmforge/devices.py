@@ -1,4 +1,6 @@
-"""Choose the device and the mixed-precision mode."""
+"""Devices and mixed precision: which device runs, whether it has bf16, what precision to use.
+
+A low layer (like errors.py): data, models, inference, training, export and planning all ask it."""
 
 from __future__ import annotations
 
