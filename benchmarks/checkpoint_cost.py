@@ -19,7 +19,7 @@ import torch
 
 from lmforge.config.schema import parse_method
 from lmforge.devices import cpu_supports_bf16
-from lmforge.methods.registry import get_method
+from lmforge.methods import MethodSetting, get_method
 from lmforge.models.loading import resolve_model_path
 from lmforge.tasks.registry import get_task
 from lmforge.training.checkpoint import save_checkpoint_atomically, verify_checkpoint
@@ -35,7 +35,7 @@ def main() -> int:
     task = get_task("sequence_classification")
     model = task.load_model(resolve_model_path("default"), ["negative", "neutral", "positive"])
     spec = parse_method(args.method)
-    model = get_method(spec.name).apply(model, spec.options, task.peft_task_type)
+    model = get_method(spec.name).apply(model, MethodSetting(spec.options, task.peft_task_type))
     optimizer = build_optimizer(model, 1e-4, 0.01)
     scheduler = build_scheduler(optimizer, "linear", 10, 1000)
     batch = {

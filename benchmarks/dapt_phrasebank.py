@@ -1,7 +1,7 @@
 """Does domain-adaptive pretraining help? Financial PhraseBank with and without it, over seeds.
 
     python examples/converters/finance_corpus.py          # the finance corpus (Reuters + FOMC)
-    python benchmarks/dapt_phrasebank.py --seeds 1 2 3    # trains the MLM run first if it is missing
+    python benchmarks/dapt_phrasebank.py --seeds 1 2 3    # trains the MLM run first if missing
 
 For each seed, examples/financial_phrasebank.yaml is trained twice: from MiniLM as shipped and
 from MiniLM after examples/pretrain_finance_mlm.yaml. The seed sets the weights of the new head,
@@ -85,7 +85,8 @@ def main() -> int:
     args.output.write_text(json.dumps(summary, indent=2) + "\n")
 
     print(
-        f"masked-LM run: {mlm['train']['steps']} steps, validation perplexity {mlm['validation']['perplexity']:.1f}"
+        f"masked-LM run: {mlm['train']['steps']} steps, "
+        f"validation perplexity {mlm['validation']['perplexity']:.1f}"
     )
     print("| model | seeds | val accuracy (mean ± sd) | val macro-F1 (mean ± sd) |")
     print("|---|---:|---:|---:|")

@@ -105,8 +105,8 @@ def main() -> int:
             }
         )
         print(
-            f"| {name} | {speed:.1f} | {speed / base:.2f}x | {peak / 1e9:.2f} GB | {state / 1e6:.0f} MB "
-            f"| {loss:.4f} |"
+            f"| {name} | {speed:.1f} | {speed / base:.2f}x | {peak / 1e9:.2f} GB "
+            f"| {state / 1e6:.0f} MB | {loss:.4f} |"
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

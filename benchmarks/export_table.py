@@ -1,4 +1,5 @@
-"""One table of several export reports: `python benchmarks/export_table.py OUT/*/export_report.json`.
+"""One table of several export reports:
+`python benchmarks/export_table.py OUT/*/export_report.json`.
 
 Each report measured its export against the same fp32 original in its own process; the
 ratios are taken within each report (side by side, interleaved), so they compare across
@@ -14,8 +15,8 @@ from pathlib import Path
 
 def main(paths: list[str]) -> None:
     print(
-        "| export | backend | size | p50 latency (batch 1) | throughput (batch 32) | accuracy | loss vs fp32 "
-        "| latency speed-up | throughput speed-up | smaller | verdict |"
+        "| export | backend | size | p50 latency (batch 1) | throughput (batch 32) | accuracy "
+        "| loss vs fp32 | latency speed-up | throughput speed-up | smaller | verdict |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     reference = None
@@ -33,11 +34,13 @@ def main(paths: list[str]) -> None:
                     f"{row['throughput'] / ref['throughput']:.2f}x | | |"
                 )
         print(
-            f"| {Path(path).parent.name} | {exported['backend']} | {exported['size_bytes'] / 1e6:.1f} MB | "
+            f"| {Path(path).parent.name} | {exported['backend']} | "
+            f"{exported['size_bytes'] / 1e6:.1f} MB | "
             f"{exported['latency_p50_ms']:.2f} ms | {exported['throughput']:.0f} ex/s | "
             f"{exported['metrics'][report['metric']]:.4f} | {report['degradation_points']:+.2f} | "
             f"{ref['latency_p50_ms'] / exported['latency_p50_ms']:.2f}x | "
-            f"{exported['throughput'] / ref['throughput']:.2f}x | {ref['size_bytes'] / exported['size_bytes']:.2f}x | "
+            f"{exported['throughput'] / ref['throughput']:.2f}x | "
+            f"{ref['size_bytes'] / exported['size_bytes']:.2f}x | "
             f"{'passed' if report['passed'] else 'FAILED (accepted)'} |"
         )
 

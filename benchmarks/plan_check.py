@@ -1,7 +1,7 @@
 """Check the planner: predicted peak memory and run time vs a real run of the same config.
 
-    python benchmarks/plan_check.py examples/banking77.yaml --set method=lora --set training.epochs=1 \\
-        --out benchmarks/results/plan_check_banking77_lora.json
+    python benchmarks/plan_check.py examples/banking77.yaml --set method=lora \\
+        --set training.epochs=1 --out benchmarks/results/plan_check_banking77_lora.json
 
 Plans the config (``lmforge plan``), then trains it for real in a fresh process with the
 config's own batch size, and compares the planner's figures for that batch size with the
@@ -65,7 +65,8 @@ def main() -> int:
         f"{row['measured_peak_bytes'] / 1e9:.2f} GB ({100 * row['peak_error']:+.1f}%)"
     )
     print(
-        f"run time: predicted {row['predicted_run_seconds']:.0f} s, measured {row['measured_run_seconds']:.0f} s "
+        f"run time: predicted {row['predicted_run_seconds']:.0f} s, "
+        f"measured {row['measured_run_seconds']:.0f} s "
         f"({100 * row['time_error']:+.1f}%)"
     )
     if args.out:

@@ -1,4 +1,5 @@
-"""Tokenizing a large corpus: one thread, the fast tokenizer's own threads, or Datasets ``num_proc``.
+"""Tokenizing a large corpus: one thread, the fast tokenizer's own threads, or Datasets
+``num_proc``.
 
     python benchmarks/preprocess.py --copies 20 --out benchmarks/results/preprocess_banking77.json
 
@@ -83,7 +84,8 @@ def main() -> int:
             times[way].append(float(out.strip().splitlines()[-1]))
     n = len(corpus(args.copies))
     print(
-        f"{n:,} texts on {os.cpu_count()} cores\n\n| way | seconds (median) | texts/s | vs one thread |\n|---|---:|---:|---:|"
+        f"{n:,} texts on {os.cpu_count()} cores\n\n"
+        "| way | seconds (median) | texts/s | vs one thread |\n|---|---:|---:|---:|"
     )
     base = statistics.median(times["one thread"])
     for way in WAYS:

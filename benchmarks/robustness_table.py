@@ -1,6 +1,7 @@
 """Print the robustness table of docs/methods.md from `lmforge eval --perturb --json` files.
 
-    python benchmarks/robustness_table.py runs/evidence/fpb-compare/full runs/evidence/robust/{fgm,pgd,augment}
+    python benchmarks/robustness_table.py runs/evidence/fpb-compare/full \
+        runs/evidence/robust/{fgm,pgd,augment}
 
 Each run directory holds robustness-<rate>.json files written by benchmarks/methods_evidence.sh.
 """

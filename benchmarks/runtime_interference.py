@@ -40,7 +40,8 @@ def main(run: str, *exports: str) -> None:
         p50_ms(predictor, texts[:10])
     for name, predictor in models.items():
         print(
-            f"alone        {name}: {p50_ms(predictor, texts):.2f} ms (and again {p50_ms(predictor, texts):.2f})"
+            f"alone        {name}: {p50_ms(predictor, texts):.2f} ms "
+            f"(and again {p50_ms(predictor, texts):.2f})"
         )
     for round_ in (1, 2):
         print(

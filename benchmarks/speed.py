@@ -74,7 +74,8 @@ def matmul_peak_gflops() -> dict[str, float]:
 
 
 def training_flops(config: str, overrides: list[str]) -> dict[str, float]:
-    """Model FLOPs of the whole training run on non-padding tokens (forward + backward = 3x forward)."""
+    """Model FLOPs of the whole training run on non-padding tokens (forward + backward = 3x
+    forward)."""
     from transformers import AutoConfig
 
     from lmforge.config import load_config
@@ -208,7 +209,8 @@ def summarize(result: dict) -> str:
     flops = result["flops"]["flops_per_epoch"] * result["flops"]["epochs"]
     med = {}
     lines = [
-        "| engine | train s (median) | examples/s | val accuracy | val macro-F1 | peak RSS | model TFLOP/s | share of bf16 peak |",
+        "| engine | train s (median) | examples/s | val accuracy | val macro-F1 | peak RSS "
+        "| model TFLOP/s | share of bf16 peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for engine in ENGINES:
@@ -228,17 +230,20 @@ def summarize(result: dict) -> str:
         med[engine] = m
         tflops = flops / m["train_seconds"] / 1e12
         lines.append(
-            f"| {engine} | {m['train_seconds']:.1f} | {m['examples_per_second']:.1f} | {m['accuracy']:.4f} | "
+            f"| {engine} | {m['train_seconds']:.1f} | {m['examples_per_second']:.1f} | "
+            f"{m['accuracy']:.4f} | "
             f"{m['macro_f1']:.4f} | {m['peak_rss_bytes'] / 1e9:.2f} GB | {tflops:.3f} | "
             f"{100 * tflops * 1e3 / peak:.0f}% |"
         )
     if "lmforge" in med:
         for other in ENGINES[1:]:
             if other in med:
+                ours, theirs = med["lmforge"], med[other]
                 lines.append(
-                    f"\nlmforge vs {other}: {med[other]['train_seconds'] / med['lmforge']['train_seconds']:.2f}x "
-                    f"faster, accuracy {100 * (med['lmforge']['accuracy'] - med[other]['accuracy']):+.1f} points, "
-                    f"peak RSS {med['lmforge']['peak_rss_bytes'] / med[other]['peak_rss_bytes']:.2f}x"
+                    f"\nlmforge vs {other}: "
+                    f"{theirs['train_seconds'] / ours['train_seconds']:.2f}x faster, "
+                    f"accuracy {100 * (ours['accuracy'] - theirs['accuracy']):+.1f} points, "
+                    f"peak RSS {ours['peak_rss_bytes'] / theirs['peak_rss_bytes']:.2f}x"
                 )
     if result.get("inference"):
         base = next(r for r in result["inference"] if r["engine"] == "hf_pipeline_fp32")
@@ -250,7 +255,8 @@ def summarize(result: dict) -> str:
         for r in result["inference"]:
             lines.append(
                 f"| {r['engine']} | {r['examples_per_second']:.1f} | "
-                f"{r['examples_per_second'] / base['examples_per_second']:.2f}x | {r['accuracy']:.4f} | "
+                f"{r['examples_per_second'] / base['examples_per_second']:.2f}x | "
+                f"{r['accuracy']:.4f} | "
                 f"{r['setup_seconds']} |"
             )
     if result.get("plan") and "lmforge" in med:
@@ -259,7 +265,8 @@ def summarize(result: dict) -> str:
         wall = statistics.median(r["wall_seconds"] for r in lm)
         lines.append(
             f"\nplanner: predicted peak {rec['peak_memory_bytes'] / 1e9:.2f} GB vs measured "
-            f"{statistics.median(r['run_peak_memory_bytes'] for r in lm) / 1e9:.2f} GB; predicted run "
+            f"{statistics.median(r['run_peak_memory_bytes'] for r in lm) / 1e9:.2f} GB; "
+            "predicted run "
             f"{rec['total_seconds']:.0f} s vs measured {wall:.0f} s (batch {rec['batch_size']} x "
             f"{rec['gradient_accumulation_steps']})"
         )

@@ -14,14 +14,16 @@ def main() -> int:
         else map(Path, sys.argv[1:])
     )
     print(
-        "| data | method | engine | val accuracy | val macro-F1 | train time (s) | examples/s | trainable |"
+        "| data | method | engine | val accuracy | val macro-F1 | train time (s) | examples/s "
+        "| trainable |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for file in files:
         result = json.loads(file.read_text())
         for r in result["rows"]:
             print(
-                f"| {file.stem} | {r['method']} | {r['engine']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+                f"| {file.stem} | {r['method']} | {r['engine']} | {r['accuracy']:.4f} | "
+                f"{r['macro_f1']:.4f} | "
                 f"{r['train_seconds']:.0f} | {r['examples_per_second']:.1f} | "
                 f"{r['trainable_parameters']:,} ({100 * r['trainable_share']:.2f}%) |"
             )

@@ -32,6 +32,40 @@ NEGATIVE = [
 ]
 
 
+# Tiers (pyproject.toml's markers): a test is in exactly one of these; `gpu` comes on top of one.
+TIERS = ("unit", "recipe", "slow")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so it sees one tier per test
+def pytest_collection_modifyitems(config, items):
+    """The closest tier marker wins: a test's own over its class's over its module's `pytestmark`
+    (so `-m unit` never picks a recipe test in a unit file). A test without a tier is refused, so
+    each new test picks one; a `gpu` test is skipped on a machine without CUDA."""
+    tiers = {}
+    for item in items:
+        closest = next((m for m in item.iter_markers() if m.name in TIERS), None)
+        if closest is not None:
+            tiers[item] = closest
+        elif item.get_closest_marker("gpu") is None:
+            raise pytest.UsageError(
+                f"{item.nodeid} has no tier marker: give its module `pytestmark = pytest.mark.unit`"
+                " (or recipe, slow, gpu), or the test its own @pytest.mark.<tier>"
+            )
+    for item in items:  # strip the farther tiers only once every test's tier is known
+        for node in item.listchain():
+            node.own_markers = [m for m in node.own_markers if m.name not in TIERS]
+        if item in tiers:
+            item.own_markers.append(tiers[item])
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="gpu test: torch.cuda.is_available() is False")
+            for item in gpu_tests:
+                item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Token caches of one test never leak into another."""

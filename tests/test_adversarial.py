@@ -15,6 +15,8 @@ from lmforge.training.adversarial import (
     make_adversary,
 )
 
+pytestmark = pytest.mark.unit
+
 EPSILON = 0.5
 
 
@@ -269,7 +271,8 @@ def test_make_adversary_kinds_and_errors():
     fgm.remove()
     with pytest.raises(
         LmforgeError,
-        match=r"regularization\.adversarial: unknown kind 'fmg' \(did you mean 'fgm'\?\).*fgm, pgd or none",
+        match=r"regularization\.adversarial: unknown kind 'fmg' \(did you mean 'fgm'\?\)"
+        r".*fgm, pgd or none",
     ):
         make_adversary(model, "fmg")
     for kwargs, key in (

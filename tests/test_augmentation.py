@@ -23,6 +23,8 @@ from lmforge.data.augmentation import (
 )
 from lmforge.errors import LmforgeError
 
+pytestmark = pytest.mark.unit
+
 LONG = [
     "the",
     "quarterly",
@@ -141,9 +143,12 @@ def test_synonym_replacement_replaces_distinct_non_stopwords():
 def test_labels_are_kept_by_every_operation():
     texts, labels = [" ".join(LONG), "sales missed forecasts badly"], ["positive", "negative"]
     for op in ("swap", "delete", "insert", "synonym"):
-        out, out_labels, _ = augment_rows(
+        out, out_labels, summary = augment_rows(
             texts, labels, AugmentConfig((op,), rate=0.2, copies=3), neighbours=synonyms
         )
+        assert out[:2] == texts and out_labels[:2] == labels, op
+        assert summary == {"original": 2, "added": len(out) - 2, "unchanged": 8 - len(out)}, op
+        assert len(out) > 2, op  # some copies are kept: the loop below checks something
         for text, label in zip(out[2:], out_labels[2:], strict=True):
             origin = 0 if len(text.split()) > 8 else 1
             assert label == labels[origin]

@@ -1,4 +1,5 @@
-"""Bottleneck adapters on tiny random BERT, Llama and GPT-2 models built in the test."""
+"""Bottleneck adapters (lmforge.methods.bottleneck) on tiny random BERT, Llama and GPT-2 models
+built in the test, and the loading contract their runs share with PEFT's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from lmforge.errors import LmforgeError
@@ -23,6 +25,8 @@ from lmforge.methods.bottleneck import (
     save_adapter,
     set_active_adapter,
 )
+
+pytestmark = pytest.mark.unit
 
 HIDDEN, LAYERS, VOCAB = 32, 2, 100
 
@@ -255,8 +259,57 @@ def test_config_round_trips_through_json():
         init_std=0.02,
     )
     assert BottleneckConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(LmforgeError, match="placement"):
+    with pytest.raises(ValidationError, match="placement"):
         BottleneckConfig(placement="serial")
+    with pytest.raises(ValidationError, match="is empty"):
+        BottleneckConfig(target_modules=[])
+    with pytest.raises(ValidationError, match="bad regex"):
+        BottleneckConfig(target_modules=["(unclosed"])
+    with pytest.raises(ValidationError, match="init_std"):
+        BottleneckConfig(init_std=float("nan"))
+    with pytest.raises(LmforgeError, match="unknown bottleneck adapter setting 'placment'"):
+        BottleneckConfig.from_dict({"placment": "houlsby"})
+    with pytest.raises(LmforgeError, match="reduction_factor"):
+        BottleneckConfig.from_dict({"reduction_factor": 0})
+
+
+def test_the_run_config_options_are_the_saved_config(tmp_path):
+    """``method: {name: adapter, ...}`` parses into the very class adapter_config.json holds."""
+    from lmforge.config import load_config
+
+    cfg = load_config({"method": {"name": "adapter", "placement": "houlsby"}})
+    assert isinstance(cfg.method.options, BottleneckConfig)
+    assert cfg.method.options.placement == "houlsby"
+    with pytest.raises(LmforgeError, match="method.target_modules"):
+        load_config({"method": {"name": "adapter", "target_modules": []}})
+
+
+def test_saved_files_keep_their_format(tmp_path):
+    """Runs saved before the package split load: same JSON keys and order, same tensor names."""
+    from safetensors import safe_open
+
+    model = tiny_bert()
+    add_adapter(model, BottleneckConfig())
+    save_adapter(model, tmp_path, extra_state=classifier_state(model))
+    text = (tmp_path / "adapter_config.json").read_text()
+    assert list(json.loads(text)) == [
+        "placement",
+        "reduction_factor",
+        "non_linearity",
+        "target_modules",
+        "init_std",
+        "adapter_type",
+        "base_model_name_or_path",
+    ]
+    assert text.startswith('{\n  "placement": "pfeiffer",\n  "reduction_factor": 16,')
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as f:
+        keys = sorted(f.keys())
+        assert f.metadata() == {"format": "pt", "adapter_type": "bottleneck"}
+    assert keys[:2] == [
+        "bottleneck.bert.encoder.layer.0.output.dense.down.bias",
+        "bottleneck.bert.encoder.layer.0.output.dense.down.weight",
+    ]
+    assert keys[-2:] == ["extra.classifier.bias", "extra.classifier.weight"]
 
 
 def test_unknown_model_type_without_targets():
@@ -290,3 +343,66 @@ def test_unknown_adapter_name():
         adapter_state_dict(model, "nope")
     with pytest.raises(LmforgeError, match="already exists"):
         add_adapter(model, BottleneckConfig())
+
+
+# --- the loading contract: one handler per saved-adapter format -------------------------------
+
+
+def test_an_unknown_adapter_format_is_a_clear_error(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from lmforge.methods import adapter_handler
+    from lmforge.models.loading import load_pretrained
+
+    assert adapter_handler({"adapter_type": "bottleneck"}).kind == "bottleneck"
+    assert adapter_handler({"peft_type": "LORA"}).kind == "LORA"
+    with pytest.raises(LmforgeError, match=r"lmforge can load \(adapter_type 'mystery'\)"):
+        adapter_handler({"adapter_type": "mystery"})
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"adapter_type": "mystery", "base_model_name_or_path": "nowhere"})
+    )
+    with pytest.raises(LmforgeError, match=re.escape(str(tmp_path / "adapter_config.json"))):
+        load_pretrained(AutoModelForSequenceClassification, str(tmp_path), "the model")
+
+
+def _bottleneck_run(run_dir, base_dir, seed: int):
+    """A finished `method: adapter` run without training: random adapter and head weights."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmforge.methods import MethodSetting, get_method
+
+    method = get_method("adapter")
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2)
+    model = method.apply(model, MethodSetting(BottleneckConfig(), "SEQ_CLS"))
+    torch.manual_seed(seed)
+    with torch.no_grad():  # what training would have moved: the adapter and the head
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.5)
+    run_dir.mkdir(parents=True)
+    out = method.save(model, run_dir, AutoTokenizer.from_pretrained(base_dir))
+    meta = {"task": "sequence_classification", "labels": ["negative", "positive"]}
+    (out / "lmforge.json").write_text(json.dumps(meta))
+    return run_dir
+
+
+def test_an_adapter_set_of_two_bottleneck_runs_switches_their_heads(tmp_path, tiny_model_dir):
+    """Bottleneck heads live in the base model: switching must copy each run's head back in."""
+    import numpy as np
+
+    from lmforge.inference.adapters import AdapterSet
+    from lmforge.inference.predictor import Predictor
+
+    runs = {
+        name: _bottleneck_run(tmp_path / name, tiny_model_dir, s)
+        for name, s in (("a", 1), ("b", 2))
+    }
+    texts = ["a wonderful film", "dull and far too long"]
+    alone = {
+        name: Predictor.load(run, device="cpu", precision="fp32").logits(texts)
+        for name, run in runs.items()
+    }
+    assert not np.allclose(alone["a"], alone["b"], atol=1e-3)
+    adapters = AdapterSet.load(runs, device="cpu", precision="fp32")
+    for name in ("a", "b", "a"):
+        np.testing.assert_allclose(adapters.use(name).logits(texts), alone[name], atol=1e-5)

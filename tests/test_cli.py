@@ -10,6 +10,8 @@ import pytest
 import yaml
 from conftest import error_line, run_cli, tiny_config, write_csv
 
+pytestmark = pytest.mark.recipe
+
 SUBCOMMANDS = ["demo", "train", "eval", "predict", "export", "verify", "serve", "config"]
 
 

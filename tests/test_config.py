@@ -23,6 +23,8 @@ from lmforge.errors import LmforgeError, did_you_mean
 from lmforge.methods.full import FullOptions
 from lmforge.methods.peft_methods import LoraOptions
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "examples" / "*.yaml")))
 
 FIVE_LINES = """\
@@ -184,7 +186,7 @@ def test_several_problems_are_joined_on_one_line():
     assert "; " in msg
 
 
-# ----------------------------------------------------------------------------- wrong types and ranges
+# --------------------------------------------------------------------------- wrong types and ranges
 
 
 def test_wrong_type_names_field_and_value(tmp_path):
@@ -271,7 +273,7 @@ def test_unhashable_method_name_is_a_user_error(name):
     config_error({"method": {"name": name}})
 
 
-# ----------------------------------------------------------------------------- evaluation and metric
+# ---------------------------------------------------------------------------- evaluation and metric
 
 
 def test_eval_strategy_steps_without_eval_steps_fails():
@@ -483,7 +485,7 @@ def test_yaml_python_tags_are_not_executed(tmp_path):
     assert "invalid YAML" in msg
 
 
-# ----------------------------------------------------------------------------- save / load round trip
+# --------------------------------------------------------------------------- save / load round trip
 
 
 @pytest.mark.parametrize(

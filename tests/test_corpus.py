@@ -23,6 +23,8 @@ from lmforge.data.corpus import (
 from lmforge.errors import LmforgeError
 from lmforge.models.tokenizer_training import train_tokenizer
 
+pytestmark = pytest.mark.unit
+
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Profit rose sharply in the third quarter!",

@@ -24,6 +24,8 @@ from lmforge.distributed.launch import strip_options
 from lmforge.training.checkpoint import list_checkpoints
 from lmforge.training.sampler import EpochBatchSampler
 
+pytestmark = pytest.mark.recipe
+
 LMFORGE = [sys.executable, "-m", "lmforge", "-q"]
 WORDS = [
     "profit",
@@ -44,6 +46,7 @@ WORDS = [
 # --- sharding ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_shards_cover_every_global_batch_once(world, grouped):
@@ -76,6 +79,7 @@ def test_shards_cover_every_global_batch_once(world, grouped):
             assert ddp == pytest.approx(loss[batch].mean())
 
 
+@pytest.mark.unit
 def test_a_rank_without_examples_gets_a_weightless_filler():
     sampler = EpochBatchSampler(9, 8, seed=0, shuffle=False, rank=2, world_size=3)
     last = sampler.batches(0)[-1]  # one example left for three ranks
@@ -84,6 +88,7 @@ def test_a_rank_without_examples_gets_a_weightless_filler():
     assert sampler.loss_scale(0, 1) == 0.0  # but it adds nothing to the gradient
 
 
+@pytest.mark.unit
 def test_launcher_strips_only_its_own_options():
     argv = [
         "-q",
@@ -148,7 +153,8 @@ def uneven_csv(tmp_path_factory) -> Path:
 
 
 def _config(tmp_path: Path, model_dir: Path, train_csv: Path, **sections) -> Path:
-    # 46 train sentences in batches of 7: every batch splits 4/3 over two processes, the last (4) 2/2.
+    # 46 train sentences in batches of 7: every batch splits 4/3 over two processes, the last
+    # (4) 2/2.
     cfg = tiny_config(
         model_dir, train_csv, epochs=2, batch_size=7, learning_rate=3e-3, eval_strategy="epoch"
     )
@@ -313,7 +319,8 @@ def test_killed_worker_then_resume_is_exact(tmp_path, tiny_model_dir, uneven_csv
     killed_at = _newest_step(run_dir)
     workers[1].send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=180)
-    # Killed mid-run (42 steps; killed after step 4): torchrun stops the others, nothing is finished.
+    # Killed mid-run (42 steps; killed after step 4): torchrun stops the others, nothing is
+    # finished.
     assert proc.returncode != 0
     assert not (run_dir / "metrics.json").exists()
     assert 4 <= killed_at <= _newest_step(run_dir) < 42  # 6 epochs x 7 batches

@@ -1,4 +1,5 @@
-"""Embedding task end to end: contrastive training, retrieval metrics, `lmforge embed`, sentence-transformers."""
+"""Embedding task end to end: contrastive training, retrieval metrics, `lmforge embed`,
+sentence-transformers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from conftest import tiny_config
 from lmforge.cli import main
 from lmforge.inference.predictor import Predictor
 from lmforge.tasks.embedding import Embedding
+
+pytestmark = pytest.mark.recipe
 
 INTENTS = {
     "card arrival": [
@@ -63,6 +66,7 @@ def _train(tmp_path: Path, model_dir: Path, **extra) -> Path:
     return run
 
 
+@pytest.mark.unit
 def test_retrieval_metrics_of_the_task_dedupe_queries_and_documents():
     # 3 rows: query 0 twice (with both documents), query 1 once; embeddings chosen by hand
     q = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])

@@ -17,6 +17,8 @@ from lmforge.models.bi_encoder import (
     write_sentence_transformers_files,
 )
 
+pytestmark = pytest.mark.unit
+
 WORDS = [f"w{i}" for i in range(95)]
 
 

@@ -13,7 +13,7 @@ from conftest import NEGATIVE, POSITIVE, error_line, run_cli, tiny_config, write
 
 from lmforge.errors import LmforgeError
 
-pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.recipe  # each ONNX test skips itself without onnxruntime
 
 FAST = [
     "--rounds",
@@ -25,7 +25,8 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """The sentiment sentences three times over (with small changes), so the run has train, validation and test."""
+    """The sentiment sentences three times over (with small changes), so the run has train,
+    validation and test."""
     tmp = tmp_path_factory.mktemp("export-data")
     rows = []
     for suffix in ("", " today", " this year"):
@@ -67,6 +68,7 @@ TEXTS = [
 
 
 def test_onnx_export_verifies_itself_and_serves_predict_and_eval(tmp_path, run, data, capsys):
+    pytest.importorskip("onnxruntime")
     out = tmp_path / "onnx"
     code, printed, err = run_cli(
         ["export", run, "--format", "onnx", "--output", out, *FAST], capsys
@@ -94,6 +96,7 @@ def test_onnx_export_verifies_itself_and_serves_predict_and_eval(tmp_path, run, 
 
 
 def test_int8_onnx_is_smaller_and_close(tmp_path, run):
+    pytest.importorskip("onnxruntime")
     from lmforge.export.onnx import export_onnx
 
     fp32, int8 = (
@@ -156,7 +159,8 @@ def test_int8_hf_export_loads_in_plain_transformers(tmp_path, run):
 
 @pytest.mark.slow
 def test_int8_hf_export_is_verified_compiled(tmp_path, run, capsys):
-    """The CLI path: the verification loads it through Predictor, which compiles it (about a minute)."""
+    """The CLI path: the verification loads it through Predictor, which compiles it (about a
+    minute)."""
     pytest.importorskip("torchao")
     out = tmp_path / "hf8"
     code, _, err = run_cli(
@@ -221,6 +225,7 @@ def test_unstructured_pruning_reaches_its_sparsity_and_recovery_keeps_it(tmp_pat
     assert any(json.loads(line)["split"] == "train" for line in history)
 
 
+@pytest.mark.unit
 def test_removing_heads_and_neurons_equals_zeroing_their_outputs(tiny_model_dir):
     """The surgery is exact: a removed head (neuron) is one whose output weights are zero."""
     import copy
@@ -281,6 +286,7 @@ def test_structured_pruning_shrinks_the_model_in_every_format(tmp_path, run, cap
     assert stage["parameters_after"] < stage["parameters_before"]
 
     # the pruned model exports to ONNX as it is
+    pytest.importorskip("onnxruntime")
     from lmforge.export.onnx import export_onnx
 
     export_onnx(out, tmp_path / "heads-onnx")
@@ -350,6 +356,7 @@ def test_distillation_gives_a_smaller_student_whose_loss_falls(tmp_path, run, ca
     assert code == 2 and "other settings" in error_line(err)
 
 
+@pytest.mark.unit
 def test_soft_target_loss_is_zero_only_when_student_matches_teacher():
     from lmforge.models.surgery import keep_layers
     from lmforge.training.distillation import soft_target_loss
@@ -407,6 +414,7 @@ def test_export_says_what_it_cannot_do(tmp_path, run, data, tiny_model_dir, caps
 
 
 def test_onnx_refuses_models_it_cannot_run_and_corrupt_exports(tmp_path, run, capsys):
+    pytest.importorskip("onnxruntime")
     from lmforge.export.onnx import export_onnx
     from lmforge.inference.predictor import Predictor
 

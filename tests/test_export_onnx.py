@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.recipe  # each test exports a model
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
@@ -46,6 +48,7 @@ def test_onnx_export_matches_the_model_on_any_batch_and_length(tmp_path, classif
     assert int8.max_abs_logit_diff < 0.5  # int8 weights: close, not equal
 
 
+@pytest.mark.unit
 def test_onnx_export_says_what_it_cannot_do(tmp_path, tiny_model_dir):
     from lmforge.export.onnx import export_onnx, run_onnx
 
@@ -57,7 +60,8 @@ def test_onnx_export_says_what_it_cannot_do(tmp_path, tiny_model_dir):
 
 
 def test_onnx_export_of_a_pair_model_reads_token_types(tmp_path, classifier_dir):
-    """Text pairs: the second segment's token types reach the graph (zeros would give other logits)."""
+    """Text pairs: the second segment's token types reach the graph (zeros would give other
+    logits)."""
     import json
 
     from lmforge.export.onnx import export_onnx

@@ -32,6 +32,8 @@ from lmforge.generation.generate import (
     rouge_l,
 )
 
+pytestmark = pytest.mark.unit
+
 CONVERSATION = [
     {"role": "system", "content": "Be terse."},
     {"role": "user", "content": "Capital of France?"},
@@ -496,11 +498,12 @@ def test_rouge_l_on_a_hand_computed_example():
 
 
 def test_lora_trains_the_new_marker_embeddings_and_nothing_else_of_the_table():
-    """With new_token_ids, LoRA trains those embedding rows (tied to the LM head) and leaves the rest."""
+    """With new_token_ids, LoRA trains those embedding rows (tied to the LM head) and leaves the
+    rest."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from lmforge.methods import MethodSetting, get_method
     from lmforge.methods.peft_methods import LoraOptions
-    from lmforge.methods.registry import get_method
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -517,7 +520,7 @@ def test_lora_trains_the_new_marker_embeddings_and_nothing_else_of_the_table():
     model.resize_token_embeddings(42)
     before = model.get_input_embeddings().weight.detach().clone()
     peft_model = get_method("lora").apply(
-        model, LoraOptions(r=4), "CAUSAL_LM", new_token_ids=[40, 41]
+        model, MethodSetting(LoraOptions(r=4), "CAUSAL_LM", new_token_ids=(40, 41))
     )
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     ids = torch.tensor([[1, 40, 5, 7, 41, 2, 40, 9]])

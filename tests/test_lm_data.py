@@ -1,4 +1,5 @@
-"""LM pretraining data: block plans, packed blocks, document isolation on real models, MLM masking."""
+"""LM pretraining data: block plans, packed blocks, document isolation on real models, MLM
+masking."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from lmforge.data.packing import (
     plan_blocks,
 )
 from lmforge.errors import LmforgeError
+
+pytestmark = pytest.mark.unit
 
 EOD = 1  # end-of-document token of the toy corpora
 VOCAB = 64

@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import NEGATIVE, POSITIVE, error_line, run_cli
 
+pytestmark = pytest.mark.recipe
+
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402

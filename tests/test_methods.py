@@ -11,9 +11,12 @@ import torch
 
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
-from lmforge.methods.registry import METHOD_OPTIONS, get_method
+from lmforge.methods import METHOD_OPTIONS, MethodSetting, get_method
 
-# What may train under each method on a BERT classifier (the head, pooler and classifier, always trains).
+pytestmark = pytest.mark.recipe  # most tests train; the unit ones say so
+
+# What may train under each method on a BERT classifier (the head, pooler and classifier,
+# always trains).
 TRAINABLE = {
     "full": r".*",
     "freeze": r"^bert\.encoder\.layer\.1\.|^bert\.pooler\.|^classifier\.",
@@ -49,11 +52,12 @@ def _tiny_bert() -> torch.nn.Module:
     )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(TRAINABLE))
 def test_only_the_intended_parameters_receive_gradients(name):
     model = _tiny_bert()
     options = METHOD_OPTIONS[name](**OPTIONS.get(name, {}))
-    model = get_method(name).apply(model, options, "SEQ_CLS", total_steps=100)
+    model = get_method(name).apply(model, MethodSetting(options, "SEQ_CLS", total_steps=100))
     ids = torch.randint(5, 100, (4, 12))
     model(
         input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 0, 1])
@@ -147,7 +151,8 @@ def test_each_method_learns_and_its_saved_model_reproduces_the_trained_one(
     served = predictor.logits(texts)
     if name == "freeze":
         return
-    # The adapter on its base (plain peft) gives the same outputs; mergeable methods' model/ is plain HF.
+    # The adapter on its base (plain peft) gives the same outputs; mergeable methods' model/ is
+    # plain HF.
     labels = metrics["labels"]
     base = AutoModelForSequenceClassification.from_pretrained(
         warm_encoder, num_labels=len(labels), id2label=dict(enumerate(labels))
@@ -172,26 +177,65 @@ def test_each_method_learns_and_its_saved_model_reproduces_the_trained_one(
         assert (run / "model" / "config.json").is_file() and adapter_bytes < model_bytes / 2
 
 
+@pytest.mark.unit
 def test_adapter_methods_fail_in_one_line_where_they_cannot_apply(tmp_path, tiny_model_dir):
     model = _tiny_bert()
     with pytest.raises(LmforgeError, match="not available for this task"):
-        get_method("prefix").apply(model, METHOD_OPTIONS["prefix"](), None)
+        get_method("prefix").apply(model, MethodSetting(METHOD_OPTIONS["prefix"](), None))
     with pytest.raises(
         LmforgeError, match="method prefix needs a model that takes past_key_values"
     ):
-        get_method("prefix").apply(model, METHOD_OPTIONS["prefix"](), "SEQ_CLS")
+        get_method("prefix").apply(model, MethodSetting(METHOD_OPTIONS["prefix"](), "SEQ_CLS"))
     with pytest.raises(LmforgeError, match="method.target_modules"):
         get_method("lora").apply(
-            _tiny_bert(), METHOD_OPTIONS["lora"](target_modules=["nothing_here"]), "SEQ_CLS"
+            _tiny_bert(),
+            MethodSetting(METHOD_OPTIONS["lora"](target_modules=["nothing_here"]), "SEQ_CLS"),
         )
     with pytest.raises(LmforgeError, match="method.layers: 5, but the model has 2 layers"):
-        get_method("freeze").apply(_tiny_bert(), METHOD_OPTIONS["freeze"](layers=5), "SEQ_CLS")
+        get_method("freeze").apply(
+            _tiny_bert(), MethodSetting(METHOD_OPTIONS["freeze"](layers=5), "SEQ_CLS")
+        )
     with pytest.raises(LmforgeError, match="init_text"):
-        get_method("prompt").apply(_tiny_bert(), METHOD_OPTIONS["prompt"](init="text"), "SEQ_CLS")
+        get_method("prompt").apply(
+            _tiny_bert(), MethodSetting(METHOD_OPTIONS["prompt"](init="text"), "SEQ_CLS")
+        )
     with pytest.raises(LmforgeError, match="unknown method 'lorra'.*lora"):
         load_config({"method": "lorra"})
 
 
+@pytest.mark.unit
+def test_methods_declare_what_the_engine_may_do_with_them(tmp_path):
+    """The training recipe and the config checks ask these flags, never a method's name."""
+    import inspect
+
+    from lmforge.methods.registry import METHODS
+
+    def having(flag: str) -> set[str]:
+        return {name for name, method in METHODS.items() if getattr(method, flag)}
+
+    assert having("shardable") == {"full"}
+    assert having("keeps_sparsity") == {"full", "freeze"}
+    assert having("continues_adapter") == {"lora"}
+    assert having("updates_after_step") == {"adalora"}
+    assert set(METHODS) - having("mergeable") == {"prefix", "prompt", "adapter"}
+    # One call shape for every method: apply(model, setting), save(model, run_dir, tokenizer, ...)
+    for method in METHODS.values():
+        assert list(inspect.signature(method.apply).parameters) == ["model", "setting"]
+        assert list(inspect.signature(method.save).parameters) == [
+            "model",
+            "run_dir",
+            "tokenizer",
+            "state_dict",
+        ]
+    get_method("full").after_update(_tiny_bert(), 1)  # a no-op where nothing needs to run
+    for name in ("lora", "adapter"):  # sharded full weights cannot become an adapter
+        with pytest.raises(LmforgeError, match="fsdp is for method full"):
+            get_method(name).save(_tiny_bert(), tmp_path, None, state_dict={})
+    with pytest.raises(LmforgeError, match="unknown method 'lorra'.*lora"):
+        get_method("lorra")
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["prefix", "prompt", "lora", "ia3"])
 def test_decoder_methods_train_only_their_parameters(name):
     """Prefix tuning needs past_key_values: decoders (Llama) take them."""
@@ -208,7 +252,7 @@ def test_decoder_methods_train_only_their_parameters(name):
             num_key_value_heads=2,
         )
     )
-    model = get_method(name).apply(model, METHOD_OPTIONS[name](), "CAUSAL_LM")
+    model = get_method(name).apply(model, MethodSetting(METHOD_OPTIONS[name](), "CAUSAL_LM"))
     ids = torch.randint(0, 64, (2, 10))
     model(input_ids=ids, labels=ids).loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -259,6 +303,7 @@ def test_regularization_options_train_end_to_end(tmp_path, warm_encoder, sentime
     assert history[-1] < history[0]
 
 
+@pytest.mark.unit
 def test_layerwise_lr_decay_scales_each_depth():
     from lmforge.training.optim import build_optimizer
 
@@ -279,6 +324,7 @@ def test_layerwise_lr_decay_scales_each_depth():
     assert rates[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
 
 
+@pytest.mark.unit
 def test_label_smoothing_is_refused_where_there_are_no_classes():
     from lmforge.tasks.registry import get_task
     from lmforge.training.recipe import training_loss
@@ -517,10 +563,11 @@ def test_compare_tabulates_methods_on_one_config(tmp_path, warm_encoder, sentime
     assert "unknown method(s) lorra" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_qlora_says_what_it_needs_on_a_machine_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: qlora's requirements are met here")
     with pytest.raises(
         LmforgeError, match="method qlora .* needs a CUDA GPU; on this machine use method: lora"
     ):
-        get_method("qlora").apply(_tiny_bert(), METHOD_OPTIONS["qlora"](), "SEQ_CLS")
+        get_method("qlora").apply(_tiny_bert(), MethodSetting(METHOD_OPTIONS["qlora"](), "SEQ_CLS"))

@@ -17,13 +17,16 @@ from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
 from lmforge.tasks.token_classification import TokenClassification, split_words, word_logits
 
+pytestmark = pytest.mark.unit
+
 NAMES = ["Anna", "Peter", "Maria", "Tomasz", "Ingrid"]
 CITIES = ["Paris", "Berlin", "Kraków", "Lisbon", "Oslo"]
 LABELS = ["O", "B-location", "I-location", "B-person", "I-person"]
 
 
 def _sentences(n: int, seed: int = 0) -> list[TokenExample]:
-    """'<person> flew to <city>' and friends: entities are the capitalized names the model must learn."""
+    """'<person> flew to <city>' and friends: entities are the capitalized names the model must
+    learn."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -54,7 +57,7 @@ def _logits_for(tags: list[list[str]], names: list[str] = LABELS) -> np.ndarray:
     )
 
 
-# --- alignment -------------------------------------------------------------------------------------
+# --- alignment ------------------------------------------------------------------------------------
 
 
 def test_first_sub_token_alignment_on_words_split_into_several_pieces(tiny_model_dir):
@@ -96,7 +99,7 @@ def test_first_sub_token_alignment_on_words_split_into_several_pieces(tiny_model
     assert task.predicted_tags([per_word], LABELS)[0][4] == "O"
 
 
-# --- metrics ---------------------------------------------------------------------------------------
+# --- metrics --------------------------------------------------------------------------------------
 
 
 def test_entity_metrics_on_a_hand_made_example():
@@ -160,9 +163,31 @@ def test_raw_text_splits_into_words_with_offsets():
     assert all(text[start:end] == word for word, start, end in words)
 
 
-# --- end to end ------------------------------------------------------------------------------------
+def test_entities_are_the_character_spans_of_the_predicted_words():
+    """Decoding: word tags -> typed spans of the raw text, each scored by its words' mean
+    probability; two B- tags in a row are two entities, a word without logits (cut off) is O."""
+    text = "Anna Peter flew to New Oslo today"
+    tags = ["B-person", "B-person", "O", "O", "B-location", "I-location"]
+    logits = np.full((7, 5), np.nan, dtype=np.float32)  # "today" is past max_length
+    logits[:6] = 0.0
+    logits[np.arange(6), [LABELS.index(t) for t in tags]] = 3.0
+    logits[5, LABELS.index("I-location")] = 2.0  # "Oslo" is less sure
+    sure, unsure = np.exp(3) / (np.exp(3) + 4), np.exp(2) / (np.exp(2) + 4)
+    spans = TokenClassification().entities(text, split_words(text), logits, LABELS)
+    assert [s | {"score": 0} for s in spans] == [
+        {"type": "person", "text": "Anna", "start": 0, "end": 4, "score": 0},
+        {"type": "person", "text": "Peter", "start": 5, "end": 10, "score": 0},
+        {"type": "location", "text": "New Oslo", "start": 19, "end": 27, "score": 0},
+    ]
+    assert [s["score"] for s in spans] == pytest.approx([sure, sure, (sure + unsure) / 2], abs=1e-6)
+    assert all(text[s["start"] : s["end"]] == s["text"] for s in spans)
+    assert TokenClassification().entities(text, split_words(text), np.zeros((7, 5)), LABELS) == []
 
 
+# --- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.mark.recipe
 @pytest.mark.parametrize("writer, suffix", [(write_conll, ".conll"), (write_jsonl, ".jsonl")])
 def test_ner_trains_saves_evaluates_and_predicts_spans(
     tmp_path, tiny_model_dir, capsys, writer, suffix
@@ -239,6 +264,7 @@ def test_ner_trains_saves_evaluates_and_predicts_spans(
     assert model.config.id2label[3] == "B-person"
 
 
+@pytest.mark.recipe
 def test_ner_with_lora_trains_only_the_adapter_and_head(tmp_path, tiny_model_dir):
     train = tmp_path / "train.conll"
     write_conll(_sentences(24), train)
@@ -250,10 +276,26 @@ def test_ner_with_lora_trains_only_the_adapter_and_head(tmp_path, tiny_model_dir
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 < metrics["train"]["trainable_share"] < 0.2
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
-    rows = Predictor.load(tmp_path / "run").predict(["Anna Smith flew to Paris"])
-    assert isinstance(rows[0]["entities"], list)
+    # a few LoRA epochs need not learn the names: check that what it tags decodes exactly
+    predictor = Predictor.load(tmp_path / "run")
+    texts = ["Anna Smith flew to Paris", "we met Peter in New Berlin."]
+    for text, row in zip(texts, predictor.predict(texts), strict=True):
+        words = split_words(text)
+        sentence = predictor.word_logits([[w for w, _, _ in words]])[0]
+        assert row == {"entities": predictor.task.entities(text, words, sentence, LABELS)}
+        assert predictor.label_names == LABELS
+        starts, ends = {s for _, s, _ in words}, {e for _, _, e in words}
+        previous_end = 0
+        for span in row["entities"]:
+            assert set(span) == {"type", "text", "start", "end", "score"}
+            assert span["type"] in {"person", "location"} and 0 < span["score"] <= 1
+            assert span["text"] == text[span["start"] : span["end"]]
+            assert span["start"] in starts and span["end"] in ends  # whole words, in order
+            assert span["start"] >= previous_end
+            previous_end = span["end"]
 
 
+@pytest.mark.recipe
 def test_invalid_transitions_are_repaired_and_reported_or_rejected(
     tmp_path, tiny_model_dir, capsys
 ):
@@ -290,6 +332,7 @@ def test_invalid_transitions_are_repaired_and_reported_or_rejected(
     )
 
 
+@pytest.mark.recipe
 def test_tags_unknown_to_the_model_fail_eval_in_one_line(tmp_path, tiny_model_dir, capsys):
     train = tmp_path / "train.conll"
     write_conll(_sentences(12), train)
@@ -309,6 +352,7 @@ def test_tags_unknown_to_the_model_fail_eval_in_one_line(tmp_path, tiny_model_di
     ]
 
 
+@pytest.mark.recipe
 def test_long_sentences_are_cut_and_reported(tmp_path, tiny_model_dir, capsys):
     train = tmp_path / "train.conll"
     sentences = _sentences(12)
@@ -337,6 +381,7 @@ def test_long_sentences_are_cut_and_reported(tmp_path, tiny_model_dir, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["words_cut_off"] == 41 - 14
 
 
+@pytest.mark.recipe
 def test_ner_in_two_processes_gathers_every_validation_sentence(tmp_path, tiny_model_dir):
     """Ragged per-sentence logits are scored in shards and gathered (DDP on CPU)."""
     import os

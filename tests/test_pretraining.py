@@ -10,6 +10,8 @@ import yaml
 
 from lmforge.cli import main
 
+pytestmark = pytest.mark.recipe
+
 PATTERN = "alpha beta gamma delta epsilon zeta eta theta"
 
 

@@ -1,4 +1,5 @@
-"""lmforge on Ray Serve: the app builder's arguments, and the tiny classifier served by a local Ray."""
+"""lmforge on Ray Serve: the app builder's arguments, and the tiny classifier served by a local
+Ray."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 import socket
 
 import pytest
+
+pytestmark = pytest.mark.unit
 
 pytest.importorskip("ray.serve")
 

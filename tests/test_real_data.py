@@ -11,6 +11,8 @@ import pytest
 from lmforge.config import load_config
 from lmforge.data.loading import load_splits
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -29,6 +29,8 @@ from lmforge.training.checkpoint import (
 from lmforge.training.sampler import EpochBatchSampler
 from lmforge.training.state import TrainState
 
+pytestmark = pytest.mark.recipe
+
 # --- units: sampler and checkpoint files ---------------------------------------------------------
 
 

@@ -12,6 +12,8 @@ import time
 import pytest
 from conftest import NEGATIVE, POSITIVE, error_line, run_cli, tiny_config, write_csv
 
+pytestmark = pytest.mark.recipe
+
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 

@@ -18,6 +18,8 @@ from collections import Counter
 
 import pytest
 
+pytestmark = pytest.mark.recipe
+
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
 

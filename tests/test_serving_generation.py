@@ -10,6 +10,8 @@ import time
 import pytest
 from conftest import save_tiny_chat_llama, tiny_bpe_tokenizer, tiny_llama
 
+pytestmark = pytest.mark.recipe
+
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import error_line, run_cli
 
+pytestmark = pytest.mark.recipe
+
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 

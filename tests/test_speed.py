@@ -23,6 +23,8 @@ from lmforge.planning.planner import (
 )
 from lmforge.training.sampler import EpochBatchSampler
 
+pytestmark = pytest.mark.unit
+
 # --- grouped batching ---------------------------------------------------------------------------
 
 
@@ -84,6 +86,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+@pytest.mark.recipe
 def test_bf16_and_fp32_predict_the_same(tmp_path, tiny_model_dir, sentiment_csv, sentiment_rows):
     from lmforge.inference.predictor import Predictor
     from lmforge.training.recipe import run_training
@@ -100,6 +103,7 @@ def test_bf16_and_fp32_predict_the_same(tmp_path, tiny_model_dir, sentiment_csv,
     assert (fp32.argmax(1)[clear] == bf16.argmax(1)[clear]).all()
 
 
+@pytest.mark.recipe
 def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir, sentiment_csv):
     from safetensors.torch import load_file
 
@@ -187,6 +191,7 @@ def test_recommendation_is_the_fastest_that_fits():
         recommend(cands, budget=2e9)
 
 
+@pytest.mark.recipe
 def test_plan_measures_a_tiny_model_and_fits_the_budget(
     tmp_path, tiny_model_dir, sentiment_csv, capsys
 ):
@@ -210,6 +215,7 @@ def test_plan_measures_a_tiny_model_and_fits_the_budget(
     assert recommend(cands, budget)["peak_memory_bytes"] <= budget
 
 
+@pytest.mark.recipe
 def test_plan_refuses_a_budget_nothing_fits(tmp_path, tiny_model_dir, sentiment_csv, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps(tiny_config(tiny_model_dir, sentiment_csv, batch_size=2)))
@@ -219,6 +225,7 @@ def test_plan_refuses_a_budget_nothing_fits(tmp_path, tiny_model_dir, sentiment_
     assert "not a memory size" in capsys.readouterr().err
 
 
+@pytest.mark.recipe
 def test_auto_batch_size_trains_with_the_planned_batch(tmp_path, tiny_model_dir, sentiment_csv):
     from lmforge.training.recipe import run_training
 

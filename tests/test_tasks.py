@@ -18,6 +18,8 @@ from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
 from lmforge.tasks.regression import Regression
 
+pytestmark = pytest.mark.unit
+
 UP = ["rose", "jumped", "soared", "climbed"]
 DOWN = ["fell", "slumped", "dropped", "sank"]
 NOUNS = ["profit", "sales", "shares", "revenue", "orders", "margins"]
@@ -78,6 +80,7 @@ def test_regression_strata_are_score_quintiles():
     assert all(strata.count(q) == 20 for q in set(strata))
 
 
+@pytest.mark.recipe
 def test_regression_trains_saves_and_predicts_the_same(tmp_path, tiny_model_dir, capsys):
     train = _write_jsonl(tmp_path / "train.jsonl", _scored_rows(48))
     cfg = tiny_config(tiny_model_dir, train, epochs=40, batch_size=8, eval_strategy="epoch")
@@ -130,6 +133,7 @@ def test_regression_trains_saves_and_predicts_the_same(tmp_path, tiny_model_dir,
     assert evaluated["spearman"] == pytest.approx(metrics["validation"]["spearman"], abs=1e-6)
 
 
+@pytest.mark.recipe
 def test_regression_rejects_non_numeric_targets_in_one_line(tmp_path, tiny_model_dir, capsys):
     rows = _scored_rows(12)
     rows[3]["score"] = "very good"
@@ -191,6 +195,7 @@ def test_pairs_with_a_missing_side_are_dropped_and_counted():
     assert "2 missing pair" in report.summary("train")
 
 
+@pytest.mark.recipe
 def test_text_pair_classification_trains_and_predicts_pairs(tmp_path, tiny_model_dir):
     train = _write_jsonl(tmp_path / "train.jsonl", _pair_rows(40))
     cfg = tiny_config(tiny_model_dir, train, epochs=40, batch_size=8, eval_strategy="epoch")
@@ -235,6 +240,7 @@ def test_text_pair_classification_trains_and_predicts_pairs(tmp_path, tiny_model
         lmforge.predict(tmp_path / "run", [out[0]["text"]])
 
 
+@pytest.mark.recipe
 def test_pair_model_refuses_single_texts(tmp_path, tiny_model_dir, capsys):
     train = _write_jsonl(tmp_path / "train.jsonl", _pair_rows(12))
     cfg = tiny_config(tiny_model_dir, train, epochs=1)
@@ -277,7 +283,8 @@ def test_multi_label_metrics_and_thresholds_on_a_constructed_case():
     names = ["a", "b"]
     truth = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=np.float32)
     logit = lambda p: np.log(p / (1 - p))  # noqa: E731
-    # label a: positives at 0.35 and 0.4, negatives at 0.1 and 0.2 -> any threshold in (0.2, 0.35] is perfect
+    # label a: positives at 0.35 and 0.4, negatives at 0.1 and 0.2 -> any threshold in
+    # (0.2, 0.35] is perfect
     probs = np.array([[0.35, 0.1], [0.4, 0.9], [0.1, 0.8], [0.2, 0.3]])
     logits = logit(probs)
     at_half = task.compute_metrics(logits, truth, names)
@@ -304,6 +311,7 @@ def _topic_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"text": t, "topics": labels} for t, labels in rows.items()]
 
 
+@pytest.mark.recipe
 def test_multi_label_trains_tunes_thresholds_and_predicts_label_sets(tmp_path, tiny_model_dir):
     rows = _topic_rows(48)
     train = _write_jsonl(tmp_path / "train.jsonl", rows)
@@ -362,6 +370,7 @@ def test_thresholds_tuned_for_micro_f1_do_not_chase_a_rare_label():
     assert task.tune_thresholds(logits, truth, "macro_f1")[1] <= 0.15  # macro-F1 does reward it
 
 
+@pytest.mark.recipe
 def test_lora_trains_a_regression_head(tmp_path, tiny_model_dir):
     train = _write_jsonl(tmp_path / "train.jsonl", _scored_rows(24))
     cfg = tiny_config(tiny_model_dir, train, epochs=2, batch_size=8)

@@ -15,6 +15,8 @@ from lmforge.data.token_files import (
 )
 from lmforge.errors import LmforgeError
 
+pytestmark = pytest.mark.unit
+
 WNUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wnut17"
 EXAMPLES = [
     TokenExample(

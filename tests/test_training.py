@@ -13,6 +13,8 @@ from lmforge.config import load_config
 from lmforge.inference.predictor import Predictor
 from lmforge.training.recipe import run_training
 
+pytestmark = pytest.mark.recipe
+
 
 def _train(tmp_path, tiny_model_dir, train_file, name="run", method="full", **training):
     cfg = tiny_config(tiny_model_dir, train_file, **training)

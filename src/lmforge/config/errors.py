@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from lmforge.errors import did_you_mean
 
 
-def _section_at(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _section_at(model_cls: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The config class that owns the key at ``loc`` (for listing valid keys)."""
-    cls: Any = model_cls
+    cls: object = model_cls
     for part in loc[:-1]:
         field = getattr(cls, "model_fields", {}).get(part)
         if field is None:
@@ -20,7 +18,9 @@ def _section_at(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseMo
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
-def format_validation_error(err: Any, model_cls: type[BaseModel], prefix: str = "") -> str:
+def format_validation_error(
+    err: ValidationError, model_cls: type[BaseModel], prefix: str = ""
+) -> str:
     """One line for every problem in a pydantic ``ValidationError``."""
     problems = []
     for e in err.errors():

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from lmforge.errors import did_you_mean
-from lmforge.methods.registry import METHOD_OPTIONS
+from lmforge.methods.registry import METHOD_OPTIONS, get_method
 from lmforge.tasks.registry import TASK_NAMES
 
 DEFAULT_MODEL = "default"
@@ -592,7 +592,7 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _sparsity_method(self) -> RunConfig:
-        if self.training.keep_sparsity and self.method.name not in ("full", "freeze"):
+        if self.training.keep_sparsity and not get_method(self.method.name).keeps_sparsity:
             raise ValueError(
                 f"training.keep_sparsity keeps pruned weights at zero while they train; method "
                 f"{self.method.name} merges a dense update into them: use method full"

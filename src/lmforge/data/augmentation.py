@@ -31,11 +31,14 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lmforge.errors import LmforgeError, did_you_mean
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +382,9 @@ class EmbeddingNeighbours:
         self._cache: dict[str, tuple[int, list[str]]] = {}
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any) -> EmbeddingNeighbours:
+    def from_model(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    ) -> EmbeddingNeighbours:
         """Build from a Hugging Face model's input embeddings and its tokenizer.
 
         Args:
@@ -631,7 +636,7 @@ def back_translate(
     return _translate(pivot, _load_translator(backward_model, device), batch_size, max_new_tokens)
 
 
-def _load_translator(name: str, device: str) -> tuple[Any, Any]:
+def _load_translator(name: str, device: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """A (tokenizer, model) pair in eval mode, or a one-line error naming the model."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -651,7 +656,10 @@ def _load_translator(name: str, device: str) -> tuple[Any, Any]:
 
 
 def _translate(
-    texts: list[str], translator: tuple[Any, Any], batch_size: int, max_new_tokens: int
+    texts: list[str],
+    translator: tuple[PreTrainedTokenizerBase, PreTrainedModel],
+    batch_size: int,
+    max_new_tokens: int,
 ) -> list[str]:
     import torch
 

@@ -12,7 +12,8 @@ IGNORE_INDEX = -100  # label positions the loss skips (PyTorch's and Hugging Fac
 
 
 class EncodedDataset(Dataset):
-    """Token-id rows with optional labels (class ids, float targets, or tag ids per word) and pair starts.
+    """Token-id rows with optional labels (class ids, float targets, or tag ids per word) and
+    pair starts.
 
     For token classification ``labels`` holds each sentence's word tags (what metrics compare
     with), ``token_labels`` the sub-token labels the model trains on, and ``word_ids`` which

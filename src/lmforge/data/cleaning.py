@@ -36,7 +36,10 @@ class CleaningReport:
         repaired = (
             f"; {self.repaired_tags} invalid tag transitions repaired" if self.repaired_tags else ""
         )
-        return f"{name}: read {self.rows_read} rows, kept {self.rows_kept}, dropped {self.dropped}{why}{repaired}"
+        return (
+            f"{name}: read {self.rows_read} rows, kept {self.rows_kept}, "
+            f"dropped {self.dropped}{why}{repaired}"
+        )
 
     def drops(self) -> dict[str, int]:
         """Rows dropped, by reason."""

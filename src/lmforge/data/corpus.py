@@ -33,11 +33,14 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from lmforge.errors import LmforgeError, did_you_mean
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CorpusFormat = Literal["auto", "text", "jsonl", "csv"]
 DocumentSplit = Literal["line", "blank_line"]
@@ -412,7 +415,7 @@ def _csv_documents(
             ) from None
 
 
-def tokenizer_eos_id(tokenizer: Any) -> int:
+def tokenizer_eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id that ends a document: the tokenizer's end-of-sequence token, else its separator."""
     for name in ("eos_token_id", "sep_token_id"):
         token_id = getattr(tokenizer, name, None)
@@ -523,7 +526,7 @@ class TokenFile:
         )
         return cls(tokens_path, tokens, offsets, meta)
 
-    def check_tokenizer(self, tokenizer: Any) -> None:
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Fail unless ``tokenizer`` wrote the file (another one reads its ids as other tokens)."""
         from lmforge.data.tokenization import tokenizer_fingerprint
 
@@ -537,7 +540,7 @@ class TokenFile:
 
 def write_token_file(
     documents: Iterable[str],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     path: str | Path,
     batch_documents: int = 1000,
     append_eos: bool = True,

@@ -18,13 +18,16 @@ which differs from this contract in ways the tests would catch:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lmforge.data.batching import IGNORE_INDEX
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MASK_SHARE = 0.8  # of the selected tokens: replaced by [MASK]
 RANDOM_SHARE = 0.1  # replaced by a random token; the remaining 10% stay unchanged
@@ -63,7 +66,7 @@ class MaskedLMCollator:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         mlm_probability: float = 0.15,
         whole_word: bool = False,
         seed: int | None = None,
@@ -147,8 +150,9 @@ class MaskedLMCollator:
         return starts
 
 
-def _continuation_table(tokenizer: Any) -> torch.Tensor | None:
-    """``(V,)`` bool: True for tokens that continue a word (WordPiece ``##x``); None without a prefix."""
+def _continuation_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor | None:
+    """``(V,)`` bool: True for tokens that continue a word (WordPiece ``##x``); None without a
+    prefix."""
     model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
     prefix = getattr(model, "continuing_subword_prefix", None)
     if type(model).__name__ != "WordPiece" or not prefix:

@@ -40,7 +40,6 @@ import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -182,10 +181,11 @@ class CausalLMCollator:
 
     ``labels`` equal ``input_ids`` (the model shifts them: logits at ``t`` predict label
     ``t + 1``), with ``-100`` on padding; items that carry their own ``labels`` (packed chat
-    conversations, -100 outside the assistant's turns) keep them. Plain packing (``isolate_documents=False``) keeps the
-    label after each end-of-document token: the model sees the previous document, so learning
-    what starts a document is a fair task, and the ``(B, T)`` mask only hides padding (items'
-    ``position_ids`` are ignored: the model numbers the block 0..T-1 itself).
+    conversations, -100 outside the assistant's turns) keep them. Plain packing
+    (``isolate_documents=False``) keeps the label after each end-of-document token: the model
+    sees the previous document, so learning what starts a document is a fair task, and the
+    ``(B, T)`` mask only hides padding (items' ``position_ids`` are ignored: the model numbers
+    the block 0..T-1 itself).
 
     With ``isolate_documents`` every document is computed as if alone: the ``(B, 1, T, T)``
     additive mask is causal and block-diagonal, ``position_ids`` restart per document, and the
@@ -217,7 +217,7 @@ class CausalLMCollator:
         self.mask_dtype = mask_dtype
 
     @staticmethod
-    def supports_document_isolation(model: Any) -> bool:
+    def supports_document_isolation(model: torch.nn.Module) -> bool:
         """Whether ``model`` honours this collator's 4-D mask and restarted ``position_ids``.
 
         True for models whose modeling file builds its mask with transformers'

@@ -157,7 +157,8 @@ def check_scheme(
             prefix, kind = _split(tag)
             if scheme == "bio" and prefix in ("E", "S"):
                 raise LmforgeError(
-                    f"{source}: sentence {number} has {tag!r}, a BIOES tag; set the tag scheme to bioes"
+                    f"{source}: sentence {number} has {tag!r}, a BIOES tag; "
+                    "set the tag scheme to bioes"
                 )
             continues = previous[1] == kind and previous[0] in ("B", "I")
             if prefix in ("I", "E") and not continues:

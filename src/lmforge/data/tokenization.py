@@ -15,9 +15,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A stable hash of everything that decides the token ids of a text."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -73,7 +76,10 @@ class Tokenized:
 
 
 def tokenize_texts(
-    texts: Sequence[str], tokenizer: Any, max_length: int, use_cache: bool = True
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    use_cache: bool = True,
 ) -> tuple[list[np.ndarray], bool]:
     """Token ids (with special tokens, truncated to ``max_length``) for each text.
 
@@ -84,8 +90,11 @@ def tokenize_texts(
     return out.ids, out.cached
 
 
-def _cache_path(tokenizer: Any, max_length: int, kind: str, rows: Sequence[Sequence[str]]) -> Path:
-    """The cache file of these rows (each row one or more strings: a text, a pair, a sentence's words)."""
+def _cache_path(
+    tokenizer: PreTrainedTokenizerBase, max_length: int, kind: str, rows: Sequence[Sequence[str]]
+) -> Path:
+    """The cache file of these rows (each row one or more strings: a text, a pair, a sentence's
+    words)."""
     key = hashlib.sha256()
     key.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}|{len(rows)}|{kind}".encode())
     for row in rows:
@@ -116,12 +125,13 @@ def _load_cache(path: Path, n: int) -> Tokenized | None:
 
 def tokenize(
     texts: Sequence[str],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     use_cache: bool = True,
     pairs: Sequence[str] | None = None,
 ) -> Tokenized:
-    """Token ids of texts, or of text pairs (``[CLS] a [SEP] b [SEP]``, the longer side truncated first).
+    """Token ids of texts, or of text pairs (``[CLS] a [SEP] b [SEP]``, the longer side truncated
+    first).
 
     For models with token types (BERT), ``pair_starts[i]`` is the position where row i's
     second text begins, so the collator can rebuild ``token_type_ids`` without storing them.
@@ -168,7 +178,10 @@ def tokenize(
 
 
 def tokenize_words(
-    sentences: Sequence[Sequence[str]], tokenizer: Any, max_length: int, use_cache: bool = True
+    sentences: Sequence[Sequence[str]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    use_cache: bool = True,
 ) -> Tokenized:
     """Token ids of pre-split sentences (NER), with the word index of every sub-token.
 

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,8 @@ class DistContext:
 
     @classmethod
     def from_environment(cls, device: str, timeout_minutes: float = 30.0) -> DistContext:
-        """Join the process group the launcher describes (gloo on CPU, NCCL on GPU), or run alone."""
+        """Join the process group the launcher describes (gloo on CPU, NCCL on GPU), or run
+        alone."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if not dist.is_available() or (world_size <= 1 and not dist.is_initialized()):
             return cls()
@@ -75,11 +76,11 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def gather(self, value: Any) -> list[Any]:
+    def gather(self, value: T) -> list[T]:
         """Every rank's ``value``, in rank order, on every rank (small Python objects only)."""
         if not self.enabled:
             return [value]
-        out: list[Any] = [None] * self.world_size
+        out: list[T | None] = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
 
@@ -99,7 +100,8 @@ class DistContext:
         return float(tensor.item())
 
     def on_main(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on rank 0 only and give every rank its result; its error is raised on every rank."""
+        """Run ``fn`` on rank 0 only and give every rank its result; its error is raised on every
+        rank."""
         result, error = None, None
         if self.is_main:
             try:
@@ -113,7 +115,8 @@ class DistContext:
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (fills caches, downloads); the others follow and reuse its work."""
+        """Rank 0 runs the block first (fills caches, downloads); the others follow and reuse its
+        work."""
         if not self.is_main:
             self.barrier()
         yield

@@ -46,7 +46,8 @@ def threads_per_process(nproc: int) -> int:
 
 
 def launch_local(argv: Sequence[str], nproc: int, output_dir: Path) -> int:
-    """Run ``lmforge <argv> --output output_dir`` in ``nproc`` processes on this machine; return the exit code.
+    """Run ``lmforge <argv> --output output_dir`` in ``nproc`` processes on this machine; return
+    the exit code.
 
     The run directory is fixed here so that every process writes to the same one.
     """

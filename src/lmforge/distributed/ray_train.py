@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Local paths in the config made absolute: Ray workers do not share the driver's working directory."""
+    """Local paths in the config made absolute: Ray workers do not share the driver's working
+    directory."""
     out = cfg.model_copy(deep=True)
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(out.data, key)

@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmforge.distributed.context import DistContext
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,15 @@ class Strategy:
         self,
         name: str,
         ctx: DistContext,
-        accelerator: Any,
+        accelerator: Accelerator,
         device: str,
         precision: str,
         cpu_offload: bool = False,
     ):
         if name not in STRATEGIES:
             raise LmforgeError(
-                f"distributed.strategy: unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}"
+                f"distributed.strategy: unknown strategy {name!r}; "
+                f"use one of {', '.join(STRATEGIES)}"
             )
         self.ctx, self.accelerator, self.device, self.precision = (
             ctx,
@@ -144,7 +148,7 @@ class Strategy:
             self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
 
     @staticmethod
-    def state_bytes(model: torch.nn.Module, optimizer: Any) -> int:
+    def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
         """Bytes this process holds of parameters, their gradients (one per trainable parameter)
         and optimizer state: what FSDP divides by the number of processes and DDP does not."""
 
@@ -188,7 +192,9 @@ class Strategy:
             return None
         return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in names}
 
-    def optimizer_state(self, model: torch.nn.Module, optimizer: Any) -> dict[str, Any] | None:
+    def optimizer_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Any] | None:
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -219,7 +225,7 @@ class Strategy:
                 params[name].copy_(tensor)
 
     def load_optimizer_state(
-        self, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
     ) -> None:
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (

@@ -22,8 +22,6 @@ from lmforge.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE_TASKS = ("sequence_classification", "multi_label_classification", "regression")
-
 
 def run_ensemble(
     models: Sequence[str | Path],
@@ -42,10 +40,10 @@ def run_ensemble(
         raise LmforgeError("an ensemble needs at least two runs")
     members = [Predictor.load(m, precision=precision, quantize=quantize) for m in models]
     first = members[0]
-    if first.task.name not in ENSEMBLE_TASKS:
+    if not first.task.ensembles:
         raise LmforgeError(
-            f"ensembles average {', '.join(ENSEMBLE_TASKS)} models; {models[0]} is a "
-            f"{first.task.name} model"
+            "ensembles average the probabilities of classifiers, multi-label classifiers and "
+            f"regressors; {models[0]} is a {first.task.name.replace('_', ' ')} model"
         )
     for model, member in zip(models[1:], members[1:], strict=True):
         if member.task.name != first.task.name or sorted(member.label_names) != sorted(
@@ -66,23 +64,12 @@ def run_ensemble(
     for model, member in zip(models, members, strict=True):
         logits = member.logits(texts, batch_size, pairs=pairs)
         order = [member.label_names.index(name) for name in first.label_names]  # align to the first
-        logits = (
-            logits[:, order] if logits.ndim == 2 and first.task.name != "regression" else logits
-        )
+        if logits.ndim == 2 and logits.shape[1] == len(order):
+            logits = logits[:, order]
         per_member[str(model)] = first.task.compute_metrics(logits, label_ids, first.label_names)
-        scores.append(to_probabilities(first.task.name, logits))
-    averaged = from_probabilities(first.task.name, np.mean(scores, axis=0))
-    if first.task.name == "multi_label_classification":
-        thresholds = np.mean(
-            [
-                np.asarray(m.task.thresholds or [0.5] * len(m.label_names))[
-                    [m.label_names.index(n) for n in first.label_names]
-                ]
-                for m in members
-            ],
-            axis=0,
-        )
-        first.task.configure({"thresholds": thresholds.tolist()})
+        scores.append(first.task.to_probabilities(logits))
+    averaged = first.task.from_probabilities(np.mean(scores, axis=0))
+    first.task.combine([(m.task, m.label_names) for m in members], first.label_names)
     metrics = first.task.compute_metrics(averaged, label_ids, first.label_names)
     metrics.update(
         members={k: _scalars(v) for k, v in per_member.items()},
@@ -90,26 +77,6 @@ def run_ensemble(
         data=source,
     )
     return metrics
-
-
-def to_probabilities(task: str, logits: np.ndarray) -> np.ndarray:
-    if task == "sequence_classification":
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    if task == "multi_label_classification":
-        return 1.0 / (1.0 + np.exp(-logits))
-    return logits  # regression: the values themselves
-
-
-def from_probabilities(task: str, probabilities: np.ndarray) -> np.ndarray:
-    """Back to the logit space each task's metrics read (argmax and thresholds are unchanged)."""
-    tiny = np.finfo(np.float32).tiny
-    if task == "sequence_classification":
-        return np.log(np.maximum(probabilities, tiny))
-    if task == "multi_label_classification":
-        p = np.clip(probabilities, tiny, 1 - 1e-7)
-        return np.log(p) - np.log1p(-p)
-    return probabilities
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

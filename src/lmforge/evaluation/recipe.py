@@ -101,12 +101,12 @@ def run_evaluation(
     """
     predictor = Predictor.load(model, precision=precision, quantize=quantize, task=task)
     for flag, wanted in (("--perturb", perturbations), ("--split", split)):
-        if wanted and not scores_texts(predictor.task):
+        if wanted and not predictor.task.scores_texts:
             raise LmforgeError(
                 f"{flag} works for text classifiers and regressors; this model is a "
                 f"{predictor.task.name.replace('_', ' ')} model"
             )
-    if getattr(predictor.task, "loss_only", False):
+    if predictor.task.language_modeling:
         return evaluate_corpus(predictor, model, data, reader_options or {}, batch_size)
     if predictor.task.word_level:
         return evaluate_token_file(
@@ -144,12 +144,6 @@ def run_evaluation(
             batch_size,
         )
     return metrics
-
-
-def scores_texts(task: Any) -> bool:
-    """Whether a task maps one text to a label or score (classification, regression): what
-    --perturb and --split evaluate."""
-    return task.labeled and not task.word_level and not getattr(task, "loss_only", False)
 
 
 def robustness(
@@ -304,7 +298,7 @@ def read_run_split(model: str | Path, split: str) -> Any:
         )
     cfg = load_config(run_dir / "config.yaml")
     task = get_task(cfg.task)
-    if not scores_texts(task):
+    if not task.scores_texts:
         raise LmforgeError(
             f"--split works for text classifiers and regressors; {run_dir} is a "
             f"{cfg.task.replace('_', ' ')} run: give --data FILE"

@@ -1,4 +1,5 @@
-"""Export a trained classifier, regressor or tagger to ONNX, optionally int8, and check it against the original.
+"""Export a trained classifier, regressor or tagger to ONNX, optionally int8, and check it
+against the original.
 
 - The graph is exported by ``torch.onnx.export(dynamo=True)`` with dynamic batch and
   sequence axes, so one file serves any batch and length up to the model's positions.

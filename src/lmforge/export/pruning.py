@@ -1,4 +1,5 @@
-"""Pruning: unstructured (single weights, by magnitude) and structured (attention heads, FFN neurons).
+"""Pruning: unstructured (single weights, by magnitude) and structured (attention heads, FFN
+neurons).
 
 - **Unstructured**: the smallest-magnitude weights of the transformer layers' linear layers,
   ranked globally (one threshold for all of them, as in Han et al. 2015 and Frankle &
@@ -17,15 +18,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.models.structure import transformer_layers
 from lmforge.models.surgery import bert_blocks, head_size, remove_heads, shrink_ffn
+
+# A forward pre-hook that scales a module's input: (module, args) -> new args.
+_PreHook = Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor]]
 
 KINDS = ("unstructured", "heads", "ffn")
 
@@ -77,8 +80,9 @@ def prunable_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def prune_unstructured(model: torch.nn.Module, sparsity: float) -> dict[str, Any]:
-    """Zero the ``sparsity`` share of smallest-magnitude weights (one global threshold); return the sparsity."""
+def prune_unstructured(model: torch.nn.Module, sparsity: float) -> dict[str, float]:
+    """Zero the ``sparsity`` share of smallest-magnitude weights (one global threshold); return
+    the sparsity."""
     weights = prunable_weights(model)
     magnitudes = torch.cat([w.detach().abs().flatten().float() for _, w in weights])
     k = int(round(sparsity * magnitudes.numel()))
@@ -90,7 +94,7 @@ def prune_unstructured(model: torch.nn.Module, sparsity: float) -> dict[str, Any
     return sparsity_of(model)
 
 
-def sparsity_of(model: torch.nn.Module) -> dict[str, Any]:
+def sparsity_of(model: torch.nn.Module) -> dict[str, float]:
     """Zeros among the prunable weights, overall and per matrix (min / max)."""
     weights = prunable_weights(model)
     zeros = [int((w == 0).sum()) for _, w in weights]
@@ -125,12 +129,12 @@ def unit_importance(
     head_scores = [torch.zeros_like(g) for g in head_gates]
     neuron_scores = [torch.zeros_like(g) for g in neuron_gates]
 
-    def gate_heads(gate: torch.Tensor) -> Any:
+    def gate_heads(gate: torch.Tensor) -> _PreHook:
         return lambda module, args: (
             args[0] * gate.repeat_interleave(size),
         )  # (B, T, H*d) * (H*d,)
 
-    def gate_neurons(gate: torch.Tensor) -> Any:
+    def gate_neurons(gate: torch.Tensor) -> _PreHook:
         return lambda module, args: (args[0] * gate,)  # (B, T, I) * (I,)
 
     hooks = [
@@ -164,7 +168,8 @@ def unit_importance(
         model.train(was_training)
     if n == 0:
         raise LmforgeError(
-            "structured pruning needs training batches to score the units; the training split is empty"
+            "structured pruning needs training batches to score the units; "
+            "the training split is empty"
         )
     return [s / n for s in head_scores], [s / n for s in neuron_scores]
 
@@ -204,7 +209,8 @@ def prune_heads(
 
 
 def prune_ffn(model: torch.nn.Module, share: float, scores: list[torch.Tensor]) -> int:
-    """Remove the ``share`` of FFN neurons with the lowest importance in each layer; return the new width."""
+    """Remove the ``share`` of FFN neurons with the lowest importance in each layer; return the
+    new width."""
     width = scores[0].numel()
     keep = max(1, int(round((1.0 - share) * width)))
     shrink_ffn(model, {layer: torch.topk(s, keep).indices for layer, s in enumerate(scores)})

@@ -16,17 +16,26 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import write_metadata
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from lmforge.tasks.base import Task
 
 # The new task heads (sequence/token classification: classifier; Llama-style: score).
 FLOAT_MODULES = ["classifier", "score"]
 
 
 def save_int8(
-    model_dir: Path, out_dir: Path, task: Any, tokenizer: Any, metadata: dict[str, Any]
+    model_dir: Path,
+    out_dir: Path,
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    metadata: dict[str, Any],
 ) -> Path:
     """Write ``out_dir``: the plain model in ``model_dir`` with int8 (torchao) linear weights."""
     if getattr(_config(model_dir), "pruned_heads", None):
@@ -53,7 +62,7 @@ def save_int8(
     return out_dir
 
 
-def _config(model_dir: Path) -> Any:
+def _config(model_dir: Path) -> PretrainedConfig:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(str(model_dir))

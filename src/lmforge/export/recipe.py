@@ -32,7 +32,7 @@ from typing import Any
 
 from lmforge.config import RunConfig, load_config
 from lmforge.errors import LmforgeError
-from lmforge.evaluation.recipe import read_table_for, run_dir_for, scores_texts
+from lmforge.evaluation.recipe import read_table_for, run_dir_for
 from lmforge.export.onnx import export_onnx, plain_model
 from lmforge.export.pruning import (
     parse_prune,
@@ -103,7 +103,7 @@ def run_export(source: str | Path, output: str | Path, options: ExportOptions) -
     run_dir = run_dir_for(source_dir)
     meta = read_metadata(source_dir)
     task = get_task(meta.get("task", "sequence_classification"))
-    if not scores_texts(task):
+    if not task.scores_texts:
         raise LmforgeError(
             f"lmforge export verifies text classifiers and regressors so far; {source} is a "
             f"{task.name.replace('_', ' ')} model"

@@ -48,7 +48,7 @@ class Measured:
     latency_ms: list[float] = field(default_factory=list)
     throughput: list[float] = field(default_factory=list)  # examples/s, one per round
     metrics: dict[str, float] = field(default_factory=dict)
-    outputs: Any = None  # logits on the evaluation set (not reported)
+    outputs: np.ndarray | None = None  # logits on the evaluation set (not reported)
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latency_ms)
@@ -95,7 +95,10 @@ class Verification:
             if points < 0.005
             else f"{'loses' if self.degradation_points > 0 else 'gains'} {points:.2f} points"
         )
-        return f"{self.metric} {self.original:.4f} -> {self.exported:.4f}: {change} (tolerance {self.tolerance_points:g})"
+        return (
+            f"{self.metric} {self.original:.4f} -> {self.exported:.4f}: {change} "
+            f"(tolerance {self.tolerance_points:g})"
+        )
 
 
 def weights_size(model_dir: Path) -> int:
@@ -116,7 +119,7 @@ def verify(
     original: Path,
     exported: Path,
     texts: Sequence[str],
-    label_ids: Any,
+    label_ids: np.ndarray,
     pairs: Sequence[str] | None,
     metric: str | None = None,
     tolerance: float = 1.0,
@@ -227,7 +230,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def speedups(v: Verification) -> list[dict[str, Any]]:
+def speedups(v: Verification) -> list[dict[str, float | None]]:
     """Each row's latency / throughput / size against the fp32 original's."""
     ref = v.rows[0]
     out = []
@@ -248,8 +251,9 @@ def render_markdown(v: Verification, title: str, extra: dict[str, Any] | None = 
     """The human report: the table, the comparison, the verdict, and how it was measured."""
     lines = [f"# {title}", "", f"**{'PASSED' if v.passed else 'FAILED'}**: {v.summary}.", ""]
     lines += [
-        f"| model | backend | size | latency p50 / p95 (batch 1) | throughput (batch {v.batch_size}) "
-        f"| {v.metric} | vs fp32 original: latency / throughput / size |",
+        "| model | backend | size | latency p50 / p95 (batch 1) "
+        f"| throughput (batch {v.batch_size}) | {v.metric} "
+        "| vs fp32 original: latency / throughput / size |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row, speed in zip(v.rows, speedups(v), strict=True):
@@ -262,7 +266,8 @@ def render_markdown(v: Verification, title: str, extra: dict[str, Any] | None = 
     lines += ["", f"- Evaluation data: {v.data} ({v.n} rows)."]
     if v.agreement is not None:
         lines.append(
-            f"- The export predicts the same label as the fp32 original on {100 * v.agreement:.1f}% of them; "
+            "- The export predicts the same label as the fp32 original on "
+            f"{100 * v.agreement:.1f}% of them; "
             f"largest output difference {v.max_abs_output_diff:.4g}."
         )
     else:

@@ -16,10 +16,16 @@ import multiprocessing  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from lmforge.errors import LmforgeError  # noqa: E402
 from lmforge.inference.predictor import Predictor  # noqa: E402
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import BaseContext
+
+    import numpy as np
 
 
 class ModelWorker:
@@ -49,7 +55,7 @@ class ModelWorker:
         """Wait until the model is loaded and warm: its backend and labels."""
         return self._receive()
 
-    def round(self, with_outputs: bool) -> tuple[list[float], float, Any]:
+    def round(self, with_outputs: bool) -> tuple[list[float], float, np.ndarray | None]:
         self.conn.send(("round", with_outputs))
         return self._receive()
 
@@ -74,10 +80,11 @@ class ModelWorker:
             self.process.kill()
 
 
-def _context() -> Any:
+def _context() -> BaseContext:
     """A forkserver (where the platform has one): each worker forks from a process that has
     loaded torch and transformers but never run a thread pool, so it starts in a second, not
-    the ~5 s of a fresh interpreter, and safely (forking a process whose OpenMP pool ran can hang)."""
+    the ~5 s of a fresh interpreter, and safely (forking a process whose OpenMP pool ran can
+    hang)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -86,7 +93,7 @@ def _context() -> Any:
 
 
 def _worker_main(
-    conn: Any,
+    conn: Connection,
     path: str,
     precision: str,
     texts: list[str],

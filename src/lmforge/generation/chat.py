@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from lmforge.data.batching import IGNORE_INDEX
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
 
@@ -97,7 +100,7 @@ def records_to_messages(record: dict, source: str, line: int) -> list[dict]:
     return messages
 
 
-def _chat_messages(raw: Any, where: str) -> list[dict]:
+def _chat_messages(raw: object, where: str) -> list[dict]:
     if not isinstance(raw, list) or not raw:
         raise LmforgeError(
             f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects"
@@ -159,7 +162,9 @@ class ChatTemplateSetup:
         return self.template_set
 
 
-def ensure_chat_template(tokenizer: Any, template: str | None = None) -> ChatTemplateSetup:
+def ensure_chat_template(
+    tokenizer: PreTrainedTokenizerBase, template: str | None = None
+) -> ChatTemplateSetup:
     """Give ``tokenizer`` :data:`DEFAULT_CHAT_TEMPLATE` when it has no chat template (or
     ``template="chatml"``), or the Jinja ``template`` given.
 
@@ -188,7 +193,9 @@ def ensure_chat_template(tokenizer: Any, template: str | None = None) -> ChatTem
 
 
 def render_chat(
-    messages: Sequence[dict], tokenizer: Any, add_generation_prompt: bool = False
+    messages: Sequence[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    add_generation_prompt: bool = False,
 ) -> str:
     """The conversation as text through the tokenizer's chat template (not tokenized)."""
     from jinja2 import TemplateError
@@ -208,7 +215,7 @@ def render_chat(
         ) from err
 
 
-def end_of_turn_token_id(tokenizer: Any) -> int | None:
+def end_of_turn_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The id of the token that closes an assistant turn (``<|im_end|>``, ``<|eot_id|>``, ``</s>``).
 
     Found by rendering a sample turn and reading what the template writes after its content;
@@ -244,7 +251,7 @@ class EncodedConversation(NamedTuple):
 
 
 def encode_conversation(
-    messages: Sequence[dict], tokenizer: Any, max_length: int
+    messages: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> EncodedConversation:
     """Tokenize a conversation through the chat template, labelling only the assistant turns.
 
@@ -291,7 +298,9 @@ def encode_conversation(
     return EncodedConversation(ids[:max_length], labels[:max_length], truncated)
 
 
-def _assistant_spans(messages: Sequence[dict], tokenizer: Any, full: str) -> list[tuple[int, int]]:
+def _assistant_spans(
+    messages: Sequence[dict], tokenizer: PreTrainedTokenizerBase, full: str
+) -> list[tuple[int, int]]:
     """Character ``[start, end)`` of each assistant turn (content + end marker) in ``full``."""
     spans = []
     for k, message in enumerate(messages):

@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 import torch
@@ -36,6 +36,14 @@ import torch
 from lmforge.data.batching import length_sorted_batches
 from lmforge.errors import LmforgeError
 from lmforge.generation.chat import end_of_turn_token_id, render_chat
+
+if TYPE_CHECKING:
+    from transformers import (
+        GenerationConfig,
+        LogitsProcessorList,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +94,11 @@ class GenerationOptions:
             raise fail("seed", "an integer >= 0 (or unset)")
 
 
-def _is_int(value: Any, minimum: int) -> bool:
+def _is_int(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_positive(value: Any) -> bool:
+def _is_positive(value: object) -> bool:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return number and math.isfinite(value) and value > 0
 
@@ -108,7 +116,8 @@ class Completion:
     completion_tokens: int
     """Tokens generated, the one that ended the completion included."""
     finish_reason: str
-    """``stop`` (end of text, end of turn or a stop string) or ``length`` (``max_new_tokens`` reached)."""
+    """``stop`` (end of text, end of turn or a stop string) or ``length`` (``max_new_tokens``
+    reached)."""
 
 
 Prompt = str | Sequence[dict]
@@ -116,8 +125,8 @@ Prompt = str | Sequence[dict]
 
 
 def generate(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     options: GenerationOptions,
     batch_size: int = 8,
@@ -146,8 +155,8 @@ def generate(
 
 
 def complete(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     options: GenerationOptions,
     batch_size: int = 8,
@@ -197,7 +206,9 @@ def complete(
     return results  # type: ignore[return-value]  # every slot is filled
 
 
-def _stop_token_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
+def _stop_token_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: bool
+) -> list[int]:
     """Ids that end a completion: tokenizer and model EOS; with chat, the end of turn."""
     ids: list[int] = []
     model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -214,7 +225,11 @@ def _stop_token_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
 
 
 def encode_prompts(
-    model: Any, tokenizer: Any, prompts: Sequence[Prompt], max_new_tokens: int, chat: bool = False
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    chat: bool = False,
 ) -> list[list[int]]:
     """The prompts' token ids, checked: not empty, and room for ``max_new_tokens`` more within
     the model's positions (a server checks before it starts streaming an answer)."""
@@ -230,7 +245,9 @@ def encode_prompts(
     return encoded
 
 
-def _within_positions(model: Any, options: GenerationOptions, longest: int) -> GenerationOptions:
+def _within_positions(
+    model: PreTrainedModel, options: GenerationOptions, longest: int
+) -> GenerationOptions:
     """``options`` fitted to the model's positions, for the longest prompt.
 
     Learned position embeddings (GPT-2) have no row past the last: ``max_new_tokens`` is lowered
@@ -260,7 +277,7 @@ def _within_positions(model: Any, options: GenerationOptions, longest: int) -> G
     return replace(options, max_new_tokens=positions - longest)
 
 
-def check_stop_strings(tokenizer: Any, stop: Sequence[str]) -> None:
+def check_stop_strings(tokenizer: PreTrainedTokenizerBase, stop: Sequence[str]) -> None:
     """A one-line error for stop strings the tokenizer cannot spell (Hugging Face's stop-string
     matcher raises a ValueError deep inside ``generate`` for them)."""
     if not stop:
@@ -276,7 +293,9 @@ def check_stop_strings(tokenizer: Any, stop: Sequence[str]) -> None:
         ) from None
 
 
-def _encode_prompt(prompt: Prompt, number: int, tokenizer: Any, chat: bool) -> list[int]:
+def _encode_prompt(
+    prompt: Prompt, number: int, tokenizer: PreTrainedTokenizerBase, chat: bool
+) -> list[int]:
     if chat:
         messages = (
             [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -293,7 +312,9 @@ def _encode_prompt(prompt: Prompt, number: int, tokenizer: Any, chat: bool) -> l
     return ids
 
 
-def _generation_config(options: GenerationOptions, stop_ids: list[int], pad_id: int) -> Any:
+def _generation_config(
+    options: GenerationOptions, stop_ids: list[int], pad_id: int
+) -> GenerationConfig:
     """A greedy-mode config: sampling is done by our logits processors (see the module docstring).
 
     Fields left unset are filled by Hugging Face from the model's own generation config, so
@@ -329,7 +350,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def _completion(
     ids: Sequence[int],
     prompt_tokens: int,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     options: GenerationOptions,
     stop_ids: Sequence[int],
     pad_id: int,
@@ -408,7 +429,7 @@ class _GumbelSample:
 
 def _logits_processors(
     options: GenerationOptions, prompt_mask: torch.Tensor, keys: list[tuple[int, int]]
-) -> Any:
+) -> LogitsProcessorList:
     """Repetition penalty, then temperature, top-k and top-p (Hugging Face's order), then the draw.
 
     ``keys`` are the ``(seed, prompt index)`` of the batch rows, one random stream each.
@@ -449,7 +470,11 @@ class _StopStringStreamer:
     """
 
     def __init__(
-        self, tokenizer: Any, stream: TextIO, stop: Sequence[str], stop_ids: Sequence[int]
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        stream: TextIO,
+        stop: Sequence[str],
+        stop_ids: Sequence[int],
     ):
         self.tokenizer = tokenizer
         self.stream = stream

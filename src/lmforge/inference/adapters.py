@@ -2,10 +2,9 @@
 
 Ten LoRA variants of one 22M-parameter encoder cost ten full models when each run is
 loaded on its own; here the base weights are shared and each adapter adds only its own
-weights and head. PEFT adapters switch with PEFT's ``set_adapter`` (each keeps its own
-copy of the classification head in ``modules_to_save``); lmforge's bottleneck adapters
-switch with :func:`lmforge.methods.bottleneck.set_active_adapter`, and their heads, which
-live in the base model, are swapped in by copy.
+weights and head. Each format's handler (:func:`lmforge.methods.adapter_handler`) adds and
+switches its adapters; where the head lives in the base model rather than with each adapter
+(bottleneck adapters), the head saved with an adapter is copied in when it is switched to.
 """
 
 from __future__ import annotations
@@ -13,16 +12,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmforge.devices import resolve_device, resolve_precision
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor, find_model_dir, read_metadata
-from lmforge.methods.bottleneck import saved_extra_state
+from lmforge.methods import adapter_handler
 from lmforge.models.loading import ADAPTER_CONFIG, load_tokenizer
 from lmforge.tasks.registry import get_task
+
+if TYPE_CHECKING:
+    from lmforge.methods import AdapterKind
 
 
 def adapter_dir_of(run: str | Path) -> Path:
@@ -47,10 +49,12 @@ class AdapterSet:
     or all bottleneck): one PEFT model holds adapters of one PEFT type.
     """
 
-    def __init__(self, predictor: Predictor, entries: dict[str, dict[str, Any]], kind: str):
+    def __init__(
+        self, predictor: Predictor, entries: dict[str, dict[str, Any]], handler: AdapterKind
+    ):
         self.predictor = predictor
         self._entries = entries  # name -> internal adapter name, labels, tokenizer, head tensors
-        self._kind = kind
+        self._handler = handler
         self.active: str | None = None
 
     @property
@@ -84,22 +88,18 @@ class AdapterSet:
         model = task.load_model(
             str(first["dir"]), first["labels"]
         )  # base + the first adapter as "default"
+        handler: AdapterKind = first["handler"]
         entries: dict[str, dict[str, Any]] = {}
         for i, (name, info) in enumerate(infos.items()):
             internal = "default" if i == 0 else f"adapter{i}"
-            if i and first["kind"] == "bottleneck":
-                from lmforge.methods.bottleneck import load_adapter
-
-                load_adapter(model, info["dir"], internal)
-            elif i:
-                model.load_adapter(str(info["dir"]), adapter_name=internal)
+            if i:
+                handler.add(model, info["dir"], internal)
             entries[name] = {
                 "internal": internal,
                 "labels": info["labels"],
                 "meta": info["meta"],
                 "tokenizer": load_tokenizer(str(info["dir"])),
-                # a bottleneck adapter's head lives in the base model; PEFT keeps one per adapter
-                "head": saved_extra_state(info["dir"]) if first["kind"] == "bottleneck" else {},
+                "head": handler.head_state(info["dir"]),  # empty where adapters keep their own
             }
         device = resolve_device(device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
@@ -120,26 +120,22 @@ class AdapterSet:
             dtype,
             bool(meta.get("text_pairs")),
         )
-        adapters = cls(predictor, entries, first["kind"])
+        adapters = cls(predictor, entries, handler)
         adapters.use(first_name)
         return adapters
 
     def use(self, name: str) -> Predictor:
-        """Make adapter ``name`` the active one; its predictor (labels, task options) is returned."""
+        """Make adapter ``name`` the active one; return its predictor (labels, task options)."""
         if name not in self._entries:
             raise LmforgeError(f"no adapter named {name!r}; loaded: {', '.join(self._entries)}")
         entry = self._entries[name]
         model = self.predictor.model
-        if self._kind == "bottleneck":
-            from lmforge.methods.bottleneck import set_active_adapter
-
-            set_active_adapter(model, entry["internal"])
+        self._handler.activate(model, entry["internal"])
+        if entry["head"]:
             state = model.state_dict()
             with torch.no_grad():  # the head lives in the base model: copy this adapter's in
                 for key, value in entry["head"].items():
                     state[key].copy_(value)
-        else:
-            model.set_adapter(entry["internal"])
         self.predictor.label_names = entry["labels"]
         self.predictor.tokenizer = entry["tokenizer"]
         self.predictor.task.configure(entry["meta"])
@@ -155,6 +151,7 @@ def _describe(run: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise LmforgeError(f"cannot read the adapter in {directory}: {err}") from None
     labels = list(meta.get("labels") or [])
+    handler = adapter_handler(config, directory)
     return {
         "dir": directory,
         "meta": meta,
@@ -162,8 +159,7 @@ def _describe(run: str | Path) -> dict[str, Any]:
         "num_labels": len(labels),
         "task": meta.get("task", "sequence_classification"),
         "base": config.get("base_model_name_or_path"),
-        # one PEFT model holds adapters of one PEFT type (LoRA with LoRA, IA3 with IA3)
-        "kind": "bottleneck"
-        if config.get("adapter_type") == "bottleneck"
-        else config.get("peft_type"),
+        "handler": handler,
+        # adapters share one model only within a kind (PEFT: LoRA with LoRA, IA3 with IA3)
+        "kind": handler.kind,
     }

@@ -22,8 +22,8 @@ from lmforge.devices import resolve_device, resolve_precision
 from lmforge.errors import LmforgeError
 from lmforge.inference.forward import collect_logits
 from lmforge.models.loading import load_tokenizer, metadata_path, resolve_model_path
-from lmforge.tasks.registry import TASK_NAMES, get_task
-from lmforge.tasks.token_classification import split_words, word_logits
+from lmforge.tasks.registry import TASK_NAMES, get_task, task_of_architecture
+from lmforge.tasks.token_classification import word_logits
 
 METADATA_FILE = "lmforge.json"
 
@@ -43,29 +43,6 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
         return json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise LmforgeError(f"{file} is corrupt; delete it to fall back to defaults") from None
-
-
-# the head of a plain Hugging Face directory (no lmforge.json) -> the task that serves it
-ARCHITECTURE_TASKS = {
-    "ForCausalLM": "causal_lm",
-    "LMHeadModel": "causal_lm",
-    "ForTokenClassification": "token_classification",
-    "ForMaskedLM": "masked_lm",
-}
-
-
-def task_of_architecture(model_dir: Path) -> str:
-    """A plain Hugging Face directory's task, from ``architectures`` in its config.json
-    (``LlamaForCausalLM`` is a causal LM); sequence classification when nothing says otherwise."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "sequence_classification"
-    for architecture in config.get("architectures") or []:
-        for suffix, task in ARCHITECTURE_TASKS.items():
-            if str(architecture).endswith(suffix):
-                return task
-    return "sequence_classification"
 
 
 def write_metadata(model_dir: Path, meta: dict[str, Any]) -> None:
@@ -237,18 +214,11 @@ class Predictor:
     ) -> list[dict[str, Any]]:
         """One dict per text: ``label``, ``score`` and ``probabilities`` (classification), ``score``
         (regression), ``labels`` (multi-label), or ``entities`` with character offsets (NER)."""
-        if getattr(self.task, "loss_only", False):  # before any forward pass over (T, vocab) logits
+        if self.task.language_modeling:  # before any forward pass over (T, vocab) logits
             raise LmforgeError(
                 f"a {self.task.name} model generates text: use `lmforge generate`, not predict"
             )
-        if self.task.word_level:
-            words = [split_words(text) for text in texts]
-            logits = self.word_logits([[w for w, _, _ in row] for row in words], batch_size)
-            return [
-                {"entities": self.task.entities(text, row, sentence, self.label_names)}
-                for text, row, sentence in zip(texts, words, logits, strict=True)
-            ]
-        return self.task.decode(self.logits(texts, batch_size, pairs=pairs), self.label_names)
+        return self.task.predict(self, texts, batch_size, pairs)
 
 
 def quantize_int8(model: torch.nn.Module, device: str) -> torch.nn.Module:

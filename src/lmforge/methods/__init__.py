@@ -1,5 +1,23 @@
-"""Fine-tuning methods (full, LoRA, ...), each a registered plug-in."""
+"""Fine-tuning methods (full, LoRA, bottleneck adapters, ...), each a registered plug-in."""
 
-from lmforge.methods.registry import METHOD_OPTIONS, count_parameters, get_method, register_method
+from lmforge.methods.base import AdapterKind, Method, MethodSetting
+from lmforge.methods.registry import (
+    METHOD_OPTIONS,
+    adapter_handler,
+    count_parameters,
+    get_method,
+    register_adapter_kind,
+    register_method,
+)
 
-__all__ = ["METHOD_OPTIONS", "count_parameters", "get_method", "register_method"]
+__all__ = [
+    "METHOD_OPTIONS",
+    "AdapterKind",
+    "Method",
+    "MethodSetting",
+    "adapter_handler",
+    "count_parameters",
+    "get_method",
+    "register_adapter_kind",
+    "register_method",
+]

@@ -8,16 +8,19 @@ model saves as a plain Hugging Face directory, as with full fine-tuning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.errors import LmforgeError
-from lmforge.methods.full import FullFineTuning
+from lmforge.methods.base import Method, MethodSetting
+from lmforge.methods.full import save_plain_model
 from lmforge.methods.registry import register_method
-from lmforge.models.structure import embedding_modules, transformer_layers
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +38,18 @@ class FreezeOptions(BaseModel):
     layers: int = Field(0, ge=0, description="Freeze the first N transformer layers.")
 
 
-@register_method("freeze", FreezeOptions)
-class Freeze:
-    def apply(
-        self,
-        model: Any,
-        options: FreezeOptions,
-        peft_task_type: str | None,
-        adapter_dir: Path | None = None,
-        new_token_ids: Sequence[int] = (),
-        total_steps: int = 0,
-    ) -> Any:
+class Freeze(Method):
+    """The embeddings and the lowest layers stay frozen; the rest trains in full."""
+
+    name = "freeze"
+    options_class = FreezeOptions
+    keeps_sparsity = True  # the weights that train are the pruned ones themselves
+
+    def apply(self, model: PreTrainedModel, setting: MethodSetting) -> PreTrainedModel:
+        # models.structure imports torch: not on the config-validation path.
+        from lmforge.models.structure import embedding_modules, transformer_layers
+
+        options: FreezeOptions = setting.options
         for p in model.parameters():
             p.requires_grad_(True)
         layers = transformer_layers(model)
@@ -54,10 +58,10 @@ class Freeze:
                 f"method.layers: {options.layers}, but the model has {len(layers)} layers"
             )
         frozen = list(layers[: options.layers])
-        if options.embeddings and new_token_ids:
+        if options.embeddings and setting.new_token_ids:
             log.warning(
                 "method freeze: the embeddings stay trainable: %d of their rows are new tokens",
-                len(new_token_ids),
+                len(setting.new_token_ids),
             )
         elif options.embeddings:
             frozen += embedding_modules(model)
@@ -67,6 +71,13 @@ class Freeze:
         return model
 
     def save(
-        self, model: Any, run_dir: Path, tokenizer: Any, state_dict: dict[str, Any] | None = None
+        self,
+        model: PreTrainedModel,
+        run_dir: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        return FullFineTuning().save(model, run_dir, tokenizer, state_dict=state_dict)
+        return save_plain_model(model, run_dir, tokenizer, state_dict)
+
+
+register_method(Freeze())

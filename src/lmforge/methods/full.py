@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from lmforge.methods.base import Method, MethodSetting
 from lmforge.methods.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class FullOptions(BaseModel):
@@ -17,26 +21,50 @@ class FullOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-@register_method("full", FullOptions)
-class FullFineTuning:
-    def apply(
-        self,
-        model: Any,
-        options: FullOptions,
-        peft_task_type: str | None,
-        adapter_dir: Path | None = None,
-        new_token_ids: Sequence[int] = (),
-        total_steps: int = 0,
-    ) -> Any:
+def save_plain_model(
+    model: PreTrainedModel,
+    run_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save ``model`` and ``tokenizer`` as a plain Hugging Face directory, ``run_dir/model``.
+
+    Args:
+        model: The trained model.
+        run_dir: Where ``model/`` goes.
+        tokenizer: Saved beside the weights.
+        state_dict: The full weights, when ``model`` holds only its shard of them (FSDP).
+
+    Returns:
+        ``run_dir/model``.
+    """
+    out = run_dir / "model"
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+class FullFineTuning(Method):
+    """Every weight trains."""
+
+    name = "full"
+    options_class = FullOptions
+    shardable = True  # the full state dict is the whole result, so FSDP shards can gather it
+    keeps_sparsity = True  # the pruned weights themselves train: their masks can hold them at 0
+
+    def apply(self, model: PreTrainedModel, setting: MethodSetting) -> PreTrainedModel:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
 
     def save(
-        self, model: Any, run_dir: Path, tokenizer: Any, state_dict: dict[str, Any] | None = None
+        self,
+        model: PreTrainedModel,
+        run_dir: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """``state_dict``: the full weights, when ``model`` holds only its shard of them (FSDP)."""
-        out = run_dir / "model"
-        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(out)
-        return out
+        return save_plain_model(model, run_dir, tokenizer, state_dict)
+
+
+register_method(FullFineTuning())

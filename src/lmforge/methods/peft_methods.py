@@ -20,18 +20,21 @@ plus BERT's pooler for sequence classification: :func:`lmforge.models.structure.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.errors import LmforgeError
-from lmforge.methods.registry import add_method
-from lmforge.models.structure import NEW_HEADS, head_modules
+from lmforge.methods.base import Method, MethodSetting, absolute_base_path
+from lmforge.methods.registry import register_adapter_kind, register_method
+
+if TYPE_CHECKING:  # peft and torch load only when a method is applied
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class _Options(BaseModel):
@@ -88,7 +91,8 @@ class IA3Options(_Options):
     )
     feedforward_modules: list[str] | None = Field(
         None,
-        description="Which of target_modules are feed-forward (rescaled at their input); default: PEFT's.",
+        description="Which of target_modules are feed-forward (rescaled at their input); "
+        "default: PEFT's.",
     )
     save_merged: bool = Field(True, description="Also save the merged plain model in model/.")
 
@@ -123,63 +127,69 @@ class PromptOptions(_Options):
     )
 
 
-@dataclass(frozen=True)
-class Setting:
-    """What a config builder may need besides the method's options."""
-
-    task_type: str | None  # PEFT's task type of the lmforge task (None: plain encoder / masked LM)
-    base_location: (
-        str  # where the base model was loaded from (prompt tuning tokenizes init_text with it)
-    )
-    new_token_ids: Sequence[int] = ()  # embedding rows added for this run (chat markers)
-    total_steps: int = 0  # optimizer steps of the run (AdaLoRA schedules its budget over them)
+Build = Callable[[Any, MethodSetting, str], "PeftConfig"]
+"""(options, setting, the base model's location) -> the PEFT config of one method."""
 
 
-class PeftMethod:
-    """Apply, save and continue one PEFT method; ``build`` turns its options into a PEFT config."""
+class PeftMethod(Method):
+    """Apply, save and continue one PEFT method; ``build`` turns its options into a PEFT config.
+
+    Args:
+        name: The method's name in configs.
+        options_class: Its typed options.
+        build: Turns (options, setting, the base model's location) into a PEFT config.
+        mergeable: Whether the trained delta folds into the base weights.
+        needs_task_type: Refuse tasks PEFT has no task type for (prefix, prompt).
+        check: Refuses a model the method cannot adapt, before any training.
+        continues_adapter: A parent run of this method continues by training its adapter.
+        after_update: ``(model, step)`` after each optimizer step, where the method needs it.
+    """
 
     def __init__(
         self,
         name: str,
-        build: Callable[[Any, Setting], Any],
+        options_class: type[BaseModel],
+        build: Build,
         mergeable: bool,
         needs_task_type: bool = False,
-        check: Callable[[Any, str | None], None] | None = None,
-        after_update: Callable[[Any, int], None] | None = None,
+        check: Callable[[PreTrainedModel, str | None], None] | None = None,
+        continues_adapter: bool = False,
+        after_update: Callable[[PeftModel, int], None] | None = None,
     ):
         self.name = name
+        self.options_class = options_class
         self.build = build
         self.mergeable = mergeable
         self.needs_task_type = needs_task_type
-        self.check = check  # refuses a model the method cannot adapt, before any training
-        self.after_update = (
-            after_update  # (model, step) after each optimizer step, when the method needs it
-        )
+        self.check = check
+        self.continues_adapter = continues_adapter
+        self.updates_after_step = after_update is not None
+        self._after_update = after_update
 
-    def apply(
-        self,
-        model: Any,
-        options: Any,
-        peft_task_type: str | None,
-        adapter_dir: Path | None = None,
-        new_token_ids: Sequence[int] = (),
-        total_steps: int = 0,
-    ) -> Any:
+    def after_update(self, model: PeftModel, step: int) -> None:
+        if self._after_update is not None:
+            self._after_update(model, step)
+
+    def apply(self, model: PreTrainedModel, setting: MethodSetting) -> PeftModel:
         from peft import PeftModel, get_peft_model
 
-        if adapter_dir is not None:  # continue training a finished run's adapter
-            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
-        if self.needs_task_type and peft_task_type is None:
+        # models.structure imports torch: not on the config-validation path.
+        from lmforge.models.structure import NEW_HEADS, head_modules
+
+        task_type = setting.peft_task_type
+        if setting.adapter_dir is not None:  # continue training a finished run's adapter
+            return PeftModel.from_pretrained(model, setting.adapter_dir, is_trainable=True)
+        if self.needs_task_type and task_type is None:
             raise LmforgeError(
-                f"method {self.name} is not available for this task (PEFT has no task type for it); "
-                "use method: lora or full"
+                f"method {self.name} is not available for this task (PEFT has no task type for "
+                "it); use method: lora or full"
             )
         if self.check is not None:
-            self.check(model, peft_task_type)
-        setting = Setting(peft_task_type, model.config._name_or_path, new_token_ids, total_steps)
-        config = self.build(options, setting)
-        # The head above the encoder trains in full: PEFT adds the new one itself, lmforge the pooler.
-        extra = [m for m in head_modules(model, peft_task_type) if m not in NEW_HEADS]
+            self.check(model, task_type)
+        config = self.build(setting.options, setting, model.config._name_or_path)
+        # The head above the encoder trains in full: PEFT adds the new one itself, lmforge
+        # the pooler.
+        extra = [m for m in head_modules(model, task_type) if m not in NEW_HEADS]
         if extra:
             config.modules_to_save = [*(config.modules_to_save or []), *extra]
         try:
@@ -191,7 +201,14 @@ class PeftMethod:
                 "method.target_modules to module names of this model"
             ) from None
 
-    def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
+    def save(
+        self,
+        model: PeftModel,
+        run_dir: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        self.refuse_state_dict(state_dict)
         adapter_dir = run_dir / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
         absolute_base_path(adapter_dir)
@@ -207,22 +224,40 @@ class PeftMethod:
         return out
 
 
-def absolute_base_path(adapter_dir: Path) -> None:
-    """Point the adapter at its base model by absolute path when the base is a local directory,
-    so that the run loads from any working directory."""
-    file = adapter_dir / "adapter_config.json"
-    config = json.loads(file.read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if base and Path(base).exists() and not Path(base).is_absolute():
-        config["base_model_name_or_path"] = str(Path(base).resolve())
-        file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+class PeftAdapters:
+    """Loads and switches saved PEFT adapters (an :class:`~lmforge.methods.base.AdapterKind`)."""
+
+    def __init__(self, peft_type: str):
+        self.kind = peft_type  # one PEFT model holds adapters of one type (LoRA with LoRA)
+
+    def load(self, model: PreTrainedModel, directory: Path, name: str = "default") -> PeftModel:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, directory, adapter_name=name)
+
+    def add(self, model: PeftModel, directory: Path, name: str) -> None:
+        model.load_adapter(str(directory), adapter_name=name)
+
+    def activate(self, model: PeftModel, name: str) -> None:
+        model.set_adapter(name)
+
+    def head_state(self, directory: Path) -> dict[str, torch.Tensor]:
+        return {}  # each PEFT adapter keeps its own copy of the head (modules_to_save)
 
 
-def _lora(options: LoraOptions, setting: Setting, dora: bool = False) -> Any:
+def dispatch_peft(adapter_config: Mapping[str, Any]) -> PeftAdapters | None:
+    """PEFT writes ``peft_type`` into every adapter_config.json it saves."""
+    peft_type = adapter_config.get("peft_type")
+    return PeftAdapters(str(peft_type)) if peft_type else None
+
+
+def _lora(
+    options: LoraOptions, setting: MethodSetting, base: str = "", dora: bool = False
+) -> PeftConfig:
     from peft import LoraConfig
 
     return LoraConfig(
-        task_type=setting.task_type,
+        task_type=setting.peft_task_type,
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
@@ -233,11 +268,11 @@ def _lora(options: LoraOptions, setting: Setting, dora: bool = False) -> Any:
     )
 
 
-def _dora(options: LoraOptions, setting: Setting) -> Any:
-    return _lora(options, setting, dora=True)
+def _dora(options: LoraOptions, setting: MethodSetting, base: str = "") -> PeftConfig:
+    return _lora(options, setting, base, dora=True)
 
 
-def _adalora(options: AdaLoraOptions, setting: Setting) -> Any:
+def _adalora(options: AdaLoraOptions, setting: MethodSetting, base: str = "") -> PeftConfig:
     from peft import AdaLoraConfig
 
     if options.target_r > options.init_r:
@@ -252,7 +287,7 @@ def _adalora(options: AdaLoraOptions, setting: Setting) -> Any:
             "final_share; train longer or lower them"
         )
     return AdaLoraConfig(
-        task_type=setting.task_type,
+        task_type=setting.peft_task_type,
         init_r=options.init_r,
         target_r=options.target_r,
         lora_alpha=options.alpha,
@@ -266,33 +301,33 @@ def _adalora(options: AdaLoraOptions, setting: Setting) -> Any:
     )
 
 
-def reallocate_ranks(model: Any, step: int) -> None:
+def reallocate_ranks(model: PeftModel, step: int) -> None:
     """AdaLoRA moves its rank budget by the gradients' importance, after each optimizer step."""
     model.base_model.update_and_allocate(step)
 
 
-def _ia3(options: IA3Options, setting: Setting) -> Any:
+def _ia3(options: IA3Options, setting: MethodSetting, base: str = "") -> PeftConfig:
     from peft import IA3Config
 
     return IA3Config(
-        task_type=setting.task_type,
+        task_type=setting.peft_task_type,
         target_modules=options.target_modules,
         feedforward_modules=options.feedforward_modules,
     )
 
 
-def _prefix(options: PrefixOptions, setting: Setting) -> Any:
+def _prefix(options: PrefixOptions, setting: MethodSetting, base: str = "") -> PeftConfig:
     from peft import PrefixTuningConfig
 
     return PrefixTuningConfig(
-        task_type=setting.task_type,
+        task_type=setting.peft_task_type,
         num_virtual_tokens=options.num_virtual_tokens,
         prefix_projection=options.projection,
         **({"encoder_hidden_size": options.projection_hidden} if options.projection_hidden else {}),
     )
 
 
-def takes_past_key_values(model: Any, task_type: str | None) -> None:
+def takes_past_key_values(model: PreTrainedModel, task_type: str | None) -> None:
     """Prefix tuning feeds its vectors as ``past_key_values``. Decoders take them (as their KV
     cache); for classification PEFT looks for the argument by name, which encoders (BERT and kin)
     no longer have in transformers 5, so PEFT would fail at the first forward pass."""
@@ -305,13 +340,13 @@ def takes_past_key_values(model: Any, task_type: str | None) -> None:
         "past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)
     ):
         raise LmforgeError(
-            f"method prefix needs a model that takes past_key_values; {type(model).__name__} does "
-            "not (encoders lost it in transformers 5): use method prompt, adapter or lora, or prefix "
-            "on a causal LM"
+            f"method prefix needs a model that takes past_key_values; {type(model).__name__} "
+            "does not (encoders lost it in transformers 5): use method prompt, adapter or lora, "
+            "or prefix on a causal LM"
         )
 
 
-def _prompt(options: PromptOptions, setting: Setting) -> Any:
+def _prompt(options: PromptOptions, setting: MethodSetting, base: str = "") -> PeftConfig:
     from peft import PromptTuningConfig
 
     if options.init == "text" and not options.init_text:
@@ -319,32 +354,12 @@ def _prompt(options: PromptOptions, setting: Setting) -> Any:
             "method.init: text needs method.init_text, the text whose embeddings start the prompt"
         )
     return PromptTuningConfig(
-        task_type=setting.task_type,
+        task_type=setting.peft_task_type,
         num_virtual_tokens=options.num_virtual_tokens,
         prompt_tuning_init=options.init.upper(),
         prompt_tuning_init_text=options.init_text,
-        tokenizer_name_or_path=setting.base_location if options.init == "text" else None,
+        tokenizer_name_or_path=base if options.init == "text" else None,
     )
-
-
-add_method("lora", LoraOptions, PeftMethod("lora", _lora, mergeable=True))
-add_method("dora", LoraOptions, PeftMethod("dora", _dora, mergeable=True))
-add_method(
-    "adalora",
-    AdaLoraOptions,
-    PeftMethod("adalora", _adalora, mergeable=True, after_update=reallocate_ranks),
-)
-add_method("ia3", IA3Options, PeftMethod("ia3", _ia3, mergeable=True))
-add_method(
-    "prefix",
-    PrefixOptions,
-    PeftMethod(
-        "prefix", _prefix, mergeable=False, needs_task_type=True, check=takes_past_key_values
-    ),
-)
-add_method(
-    "prompt", PromptOptions, PeftMethod("prompt", _prompt, mergeable=False, needs_task_type=True)
-)
 
 
 class QLoraOptions(LoraOptions):
@@ -357,21 +372,13 @@ class QLoRA(PeftMethod):
     the portable result (apply it to the full-precision base); ``model/`` is PEFT's merge into
     the 4-bit base. The GPU path has not run on lmforge's CI (no GPU there)."""
 
-    def apply(
-        self,
-        model: Any,
-        options: Any,
-        peft_task_type: str | None,
-        adapter_dir: Path | None = None,
-        new_token_ids: Sequence[int] = (),
-        total_steps: int = 0,
-    ) -> Any:
+    def apply(self, model: PreTrainedModel, setting: MethodSetting) -> PeftModel:
         import torch
 
         if not torch.cuda.is_available():
             raise LmforgeError(
-                "method qlora quantizes the base to 4 bits with bitsandbytes, which needs a CUDA GPU; "
-                "on this machine use method: lora"
+                "method qlora quantizes the base to 4 bits with bitsandbytes, which needs a CUDA "
+                "GPU; on this machine use method: lora"
             )
         try:
             import bitsandbytes  # noqa: F401
@@ -402,9 +409,27 @@ class QLoRA(PeftMethod):
             quantized.resize_token_embeddings(model.get_input_embeddings().num_embeddings)
         del model
         quantized = prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
-        return super().apply(
-            quantized, options, peft_task_type, adapter_dir, new_token_ids, total_steps
-        )
+        return super().apply(quantized, setting)
 
 
-add_method("qlora", QLoraOptions, QLoRA("qlora", _lora, mergeable=True))
+# LoRA after LoRA continues the parent's adapter (its optimizer state fits); the other
+# methods start again from the parent's merged model.
+register_method(PeftMethod("lora", LoraOptions, _lora, mergeable=True, continues_adapter=True))
+register_method(PeftMethod("dora", LoraOptions, _dora, mergeable=True))
+register_method(
+    PeftMethod("adalora", AdaLoraOptions, _adalora, mergeable=True, after_update=reallocate_ranks)
+)
+register_method(PeftMethod("ia3", IA3Options, _ia3, mergeable=True))
+register_method(
+    PeftMethod(
+        "prefix",
+        PrefixOptions,
+        _prefix,
+        mergeable=False,
+        needs_task_type=True,
+        check=takes_past_key_values,
+    )
+)
+register_method(PeftMethod("prompt", PromptOptions, _prompt, mergeable=False, needs_task_type=True))
+register_method(QLoRA("qlora", QLoraOptions, _lora, mergeable=True))
+register_adapter_kind(dispatch_peft)

@@ -1,74 +1,100 @@
-"""Fine-tuning methods are plug-ins: a typed options class plus a small handler.
+"""Fine-tuning methods and saved-adapter formats are plug-ins, registered by name.
 
-A method module calls :func:`register_method` once; nothing else in the engine
-branches on the method name. Heavy imports (peft) stay inside the handlers so that
+A method module defines a :class:`~lmforge.methods.base.Method` and calls
+:func:`register_method` once; a method that saves adapters in a format of its own also
+registers how to load them (:func:`register_adapter_kind`). Nothing else in the engine
+branches on a method's name. Heavy imports (torch, peft) stay inside the handlers so that
 config validation and ``--help`` never load torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from lmforge.errors import LmforgeError, did_you_mean
+from lmforge.methods.base import AdapterKind, Method
 
-class Method(Protocol):
-    """What the training recipe needs from a fine-tuning method."""
-
-    def apply(
-        self,
-        model: Any,
-        options: Any,
-        peft_task_type: str | None,
-        adapter_dir: Path | None = None,
-        new_token_ids: Sequence[int] = (),
-        total_steps: int = 0,
-    ) -> Any:
-        """Return the model ready for training (wrapped, frozen parts set).
-
-        ``adapter_dir`` holds a previous run's adapter to keep training (continue mode).
-        ``new_token_ids`` are embedding rows added for this run (chat markers): randomly
-        initialized, so a method that freezes the embeddings must still train them.
-        ``total_steps``: the run's optimizer steps (AdaLoRA schedules its rank budget over them).
-        """
-
-    def save(self, model: Any, run_dir: Path, tokenizer: Any) -> Path:
-        """Save the trained model under ``run_dir``; return the plain HF model directory."""
-
+if TYPE_CHECKING:
+    import torch
 
 METHOD_OPTIONS: dict[str, type[BaseModel]] = {}
 METHODS: dict[str, Method] = {}
 
-
-def register_method(name: str, options: type[BaseModel]):
-    """Class decorator: register a method handler and its options class under ``name``."""
-
-    def wrap(handler_cls: type) -> type:
-        METHOD_OPTIONS[name] = options
-        METHODS[name] = handler_cls()
-        return handler_cls
-
-    return wrap
+AdapterDispatch = Callable[[Mapping[str, Any]], AdapterKind | None]
+"""Given an ``adapter_config.json``, the handler of its format, or ``None`` if not its own."""
+ADAPTER_KINDS: list[AdapterDispatch] = []
 
 
-def add_method(name: str, options: type[BaseModel], handler: Method) -> None:
-    """Register a handler instance (one class serving several methods, e.g. the PEFT ones)."""
-    METHOD_OPTIONS[name] = options
-    METHODS[name] = handler
+def register_method(method: Method) -> Method:
+    """Register ``method`` under ``method.name`` with its options class; returns it."""
+    METHOD_OPTIONS[method.name] = method.options_class
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:
+    """The registered method called ``name``.
+
+    Raises:
+        LmforgeError: No method has that name.
+    """
+    if name not in METHODS:
+        raise LmforgeError(
+            f"unknown method '{name}'{did_you_mean(name, METHODS)}; "
+            f"available: {', '.join(sorted(METHODS))}"
+        )
     return METHODS[name]
 
 
-def count_parameters(model: Any) -> tuple[int, int]:
+def register_adapter_kind(dispatch: AdapterDispatch) -> AdapterDispatch:
+    """Register a saved-adapter format; formats are tried in registration order."""
+    ADAPTER_KINDS.append(dispatch)
+    return dispatch
+
+
+def adapter_handler(adapter_config: Mapping[str, Any], where: Path | None = None) -> AdapterKind:
+    """The handler that loads the adapter described by ``adapter_config``.
+
+    Like PEFT's ``dispatch_*`` functions: each registered format looks at the config and
+    the first that claims it wins.
+
+    Args:
+        adapter_config: The parsed ``adapter_config.json``.
+        where: The adapter's directory, named in the error message.
+
+    Returns:
+        The format's handler (load, add, activate, head state, kind).
+
+    Raises:
+        LmforgeError: No registered format reads this config.
+    """
+    for dispatch in ADAPTER_KINDS:
+        handler = dispatch(adapter_config)
+        if handler is not None:
+            return handler
+    source = where / "adapter_config.json" if where is not None else "adapter_config.json"
+    found = ", ".join(
+        f"{key} {adapter_config[key]!r}"
+        for key in ("adapter_type", "peft_type")
+        if key in adapter_config
+    )
+    raise LmforgeError(
+        f"{source} describes no adapter lmforge can load "
+        f"({found or 'it sets neither adapter_type nor peft_type'}): lmforge loads PEFT "
+        "adapters and its own bottleneck adapters"
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
 
 
-# Registration happens on import; keep this list in sync with the modules in this package.
-from lmforge.methods import adapter, freeze, full, peft_methods  # noqa: E402,F401
+# Registration happens on import: a new method adds its module here (and registers itself).
+from lmforge.methods import bottleneck, freeze, full, peft_methods  # noqa: E402,F401

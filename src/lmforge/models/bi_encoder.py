@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from transformers.utils import ModelOutput
 
 from lmforge.data.batching import pad_rows
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # The module paths and config keys of sentence-transformers 2.x-5.x, which 6.x still loads
 # (6.x's own save() writes new paths that older versions cannot import): one export for all.
@@ -72,7 +75,8 @@ class BiEncoder(torch.nn.Module):
     ) -> None:
         """The encoder as a plain Hugging Face directory plus the sentence-transformers files.
 
-        ``state_dict``: full weights of this module (``encoder.``-prefixed), e.g. gathered from FSDP shards.
+        ``state_dict``: full weights of this module (``encoder.``-prefixed), e.g. gathered from
+        FSDP shards.
         """
         if state_dict is not None:
             state_dict = {k.removeprefix("encoder."): v for k, v in state_dict.items()}
@@ -82,7 +86,7 @@ class BiEncoder(torch.nn.Module):
         )
 
     @property
-    def config(self) -> Any:
+    def config(self) -> PretrainedConfig:
         return self.encoder.config
 
     @property
@@ -258,6 +262,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -6,9 +6,22 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:  # transformers and torch load lazily, when a model does
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class PretrainedLoader(Protocol):
+    """A Hugging Face Auto class or model class: anything with ``from_pretrained``."""
+
+    def from_pretrained(
+        self, name_or_path: str, *args: Any, **kwargs: Any
+    ) -> PreTrainedModel | PreTrainedTokenizerBase: ...
+
 
 DEFAULT_MODEL_NAME = "default"
 DEFAULT_MODEL_DESCRIPTION = (
@@ -70,7 +83,9 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any:
+def load_pretrained(
+    loader: PretrainedLoader, location: str, what: str, **kwargs: Any
+) -> torch.nn.Module:
     """A model through ``loader.from_pretrained``, load failures as one-line errors.
 
     A directory that holds an adapter and no model (a prefix / prompt / bottleneck-adapter run's
@@ -105,7 +120,9 @@ def pruned_heads(location: str) -> dict[str, list[int]] | None:
         raise LmforgeError(f"cannot read {config}: {err}; the model directory is corrupt") from None
 
 
-def from_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any:
+def from_pretrained(
+    loader: PretrainedLoader, location: str, what: str, **kwargs: Any
+) -> PreTrainedModel | PreTrainedTokenizerBase:
     """Call ``loader.from_pretrained`` and turn load failures into one-line errors."""
     quiet_transformers()
     try:
@@ -116,14 +133,16 @@ def from_pretrained(loader: Any, location: str, what: str, **kwargs: Any) -> Any
         hint = (
             "check the directory's files"
             if local
-            else "not a local directory, and the Hugging Face hub could not provide it (offline, or a wrong id)"
+            else "not a local directory, and the Hugging Face hub could not provide it "
+            "(offline, or a wrong id)"
         )
         raise LmforgeError(f"cannot load {what} from '{location}': {hint}: {first}") from None
 
 
 def load_tokenizer(
     location: str, revision: str | None = None, trust_remote_code: bool = False
-) -> Any:
+) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``location`` (a directory or hub id), failures as one-line errors."""
     from transformers import AutoTokenizer
 
     return from_pretrained(
@@ -144,7 +163,9 @@ def metadata_path(directory: Path) -> Path:
     return own
 
 
-def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) -> Any:
+def load_with_adapter(
+    loader: PretrainedLoader, directory: Path, what: str, **kwargs: Any
+) -> torch.nn.Module:
     """The base model named by ``directory``'s adapter config, with the adapter applied.
 
     The class names come from lmforge's metadata beside the adapter (the base alone would get a
@@ -158,6 +179,9 @@ def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) ->
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     except (OSError, json.JSONDecodeError) as err:
         raise LmforgeError(f"cannot read the adapter in {directory}: {err}") from None
+    from lmforge.methods import adapter_handler
+
+    handler = adapter_handler(config, directory)  # an unknown format fails before any loading
     base = config.get("base_model_name_or_path")
     if not base:
         raise LmforgeError(
@@ -174,13 +198,7 @@ def load_with_adapter(loader: Any, directory: Path, what: str, **kwargs: Any) ->
     tokenizer_size = _saved_vocabulary_size(directory)
     if tokenizer_size and tokenizer_size > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(tokenizer_size)
-    if config.get("adapter_type") == "bottleneck":
-        from lmforge.methods.bottleneck import load_adapter
-
-        return load_adapter(model, directory)
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, directory)
+    return handler.load(model, directory)
 
 
 def _saved_vocabulary_size(directory: Path) -> int | None:

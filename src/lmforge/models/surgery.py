@@ -19,19 +19,23 @@ projection's width at run time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.models.structure import transformer_layers
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 def keep_layers(model: torch.nn.Module, keep: int | Sequence[int]) -> list[int]:
-    """Keep only some of the transformer layers (a distillation student initialized from its teacher).
+    """Keep only some of the transformer layers (a distillation student initialized from its
+    teacher).
 
     Args:
         keep: Indices of the layers to keep, in order; or a count N, which keeps N evenly
@@ -54,7 +58,8 @@ def keep_layers(model: torch.nn.Module, keep: int | Sequence[int]) -> list[int]:
         bad = [i for i in indices if not 0 <= i < total]
         if not indices or bad or sorted(set(indices)) != indices:
             raise LmforgeError(
-                f"model.keep_layers: {indices} must be increasing layer indices from 0 to {total - 1}"
+                f"model.keep_layers: {indices} must be increasing layer indices "
+                f"from 0 to {total - 1}"
             )
     kept = torch.nn.ModuleList([layers[i] for i in indices])
     for new_index, layer in enumerate(kept):  # attention modules that index a KV cache by layer
@@ -177,8 +182,8 @@ def shrink_ffn(model: torch.nn.Module, keep: dict[int, torch.Tensor]) -> None:
 
 
 def load_head_pruned(
-    loader: Any, location: str, pruned: dict[Any, Sequence[int]], **kwargs: Any
-) -> Any:
+    loader: Any, location: str, pruned: Mapping[str, Sequence[int]], **kwargs: Any
+) -> PreTrainedModel:
     """A head-pruned model directory under transformers 5: the full-size model, its heads
     removed, then the saved (smaller) weights loaded strictly."""
     import logging
@@ -220,8 +225,8 @@ def load_head_pruned(
     missing = [k for k in own if k not in renamed and not _initialized_head(k)]
     if missing:
         raise LmforgeError(
-            f"{location}: the saved weights do not fit the pruned structure (missing {missing[:3]}); "
-            "export the model again"
+            f"{location}: the saved weights do not fit the pruned structure "
+            f"(missing {missing[:3]}); export the model again"
         )
     model.load_state_dict(renamed, strict=False)
     return model

@@ -117,7 +117,7 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
     validation = setup.datasets.get("validation")
     # Language models are evaluated by their loss alone: gathering (B, T, vocab) logits as the
     # classification path does would time (and hold in memory) work the run never does.
-    forward = loss_forward if getattr(setup.task, "loss_only", False) else collect_logits
+    forward = loss_forward if setup.task.language_modeling else collect_logits
     if validation is not None and len(validation):
         val_lengths = validation.lengths
         order = length_sorted_batches(val_lengths, cfg.training.eval_batch_size)

@@ -28,7 +28,6 @@ from lmforge.errors import LmforgeError
 from lmforge.generation.generate import GenerationOptions
 from lmforge.serving.batching import MicroBatcher, QueueFull
 from lmforge.serving.generation import (
-    GENERATIVE_TASKS,
     AnswerShape,
     ChatShape,
     CompletionShape,
@@ -58,15 +57,6 @@ from lmforge.serving.telemetry import Metrics, log_access, new_request_id
 
 log = logging.getLogger(__name__)
 
-# task -> the endpoint that serves it
-TASK_ENDPOINTS = {
-    "sequence_classification": "classify",
-    "multi_label_classification": "classify",
-    "regression": "score",
-    "token_classification": "tag",
-    "embedding": "embed",
-    **{task: "generate" for task in GENERATIVE_TASKS},
-}
 # A gathered batch runs as length-sorted forward passes of this many texts on a CPU: less padding
 # beats a bigger matrix there. MiniLM on FPB, 2 cores, bf16: 32 texts as 4 passes of 8 take 6.4
 # ms/text, as one pass of 32 7.7 ms/text (16 as 2 x 8: 5.7, as 1 x 16: 7.0). A GPU takes the whole batch.
@@ -126,11 +116,20 @@ class ServedModel:
         return self.predictor.task.name
 
     @property
+    def generative(self) -> bool:
+        return self.predictor.task.generative
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint that answers for it (``/v1/<endpoint>``): the task says."""
+        return self.predictor.task.endpoint
+
+    @property
     def backend(self) -> str:
         return self.predictor.backend
 
     def card(self) -> ModelCard:
-        generative = self.task in GENERATIVE_TASKS
+        generative = self.generative
         return ModelCard(
             id=self.name,
             task=self.task,
@@ -138,7 +137,7 @@ class ServedModel:
             created=self.created,
             reloads=self.reloads,
             labels=[] if generative else list(self.predictor.label_names),
-            endpoint=f"/v1/{TASK_ENDPOINTS.get(self.task, '')}",
+            endpoint=f"/v1/{self.endpoint or ''}",
         )
 
 
@@ -169,7 +168,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for served in models.values():
-            if served.task in GENERATIVE_TASKS:
+            if served.generative:
                 served.generator = GenerationRunner(served.predictor, settings.max_generation_queue)
                 continue
             on_cpu = getattr(served.predictor, "device", "cpu") == "cpu"
@@ -291,8 +290,8 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             raise ApiError(404, "model_not_found", f"no model '{name}'; served: {sorted(models)}")
         served = models[name]
         request.state.model = name
-        if TASK_ENDPOINTS.get(served.task) != endpoint:
-            right = TASK_ENDPOINTS.get(served.task)
+        if served.endpoint != endpoint:
+            right = served.endpoint
             raise ApiError(
                 422,
                 "wrong_endpoint",

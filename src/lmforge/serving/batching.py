@@ -1,4 +1,5 @@
-"""Dynamic micro-batching: concurrent requests share forward passes, the event loop never waits on a model.
+"""Dynamic micro-batching: concurrent requests share forward passes, the event loop never waits
+on a model.
 
 Each model has one :class:`MicroBatcher`. A request puts its texts on the batcher's queue and
 awaits a future. The batcher's loop takes the first waiting request, then keeps taking
@@ -25,7 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
+
+Row = TypeVar("Row")  # what the model call returns per text (a prediction, an embedding)
 
 
 class QueueFull(Exception):
@@ -44,7 +47,7 @@ class _Pending:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[Row]):
     """Gathers concurrent requests into batches for ``run(texts, pairs) -> rows``.
 
     Args:
@@ -60,7 +63,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run: Callable[[list[str], list[str] | None], list[Any]],
+        run: Callable[[list[str], list[str] | None], list[Row]],
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
@@ -95,7 +98,7 @@ class MicroBatcher:
                 await self._task
         self.executor.shutdown(wait=True)
 
-    async def submit(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Any]:
+    async def submit(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Row]:
         """The rows for ``texts``, computed in a batch with whatever else is waiting."""
         if self.waiting + len(texts) > self.max_queue:
             raise QueueFull(retry_after=max(1.0, self.waiting * self._seconds_per_text))

@@ -1,4 +1,5 @@
-"""Generation over HTTP: one request at a time per model, answered whole or streamed as server-sent events.
+"""Generation over HTTP: one request at a time per model, answered whole or streamed as
+server-sent events.
 
 The three generation endpoints (lmforge's ``/v1/generate`` and OpenAI's ``/v1/completions``
 and ``/v1/chat/completions``) differ only in their bodies; each becomes a
@@ -24,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from lmforge.errors import LmforgeError
 from lmforge.generation.generate import (
@@ -37,9 +38,11 @@ from lmforge.generation.generate import (
 )
 from lmforge.serving.batching import QueueFull
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from lmforge.inference.predictor import Predictor
+    from lmforge.serving.protocol import OpenAIFields
 
-GENERATIVE_TASKS = ("causal_lm", "chat", "instruction")
+log = logging.getLogger(__name__)
 
 
 class GenerationCancelled(Exception):
@@ -61,7 +64,7 @@ class GenerationRunner:
     that fails.
     """
 
-    def __init__(self, predictor: Any, max_queue: int = 64, batch_size: int = 8):
+    def __init__(self, predictor: Predictor, max_queue: int = 64, batch_size: int = 8):
         self.predictor = predictor
         self.max_queue = max_queue
         self.batch_size = batch_size
@@ -87,7 +90,7 @@ class GenerationRunner:
             raise QueueFull(retry_after=max(1.0, self.waiting * self._seconds_per_request))
         self.waiting += 1
 
-    async def run(self, job: GenerationJob, stream: Any = None) -> list[Completion]:
+    async def run(self, job: GenerationJob, stream: TextIO | None = None) -> list[Completion]:
         """Generate for a reserved job (``stream``: a writer for the text of a one-prompt job)."""
         started = time.perf_counter()
         try:
@@ -100,7 +103,7 @@ class GenerationRunner:
                 time.perf_counter() - started
             )
 
-    def _generate(self, job: GenerationJob, stream: Any) -> list[Completion]:
+    def _generate(self, job: GenerationJob, stream: TextIO | None) -> list[Completion]:
         predictor = self.predictor  # read once: a hot reload may swap it while this runs
         return complete(
             predictor.model,
@@ -141,7 +144,8 @@ _END = object()
 async def stream_text(
     runner: GenerationRunner, job: GenerationJob, on_first: Callable[[], None] | None = None
 ) -> AsyncIterator[str | list[Completion]]:
-    """The pieces of text of a reserved one-prompt job as they are generated, then its completions."""
+    """The pieces of text of a reserved one-prompt job as they are generated, then its
+    completions."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     writer = _LoopWriter(loop, queue)
@@ -186,7 +190,7 @@ def completion_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def openai_options(body: Any, max_new_tokens: int) -> GenerationOptions:
+def openai_options(body: OpenAIFields, max_new_tokens: int) -> GenerationOptions:
     """An OpenAI body's settings as lmforge's (temperature 0: greedy)."""
     greedy = body.temperature == 0
     return GenerationOptions(
@@ -201,7 +205,7 @@ def openai_options(body: Any, max_new_tokens: int) -> GenerationOptions:
     )
 
 
-# --- the three answer shapes -----------------------------------------------------------------------
+# --- the three answer shapes ----------------------------------------------------------------------
 
 
 class AnswerShape:
@@ -287,7 +291,8 @@ class CompletionShape(AnswerShape):
 
 
 class ChatShape(CompletionShape):
-    """OpenAI's chat completions: ``choices[].message``; chunks of ``chat.completion.chunk`` with deltas."""
+    """OpenAI's chat completions: ``choices[].message``; chunks of ``chat.completion.chunk`` with
+    deltas."""
 
     prefix = "chatcmpl"
     chunk_object = "chat.completion.chunk"

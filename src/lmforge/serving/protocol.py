@@ -1,4 +1,5 @@
-"""The request and response bodies of the HTTP API (pydantic: the OpenAPI schema comes from here)."""
+"""The request and response bodies of the HTTP API (pydantic: the OpenAPI schema comes from
+here)."""
 
 from __future__ import annotations
 
@@ -115,11 +116,12 @@ class ErrorBody(BaseModel):
     error: dict[str, Any] = Field(description="`type` and `message`")
 
 
-# --- generation: lmforge's own body, and the OpenAI-compatible ones --------------------------------
+# --- generation: lmforge's own body, and the OpenAI-compatible ones -------------------------------
 
 
 class SamplingFields(BaseModel):
-    """Sampling settings shared by the generation bodies (lmforge's names; see GenerationOptions)."""
+    """Sampling settings shared by the generation bodies (lmforge's names; see
+    GenerationOptions)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -163,7 +165,8 @@ class ChatMessage(BaseModel):
 
 
 class GenerateRequest(SamplingFields):
-    """``prompt``, ``prompts`` (each continued) or ``messages`` (one conversation, chat template)."""
+    """``prompt``, ``prompts`` (each continued) or ``messages`` (one conversation, chat
+    template)."""
 
     prompt: str | None = Field(None, description="One text to continue.")
     prompts: list[str] | None = Field(

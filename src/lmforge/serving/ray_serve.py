@@ -2,9 +2,10 @@
 
 ``serve run lmforge.serving.ray_serve:app_builder models=runs/fpb,lm=runs/lm num_replicas=2``
 
-Each replica is one process that loads the models itself (:func:`~lmforge.serving.recipe.load_models`)
-and serves :func:`~lmforge.serving.app.create_app` as its ingress; Ray Serve's HTTP proxy spreads
-requests over the replicas and restarts the ones that die. Nothing of the app changes: keys,
+Each replica is one process that loads the models itself
+(:func:`~lmforge.serving.recipe.load_models`) and serves :func:`~lmforge.serving.app.create_app`
+as its ingress; Ray Serve's HTTP proxy spreads requests over the replicas and restarts the ones
+that die. Nothing of the app changes: keys,
 limits, micro-batching, hot reload and metrics work per replica as under ``lmforge serve``.
 
 The arguments are ``lmforge serve``'s settings (:class:`~lmforge.serving.config.ServeConfig`: the
@@ -31,9 +32,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import LmforgeError, did_you_mean
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from ray.serve import Application, Deployment
+
+    from lmforge.serving.config import ServeConfig
+    from lmforge.serving.security import ApiKeys
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +85,7 @@ class ReplicaResources:
         return out
 
 
-def _number(args: dict[str, Any], key: str, kind: type, default: float) -> Any:
+def _number(args: dict[str, Any], key: str, kind: type, default: float) -> float:
     value = args.get(key, default)
     try:
         return kind(value)
@@ -86,7 +95,7 @@ def _number(args: dict[str, Any], key: str, kind: type, default: float) -> Any:
         ) from None
 
 
-def parse_args(args: dict[str, Any]) -> tuple[ReplicaResources, Any]:
+def parse_args(args: dict[str, Any]) -> tuple[ReplicaResources, ServeConfig]:
     """The replicas' size and the service's :class:`~lmforge.serving.config.ServeConfig`, from
     ``serve run`` arguments (all strings) or a Serve config file's ``args:`` (typed YAML)."""
     from lmforge.serving.config import ServeConfig, load_serve_config
@@ -115,7 +124,7 @@ def parse_args(args: dict[str, Any]) -> tuple[ReplicaResources, Any]:
     return resources, config.model_copy(update={"models": absolute_specs(config.models)})
 
 
-def _as_list(value: Any) -> Any:
+def _as_list(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -123,7 +132,8 @@ def _as_list(value: Any) -> Any:
 
 def absolute_specs(specs: list[str]) -> list[str]:
     """``NAME=PATH`` for every spec, each name checked and unique, and a local path made absolute:
-    replicas run with another working directory (and on other nodes, where the path must exist too)."""
+    replicas run with another working directory (and on other nodes, where the path must exist
+    too)."""
     from lmforge.serving.recipe import model_name
 
     out, names = [], set()
@@ -137,7 +147,7 @@ def absolute_specs(specs: list[str]) -> list[str]:
     return out
 
 
-def _ray_serve() -> Any:
+def _ray_serve() -> ModuleType:
     try:
         from ray import serve
     except ImportError:
@@ -147,19 +157,23 @@ def _ray_serve() -> Any:
     return serve
 
 
-def lmforge_deployment(resources: ReplicaResources, config: Any, keys: Any) -> Any:
+def lmforge_deployment(
+    resources: ReplicaResources, config: ServeConfig, keys: ApiKeys
+) -> Deployment:
     """The Ray Serve deployment: replicas that each load ``config.models`` and serve the app.
 
     Args:
         resources: How many replicas of what size.
-        config: The service's :class:`~lmforge.serving.config.ServeConfig` (models, limits, batching).
+        config: The service's :class:`~lmforge.serving.config.ServeConfig` (models, limits,
+            batching).
         keys: :class:`~lmforge.serving.security.ApiKeys` (digests; pickled to the replicas).
     """
     serve = _ray_serve()
     specs, precision, settings = list(config.models), config.precision, config.settings(keys)
 
-    def build_app() -> Any:
-        """Runs in each replica's constructor: the models are loaded in the replica's own process."""
+    def build_app() -> FastAPI:
+        """Runs in each replica's constructor: the models are loaded in the replica's own
+        process."""
         from lmforge.serving.app import create_app
         from lmforge.serving.recipe import load_models
         from lmforge.serving.telemetry import mask_all_logs
@@ -181,8 +195,9 @@ def lmforge_deployment(resources: ReplicaResources, config: Any, keys: Any) -> A
     return LmforgeService
 
 
-def app_builder(args: dict[str, Any]) -> Any:
-    """The application for ``serve run lmforge.serving.ray_serve:app_builder models=... [key=value ...]``.
+def app_builder(args: dict[str, Any]) -> Application:
+    """The application for
+    ``serve run lmforge.serving.ray_serve:app_builder models=... [key=value ...]``.
 
     Keys come from ``$LMFORGE_API_KEYS`` (``KEY`` or ``NAME:KEY``, comma-separated) and
     ``api_keys_file``; without any, building fails unless ``allow_open=true``: a cluster's proxy

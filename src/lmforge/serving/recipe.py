@@ -23,7 +23,6 @@ from typing import Any
 from lmforge.errors import LmforgeError
 from lmforge.serving.app import ServedModel, ServeSettings, create_app
 from lmforge.serving.config import ServeConfig
-from lmforge.serving.generation import GENERATIVE_TASKS
 from lmforge.serving.reload import own_weights
 from lmforge.serving.security import ApiKeys
 from lmforge.serving.telemetry import MULTIPROC_ENV, mask_all_logs
@@ -49,8 +48,8 @@ def model_name(spec: str) -> tuple[str, str]:
 def check_models(specs: list[str]) -> list[tuple[str, str]]:
     """(name, path) of every model, names unique and each of a task the service answers, read
     from the directories' metadata without loading any weights."""
-    from lmforge.inference.predictor import find_model_dir, read_metadata, task_of_architecture
-    from lmforge.tasks.registry import TASK_NAMES, get_task
+    from lmforge.inference.predictor import find_model_dir, read_metadata
+    from lmforge.tasks.registry import TASK_NAMES, get_task, task_of_architecture
 
     named: dict[str, str] = {}
     for spec in specs:
@@ -59,11 +58,7 @@ def check_models(specs: list[str]) -> list[tuple[str, str]]:
             raise LmforgeError(f"two models are named '{name}'; name them: NAME=PATH")
         model_dir = find_model_dir(path)
         task = read_metadata(model_dir).get("task") or task_of_architecture(model_dir)
-        servable = (
-            task not in TASK_NAMES
-            or task in GENERATIVE_TASKS
-            or not getattr(get_task(task), "loss_only", False)
-        )
+        servable = task not in TASK_NAMES or get_task(task).endpoint is not None
         if not servable:  # (an unknown task is Predictor.load's one-line error)
             raise LmforgeError(
                 f"{path} is a {task.replace('_', ' ')} model: it has no endpoint "

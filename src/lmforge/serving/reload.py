@@ -18,9 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from lmforge.inference.predictor import Predictor
+    from lmforge.serving.app import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ def fingerprint(model_dir: Path) -> Fingerprint:
     return tuple(files)
 
 
-def own_weights(predictor: Any) -> Any:
+def own_weights(predictor: Predictor) -> Predictor:
     """Copy the weights that are still memory-mapped from their safetensors file into memory.
 
     Why: safetensors maps the file, and Transformers keeps fp32 CPU weights as views of the map.
@@ -57,7 +61,7 @@ def own_weights(predictor: Any) -> Any:
     return predictor
 
 
-def reload_model(served: Any, load: Callable[..., Any] | None = None) -> None:
+def reload_model(served: ServedModel, load: Callable[..., Predictor] | None = None) -> None:
     """Load ``served``'s directory again and swap the new model in (the old one stays on failure).
 
     Runs in a worker thread; the swap is one attribute assignment, which the batcher and the
@@ -86,7 +90,7 @@ class ModelWatcher:
     the change has settled (unchanged for one more interval)."""
 
     def __init__(
-        self, models: dict[str, Any], interval: float, on_reload: Callable[[str, str], None]
+        self, models: dict[str, ServedModel], interval: float, on_reload: Callable[[str, str], None]
     ):
         self.models = models
         self.interval = interval
@@ -111,7 +115,7 @@ class ModelWatcher:
             for name, served in self.models.items():
                 await self.check(name, served)
 
-    async def check(self, name: str, served: Any) -> None:
+    async def check(self, name: str, served: ServedModel) -> None:
         now = await asyncio.to_thread(self._current, served)
         if now == served.fingerprint:
             self._pending.pop(name, None)
@@ -136,7 +140,7 @@ class ModelWatcher:
         self.on_reload(name, "ok")
 
     @staticmethod
-    def _current(served: Any) -> Fingerprint:
+    def _current(served: ServedModel) -> Fingerprint:
         from lmforge.inference.predictor import find_model_dir
 
         try:

@@ -59,7 +59,8 @@ class ApiKeys:
         return len(self._digests)
 
     def identify(self, presented: str | None) -> str | None:
-        """The name of the key ``presented`` is, or None. Compares with every key, in constant time."""
+        """The name of the key ``presented`` is, or None. Compares with every key, in constant
+        time."""
         if not presented:
             return None
         digest = _digest(presented)
@@ -134,7 +135,8 @@ class RateLimit:
 
 
 class RateLimiter:
-    """A token bucket per caller: ``allow(who)`` is 0 when the request may go, else the seconds to wait."""
+    """A token bucket per caller: ``allow(who)`` is 0 when the request may go, else the seconds
+    to wait."""
 
     def __init__(self, limit: RateLimit | None, clock: Callable[[], float] = time.monotonic):
         self.limit = limit

@@ -1,4 +1,5 @@
-"""What the service tells its operators: Prometheus metrics and JSON access logs with request ids."""
+"""What the service tells its operators: Prometheus metrics and JSON access logs with request
+ids."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ class Metrics:
         )
 
     def render(self) -> tuple[bytes, str]:
-        """The metrics in Prometheus' text format: this process's, or, with several workers, all of theirs."""
+        """The metrics in Prometheus' text format: this process's, or, with several workers, all
+        of theirs."""
         from prometheus_client import (
             CONTENT_TYPE_LATEST,
             CollectorRegistry,
@@ -119,7 +121,8 @@ def access_logger() -> logging.Logger:
 
 
 def mask_all_logs() -> None:
-    """Personal data masked in every log line the process writes: lmforge's, uvicorn's, the root's."""
+    """Personal data masked in every log line the process writes: lmforge's, uvicorn's, the
+    root's."""
     for name in ("", "lmforge", "uvicorn", "uvicorn.error", "uvicorn.access", ACCESS_LOGGER):
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, MaskingFilter) for f in handler.filters):

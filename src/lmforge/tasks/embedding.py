@@ -24,6 +24,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.retrieval import retrieval_metrics
 from lmforge.models.bi_encoder import BiEncoder, PairCollator
+from lmforge.tasks.base import Task
 
 
 class ContrastiveDataset(torch.utils.data.Dataset):
@@ -70,13 +71,13 @@ def text_ids(texts: Sequence[str]) -> np.ndarray:
     return np.array([ids.setdefault(text, len(ids)) for text in texts], dtype=np.int64)
 
 
-class Embedding:
+class Embedding(Task):
     """Pairs, the bi-encoder, retrieval metrics and embedding output."""
 
     name = "embedding"
     peft_task_type = None  # PEFT wraps the encoder inside the bi-encoder as a plain module
-    word_level = False
     labeled = False  # pairs, not labels
+    endpoint = "embed"
 
     def __init__(self) -> None:
         self.max_length = 128

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +119,14 @@ def corpus_token_file(spec: Any, tokenizer: Any) -> Any:
     return out
 
 
-class _LanguageModeling:
+class _LanguageModeling(Task):
     """What causal and masked LM share: corpus data, from-scratch models, loss-only metrics."""
 
     name = ""
     arch_kinds: tuple[str, ...] = ()
-    word_level = False
     labeled = False
-    loss_only = True  # evaluation is the loss per predicted token; no logits are kept
+    # Evaluation is the loss per predicted token; no logits are kept.
+    language_modeling = True
 
     def __init__(self) -> None:
         self.block_size = 128
@@ -327,6 +328,8 @@ class CausalLM(_LanguageModeling):
 
     name = "causal_lm"
     peft_task_type = "CAUSAL_LM"
+    generative = True
+    endpoint = "generate"
     arch_kinds = ("llama", "gpt2")
 
     def __init__(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.tasks.base import Task
 from lmforge.tasks.sequence_classification import with_fixed_labels
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
@@ -41,13 +42,12 @@ def _subset_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float((predicted == truth).all(axis=1).mean()) if len(truth) else 0.0
 
 
-class MultiLabelClassification:
+class MultiLabelClassification(Task):
     """Label sets, model head, thresholds, metrics and decoding."""
 
     name = "multi_label_classification"
     peft_task_type = "SEQ_CLS"
-    word_level = False  # one prediction per text (token_classification: per word)
-    labeled = True
+    endpoint = "classify"
     soft_targets = "sigmoid"  # what distillation matches (training/distillation.py)
 
     def __init__(self) -> None:
@@ -128,6 +128,27 @@ class MultiLabelClassification:
                 label2id={name: i for i, name in enumerate(label_names)},
             )
         return load_pretrained(AutoModelForSequenceClassification, location, "model", **kwargs)
+
+    def tune(
+        self, logits: np.ndarray, labels: np.ndarray, label_names: Sequence[str], metric: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One threshold per label, tuned on validation, saved with the model and used from now on."""
+        thresholds = self.tune_thresholds(logits, labels, metric)
+        self.configure({"thresholds": thresholds})
+        report = {"thresholds": dict(zip(label_names, thresholds, strict=True))}
+        return {"thresholds": thresholds}, report
+
+    def combine(
+        self, members: Sequence[tuple[Task, Sequence[str]]], label_names: Sequence[str]
+    ) -> None:
+        """An ensemble's thresholds: the mean of its members', aligned by label name."""
+        rows = []
+        for task, names in members:
+            own = (isinstance(task, MultiLabelClassification) and task.thresholds) or [0.5] * len(
+                names
+            )
+            rows.append(np.asarray(own)[[list(names).index(n) for n in label_names]])
+        self.configure({"thresholds": np.mean(rows, axis=0).tolist()})
 
     def tune_thresholds(
         self, logits: np.ndarray, targets: np.ndarray, metric: str = "micro_f1"

@@ -7,7 +7,12 @@ imports torch; :func:`get_task` imports the task module on first use.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmforge.tasks.base import Task
 
 # name -> (module, class). A new task adds one line here and one module.
 _TASKS: dict[str, tuple[str, str]] = {
@@ -62,7 +67,30 @@ LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae", "perplexity"})
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
 
 
-def get_task(name: str) -> Any:
+def get_task(name: str) -> Task:
     """Return an instance of the task class registered under ``name``."""
     module, cls = _TASKS[name]
     return getattr(importlib.import_module(module), cls)()
+
+
+# the head of a plain Hugging Face directory (no lmforge.json) -> the task that serves it
+ARCHITECTURE_TASKS = {
+    "ForCausalLM": "causal_lm",
+    "LMHeadModel": "causal_lm",
+    "ForTokenClassification": "token_classification",
+    "ForMaskedLM": "masked_lm",
+}
+
+
+def task_of_architecture(model_dir: Path) -> str:
+    """A plain Hugging Face directory's task, from ``architectures`` in its config.json
+    (``LlamaForCausalLM`` is a causal LM); sequence classification when nothing says otherwise."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "sequence_classification"
+    for architecture in config.get("architectures") or []:
+        for suffix, task in ARCHITECTURE_TASKS.items():
+            if str(architecture).endswith(suffix):
+                return task
+    return "sequence_classification"

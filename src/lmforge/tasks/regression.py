@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.tasks.base import Task
 
 TARGET = "score"
 STRATA_BINS = 5  # validation/test carved from train keep the score distribution (quintiles)
@@ -27,13 +28,12 @@ def _number(value: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-class Regression:
+class Regression(Task):
     """Targets, model head, metrics and decoding for numeric targets."""
 
     name = "regression"
     peft_task_type = "SEQ_CLS"
-    word_level = False  # one prediction per text (token_classification: per word)
-    labeled = True
+    endpoint = "score"
     soft_targets = "value"  # what distillation matches (training/distillation.py)
 
     def configure(self, options: dict[str, Any]) -> None:

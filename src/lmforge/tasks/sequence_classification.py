@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.tasks.base import Task
 
 
 def with_fixed_labels(present: list[str], fixed: Sequence[str] | None) -> list[str]:
@@ -23,14 +24,13 @@ def with_fixed_labels(present: list[str], fixed: Sequence[str] | None) -> list[s
     return list(fixed)
 
 
-class SequenceClassification:
+class SequenceClassification(Task):
     """Label space, model head, metrics and decoding for single-label text classification."""
 
     name = "sequence_classification"
     peft_task_type = "SEQ_CLS"
-    word_level = False  # one prediction per text (token_classification: per word)
     smoothable = True  # one class per target: label smoothing applies
-    labeled = True
+    endpoint = "classify"
     soft_targets = "softmax"  # what distillation matches (training/distillation.py)
 
     def configure(self, options: dict[str, Any]) -> None:

@@ -18,12 +18,16 @@ import functools
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lmforge.data.batching import IGNORE_INDEX, ragged
 from lmforge.errors import LmforgeError
+from lmforge.tasks.base import Task
+
+if TYPE_CHECKING:
+    from lmforge.inference.predictor import Predictor
 from lmforge.tasks.sequence_classification import with_fixed_labels
 
 log = logging.getLogger(__name__)
@@ -69,14 +73,14 @@ def _tag_order(tag: str) -> tuple[str, int]:
     return (kind, "BIES".find(prefix)) if tag != "O" else ("", -1)
 
 
-class TokenClassification:
+class TokenClassification(Task):
     """Tag set, sub-token labels, model head, entity metrics and span decoding."""
 
     name = "token_classification"
     peft_task_type = "TOKEN_CLS"
     word_level = True
     smoothable = True  # one class per target: label smoothing applies
-    labeled = True
+    endpoint = "tag"
     soft_targets = "softmax"  # per labelled sub-token (training/distillation.py)
 
     def __init__(self) -> None:
@@ -243,6 +247,21 @@ class TokenClassification:
                 if not kind.endswith(" avg")
             },
         }
+
+    def predict(
+        self,
+        predictor: Predictor,
+        texts: Sequence[str],
+        batch_size: int,
+        pairs: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Entity spans with character offsets: each text split into words, one tag per word."""
+        words = [split_words(text) for text in texts]
+        logits = predictor.word_logits([[w for w, _, _ in row] for row in words], batch_size)
+        return [
+            {"entities": self.entities(text, row, sentence, predictor.label_names)}
+            for text, row, sentence in zip(texts, words, logits, strict=True)
+        ]
 
     def decode(self, logits: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:
         """Per sentence of given words: the tag of each word."""

@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -162,13 +161,13 @@ class EmbeddingAdversary:
 
     # Hooks -------------------------------------------------------------------------------
 
-    def _on_model_forward(self, module: nn.Module, args: Any) -> None:
+    def _on_model_forward(self, module: nn.Module, args: tuple[object, ...]) -> None:
         self._call = 0
         if self._attack is None:  # a new clean forward: older gradients belong to another batch
             self._clean_grads = {}
 
     def _on_embedding_output(
-        self, module: nn.Module, args: Any, output: torch.Tensor
+        self, module: nn.Module, args: tuple[object, ...], output: torch.Tensor
     ) -> torch.Tensor | None:
         index = self._call
         self._call += 1
@@ -204,7 +203,7 @@ class EmbeddingAdversary:
     # The attack --------------------------------------------------------------------------
 
     def train_step(
-        self, compute_loss: Callable[[], torch.Tensor], backward: Callable[[torch.Tensor], Any]
+        self, compute_loss: Callable[[], torch.Tensor], backward: Callable[[torch.Tensor], None]
     ) -> float:
         """Add the gradients of the adversarial loss to the parameters' ``.grad``.
 

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
 from lmforge.training.state import TrainState
+
+if TYPE_CHECKING:
+    from lmforge.distributed.strategy import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +99,9 @@ def save_checkpoint_atomically(
     root: Path,
     state: TrainState,
     model: torch.nn.Module | None,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any = None,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None = None,
     *,
     weights: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict[str, Any] | None = None,
@@ -159,7 +162,10 @@ def verify_checkpoint(path: Path) -> str | None:
         if not file.is_file():
             return f"{name} is missing"
         if file.stat().st_size != meta.get("bytes"):
-            return f"{name} has {file.stat().st_size} bytes, the manifest says {meta.get('bytes')} (truncated?)"
+            return (
+                f"{name} has {file.stat().st_size} bytes, the manifest says "
+                f"{meta.get('bytes')} (truncated?)"
+            )
         if _sha256(file) != meta.get("sha256"):
             return f"{name} does not match its checksum (modified or damaged)"
     return None
@@ -178,7 +184,8 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def latest_intact_checkpoint(root: Path) -> Path:
-    """The newest checkpoint that passes :func:`verify_checkpoint`, saying which ones were skipped."""
+    """The newest checkpoint that passes :func:`verify_checkpoint`, saying which ones were
+    skipped."""
     candidates = list_checkpoints(root)
     for path in candidates:
         problem = verify_checkpoint(path)
@@ -196,10 +203,10 @@ def latest_intact_checkpoint(root: Path) -> Path:
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any = None,
-    strategy: Any = None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None = None,
+    strategy: Strategy | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore weights, optimizer, scheduler (and scaler) in place; return the state and RNG states.
 
@@ -251,7 +258,8 @@ def rank_rng(rng: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
 
 
 def prune_checkpoints(root: Path, keep_last: int, keep_step: int | None) -> None:
-    """Keep the newest ``keep_last`` checkpoints and the one at ``keep_step`` (the best); remove the rest."""
+    """Keep the newest ``keep_last`` checkpoints and the one at ``keep_step`` (the best); remove
+    the rest."""
     for i, path in enumerate(list_checkpoints(root)):
         if i >= keep_last and int(path.name[5:]) != keep_step:
             shutil.rmtree(path, ignore_errors=True)
@@ -287,10 +295,10 @@ class Checkpointer:
         root: Path,
         policy: CheckpointPolicy,
         model: torch.nn.Module,
-        optimizer: Any,
-        scheduler: Any,
-        scaler: Any,
-        strategy: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler | None,
+        strategy: Strategy,
     ):
         self.root, self.policy, self.strategy = root, policy, strategy
         self.model, self.optimizer, self.scheduler, self.scaler = (

@@ -63,7 +63,7 @@ def load_teacher(
     labels and tokenizer (the loss compares their outputs class by class, token by token)."""
     from lmforge.models.loading import load_tokenizer, resolve_model_path
 
-    if getattr(task, "soft_targets", None) is None:
+    if task.soft_targets is None:
         raise LmforgeError(
             f"distillation: task {task.name} has no soft targets to learn from (classification, "
             "multi-label, regression and NER do); remove distillation.teacher"

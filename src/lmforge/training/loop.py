@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -29,6 +29,11 @@ from lmforge.training.interrupts import StopRequest, TrainingInterrupted
 from lmforge.training.sampler import EpochBatchSampler
 from lmforge.training.state import TrainState
 from lmforge.training.tracking import RunLogger
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from lmforge.training.adversarial import EmbeddingAdversary
 
 
 @dataclass
@@ -76,8 +81,8 @@ class EarlyStopping:
 
 
 def weighted_loss(
-    loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
-    model: Any,
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     weight: float,
 ) -> torch.Tensor:
@@ -93,9 +98,9 @@ def total_optimizer_steps(
 
 def fit(
     model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: DataLoader,
     sampler: EpochBatchSampler,
     strategy: Strategy,
     settings: LoopSettings,
@@ -106,8 +111,8 @@ def fit(
     checkpointer: Checkpointer,
     stop: StopRequest,
     after_update: Callable[[int], None] | None = None,
-    loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
-    adversary: Any = None,
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    adversary: EmbeddingAdversary | None = None,
 ) -> TrainState:
     """Train from ``state`` until the epochs or ``max_steps`` are done, or early stopping says stop.
 
@@ -213,7 +218,8 @@ def fit(
             # Skip the gradient all-reduce on micro-batches that do not end a window (DDP, FSDP).
             with contextlib.nullcontext() if boundary else strategy.no_sync(model):
                 loss = loss_fn(model, batch)  # (,) mean over this rank's part of the batch
-                # Weighted so that the ranks' averaged gradient is that of the global batch's mean loss.
+                # Weighted so that the ranks' averaged gradient is that of the global batch's
+                # mean loss.
                 share = sampler.loss_scale(state.epoch, index)
                 weight = share / window_size
                 strategy.backward(loss * weight if weight != 1.0 else loss)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
@@ -11,7 +10,8 @@ from lmforge.models.structure import layer_depths
 
 log = logging.getLogger(__name__)
 
-# Biases and normalization weights are not decayed (BERT, Devlin et al. 2019; HF Trainer does the same).
+# Biases and normalization weights are not decayed (BERT, Devlin et al. 2019; HF Trainer does the
+# same).
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_")
 
 
@@ -41,7 +41,8 @@ def build_optimizer(
     ]
     device = next(model.parameters()).device.type
     try:
-        # The fused AdamW does the whole update in one kernel per group on CPU and CUDA (torch >= 2.4).
+        # The fused AdamW does the whole update in one kernel per group on CPU and CUDA
+        # (torch >= 2.4).
         return torch.optim.AdamW(groups, lr=learning_rate, fused=device in ("cpu", "cuda"))
     except (RuntimeError, TypeError) as err:
         log.debug("fused AdamW unavailable (%s); using foreach", err)
@@ -50,7 +51,7 @@ def build_optimizer(
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int
-) -> Any:
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warmup to the peak LR, then linear or cosine decay to 0, or constant."""
     from transformers import get_scheduler
 

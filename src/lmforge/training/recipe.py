@@ -37,7 +37,6 @@ import lmforge
 from lmforge.config import RunConfig, load_config, save_config
 from lmforge.data.batching import IGNORE_INDEX, EncodedDataset, length_sorted_batches
 from lmforge.data.loading import load_splits
-from lmforge.data.tokenization import tokenize
 from lmforge.devices import resolve_device, resolve_precision
 from lmforge.distributed.context import DistContext
 from lmforge.distributed.strategy import Strategy
@@ -45,6 +44,7 @@ from lmforge.errors import LmforgeError
 from lmforge.evaluation.report import write_report
 from lmforge.inference.forward import collect_logits
 from lmforge.inference.predictor import METADATA_FILE, Predictor, read_metadata, write_metadata
+from lmforge.methods.base import MethodSetting
 from lmforge.methods.registry import count_parameters, get_method
 from lmforge.models.loading import load_pretrained, load_tokenizer, resolve_model_path
 from lmforge.models.structure import set_dropout
@@ -53,7 +53,6 @@ from lmforge.tasks.language_modeling import (
     bind_tokenizer,
     default_scratch_tokenizer,
     evaluate_loss,
-    is_language_modeling,
     scratch_options,
 )
 from lmforge.tasks.registry import get_task
@@ -156,7 +155,7 @@ def run_training(
     strategy = Strategy(
         cfg.distributed.strategy, ctx, accelerator, device, precision, cfg.distributed.cpu_offload
     )
-    if strategy.sharded and cfg.method.name != "full":
+    if strategy.sharded and not method.shardable:
         raise LmforgeError(
             f"distributed.strategy fsdp shards full fine-tuning; method {cfg.method.name} trains "
             "few parameters: use strategy ddp"
@@ -190,7 +189,7 @@ def run_training(
     # Length-sorted evaluation batches pad almost nothing; labels are put in the same order.
     val_order = (
         length_sorted_batches(validation.lengths, cfg.training.eval_batch_size)
-        if validation is not None and not is_language_modeling(task)
+        if validation is not None and not task.language_modeling
         else []
     )
     policy = CheckpointPolicy(**cfg.checkpoint.model_dump())
@@ -220,7 +219,7 @@ def run_training(
         )
 
     def evaluate() -> dict[str, float]:
-        if is_language_modeling(task):
+        if task.language_modeling:
             return evaluate_loss(
                 model, validation, cfg.training.eval_batch_size, task, accelerator.device, ctx
             )
@@ -327,7 +326,7 @@ def run_training(
     }
     if cfg.distillation.teacher:
         metrics["distillation"] = cfg.distillation.model_dump()
-    if is_language_modeling(task):
+    if task.language_modeling:
         metrics.update(evaluate_saved_language_model(run_dir, task, datasets, cfg, device))
         finish_report(run_dir, metrics, logger, cfg, device)
         return run_dir
@@ -337,14 +336,13 @@ def run_training(
         for name in ("validation", "test")
         if name in datasets
     }
-    if hasattr(predictor.task, "tune_thresholds") and "validation" in logits:
-        # Multi-label: one threshold per label, tuned on validation, saved with the model.
-        thresholds = predictor.task.tune_thresholds(
-            logits["validation"], datasets["validation"].labels, cfg.training.metric
+    if "validation" in logits:  # settings tuned on validation (multi-label thresholds)
+        tuned, report = predictor.task.tune(
+            logits["validation"], datasets["validation"].labels, label_names, cfg.training.metric
         )
-        predictor.task.configure({"thresholds": thresholds})
-        update_metadata(run_dir / "model", thresholds=thresholds)
-        metrics["thresholds"] = dict(zip(label_names, thresholds, strict=True))
+        if tuned:
+            update_metadata(run_dir / "model", **tuned)
+        metrics.update(report)
     for name, split in logits.items():
         metrics[name] = predictor.task.compute_metrics(split, datasets[name].labels, label_names)
     finish_report(run_dir, metrics, logger, cfg, device)
@@ -420,7 +418,7 @@ def prepare_run(
     task = get_task(cfg.task)
     task.configure(task_options(cfg))
 
-    if is_language_modeling(task):  # raw-text corpora, tokenized to disk and cut into blocks
+    if task.language_modeling:  # raw-text corpora, tokenized to disk and cut into blocks
         label_names = task.label_names([], cfg.data.labels)
         with (
             ctx or DistContext()
@@ -499,11 +497,10 @@ def prepare_run(
         )
     if cfg.training.fast_dropout and device == "cpu":
         log.debug("fast dropout in %d modules", use_fast_dropout(model))
-    if is_language_modeling(task):
+    if task.language_modeling:
         task.check_model(model)  # e.g. whether packed documents can be isolated
     method = get_method(cfg.method.name)
     # Rows the task added to the embeddings (chat markers): adapter methods must train them too.
-    new_tokens = list(getattr(task, "new_token_ids", []))
     steps = total_optimizer_steps(
         -(-len(datasets["train"]) // cfg.training.batch_size),
         cfg.training.gradient_accumulation_steps,
@@ -512,11 +509,9 @@ def prepare_run(
     )
     model = method.apply(
         model,
-        cfg.method.options,
-        task.peft_task_type,
-        adapter_dir,
-        new_token_ids=new_tokens,
-        total_steps=steps,
+        MethodSetting(
+            cfg.method.options, task.peft_task_type, adapter_dir, tuple(task.new_token_ids), steps
+        ),
     )
     return RunSetup(
         task,
@@ -724,13 +719,14 @@ def find_parent_run(path: str) -> dict[str, Any]:
 def parent_weights(parent: dict[str, Any], cfg: RunConfig) -> tuple[str, Path | None]:
     """Where the continued run's weights come from: (model to load, adapter to keep training).
 
-    LoRA after LoRA keeps training the parent's adapter on its base model, so its optimizer
-    state fits; any other combination starts from the parent's full (merged) model.
+    A method that continues adapters (LoRA after LoRA) keeps training the parent's adapter on
+    its base model, so its optimizer state fits; any other combination starts from the
+    parent's full (merged) model.
     """
     adapter = parent["dir"] / "adapter"
     if (
-        cfg.method.name == "lora"
-        and parent["method"] == "lora"
+        get_method(cfg.method.name).continues_adapter
+        and parent["method"] == cfg.method.name
         and (adapter / "adapter_config.json").is_file()
     ):
         return resolve_model_path(parent["base_model"] or cfg.model.name_or_path), adapter
@@ -784,15 +780,7 @@ def encode_split(
     Tasks whose examples are not one text with a label (NER's words, embedding pairs) bring
     their own ``encode``.
     """
-    if hasattr(task, "encode"):
-        return task.encode(frame, name, tokenizer, label_names, max_length)
-    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
-    encoded = tokenize(frame["text"].tolist(), tokenizer, max_length, pairs=pairs)
-    log.debug(
-        "%s: %d rows tokenized%s", name, len(encoded.ids), " (from cache)" if encoded.cached else ""
-    )
-    labels = task.encode_labels(frame["label"].tolist(), label_names, f"{name} data")
-    return EncodedDataset(encoded.ids, labels, encoded.pair_starts)
+    return task.encode(frame, name, tokenizer, label_names, max_length)
 
 
 def save_model(
@@ -815,11 +803,7 @@ def save_model(
         shutil.rmtree(stale, ignore_errors=True)
     staging = run_dir / f".staging-{os.getpid()}"
     staging.mkdir()
-    out = (
-        method.save(model, staging, tokenizer)
-        if state_dict is None
-        else method.save(model, staging, tokenizer, state_dict=state_dict)
-    )
+    out = method.save(model, staging, tokenizer, state_dict=state_dict)
     meta = {
         "task": cfg.task,
         "labels": label_names,
@@ -895,10 +879,7 @@ def evaluate_during_training(
 def split_logits(predictor: Predictor, frame: Any, batch_size: int) -> np.ndarray:
     """The saved model's logits on one split (the texts were tokenized and cached for training:
     the saved tokenizer hits the same cache); tasks with their own inputs say how (``split_outputs``)."""
-    if hasattr(predictor.task, "split_outputs"):
-        return predictor.task.split_outputs(predictor, frame, batch_size)
-    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
-    return predictor.logits(frame["text"].tolist(), batch_size, use_cache=True, pairs=pairs)
+    return predictor.task.split_outputs(predictor, frame, batch_size)
 
 
 def update_metadata(model_dir: Path, **values: Any) -> None:
@@ -935,7 +916,7 @@ def after_update_hooks(
 ) -> Callable[[int], None] | None:
     """What runs after each optimizer step: the method's own hook (AdaLoRA's rank budget),
     then ``training.keep_sparsity``'s masks."""
-    hooks = [partial(method.after_update, model)] if getattr(method, "after_update", None) else []
+    hooks = [partial(method.after_update, model)] if method.updates_after_step else []
     if cfg.training.keep_sparsity:
         from lmforge.training.sparsity import SparsityKeeper
 
@@ -964,7 +945,7 @@ def training_loss(
     (Szegedy et al. 2016) computed from its logits, for tasks with one class per target."""
     if not label_smoothing:
         return lambda model, batch: model(**batch).loss
-    if not getattr(task, "smoothable", False):
+    if not task.smoothable:
         raise LmforgeError(
             f"regularization.label_smoothing applies to classification and NER; task {task.name} "
             "has no classes to smooth over: set it to 0"
@@ -996,7 +977,7 @@ def augment_training_split(
     )
 
     frame = splits.frames["train"]
-    if getattr(task, "word_level", False) or "text_pair" in frame or "text" not in frame:
+    if task.word_level or "text_pair" in frame or "text" not in frame:
         raise LmforgeError(
             f"augment: works on single-text tasks; task {cfg.task} with these columns cannot be "
             "augmented word by word: remove augment"

@@ -1,9 +1,8 @@
-"""Bottleneck adapters (Houlsby and Pfeiffer placements), written as plain torch.
+"""Bottleneck adapters on a whole model: find the targets, add, switch, delete, save, load.
 
-PEFT has no sequential bottleneck adapters, so this module provides them in the shape
-of a PEFT tuner: a config dataclass (:class:`BottleneckConfig`), a layer that wraps a
-target module (:class:`AdapterLayer`), and model-level functions that find the targets,
-wrap them, switch, save and load adapters.
+PEFT has no sequential bottleneck adapters, so this package provides them in the shape
+of a PEFT tuner: the config (:mod:`.config`), a layer that wraps a target module
+(:mod:`.layer`), and these model-level functions.
 
 An adapter is a small residual MLP, ``h + up(act(down(h)))``, inserted on the output of
 a sub-layer's output projection, before that sub-layer's residual addition and
@@ -32,29 +31,21 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError, did_you_mean
+from lmforge.methods.bottleneck.config import ADAPTER_TYPE, CONFIG_NAME, BottleneckConfig
+from lmforge.methods.bottleneck.layer import AdapterLayer, projection_size
 
-CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_TYPE = "bottleneck"
 
 # Key prefixes inside adapter_model.safetensors. Adapter keys are stored *without* the
 # adapter name, so a file saved as "default" can be loaded under any other name.
 _ADAPTER_PREFIX = "bottleneck."
 _EXTRA_PREFIX = "extra."
-
-Placement = Literal["houlsby", "pfeiffer"]
-NonLinearity = Literal["relu", "gelu", "swish"]
-
-_PLACEMENTS = ("houlsby", "pfeiffer")
-_NON_LINEARITIES = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 
 # (attention output projection, feed-forward output projection) per architecture family.
 # Regexes are anchored with ``$`` and searched in full module names. The BERT ones need
@@ -78,202 +69,6 @@ _TARGETS_BY_MODEL_TYPE: dict[str, tuple[str, str]] = {
     "gemma": _LLAMA_TARGETS,
     "gpt2": _GPT2_TARGETS,
 }
-
-
-@dataclass(frozen=True)
-class BottleneckConfig:
-    """Settings of one bottleneck adapter.
-
-    Attributes:
-        placement: ``"pfeiffer"`` (feed-forward output only) or ``"houlsby"`` (attention
-            output and feed-forward output).
-        reduction_factor: The bottleneck size is ``hidden // reduction_factor`` (at least 1),
-            where ``hidden`` is the output size of the wrapped projection.
-        non_linearity: Activation between the down- and up-projection: ``"relu"``,
-            ``"gelu"`` or ``"swish"``.
-        target_modules: Regexes searched (``re.search``) in full module names; they
-            override ``placement``. ``None`` picks the targets from the architecture
-            (``model.config.model_type``) and ``placement``. Stored as a tuple so the
-            config stays immutable.
-        init_std: Standard deviation of the down-projection's normal initialization.
-    """
-
-    placement: Placement = "pfeiffer"
-    reduction_factor: int = 16
-    non_linearity: NonLinearity = "relu"
-    target_modules: tuple[str, ...] | None = None
-    init_std: float = 1e-2
-
-    def __post_init__(self) -> None:
-        if self.placement not in _PLACEMENTS:
-            raise LmforgeError(
-                f"bottleneck placement must be one of {list(_PLACEMENTS)}, "
-                f"got {self.placement!r}{did_you_mean(str(self.placement), _PLACEMENTS)}"
-            )
-        if self.non_linearity not in _NON_LINEARITIES:
-            raise LmforgeError(
-                f"bottleneck non_linearity must be one of {list(_NON_LINEARITIES)}, "
-                f"got {self.non_linearity!r}"
-                f"{did_you_mean(str(self.non_linearity), _NON_LINEARITIES)}"
-            )
-        if (
-            isinstance(self.reduction_factor, bool)
-            or not isinstance(self.reduction_factor, int)
-            or self.reduction_factor < 1
-        ):
-            raise LmforgeError(
-                f"bottleneck reduction_factor must be an integer >= 1, got {self.reduction_factor!r}"
-            )
-        if not self.init_std >= 0:  # also rejects NaN
-            raise LmforgeError(f"bottleneck init_std must be >= 0, got {self.init_std!r}")
-        if self.target_modules is not None:
-            if isinstance(self.target_modules, str):  # a lone string would iterate per character
-                raise LmforgeError(
-                    f"bottleneck target_modules must be a list of regexes, "
-                    f"got the string {self.target_modules!r}"
-                )
-            patterns = tuple(self.target_modules)
-            if not patterns:
-                raise LmforgeError(
-                    "bottleneck target_modules is empty; leave it unset to use the "
-                    "architecture's defaults"
-                )
-            for pattern in patterns:
-                try:
-                    re.compile(pattern)
-                except (re.error, TypeError) as e:
-                    raise LmforgeError(
-                        f"bottleneck target_modules: bad regex {pattern!r}: {e}"
-                    ) from None
-            object.__setattr__(self, "target_modules", patterns)  # frozen: bypass __setattr__
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (``target_modules`` as a list)."""
-        data = asdict(self)
-        if data["target_modules"] is not None:
-            data["target_modules"] = list(data["target_modules"])
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BottleneckConfig:
-        """Build a config from :meth:`to_dict` output; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LmforgeError(
-                f"unknown bottleneck adapter setting {unknown[0]!r}"
-                f"{did_you_mean(unknown[0], known)}; known: {sorted(known)}"
-            )
-        return cls(**data)
-
-
-class BottleneckAdapter(nn.Module):
-    """``h + up(act(down(h)))``: a residual two-layer MLP through a narrow bottleneck.
-
-    Args:
-        hidden_size: Size of the features the adapter reads and writes.
-        bottleneck_size: Width of the bottleneck.
-        non_linearity: ``"relu"``, ``"gelu"`` or ``"swish"``.
-        init_std: Standard deviation of the down-projection's weight initialization.
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        bottleneck_size: int,
-        non_linearity: str = "relu",
-        init_std: float = 1e-2,
-    ):
-        super().__init__()
-        self.down = nn.Linear(hidden_size, bottleneck_size)
-        self.act = _NON_LINEARITIES[non_linearity]()
-        self.up = nn.Linear(bottleneck_size, hidden_size)
-        with torch.no_grad():
-            nn.init.normal_(self.down.weight, std=init_std)
-            nn.init.zeros_(self.down.bias)
-            # A zero up-projection makes the adapter output exactly h, so inserting it
-            # leaves the model unchanged; gradients still reach `up` (its input is not
-            # zero), and `down` starts learning as soon as `up` moves away from zero.
-            nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.act(self.down(h))  # (B, T, b)
-        return h + self.up(z)  # (B, T, H)
-
-
-class AdapterLayer(nn.Module):
-    """A target projection followed by its named bottleneck adapters, one active at a time.
-
-    The wrapped projection is the last linear map of a sub-layer (attention output or
-    feed-forward output), so the adapter sees the sub-layer's output before the residual
-    addition and LayerNorm that follow it in the block.
-
-    Args:
-        base_layer: The wrapped ``nn.Linear`` or GPT-2 ``Conv1D``.
-
-    Attributes:
-        base_layer: The original module; its parameters keep their values.
-        adapters: The named adapters of this layer.
-        active_adapter: Name of the adapter applied in ``forward``; ``None`` runs the
-            base layer alone.
-    """
-
-    def __init__(self, base_layer: nn.Module):
-        super().__init__()
-        if _out_features(base_layer) is None:
-            raise TypeError(
-                f"AdapterLayer wraps nn.Linear or Conv1D, not {type(base_layer).__name__}"
-            )
-        self.base_layer = base_layer
-        self.adapters = nn.ModuleDict()
-        self.active_adapter: str | None = None
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base layer's weight, for model code that reads ``proj.weight`` (dtype, init)."""
-        return self.base_layer.weight
-
-    @property
-    def out_features(self) -> int:
-        return _out_features(self.base_layer)
-
-    def add(self, name: str, config: BottleneckConfig) -> None:
-        """Create adapter ``name`` on this layer, with the base weight's dtype and device."""
-        hidden = self.out_features
-        adapter = BottleneckAdapter(
-            hidden,
-            bottleneck_size(hidden, config.reduction_factor),
-            config.non_linearity,
-            config.init_std,
-        )
-        weight = self.base_layer.weight
-        self.adapters[name] = adapter.to(device=weight.device, dtype=weight.dtype)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.base_layer(x, *args, **kwargs)  # (B, T, H)
-        if self.active_adapter is None or self.active_adapter not in self.adapters:
-            return out
-        return self.adapters[self.active_adapter](out)  # (B, T, H)
-
-    def extra_repr(self) -> str:
-        return f"active_adapter={self.active_adapter!r}"
-
-
-def bottleneck_size(hidden_size: int, reduction_factor: int) -> int:
-    """``hidden_size // reduction_factor``, at least 1."""
-    return max(1, hidden_size // reduction_factor)
-
-
-def _out_features(module: nn.Module) -> int | None:
-    """Output size of an ``nn.Linear`` or GPT-2 ``Conv1D``; ``None`` for anything else."""
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    from transformers.pytorch_utils import Conv1D  # lazy: keeps transformers off import
-
-    if isinstance(module, Conv1D):
-        return module.nf  # Conv1D's weight is (in, out), the transpose of nn.Linear's
-    return None
 
 
 # -- target selection -------------------------------------------------------------------
@@ -334,7 +129,7 @@ def _find_targets(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, 
             wrapped.append(name)
         if not any(c.search(name) for c in compiled):
             continue
-        if isinstance(module, AdapterLayer) or _out_features(module) is not None:
+        if isinstance(module, AdapterLayer) or projection_size(module) is not None:
             found.append((name, module))
     return found
 
