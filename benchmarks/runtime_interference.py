@@ -15,8 +15,8 @@ import warnings
 
 import numpy as np
 
-from lmforge.evaluation.recipe import read_run_split
 from lmforge.inference.predictor import Predictor
+from lmforge.runs import read_run_split
 
 
 def p50_ms(predictor: Predictor, texts: list[str]) -> float:

@@ -1093,3 +1093,58 @@ def test_tokenize_without_cache_writes_nothing(tokenizer, token_cache):
     ids, cached = tokenize_texts(TEXTS, tokenizer, 16, use_cache=False)
     assert cached is False and len(ids) == 3
     assert not token_cache.exists()
+
+
+# --- texts to run a model on (predict, embed, bench serve) ------------------------------------
+
+
+def test_texts_of_delimited_lines_drop_their_labels(tmp_path):
+    from lmforge.data.readers import read_texts
+
+    path = tmp_path / "fpb.txt"
+    path.write_bytes(
+        "Sepp\xe4l\xe4 profit rose@positive\nsales fell @ 3%@negative\n".encode("latin-1")
+    )
+    opts = ReaderOptions(
+        format="auto", delimiter="@", header=False, encoding="latin-1", label_column=None
+    )
+    assert read_texts(path, opts) == ["Sepp\xe4l\xe4 profit rose", "sales fell @ 3%"]
+
+
+def test_texts_of_a_plain_file_a_line_each_blank_lines_counted(tmp_path, caplog):
+    from lmforge.data.readers import read_texts
+
+    path = tmp_path / "texts.txt"
+    path.write_text("profit rose, sharply\n\n  \nshares slumped\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        texts = read_texts(path, ReaderOptions(label_column=None))
+    assert texts == ["profit rose, sharply", "shares slumped"]  # a comma is no column
+    assert "skipped 2 blank line(s)" in caplog.text
+
+
+def test_texts_of_a_table_come_from_its_text_column(tmp_path):
+    from lmforge.data.readers import read_texts
+
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({"id": [1, 2, 3], "body": ["a rose", "", "b fell"]}).to_csv(path, index=False)
+    opts = ReaderOptions(text_column="body", label_column=None)
+    assert read_texts(path, opts) == ["a rose", "b fell"]
+
+
+def test_texts_from_standard_input(monkeypatch):
+    import io
+
+    from lmforge.data.readers import read_texts
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\ntwo\n"))
+    assert read_texts("-", ReaderOptions(label_column=None)) == ["one", "two"]
+
+
+def test_texts_missing_or_empty_are_one_line_errors(tmp_path):
+    from lmforge.data.readers import read_texts
+
+    with pytest.raises(LmforgeError, match="--texts file .*nope.txt not found"):
+        read_texts(tmp_path / "nope.txt", ReaderOptions(), flag="--texts")
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(LmforgeError, match="no texts in"):
+        read_texts(tmp_path / "empty.txt", ReaderOptions())

@@ -133,7 +133,8 @@ def test_int8_hf_export_loads_in_plain_transformers(tmp_path, run):
     from transformers import AutoModelForSequenceClassification
 
     from lmforge.export.quantize import save_int8
-    from lmforge.inference.predictor import Predictor, read_metadata
+    from lmforge.inference.predictor import Predictor
+    from lmforge.runs import read_metadata
 
     predictor = Predictor.load(run, device="cpu", precision="fp32")
     out = save_int8(

@@ -549,8 +549,8 @@ def test_chat_template_from_the_config_replaces_the_default(tmp_path, source):
     import yaml
 
     from lmforge.config import load_config
+    from lmforge.runs import task_options
     from lmforge.tasks.chat import Chat
-    from lmforge.training.recipe import task_options
 
     value = SIMPLE_TEMPLATE
     if source == "file":  # a relative path resolves against the config file

@@ -98,20 +98,6 @@ def test_a_server_that_dies_is_one_line_with_its_last_words():
     )
 
 
-def test_delimited_texts_drop_their_labels(tmp_path):
-    from lmforge.data.readers import ReaderOptions
-    from lmforge.serving.loadtest import read_texts
-
-    path = tmp_path / "fpb.txt"
-    path.write_bytes(
-        "Sepp\xe4l\xe4 profit rose@positive\nsales fell @ 3%@negative\n".encode("latin-1")
-    )
-    opts = ReaderOptions(
-        format="auto", delimiter="@", header=False, encoding="latin-1", label_column=None
-    )
-    assert read_texts(path, opts) == ["Sepp\xe4l\xe4 profit rose", "sales fell @ 3%"]
-
-
 def test_summary_counts_errors_by_kind_and_fits_the_memory_slope():
     records = [_Record(1.0, 0.010 * (i + 1), None) for i in range(100)]
     records += [

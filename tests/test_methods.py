@@ -327,7 +327,7 @@ def test_layerwise_lr_decay_scales_each_depth():
 @pytest.mark.unit
 def test_label_smoothing_is_refused_where_there_are_no_classes():
     from lmforge.tasks.registry import get_task
-    from lmforge.training.recipe import training_loss
+    from lmforge.training.losses import training_loss
 
     with pytest.raises(LmforgeError, match="label_smoothing applies to classification"):
         training_loss(get_task("regression"), 0.1)

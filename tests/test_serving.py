@@ -20,16 +20,13 @@ pytest.importorskip("httpx")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from lmforge.serving.app import ServedModel, ServeSettings, create_app  # noqa: E402
+from lmforge.serving.app import ServedModel, create_app  # noqa: E402
+from lmforge.serving.config import ServeSettings  # noqa: E402
 from lmforge.serving.security import ApiKeys, RateLimit, RateLimiter, mask_pii  # noqa: E402
+from lmforge.tasks.registry import get_task  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-class _Task:
-    def __init__(self, name: str):
-        self.name = name
 
 
 class SlowPredictor:
@@ -37,12 +34,8 @@ class SlowPredictor:
     and records the batches it was given (deterministic batching tests)."""
 
     def __init__(self, delay: float = 0.05):
-        self.task, self.label_names, self.pairs, self.backend = (
-            _Task("sequence_classification"),
-            ["a", "b"],
-            False,
-            "fake",
-        )
+        self.task = get_task("sequence_classification")  # a real task: it names the endpoint
+        self.label_names, self.pairs, self.backend = ["a", "b"], False, "fake"
         self.delay, self.batches = delay, []
 
     def predict(self, texts, batch_size=32, pairs=None):

@@ -27,7 +27,8 @@ from conftest import save_tiny_chat_llama  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from lmforge.serving.app import ServeSettings, create_app  # noqa: E402
+from lmforge.serving.app import create_app  # noqa: E402
+from lmforge.serving.config import ServeSettings  # noqa: E402
 from lmforge.serving.security import ApiKeys  # noqa: E402
 
 KEY = "fuzz-key-0123456789abcdef"

@@ -18,7 +18,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lmforge.generation.generate import GenerationOptions, complete, generate  # noqa: E402
-from lmforge.serving.app import ServeSettings, create_app  # noqa: E402
+from lmforge.serving.app import create_app  # noqa: E402
+from lmforge.serving.config import ServeSettings  # noqa: E402
 from lmforge.serving.generation import AnswerShape, GenerationJob, GenerationRunner, sse_answer  # noqa: E402
 from lmforge.serving.security import ApiKeys  # noqa: E402
 

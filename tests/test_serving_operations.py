@@ -21,8 +21,8 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lmforge.errors import LmforgeError  # noqa: E402
-from lmforge.serving.app import ServeSettings, create_app  # noqa: E402
-from lmforge.serving.config import load_serve_config  # noqa: E402
+from lmforge.serving.app import create_app  # noqa: E402
+from lmforge.serving.config import ServeSettings, load_serve_config  # noqa: E402
 from lmforge.serving.security import ApiKeys  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"

@@ -472,7 +472,8 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from lmforge.serving.config import default_of
+    from lmforge.config.flags import add_flags
+    from lmforge.serving.config import ServeConfig, setting_names
 
     p = sub.add_parser(
         "serve",
@@ -497,43 +498,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="SERVE.YAML",
         help="settings file: the flags' names as keys (max_batch_size: 64), `models:` a list",
     )
-
-    def setting(group: Any, flag: str, help: str, **kw: Any) -> None:
-        key = flag.removeprefix("--").replace("-", "_")
-        default = default_of(key)
-        shown = (
-            ""
-            if default is None or default is False or default == []
-            else f" (default {default:g})"
-            if isinstance(default, float)
-            else f" (default {default})"
-        )
-        group.add_argument(flag, default=None, help=help + shown, **kw)
-
-    setting(p, "--host", "address to listen on")
-    setting(p, "--port", "port", type=int)
-    setting(
-        p,
-        "--precision",
-        "PyTorch inference precision; auto: bf16 where the hardware has it",
-        choices=["auto", "bf16", "fp32"],
-    )
-    setting(
-        p,
-        "--workers",
-        "server processes on the port, each with its own copy of the models",
-        type=int,
-    )
-    setting(
-        p,
-        "--reload-interval",
-        "seconds between checks of the model directories for new weights, loaded "
-        "without a restart; 0: off",
-        type=float,
-        metavar="SECONDS",
-    )
-    access = p.add_argument_group("access")
-    access.add_argument(
+    p.add_argument(
         "--api-key",
         action="append",
         default=[],
@@ -541,71 +506,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="accept this key as `Authorization: Bearer KEY` (repeatable; also --api-keys-file and "
         "$LMFORGE_API_KEYS, comma-separated); kept hashed",
     )
-    setting(access, "--api-keys-file", "a file of [NAME:]KEY lines")
-    setting(
-        access,
-        "--allow-open",
-        "listen on a non-loopback address without API keys (not advised)",
-        action="store_const",
-        const=True,
-    )
-    setting(
-        access,
-        "--rate-limit",
-        "requests per key, e.g. 600/minute (default: none)",
-        metavar="N/PERIOD",
-    )
-    access.add_argument(
-        "--cors-origin",
-        dest="cors_origins",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="allow browser calls from this origin (repeatable; default: CORS off)",
-    )
-    setting(
-        access,
-        "--mask-inputs",
-        "mask e-mails, phone, card and account numbers, IDs in the texts before the "
-        "model sees them (logs are always masked)",
-        action="store_const",
-        const=True,
-    )
-    limits = p.add_argument_group("limits and batching")
-    setting(limits, "--max-body-bytes", "larger bodies get 413", type=int)
-    setting(limits, "--max-texts", "texts (or prompts) per request at most", type=int)
-    setting(limits, "--max-chars", "characters per text at most", type=int)
-    setting(
-        limits,
-        "--max-batch-size",
-        "texts gathered from concurrent requests into one model call",
-        type=int,
-    )
-    setting(
-        limits,
-        "--forward-batch-size",
-        "texts per forward pass within it, length-sorted (default: 8 on a CPU, all on a GPU)",
-        type=int,
-    )
-    setting(
-        limits,
-        "--model-threads",
-        "batches of a CPU model that run at once, each with cores/N PyTorch "
-        "threads (default: the cores, at most 4)",
-        type=int,
-    )
-    setting(
-        limits, "--max-wait-ms", "how long a request waits for others to batch with", type=float
-    )
-    setting(limits, "--max-queue", "texts that may wait; beyond, 503 with Retry-After", type=int)
-    setting(
-        limits, "--max-new-tokens", "tokens one generation request may ask for at most", type=int
-    )
-    setting(
-        limits,
-        "--max-generation-queue",
-        "generation requests that may wait per model; beyond, 503",
-        type=int,
+    # every other flag is a field of ServeConfig: its description is the help
+    add_flags(
+        p,
+        ServeConfig,
+        setting_names(),
+        groups={"access": "access", "limits": "limits and batching"},
     )
     p.set_defaults(func=cmd_serve)
 
@@ -736,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.config import load_config
-    from lmforge.training.recipe import default_run_dir, run_training
+    from lmforge.runs import default_run_dir
+    from lmforge.training.recipe import run_training
 
     if args.resume:
         if args.config or args.continue_from:
@@ -986,12 +893,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from lmforge.config.flags import given
     from lmforge.serving.config import ServeConfig, load_serve_config
     from lmforge.serving.recipe import serve
     from lmforge.serving.security import ApiKeys
 
-    flags = {key: getattr(args, key) for key in ServeConfig.model_fields if hasattr(args, key)}
-    config = load_serve_config(args.config, flags)
+    config = load_serve_config(args.config, given(args, ServeConfig))
     serve(config, ApiKeys.gather(args.api_key, config.api_keys_file))
     return 0
 
@@ -1023,8 +930,8 @@ def format_classification_report(m: dict[str, Any]) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lmforge.generation.generate import GenerationOptions, exact_match, generate, rouge_l
-    from lmforge.inference.predictor import Predictor
+    from lmforge.generation.generate import GenerationOptions
+    from lmforge.inference.recipe import run_generate
 
     options = GenerationOptions(
         max_new_tokens=args.max_new_tokens,
@@ -1036,97 +943,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         seed=args.seed,
     )
-    prompts, references = (
-        ([args.prompt], None) if args.prompt is not None else read_prompts(args.input)
-    )
-    predictor = Predictor.load(args.model, precision=args.precision, task="causal_lm")
-    stream = sys.stdout if len(prompts) == 1 and not args.output else None
-    texts = generate(
-        predictor.model,
-        predictor.tokenizer,
-        prompts,
+    result = run_generate(
+        args.model,
         options,
+        prompt=args.prompt,
+        source=None if args.prompt is not None else args.input,
+        output=args.output,
         batch_size=args.batch_size,
-        stream=stream,
+        precision=args.precision,
         chat=args.chat,
     )
-    if stream is not None:
-        print()
-    elif args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
-                row = {
-                    "prompt": prompt,
-                    "generated": text,
-                    **({"reference": references[i]} if references else {}),
-                }
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        logging.getLogger("lmforge").info("wrote %d generations to %s", len(texts), args.output)
-    else:
-        for prompt, text in zip(prompts, texts, strict=True):
-            print(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False))
-    if references:
+    if result.references:
         print(
-            f"n={len(texts)}  exact match {exact_match(texts, references):.4f}  "
-            f"ROUGE-L {rouge_l(texts, references):.4f}"
+            f"n={len(result.texts)}  exact match {result.exact_match:.4f}  "
+            f"ROUGE-L {result.rouge_l:.4f}"
         )
     return 0
 
 
-def read_prompts(path: str) -> tuple[list[str], list[str] | None]:
-    """Prompts from a text file (one per line) or JSONL (``prompt``, optional ``reference``)."""
-    from lmforge.data.readers import decode_file
-
-    file = Path(path)
-    if not file.is_file():
-        raise LmforgeError(f"prompt file {file} not found")
-    lines = [line for line in decode_file(file, "utf-8").split("\n") if line.strip()]
-    if not lines:
-        raise LmforgeError(f"{file} has no prompts")
-    if not lines[0].lstrip().startswith("{"):
-        return [line.strip() for line in lines], None
-    prompts, references = [], []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LmforgeError(f"{file}: line {number} is not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise LmforgeError(f'{file}: line {number} needs a "prompt" string')
-        prompts.append(record["prompt"])
-        references.append(record.get("reference"))
-    given = [r for r in references if r is not None]
-    if given and len(given) != len(references):
-        raise LmforgeError(
-            f'{file}: {len(references) - len(given)} of {len(references)} lines have no "reference"; '
-            "give one on every line or on none"
-        )
-    return prompts, [str(r) for r in references] if given else None
-
-
 def cmd_embed(args: argparse.Namespace) -> int:
-    import numpy as np
+    from lmforge.inference.recipe import run_embed
 
-    from lmforge.inference.predictor import Predictor
-
-    out = Path(args.output)
-    if out.suffix.lower() not in (".npy", ".jsonl"):
-        raise LmforgeError(
-            f"--output {out}: write .npy (a matrix) or .jsonl (text and embedding per line)"
-        )
-    predictor = Predictor.load(
-        args.model, precision=args.precision, quantize=args.quantize, task="embedding"
+    run_embed(
+        args.model,
+        args.input,
+        args.output,
+        _reader_overrides(args),
+        batch_size=args.batch_size,
+        precision=args.precision,
+        quantize=args.quantize,
     )
-    texts, _ = read_prediction_input(args)
-    vectors = predictor.logits(texts, batch_size=args.batch_size).astype(np.float32)  # (N, H)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".npy":
-        np.save(out, vectors)
-    else:
-        with out.open("w", encoding="utf-8") as f:
-            for text, row in zip(texts, predictor.task.decode(vectors, []), strict=True):
-                f.write(json.dumps({"text": text, **row}, ensure_ascii=False) + "\n")
-    logging.getLogger("lmforge").info("wrote %d embeddings of size %d to %s", *vectors.shape, out)
     return 0
 
 
@@ -1158,122 +1004,27 @@ def format_entity_report(m: dict[str, Any]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lmforge.inference.predictor import Predictor
+    from lmforge.inference.recipe import run_predict
 
-    runs, args.model = args.model, args.model[0]  # the first run's data settings read the input
-    adapters = adapter_set(runs, args) if len(runs) > 1 else None
-    predictor = (
-        Predictor.load(runs[0], precision=args.precision, quantize=args.quantize)
-        if adapters is None
-        else adapters.predictor
+    run_predict(
+        args.model,
+        args.input,
+        _reader_overrides(args),
+        output=args.output,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        quantize=args.quantize,
     )
-    texts, pairs = read_prediction_input(args) if not predictor.pairs else read_pair_input(args)
-    if adapters is None:
-        rows = predictor.predict(texts, batch_size=args.batch_size, pairs=pairs)
-    else:  # {"text": ..., "predictions": {run: prediction}}: every adapter on the one base model
-        per_run = {
-            name: adapters.use(name).predict(texts, batch_size=args.batch_size, pairs=pairs)
-            for name in adapters.names
-        }
-        rows = [
-            {"predictions": {name: per_run[name][i] for name in per_run}} for i in range(len(texts))
-        ]
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
-    try:
-        for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
-            given = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
-            out.write(json.dumps({**given, **row}, ensure_ascii=False) + "\n")
-    finally:
-        if args.output:
-            out.close()
-    if args.output:
-        logging.getLogger("lmforge").info("wrote %d predictions to %s", len(rows), args.output)
     return 0
 
 
-def adapter_set(runs: list[str], args: argparse.Namespace) -> Any:
-    """Several adapter runs on one base model, named as given (an AdapterSet)."""
-    from lmforge.inference.adapters import AdapterSet
-
-    if args.quantize != "none":
-        raise LmforgeError(
-            "--quantize applies to one model; predict with several adapter runs without it"
-        )
-    if len(set(runs)) < len(runs):
-        raise LmforgeError(f"a run is given twice ({', '.join(runs)}); give each once")
-    return AdapterSet.load({run: run for run in runs}, precision=args.precision)
-
-
-def read_pair_input(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Text pairs from a table (CSV, TSV, JSONL, Parquet) with the run's text and pair columns."""
-    from lmforge.evaluation.recipe import read_table_for
-
-    if args.input == "-":
-        raise LmforgeError(
-            "this model scores text pairs: give --input a table (CSV, TSV, JSONL) with both columns"
-        )
-    frame, _ = read_table_for(args.model, args.input, _reader_overrides(args), labeled=False)
-    if "text_pair" not in frame:
-        raise LmforgeError(
-            "this model scores text pairs: name the second column with --text-pair-column"
-        )
-    return frame["text"].tolist(), frame["text_pair"].tolist()
-
-
-def read_prediction_input(args: argparse.Namespace) -> tuple[list[str], None]:
-    """Texts from stdin or a plain text file (a line each), or the text column of a table."""
-    from lmforge.data.readers import ReaderOptions, decode_file, detect_format, read_examples
-
-    encoding = args.encoding or "utf-8"
-    if args.input == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        path = Path(args.input)
-        if not path.is_file():
-            raise LmforgeError(f"input file {path} not found; give a file, or - for standard input")
-        plain = path.suffix.lower() in (".txt", "") and not args.format
-        if not plain:
-            opts = ReaderOptions(
-                format=args.format or "auto",
-                delimiter=args.delimiter,
-                header=args.header is not False,
-                encoding=encoding,
-                text_column=args.text_column or "text",
-                label_column=None,
-            )
-            if detect_format(path, opts) != "delimited":
-                return [
-                    str(t)
-                    for t in read_examples(path, opts, require_label=False)["text"].fillna("")
-                ], None
-        lines = decode_file(path, encoding).split("\n")
-    texts = [line.strip() for line in lines if line.strip()]
-    blank = sum(1 for line in lines if not line.strip()) - (
-        1 if lines and not lines[-1].strip() else 0
-    )
-    if blank > 0:
-        logging.getLogger("lmforge").warning(
-            "skipped %d blank line(s) of %s; each output row carries its text", blank, args.input
-        )
-    if not texts:
-        raise LmforgeError(f"no texts in {args.input}; give one text per line")
-    return texts, None
-
-
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from lmforge.data.readers import ReaderOptions
+    from lmforge.data.readers import read_texts
+    from lmforge.inference.recipe import text_reader
     from lmforge.models.loading import resolve_model_path
-    from lmforge.serving.loadtest import bench_serve, format_table, read_texts, write_json
+    from lmforge.serving.loadtest import bench_serve, format_table, write_json
 
-    opts = ReaderOptions(
-        format=args.format or "auto",
-        delimiter=args.delimiter,
-        header=args.header is not False,
-        encoding=args.encoding or "utf-8",
-        text_column=args.text_column or "text",
-        label_column=None,
-    )
-    texts = read_texts(args.texts, opts)
+    texts = read_texts(args.texts, text_reader(_reader_overrides(args)), flag="--texts")
     resolve_model_path(args.model)  # a wrong path fails here, not after a server start
     results = bench_serve(
         args.model,

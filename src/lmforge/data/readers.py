@@ -314,3 +314,39 @@ def read_hf_dataset(
             for v in frame[opts.label_column]
         ]
     return _select_columns(Path(f"{name}[{split}]"), frame, opts, require_label=labeled)
+
+
+def read_texts(source: str | Path, opts: ReaderOptions, flag: str = "--input") -> list[str]:
+    """Texts to run a model on, from ``-`` (standard input) or a plain ``.txt`` file (a line
+    each), else from the text column of a table (CSV, TSV, JSONL, Parquet, ``text@label``
+    lines; ``opts`` says how to read it). Blank lines and empty texts are skipped and counted
+    in a warning; no texts at all is an error. ``flag`` names the option in messages."""
+    import logging
+    import sys
+
+    if str(source) == "-":
+        rows = sys.stdin.read().splitlines()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise LmforgeError(
+                f"{flag} file {path} not found; give a file of texts (a line each, CSV, JSONL, "
+                "or 'text@label' lines with --delimiter @), or - for standard input"
+            )
+        if path.suffix.lower() in (".txt", "") and opts.format == "auto" and not opts.delimiter:
+            rows = decode_file(path, opts.encoding).split("\n")
+            if rows and not rows[-1].strip():
+                rows.pop()  # the newline that ends the last line
+        else:
+            table = read_examples(path, opts, require_label=False)
+            rows = [str(t) for t in table["text"].fillna("")]
+    texts = [row.strip() for row in rows if row.strip()]
+    if not texts:
+        raise LmforgeError(f"no texts in {source}; give one text per line (or a text column)")
+    if len(texts) < len(rows):
+        logging.getLogger(__name__).warning(
+            "skipped %d blank line(s) of %s; each output row carries its text",
+            len(rows) - len(texts),
+            source,
+        )
+    return texts

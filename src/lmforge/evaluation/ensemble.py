@@ -34,7 +34,7 @@ def run_ensemble(
 ) -> dict[str, Any]:
     """Evaluate the probability average of ``models`` on a labeled file (or the first run's own
     ``split``); the members' scores too."""
-    from lmforge.evaluation.recipe import read_table_for
+    from lmforge.runs import read_table_for
 
     if len(models) < 2:
         raise LmforgeError("an ensemble needs at least two runs")

@@ -2,73 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmforge.config import load_config
-from lmforge.data.cleaning import CleaningReport, clean_examples
-from lmforge.data.loading import fingerprint, load_splits, reader_options
 from lmforge.data.readers import ReaderOptions, decode_file, read_examples
 from lmforge.data.token_files import load_token_frame
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
+from lmforge.runs import read_table_for, run_config_for
 from lmforge.tasks.embedding import text_ids
-from lmforge.tasks.registry import get_task
 
 log = logging.getLogger(__name__)
-
-
-def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOptions:
-    """Reading options: the run's own data settings when ``model`` is a run, then overrides."""
-    fields = asdict(
-        reader_options(run_config_for(model).data)
-    )  # the defaults equal ReaderOptions' own
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(fields) - set(ReaderOptions.__dataclass_fields__)
-    if unknown:
-        raise LmforgeError(
-            f"unknown reader option(s) {sorted(unknown)}; "
-            f"valid: {', '.join(ReaderOptions.__dataclass_fields__)}"
-        )
-    return ReaderOptions(**fields)
-
-
-def read_table_for(
-    model: str | Path,
-    data: str | Path | None,
-    overrides: dict[str, Any],
-    labeled: bool = True,
-    split: str | None = None,
-) -> tuple[Any, Any]:
-    """Rows of a file read the way ``model``'s run read its data: (clean frame, cleaning report).
-
-    Rows with empty text (or, when ``labeled``, no label) are dropped and counted;
-    duplicates are kept (an evaluation set is measured as given). With ``split`` instead of
-    ``data``, the run's own validation/test rows (see :func:`read_run_split`).
-    """
-    if split is not None:
-        if data is not None:
-            raise LmforgeError("give either --data FILE or --split, not both")
-        return read_run_split(model, split), CleaningReport()
-    if data is None:
-        raise LmforgeError(
-            "no evaluation data: give --data FILE (or --split validation for a run's own split)"
-        )
-    opts = reader_options_for(model, overrides)
-    frame, report = clean_examples(
-        read_examples(data, opts, require_label=labeled), drop_duplicates=False, has_label=labeled
-    )
-    if report.dropped:
-        log.warning(report.summary(str(data)))
-    if frame.empty:
-        raise LmforgeError(f"{data} has no usable rows ({report.summary(str(data))})")
-    return frame, report
 
 
 def run_evaluation(
@@ -283,57 +231,3 @@ def evaluate_corpus(
     )
     metrics.update(info, data=str(data))
     return metrics
-
-
-def read_run_split(model: str | Path, split: str) -> Any:
-    """A run's own ``split`` rows, derived again from its config.yaml: the same files,
-    cleaning and seeded stratified split as in training (augmentation only ever touches
-    train). An error when ``model`` is no run, or when the rows differ from those the run
-    recorded (``data.fingerprints`` in its metrics.json): the files changed since training."""
-    run_dir = run_dir_for(model)
-    if run_dir is None:
-        raise LmforgeError(
-            f"--split {split} re-reads a run's data, and {model} is no run directory "
-            "(it has no config.yaml); give --data FILE"
-        )
-    cfg = load_config(run_dir / "config.yaml")
-    task = get_task(cfg.task)
-    if not task.scores_texts:
-        raise LmforgeError(
-            f"--split works for text classifiers and regressors; {run_dir} is a "
-            f"{cfg.task.replace('_', ' ')} run: give --data FILE"
-        )
-    frames = load_splits(cfg.data, cfg.training.seed, strata=task.strata).frames
-    if split not in frames:
-        raise LmforgeError(
-            f"{run_dir} has no {split} split (its data.{split}_file and data.{split}_size "
-            "are unset); give --data FILE"
-        )
-    metrics_file = run_dir / "metrics.json"
-    recorded = (
-        json.loads(metrics_file.read_text(encoding="utf-8")).get("data", {})
-        if metrics_file.is_file()
-        else {}
-    )
-    expected = recorded.get("fingerprints", {}).get(split)
-    if expected is not None and expected != fingerprint(frames[split]):
-        raise LmforgeError(
-            f"the {split} split of {run_dir} is not the one it was trained with "
-            f"({len(frames[split])} rows now, {recorded.get('rows', {}).get(split)} then): its data "
-            "files changed; give --data FILE"
-        )
-    return frames[split]
-
-
-def run_dir_for(model: str | Path) -> Path | None:
-    """The run directory of a run (or its model/) directory; None for a bare model directory."""
-    path = Path(model)
-    return next((d for d in (path, path.parent) if (d / "config.yaml").is_file()), None)
-
-
-def run_config_for(model: str | Path) -> Any:
-    """The run's config when ``model`` is a run (or its model/) directory, else the defaults."""
-    from lmforge.config import RunConfig
-
-    run_dir = run_dir_for(model)
-    return load_config(run_dir / "config.yaml") if run_dir else RunConfig()

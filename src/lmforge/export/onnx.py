@@ -77,7 +77,8 @@ def export_onnx(
         metadata: lmforge.json's base (default: the source model's own), to which the ONNX
             format, quantization and input names are added.
     """
-    from lmforge.inference.predictor import Predictor, find_model_dir, read_metadata, write_metadata
+    from lmforge.inference.predictor import Predictor
+    from lmforge.runs import find_model_dir, read_metadata, write_metadata
 
     if quantize not in ("none", "int8"):
         raise LmforgeError(f"unknown quantization '{quantize}' for ONNX; use none or int8")

@@ -32,7 +32,6 @@ from typing import Any
 
 from lmforge.config import RunConfig, load_config
 from lmforge.errors import LmforgeError
-from lmforge.evaluation.recipe import read_table_for, run_dir_for
 from lmforge.export.onnx import export_onnx, plain_model
 from lmforge.export.pruning import (
     parse_prune,
@@ -44,14 +43,16 @@ from lmforge.export.pruning import (
 )
 from lmforge.export.quantize import save_int8
 from lmforge.export.verify import Verification, render_markdown, verify
-from lmforge.inference.predictor import (
+from lmforge.inference.predictor import Predictor
+from lmforge.models.surgery import bert_blocks, head_size
+from lmforge.runs import (
     METADATA_FILE,
-    Predictor,
     find_model_dir,
     read_metadata,
+    read_table_for,
+    run_dir_for,
     write_metadata,
 )
-from lmforge.models.surgery import bert_blocks, head_size
 from lmforge.tasks.registry import get_task
 
 log = logging.getLogger(__name__)
@@ -375,7 +376,8 @@ def stage_config(
 def train_stage(cfg: RunConfig, stage_dir: Path) -> Path:
     """Train ``cfg`` into ``stage_dir`` (resuming an interrupted stage), or reuse a finished one with the
     same settings; return its model directory."""
-    from lmforge.training.recipe import check_same_run, run_training
+    from lmforge.runs import check_same_run
+    from lmforge.training.recipe import run_training
 
     if (stage_dir / "metrics.json").is_file():
         try:
@@ -459,14 +461,14 @@ def scoring_batches(run_dir: Path, predictor: Predictor, labels: list[str]) -> l
     """Labelled batches of the run's training split (a seeded sample), to score heads and neurons."""
     from lmforge.data.batching import length_sorted_batches
     from lmforge.data.loading import load_splits
-    from lmforge.training.recipe import encode_split, task_options
+    from lmforge.runs import task_options
 
     cfg = load_config(run_dir / "config.yaml")
     task = get_task(cfg.task)
     task.configure(task_options(cfg))
     train = load_splits(cfg.data, cfg.training.seed, strata=task.strata).frames["train"]
     train = train.sample(n=min(len(train), SCORING_EXAMPLES), random_state=cfg.training.seed)
-    dataset = encode_split(train, "train", task, predictor.tokenizer, labels, cfg.data.max_length)
+    dataset = task.encode(train, "train", predictor.tokenizer, labels, cfg.data.max_length)
     collate = dataset.collator(predictor.tokenizer.pad_token_id or 0, None)
     return [
         collate([dataset[i] for i in batch]) for batch in length_sorted_batches(dataset.lengths, 32)

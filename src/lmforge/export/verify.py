@@ -134,7 +134,7 @@ def verify(
     evaluation texts and compare them; ``passed`` is False when the export loses more than
     ``tolerance`` points of ``metric``."""
     from lmforge.devices import resolve_precision
-    from lmforge.inference.predictor import find_model_dir, read_metadata
+    from lmforge.runs import find_model_dir, read_metadata
     from lmforge.tasks.registry import get_task
 
     say = progress or log.info

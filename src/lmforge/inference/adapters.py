@@ -18,9 +18,10 @@ import torch
 
 from lmforge.devices import resolve_device, resolve_precision
 from lmforge.errors import LmforgeError
-from lmforge.inference.predictor import Predictor, find_model_dir, read_metadata
+from lmforge.inference.predictor import Predictor
 from lmforge.methods import adapter_handler
 from lmforge.models.loading import ADAPTER_CONFIG, load_tokenizer
+from lmforge.runs import find_model_dir, read_metadata
 from lmforge.tasks.registry import get_task
 
 if TYPE_CHECKING:

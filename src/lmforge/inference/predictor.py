@@ -7,7 +7,6 @@ input order.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,33 +20,10 @@ from lmforge.data.tokenization import tokenize, tokenize_words
 from lmforge.devices import resolve_device, resolve_precision
 from lmforge.errors import LmforgeError
 from lmforge.inference.forward import collect_logits
-from lmforge.models.loading import load_tokenizer, metadata_path, resolve_model_path
+from lmforge.models.loading import load_tokenizer
+from lmforge.runs import METADATA_FILE, find_model_dir, read_metadata
 from lmforge.tasks.registry import TASK_NAMES, get_task, task_of_architecture
 from lmforge.tasks.token_classification import word_logits
-
-METADATA_FILE = "lmforge.json"
-
-
-def find_model_dir(path: str | Path) -> Path:
-    """The model directory of a run directory or a model directory; 'default' and hub ids resolve too
-    (a path that looks local but does not exist is a one-line error)."""
-    return Path(resolve_model_path(str(path)))
-
-
-def read_metadata(model_dir: Path) -> dict[str, Any]:
-    """lmforge's own notes saved beside the model (task, max_length, base model)."""
-    file = metadata_path(model_dir)
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LmforgeError(f"{file} is corrupt; delete it to fall back to defaults") from None
-
-
-def write_metadata(model_dir: Path, meta: dict[str, Any]) -> None:
-    """Write lmforge's notes beside a model (the counterpart of :func:`read_metadata`)."""
-    (Path(model_dir) / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 class Predictor:

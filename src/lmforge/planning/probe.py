@@ -59,7 +59,8 @@ def loss_forward(model: torch.nn.Module, batches: Any, device: str) -> None:
 
 
 def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
-    from lmforge.training.recipe import make_train_loader, prepare_run, save_model
+    from lmforge.runs import save_model
+    from lmforge.training.setup import make_train_loader, prepare_run
 
     setup = prepare_run(cfg)
     device, accelerator = setup.device, setup.accelerator

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from lmforge.errors import LmforgeError
 from lmforge.generation.generate import GenerationOptions
 from lmforge.serving.batching import MicroBatcher, QueueFull
+from lmforge.serving.config import ServeSettings
 from lmforge.serving.generation import (
     AnswerShape,
     ChatShape,
@@ -52,7 +53,7 @@ from lmforge.serving.protocol import (
     TextsRequest,
 )
 from lmforge.serving.reload import ModelWatcher, reload_model
-from lmforge.serving.security import ApiKeys, RateLimit, RateLimiter, mask_pii
+from lmforge.serving.security import RateLimiter, mask_pii
 from lmforge.serving.telemetry import Metrics, log_access, new_request_id
 
 log = logging.getLogger(__name__)
@@ -68,33 +69,6 @@ SSE_RESPONSE = {
         "`data: [DONE]`.",
     }
 }
-
-
-@dataclass
-class ServeSettings:
-    """How the service guards itself and batches (the ``lmforge serve`` flags)."""
-
-    keys: ApiKeys = field(default_factory=ApiKeys)
-    rate_limit: RateLimit | None = None
-    max_body_bytes: int = 1_000_000
-    max_texts: int = 256
-    max_chars: int = 20_000
-    mask_inputs: bool = False
-    cors_origins: list[str] = field(default_factory=list)
-    max_batch_size: int = 32  # texts gathered into one model call
-    forward_batch_size: int | None = (
-        None  # texts per forward pass within it (None: CPU_FORWARD_BATCH on a CPU)
-    )
-    model_threads: int = (
-        1  # batches of a CPU model that run at once (recipe.model_threads picks it)
-    )
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
-    max_new_tokens: int = 512  # cap on the tokens one generation request may ask for
-    max_generation_queue: int = 64  # generation requests that may wait per model
-    reload_interval: float = (
-        0.0  # seconds between checks of the model directories (0: no hot reload)
-    )
 
 
 @dataclass
@@ -178,7 +152,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
                 settings.max_wait_ms,
                 settings.max_queue,
                 on_batch=_batch_metrics(metrics, served.name),
-                concurrency=settings.model_threads if on_cpu else 1,
+                concurrency=(settings.model_threads or 1) if on_cpu else 1,
             )
             served.batcher.start()
         if settings.reload_interval > 0:
@@ -633,7 +607,9 @@ def _runner(served: ServedModel, settings: ServeSettings) -> Any:
 
     def run(texts: list[str], pairs: list[str] | None) -> list[Any]:
         predictor = (
-            _thread_copy(own, served.predictor) if settings.model_threads > 1 else served.predictor
+            _thread_copy(own, served.predictor)
+            if (settings.model_threads or 1) > 1
+            else served.predictor
         )
         size = settings.forward_batch_size or (
             CPU_FORWARD_BATCH if getattr(predictor, "device", "cpu") == "cpu" else len(texts)

@@ -443,27 +443,3 @@ def write_json(results: Sequence[LoadResult], path: str | Path) -> Path:
     payload = {"servers": [r.as_dict() for r in results], **comparison(results)}
     out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return out
-
-
-def read_texts(path: str | Path, opts: Any) -> list[str]:
-    """The texts to send: a line each from a plain ``.txt`` file, else the text column of a table or
-    of ``text@label`` lines (``opts`` is a :class:`~lmforge.data.readers.ReaderOptions`)."""
-    from lmforge.data.readers import decode_file, read_examples
-
-    path = Path(path)
-    if not path.is_file():
-        raise LmforgeError(
-            f"--texts file {path} not found; give a file of texts (a line each, CSV, JSONL, "
-            "or 'text@label' lines with --delimiter @)"
-        )
-    if path.suffix.lower() in (".txt", "") and opts.format == "auto" and not opts.delimiter:
-        texts = [line.strip() for line in decode_file(path, opts.encoding).splitlines()]
-    else:
-        texts = [
-            str(t).strip()
-            for t in read_examples(path, opts, require_label=False)["text"].fillna("")
-        ]
-    texts = [t for t in texts if t]
-    if not texts:
-        raise LmforgeError(f"no texts in {path}; give at least one")
-    return texts

@@ -25,7 +25,7 @@ def create_app(model: str) -> FastAPI:
     """The baseline service for ``model`` (a run directory resolves to its ``model/``)."""
     from transformers import pipeline
 
-    from lmforge.inference.predictor import find_model_dir
+    from lmforge.runs import find_model_dir
 
     model_dir = str(find_model_dir(model))
     classifier = pipeline("text-classification", model=model_dir, tokenizer=model_dir, top_k=None)

@@ -98,13 +98,13 @@ def _number(args: dict[str, Any], key: str, kind: type, default: float) -> float
 def parse_args(args: dict[str, Any]) -> tuple[ReplicaResources, ServeConfig]:
     """The replicas' size and the service's :class:`~lmforge.serving.config.ServeConfig`, from
     ``serve run`` arguments (all strings) or a Serve config file's ``args:`` (typed YAML)."""
-    from lmforge.serving.config import ServeConfig, load_serve_config
+    from lmforge.serving.config import load_serve_config, setting_names
 
     resources_keys = [f.name for f in ReplicaResources.__dataclass_fields__.values()]
     known = [
         "config",
         *resources_keys,
-        *(k for k in ServeConfig.model_fields if k not in NOT_ON_RAY),
+        *(k for k in setting_names() if k not in NOT_ON_RAY),
     ]
     for key in args:
         if key in NOT_ON_RAY:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LmforgeError
-from lmforge.serving.app import ServedModel, ServeSettings, create_app
-from lmforge.serving.config import ServeConfig
+from lmforge.serving.app import ServedModel, create_app
+from lmforge.serving.config import ServeConfig, ServeSettings
 from lmforge.serving.reload import own_weights
 from lmforge.serving.security import ApiKeys
 from lmforge.serving.telemetry import MULTIPROC_ENV, mask_all_logs
@@ -48,7 +48,7 @@ def model_name(spec: str) -> tuple[str, str]:
 def check_models(specs: list[str]) -> list[tuple[str, str]]:
     """(name, path) of every model, names unique and each of a task the service answers, read
     from the directories' metadata without loading any weights."""
-    from lmforge.inference.predictor import find_model_dir, read_metadata
+    from lmforge.runs import find_model_dir, read_metadata
     from lmforge.tasks.registry import TASK_NAMES, get_task, task_of_architecture
 
     named: dict[str, str] = {}

@@ -67,7 +67,8 @@ def reload_model(served: ServedModel, load: Callable[..., Predictor] | None = No
     Runs in a worker thread; the swap is one attribute assignment, which the batcher and the
     generation worker read once per batch.
     """
-    from lmforge.inference.predictor import Predictor, find_model_dir
+    from lmforge.inference.predictor import Predictor
+    from lmforge.runs import find_model_dir
 
     model_dir = find_model_dir(served.path)
     seen = fingerprint(model_dir)
@@ -141,7 +142,7 @@ class ModelWatcher:
 
     @staticmethod
     def _current(served: ServedModel) -> Fingerprint:
-        from lmforge.inference.predictor import find_model_dir
+        from lmforge.runs import find_model_dir
 
         try:
             return fingerprint(find_model_dir(served.path))

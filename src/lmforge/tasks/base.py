@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from lmforge.data.batching import EncodedDataset
     from lmforge.inference.predictor import Predictor
 
 
@@ -125,6 +126,13 @@ class Task:
         split's texts were tokenized for training: the saved tokenizer hits the same cache."""
         pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
         return predictor.logits(frame["text"].tolist(), batch_size, use_cache=True, pairs=pairs)
+
+    def rows_outputs(
+        self, logits: np.ndarray, dataset: EncodedDataset, rows: np.ndarray
+    ) -> np.ndarray:
+        """The model's raw logits of ``dataset``'s ``rows`` (in that order) as
+        ``compute_metrics`` reads them (NER: per word, not per sub-token)."""
+        return logits
 
     # --- model ----------------------------------------------------------------------------
     def load_model(

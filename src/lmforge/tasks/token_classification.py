@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmforge.data.batching import IGNORE_INDEX, ragged
+from lmforge.data.batching import IGNORE_INDEX, EncodedDataset, ragged
 from lmforge.errors import LmforgeError
 from lmforge.tasks.base import Task
 
@@ -169,6 +169,14 @@ class TokenClassification(Task):
     def split_outputs(self, predictor: Any, frame: Any, batch_size: int) -> np.ndarray:
         """Word logits of a split's sentences."""
         return predictor.word_logits(frame["tokens"].tolist(), batch_size, use_cache=True)
+
+    def rows_outputs(
+        self, logits: np.ndarray, dataset: EncodedDataset, rows: np.ndarray
+    ) -> np.ndarray:
+        """Per sub-token logits of ``rows`` -> per word (each word's first sub-token), as the
+        final evaluation scores them."""
+        lengths = [len(row) for row in dataset.labels[rows]]
+        return word_logits(logits, dataset.word_ids[rows], lengths)
 
     def strata(self, labels: Sequence[Sequence[str]]) -> list[str]:
         """Carved validation/test sets keep the share of sentences that mention an entity."""
