@@ -21,17 +21,32 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from lmforge.config import RunConfig
+
 
 def train(
     config: str | Path | dict[str, Any],
     overrides: list[str] | None = None,
     output_dir: str | Path | None = None,
 ) -> Path:
-    """Fine-tune a model from a YAML config (or dict); return the run directory."""
+    """Train a model from a YAML config (or dict); return the run directory."""
     from lmforge.config import load_config
+
+    return run(load_config(config, overrides or []), output_dir=output_dir)
+
+
+def run(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool | None = None) -> Path:
+    """Run a validated config with its recipe (what ``lmforge train`` does): the pretraining
+    recipe for language-model tasks (raw text, conversations), the fine-tuning recipe else."""
+    from lmforge.tasks.registry import get_task
+
+    if get_task(cfg.task).language_modeling:
+        from lmforge.pretraining.recipe import run_pretraining
+
+        return run_pretraining(cfg, output_dir=output_dir, resume=resume)
     from lmforge.training.recipe import run_training
 
-    return run_training(load_config(config, overrides or []), output_dir=output_dir)
+    return run_training(cfg, output_dir=output_dir, resume=resume)
 
 
 def evaluate(model: str | Path, data: str | Path, **reader_options: Any) -> dict[str, Any]:
@@ -65,7 +80,7 @@ def export(model: str | Path, output: str | Path, **options: Any) -> dict[str, A
     return run_export(model, output, ExportOptions(**options)).as_dict()
 
 
-__all__ = ["LmforgeError", "__version__", "evaluate", "export", "predict", "train"]
+__all__ = ["LmforgeError", "__version__", "evaluate", "export", "predict", "run", "train"]
 
 
 def __getattr__(name: str) -> Any:

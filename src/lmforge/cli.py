@@ -641,9 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lmforge import run
     from lmforge.config import load_config
     from lmforge.runs import default_run_dir
-    from lmforge.training.recipe import run_training
 
     if args.resume:
         if args.config or args.continue_from:
@@ -696,7 +696,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.ray_address,
         )
     else:
-        run_dir = run_training(cfg, output_dir=run_dir, resume=resume)
+        run_dir = run(cfg, output_dir=run_dir, resume=resume)  # the task's recipe
     # Rank 0 of a run started by torchrun or Ray reports; under `--nproc` the launcher does.
     if (
         (run_dir / "metrics.json").is_file()

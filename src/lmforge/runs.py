@@ -327,7 +327,7 @@ def save_model(
         "task": cfg.task,
         "labels": label_names,
         # whether the model scores a pair of texts (a bi-encoder embeds one text at a time)
-        "text_pairs": cfg.data.text_pair_column is not None and cfg.task != "embedding",
+        "text_pairs": cfg.data.text_pair_column is not None and get_task(cfg.task).scores_pairs,
         **task_options(cfg),
         "base_model": (
             f"from_scratch:{cfg.model.from_scratch.arch}"

@@ -2,7 +2,7 @@
 
 Ray Train's ``TorchTrainer`` places the workers (CPUs, GPUs) on the cluster, sets up the
 torch process group (gloo on CPU, NCCL on GPU) and the standard ``RANK``/``WORLD_SIZE``
-variables; each worker then runs :func:`lmforge.training.recipe.run_training` exactly as a
+variables; each worker then runs the config's recipe (:func:`lmforge.run`) exactly as a
 torchrun process would. Checkpoints, the model and the report go to the run directory,
 which on a multi-node cluster must be a path every node sees (a shared filesystem).
 """
@@ -108,9 +108,9 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def _worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: the process group is up; run the recipe like a torchrun process."""
+    from lmforge import run
     from lmforge.logs import setup_logging
-    from lmforge.training.recipe import run_training
 
     setup_logging(verbose=False, quiet=int(os.environ.get("RANK", "0")) > 0)
     cfg = RunConfig.model_validate(loop_config["config"])
-    run_training(cfg, loop_config["output_dir"], loop_config["resume"])
+    run(cfg, loop_config["output_dir"], loop_config["resume"])

@@ -38,13 +38,6 @@ SAMPLE_TEXTS = (
     "The company said that sales fell.",
     "ok",
 )
-# Tasks whose model is a Hugging Face encoder with a `logits` output of fixed meaning.
-ONNX_TASKS = (
-    "sequence_classification",
-    "regression",
-    "multi_label_classification",
-    "token_classification",
-)
 
 
 @dataclass
@@ -83,7 +76,7 @@ def export_onnx(
     if quantize not in ("none", "int8"):
         raise LmforgeError(f"unknown quantization '{quantize}' for ONNX; use none or int8")
     predictor = Predictor.load(model_dir, device="cpu", precision="fp32")
-    if predictor.task.name not in ONNX_TASKS:
+    if not predictor.task.onnx_exportable:
         raise LmforgeError(
             f"ONNX export covers classifiers, regressors and taggers; {model_dir} is a "
             f"{predictor.task.name.replace('_', ' ')} model: export it with --format hf"

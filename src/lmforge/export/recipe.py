@@ -44,6 +44,7 @@ from lmforge.export.pruning import (
 from lmforge.export.quantize import save_int8
 from lmforge.export.verify import Verification, render_markdown, verify
 from lmforge.inference.predictor import Predictor
+from lmforge.methods.registry import get_method
 from lmforge.models.surgery import bert_blocks, head_size
 from lmforge.runs import (
     METADATA_FILE,
@@ -361,10 +362,8 @@ def stage_config(
     stage is reused only when it matches, and ``start`` alone (a path) would not tell."""
     cfg = load_config(run_dir / "config.yaml")
     cfg.name = name
-    if cfg.method.name not in (
-        "full",
-        "freeze",
-    ):  # an adapter's learning rate is far too high for all weights
+    if not get_method(cfg.method.name).trains_base_weights:
+        # an adapter's learning rate is far too high for all weights
         cfg.training.learning_rate = RunConfig().training.learning_rate
     cfg.model.name_or_path = str(start)
     cfg.training.epochs = epochs or cfg.training.epochs

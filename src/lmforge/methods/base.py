@@ -61,6 +61,8 @@ class Method:
     """FSDP may shard it: every weight trains, so the full state dict is the result."""
     keeps_sparsity: bool = False
     """``training.keep_sparsity`` fits: the pruned weights themselves train (no dense delta)."""
+    trains_base_weights: bool = False
+    """The base model's own weights train (at a full fine-tuning learning rate), not an adapter."""
     continues_adapter: bool = False
     """A parent run of the same method continues by training its ``adapter/`` further."""
     updates_after_step: bool = False

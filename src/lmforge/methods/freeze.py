@@ -44,6 +44,7 @@ class Freeze(Method):
     name = "freeze"
     options_class = FreezeOptions
     keeps_sparsity = True  # the weights that train are the pruned ones themselves
+    trains_base_weights = True
 
     def apply(self, model: PreTrainedModel, setting: MethodSetting) -> PreTrainedModel:
         # models.structure imports torch: not on the config-validation path.

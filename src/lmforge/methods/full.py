@@ -51,6 +51,7 @@ class FullFineTuning(Method):
     options_class = FullOptions
     shardable = True  # the full state dict is the whole result, so FSDP shards can gather it
     keeps_sparsity = True  # the pruned weights themselves train: their masks can hold them at 0
+    trains_base_weights = True
 
     def apply(self, model: PreTrainedModel, setting: MethodSetting) -> PreTrainedModel:
         for p in model.parameters():

@@ -166,8 +166,6 @@ def setting_names() -> list[str]:
     return [*own, *(name for name in ServeSettings.model_fields if name not in NOT_SETTINGS)]
 
 
-
-
 def load_serve_config(path: str | None, flags: dict[str, Any]) -> ServeConfig:
     """``path``'s settings (if given) with ``flags`` (those not None) on top, validated."""
     from lmforge.config.errors import format_validation_error

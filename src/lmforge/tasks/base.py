@@ -17,6 +17,10 @@ The flags say what a task can do, so that recipes ask the task instead of branch
 - ``soft_targets``: what distillation and ensembles compare: "softmax" (class
   probabilities), "sigmoid" (per-label probabilities), "value" (a number), or None.
 - ``endpoint``: the serving endpoint (``/v1/<endpoint>``), or None when it is not served.
+- ``onnx_exportable``: the model is a plain Hugging Face model whose ``logits`` output is the
+  answer, so an ONNX graph of it serves the task (classifiers, regressors, taggers).
+- ``scores_pairs``: with a text pair column, the model reads both texts as one input (a
+  cross-encoder); False where pairs are something else (the embedding task's positives).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class Task:
     smoothable: ClassVar[bool] = False
     soft_targets: ClassVar[str | None] = None
     endpoint: ClassVar[str | None] = None
+    scores_pairs: ClassVar[bool] = True
+    onnx_exportable: ClassVar[bool] = False
 
     # Embedding rows this task added to the tokenizer (chat markers): adapter methods train them.
     new_token_ids: Sequence[int] = ()

@@ -77,6 +77,7 @@ class Embedding(Task):
     name = "embedding"
     peft_task_type = None  # PEFT wraps the encoder inside the bi-encoder as a plain module
     labeled = False  # pairs, not labels
+    scores_pairs = False  # a text pair is a training positive; each text is embedded alone
     endpoint = "embed"
 
     def __init__(self) -> None:

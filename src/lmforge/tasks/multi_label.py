@@ -48,6 +48,7 @@ class MultiLabelClassification(Task):
     name = "multi_label_classification"
     peft_task_type = "SEQ_CLS"
     endpoint = "classify"
+    onnx_exportable = True
     soft_targets = "sigmoid"  # what distillation matches (training/distillation.py)
 
     def __init__(self) -> None:

@@ -34,6 +34,7 @@ class Regression(Task):
     name = "regression"
     peft_task_type = "SEQ_CLS"
     endpoint = "score"
+    onnx_exportable = True
     soft_targets = "value"  # what distillation matches (training/distillation.py)
 
     def configure(self, options: dict[str, Any]) -> None:

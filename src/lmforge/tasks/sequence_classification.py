@@ -31,6 +31,7 @@ class SequenceClassification(Task):
     peft_task_type = "SEQ_CLS"
     smoothable = True  # one class per target: label smoothing applies
     endpoint = "classify"
+    onnx_exportable = True
     soft_targets = "softmax"  # what distillation matches (training/distillation.py)
 
     def configure(self, options: dict[str, Any]) -> None:

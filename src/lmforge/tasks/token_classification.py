@@ -81,6 +81,7 @@ class TokenClassification(Task):
     word_level = True
     smoothable = True  # one class per target: label smoothing applies
     endpoint = "tag"
+    onnx_exportable = True
     soft_targets = "softmax"  # per labelled sub-token (training/distillation.py)
 
     def __init__(self) -> None:

@@ -6,7 +6,6 @@ start here.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,29 +330,6 @@ def make_accelerator(precision: str, device: str) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(mixed_precision=precision, cpu=device == "cpu")
-
-
-def resolve_auto_batch(
-    cfg: RunConfig, resumed_run: Path | None
-) -> tuple[RunConfig, dict[str, Any]]:
-    """``batch_size: auto``: the planner's measured choice (or, on resume, the choice the run made)."""
-    from lmforge.planning.planner import plan_training
-
-    if resumed_run is not None and (resumed_run / "plan.json").is_file():
-        plan = json.loads((resumed_run / "plan.json").read_text(encoding="utf-8"))
-    else:
-        plan = plan_training(cfg).as_dict()
-    choice = plan["recommendation"]
-    resolved = cfg.model_copy(deep=True)
-    resolved.training.batch_size = choice["batch_size"]
-    resolved.training.gradient_accumulation_steps = choice["gradient_accumulation_steps"]
-    log.info(
-        "batch_size auto: %d x %d accumulation (planner: %s)",
-        choice["batch_size"],
-        choice["gradient_accumulation_steps"],
-        choice["reason"],
-    )
-    return resolved, plan
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:

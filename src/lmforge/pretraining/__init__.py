@@ -1,0 +1,1 @@
+"""Language-model training on raw text or conversations (see recipe.py)."""
