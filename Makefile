@@ -28,7 +28,8 @@ demo: $(VENV)/.installed
 
 ## make test: install with test extras, lint, run the default (fast) test suite
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
 ## make bench: lmforge vs HF Trainer / pipeline on Financial PhraseBank (needs ../shared/data; ~1 h on 2 cores)
@@ -38,11 +39,12 @@ bench: $(VENV)/.installed-test
 		--out benchmarks/results/speed_financial_phrasebank.json
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.unit
 PACKAGE = Path(lmforge.__file__).parent
 
 # Entry points start recipes: the CLI, the Python API (lmforge.run picks a config's recipe; the
-# Ray workers call it) and Ray Serve's app builder. The export recipe's distil and recover stages are fine-tuning runs: it calls the
+# Ray workers call it) and Ray Serve's app builder. The export recipe's distil and recover stages
+# are fine-tuning runs: it calls the
 # fine-tuning recipe's entry point, run_training, and nothing else of it.
 MAY_IMPORT_RECIPES = {
     "lmforge": None,

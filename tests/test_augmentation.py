@@ -7,10 +7,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from lmforge.config.schema import AugmentConfig
 from lmforge.data.augmentation import (
     PERTURBATIONS,
-    AugmentConfig,
     EmbeddingNeighbours,
     augment_rows,
     back_translate,
@@ -144,7 +145,7 @@ def test_labels_are_kept_by_every_operation():
     texts, labels = [" ".join(LONG), "sales missed forecasts badly"], ["positive", "negative"]
     for op in ("swap", "delete", "insert", "synonym"):
         out, out_labels, summary = augment_rows(
-            texts, labels, AugmentConfig((op,), rate=0.2, copies=3), neighbours=synonyms
+            texts, labels, AugmentConfig(operations=[op], rate=0.2, copies=3), neighbours=synonyms
         )
         assert out[:2] == texts and out_labels[:2] == labels, op
         assert summary == {"original": 2, "added": len(out) - 2, "unchanged": 8 - len(out)}, op
@@ -289,8 +290,8 @@ LABELS = ["pos", "neg", 0, "pos"]
 
 
 def test_augment_rows_keeps_originals_first_and_repeats_labels_in_order():
-    config = AugmentConfig(("swap", "delete", "insert", "synonym"), rate=0.3, copies=2, seed=0)
-    texts, labels, summary = augment_rows(TEXTS, LABELS, config, neighbours=synonyms)
+    config = AugmentConfig(operations=["swap", "delete", "insert", "synonym"], rate=0.3, copies=2)
+    texts, labels, summary = augment_rows(TEXTS, LABELS, config, seed=0, neighbours=synonyms)
     assert texts[:4] == TEXTS and labels[:4] == LABELS
     assert summary["original"] == 4 and summary["added"] + summary["unchanged"] == 8
     assert len(texts) == len(labels) == 4 + summary["added"]
@@ -309,7 +310,10 @@ def test_unchanged_copies_are_dropped_and_counted():
     # originals (whitespace aside); a swap of distinct words always changes the sentence.
     originals = ["yes yes", "nothing  known here"]
     texts, labels, summary = augment_rows(
-        originals, [1, 0], AugmentConfig(("swap", "synonym"), copies=4), neighbours=synonyms
+        originals,
+        [1, 0],
+        AugmentConfig(operations=["swap", "synonym"], copies=4),
+        neighbours=synonyms,
     )
     assert texts[:2] == originals
     assert 0 < summary["added"] < 4
@@ -317,7 +321,7 @@ def test_unchanged_copies_are_dropped_and_counted():
     assert all(sorted(t.split()) == ["here", "known", "nothing"] for t in texts[2:])
     assert labels == [1, 0] + [0] * summary["added"]
     _, _, summary = augment_rows(
-        originals, [1, 0], AugmentConfig(("synonym",), copies=2), neighbours=synonyms
+        originals, [1, 0], AugmentConfig(operations=["synonym"], copies=2), neighbours=synonyms
     )
     assert summary == {"original": 2, "added": 0, "unchanged": 4}
 
@@ -325,7 +329,10 @@ def test_unchanged_copies_are_dropped_and_counted():
 def test_augment_rows_is_a_function_of_its_inputs_and_seed():
     def run(seed):
         return augment_rows(
-            TEXTS * 3, LABELS * 3, AugmentConfig(("swap", "delete", "insert"), copies=2, seed=seed)
+            TEXTS * 3,
+            LABELS * 3,
+            AugmentConfig(operations=["swap", "delete", "insert"], copies=2),
+            seed,
         )
 
     assert run(0) == run(0)
@@ -334,24 +341,20 @@ def test_augment_rows_is_a_function_of_its_inputs_and_seed():
 
 def test_augment_rows_errors():
     with pytest.raises(LmforgeError, match="'synonym' needs the model's embeddings"):
-        augment_rows(TEXTS, LABELS, AugmentConfig(("synonym",)))
+        augment_rows(TEXTS, LABELS, AugmentConfig(operations=["synonym"]))
     with pytest.raises(LmforgeError, match="4 texts but 3 labels"):
-        augment_rows(TEXTS, LABELS[:3], AugmentConfig(("swap",)))
-    with pytest.raises(
-        LmforgeError,
-        match="'swapp' is unknown \\(did you mean 'swap'\\?\\): use one of swap, "
-        "delete, insert, synonym",
+        augment_rows(TEXTS, LABELS[:3], AugmentConfig(operations=["swap"]))
+    with pytest.raises(LmforgeError, match="augment.operations is empty"):
+        augment_rows(TEXTS, LABELS, AugmentConfig())
+    # The settings are checked where they are read (a run config's augment: section).
+    for bad, message in (
+        ({"operations": ["swapp"]}, "swap"),
+        ({"operations": ["swap", "swap"]}, "lists swap twice"),
+        ({"operations": ["swap"], "rate": 0}, "greater than 0"),
+        ({"operations": ["swap"], "copies": 0}, "greater than or equal to 1"),
     ):
-        AugmentConfig(("swapp",))
-    with pytest.raises(LmforgeError, match="empty"):
-        AugmentConfig(())
-    with pytest.raises(LmforgeError, match="twice"):
-        AugmentConfig(("swap", "swap"))
-    with pytest.raises(LmforgeError, match="rate"):
-        AugmentConfig(("swap",), rate=0)
-    with pytest.raises(LmforgeError, match="copies"):
-        AugmentConfig(("swap",), copies=0)
-    assert AugmentConfig(["swap"]).operations == ("swap",)
+        with pytest.raises(ValidationError, match=message):
+            AugmentConfig(**bad)
 
 
 # ---- perturbations ----

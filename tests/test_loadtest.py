@@ -1,4 +1,5 @@
-"""lmforge bench serve: both servers start, answer under load with no errors, and the report adds up."""
+"""lmforge bench serve: both servers start, answer under load with no errors, and the report adds
+up."""
 
 from __future__ import annotations
 
@@ -89,7 +90,10 @@ def test_a_server_that_dies_is_one_line_with_its_last_words():
     from lmforge.errors import LmforgeError
     from lmforge.serving.loadtest import ServerSpec, started_server, wait_until_ready
 
-    dies = "import sys; print('loading...'); print('lmforge: error: no such model', file=sys.stderr); sys.exit(2)"
+    dies = (
+        "import sys; print('loading...'); "
+        "print('lmforge: error: no such model', file=sys.stderr); sys.exit(2)"
+    )
     spec = ServerSpec("lmforge", lambda port: [sys.executable, "-c", dies])
     with pytest.raises(LmforgeError) as err, started_server(spec) as server:
         wait_until_ready(server, timeout=30)

@@ -345,10 +345,10 @@ def test_chat_fine_tuning_learns_the_answers_and_generates_them(tmp_path, capsys
     # isolation is exact: the packed validation scores what one conversation per row scores
     from lmforge.config import load_config
     from lmforge.inference.predictor import Predictor
-    from lmforge.tasks.language_modeling import bind_tokenizer, evaluate_loss
+    from lmforge.tasks.language_modeling import evaluate_loss
 
     predictor = Predictor.load(lora, device="cpu", precision="fp32")
-    bind_tokenizer(predictor.task, predictor.tokenizer)
+    predictor.task.bind(predictor.tokenizer)
     predictor.task.check_model(predictor.model)
     alone, _ = predictor.task.file_dataset(
         load_config(lora / "config.yaml").data, str(data), predictor.tokenizer
@@ -392,7 +392,8 @@ def test_chat_records_without_an_assistant_turn_fail_in_one_line(tmp_path, capsy
 
 @pytest.mark.slow  # three processes; the planner itself is covered by tests/test_speed.py
 def test_auto_batch_size_plans_a_causal_lm(tmp_path):
-    """The planner measures language-model candidates (blocks from a token file, loss-only evaluation)."""
+    """The planner measures language-model candidates (blocks from a token file, loss-only
+    evaluation)."""
     scratch = {"arch": "llama", "layers": 1, "hidden": 32, "heads": 4, "vocab_size": 300}
     config = _config(
         tmp_path,

@@ -1,4 +1,5 @@
-"""Never lose a run: atomic checkpoints, exact resume after SIGKILL, SIGTERM, corruption, continue."""
+"""Never lose a run: atomic checkpoints, exact resume after SIGKILL, SIGTERM, corruption,
+continue."""
 
 from __future__ import annotations
 

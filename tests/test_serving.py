@@ -1,4 +1,5 @@
-"""lmforge serve: every endpoint behind keys and limits, batching, the queue bound, masking, shutdown."""
+"""lmforge serve: every endpoint behind keys and limits, batching, the queue bound, masking,
+shutdown."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_EXAMPLES = (
     100  # Hypothesis examples per operation and phase; schemathesis adds its own coverage cases
 )
-# the model each endpoint is aimed at (a classifier on /v1/score or /v1/embed is a 422 worth sending too)
+# the model each endpoint is aimed at (a classifier on /v1/score or /v1/embed is a 422 worth
+# sending too)
 MODEL_OF = {"/v1/generate": "lm", "/v1/completions": "lm", "/v1/chat/completions": "lm"}
 # the input forms of which a body takes one (the others: text or texts)
 ONE_OF = {
@@ -49,7 +50,8 @@ CASES: Counter[tuple[str, int]] = Counter()  # (operation, status) -> cases
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    """A tiny Llama with a chat template, saved as a plain Hugging Face directory (no lmforge.json)."""
+    """A tiny Llama with a chat template, saved as a plain Hugging Face directory (no
+    lmforge.json)."""
     return save_tiny_chat_llama(tmp_path_factory.mktemp("fuzz-llama"))
 
 

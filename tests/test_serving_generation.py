@@ -1,4 +1,5 @@
-"""lmforge serve for causal LMs: /v1/generate and the OpenAI-compatible endpoints, whole and streamed."""
+"""lmforge serve for causal LMs: /v1/generate and the OpenAI-compatible endpoints, whole and
+streamed."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    """A tiny Llama with a chat template, saved as a plain Hugging Face directory (no lmforge.json)."""
+    """A tiny Llama with a chat template, saved as a plain Hugging Face directory (no
+    lmforge.json)."""
     return save_tiny_chat_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
@@ -54,7 +56,8 @@ def client(models):
 
 
 def events(response) -> list:
-    """The SSE stream, strictly: every event one `data: ` line and a blank line; JSON but the last."""
+    """The SSE stream, strictly: every event one `data: ` line and a blank line; JSON but the
+    last."""
     assert response.headers["content-type"].startswith("text/event-stream")
     blocks = response.text.split("\n\n")
     assert blocks[-1] == "", "the stream ends with a blank line"
@@ -310,7 +313,8 @@ class _Predictor:
 
 
 def test_a_closed_stream_stops_its_generation_at_the_next_piece():
-    """The client goes away after the first piece: the worker's next write raises, the slot frees."""
+    """The client goes away after the first piece: the worker's next write raises, the slot
+    frees."""
     written = []
 
     def slow_generation(job, stream):

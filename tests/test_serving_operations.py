@@ -1,4 +1,5 @@
-"""lmforge serve operations: serve.yaml with flags on top, hot reload of a model directory, several workers."""
+"""lmforge serve operations: serve.yaml with flags on top, hot reload of a model directory, several
+workers."""
 
 from __future__ import annotations
 

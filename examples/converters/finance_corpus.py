@@ -46,7 +46,8 @@ def main() -> int:
         or not (args.shared / "fomc_statements").is_dir()
     ):
         sys.exit(
-            f"finance_corpus: {args.shared} needs reuters21578/ and fomc_statements/ (see its README)"
+            f"finance_corpus: {args.shared} needs reuters21578/ and fomc_statements/ (see its "
+            "README)"
         )
     docs = documents(args.shared)
     args.out.mkdir(parents=True, exist_ok=True)

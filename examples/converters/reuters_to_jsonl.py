@@ -1,6 +1,7 @@
 """Convert Reuters-21578 SGML to lmforge's JSONL: one news story per row with its topics.
 
-    python examples/converters/reuters_to_jsonl.py ../shared/data/reuters21578 examples/data/reuters_r10.jsonl
+    python examples/converters/reuters_to_jsonl.py \\
+        ../shared/data/reuters21578 examples/data/reuters_r10.jsonl
 
 A small, lenient reader (regular expressions, not an SGML parser): the files are ASCII with
 stray control characters (``&#3;``) and unescaped text, which strict parsers reject. Writes

@@ -72,9 +72,10 @@ def predict(
 
 
 def export(model: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
-    """Export a run (``format="hf"|"onnx"``, ``quantize``, ``distill``, ``prune``, ``recover_epochs``,
-    ``data`` / ``split``, ``tolerance``, ...: the ``lmforge export`` flags) and verify it against the
-    original; return the verification report. Raises ``LmforgeError`` when it fails the tolerance."""
+    """Export a run (``format="hf"|"onnx"``, ``quantize``, ``distill``, ``prune``,
+    ``recover_epochs``, ``data`` / ``split``, ``tolerance``, ...: the ``lmforge export`` flags) and
+    verify it against the original; return the verification report. Raises ``LmforgeError`` when
+    it fails the tolerance."""
     from lmforge.export.recipe import ExportOptions, run_export
 
     return run_export(model, output, ExportOptions(**options)).as_dict()

@@ -290,8 +290,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model",
         nargs="+",
-        help="run directory or Hugging Face model directory; several adapter runs of one base model "
-        "load the base once and predict with each (one key per run, as given, in each line)",
+        help="run directory or Hugging Face model directory; several adapter runs of one base "
+        "model load the base once and predict with each (one key per run, as given, in each line)",
     )
     p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
     p.add_argument("--output", "-o", help="output JSONL file (default: standard output)")
@@ -325,8 +325,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     s = bench.add_parser(
         "serve",
         help="load test `lmforge serve` against a naive transformers.pipeline server",
-        description="Start `lmforge serve MODEL` on a free 127.0.0.1 port, drive it with concurrent "
-        "clients (POST /v1/classify, one text each) for a warm-up and a bounded "
+        description="Start `lmforge serve MODEL` on a free 127.0.0.1 port, drive it with "
+        "concurrent clients (POST /v1/classify, one text each) for a warm-up and a bounded "
         "duration, and report throughput, p50/p95/p99 latency, errors and the "
         "server's memory (RSS and its slope); then the same for a naive FastAPI + "
         "transformers.pipeline server on the same model, and the ratios.",
@@ -338,8 +338,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--texts",
         required=True,
         metavar="FILE",
-        help="texts to send, cycled: a line each (.txt), a table (CSV, TSV, JSONL, Parquet; the text "
-        "column), or 'text@label' lines (--delimiter @)",
+        help="texts to send, cycled: a line each (.txt), a table (CSV, TSV, JSONL, Parquet; the "
+        "text column), or 'text@label' lines (--delimiter @)",
     )
     s.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     s.add_argument(
@@ -396,8 +396,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="compress and export a trained model, verified against the original",
-        description="Write a self-contained model directory (a Hugging Face directory with adapters "
-        "merged, or ONNX), optionally int8, distilled into fewer layers or pruned, and "
+        description="Write a self-contained model directory (a Hugging Face directory with "
+        "adapters merged, or ONNX), optionally int8, distilled into fewer layers or pruned, and "
         "verify it against the original: size, latency p50/p95 at batch 1, throughput, "
         "and the task metric on held-out rows (OUTPUT/export_report.md and .json). An "
         "export that loses more than --tolerance points exits with code 1.",
@@ -613,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge",
         description="Fine-tune, evaluate and run language models from one YAML file.",
-        epilog="Start with `lmforge demo`, then `lmforge train examples/financial_phrasebank.yaml`.",
+        epilog="Start with `lmforge demo`, then `lmforge train "
+        "examples/financial_phrasebank.yaml`.",
     )
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -1106,7 +1107,8 @@ def main(argv: list[str] | None = None) -> int:
             )  # a distributed run resumes with as many processes
             again = f" --nproc {world}" if world > 1 else ""
             print(
-                f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume {stop.run_dir}{again}",
+                f"lmforge: {stop}; checkpoint saved. Resume with: lmforge train --resume "
+                f"{stop.run_dir}{again}",
                 file=sys.stderr,
             )
         return 128 + stop.signum

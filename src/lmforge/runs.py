@@ -58,8 +58,8 @@ METADATA_FILE = "lmforge.json"
 
 
 def find_model_dir(path: str | Path) -> Path:
-    """The model directory of a run directory or a model directory; 'default' and hub ids resolve too
-    (a path that looks local but does not exist is a one-line error)."""
+    """The model directory of a run directory or a model directory; 'default' and hub ids resolve
+    too (a path that looks local but does not exist is a one-line error)."""
     return Path(resolve_model_path(str(path)))
 
 
@@ -193,8 +193,8 @@ def read_run_split(model: str | Path, split: str) -> pd.DataFrame:
     if expected is not None and expected != fingerprint(frames[split]):
         raise LmforgeError(
             f"the {split} split of {run_dir} is not the one it was trained with "
-            f"({len(frames[split])} rows now, {recorded.get('rows', {}).get(split)} then): its data "
-            "files changed; give --data FILE"
+            f"({len(frames[split])} rows now, {recorded.get('rows', {}).get(split)} then): its "
+            "data files changed; give --data FILE"
         )
     return frames[split]
 

@@ -36,7 +36,8 @@ class ModelConfig(_Section):
 
     name_or_path: str = Field(
         DEFAULT_MODEL,
-        description="'default' (the packaged MiniLM-L6), a local Hugging Face directory, or a hub id.",
+        description="'default' (the packaged MiniLM-L6), a local Hugging Face directory, or a hub "
+        "id.",
     )
     revision: str | None = Field(
         None, description="Hub revision (branch, tag or commit) for a hub id."
@@ -46,12 +47,13 @@ class ModelConfig(_Section):
     )
     from_scratch: FromScratchConfig | None = Field(
         None,
-        description="causal_lm / masked_lm: build a new model of this shape instead of loading name_or_path.",
+        description="causal_lm / masked_lm: build a new model of this shape instead of loading "
+        "name_or_path.",
     )
     keep_layers: int | list[int] | None = Field(
         None,
-        description="Keep only some transformer layers of the loaded model: N (evenly spaced, ending with the "
-        "last) or a list of indices; a smaller student for distillation.",
+        description="Keep only some transformer layers of the loaded model: N (evenly spaced, "
+        "ending with the last) or a list of indices; a smaller student for distillation.",
     )
 
     @field_validator("keep_layers")
@@ -115,8 +117,8 @@ class DataConfig(_Section):
 
     train_file: str | None = Field(
         None,
-        description="Training file (CSV, TSV, JSONL, Parquet or delimited text; CoNLL or token JSONL "
-        "for token_classification).",
+        description="Training file (CSV, TSV, JSONL, Parquet or delimited text; CoNLL or token "
+        "JSONL for token_classification).",
     )
     validation_file: str | None = Field(
         None, description="Validation file; carved from train_file when absent."
@@ -129,7 +131,8 @@ class DataConfig(_Section):
     )
     delimiter: str | None = Field(
         None,
-        description="Field delimiter: ',' for CSV, '\\t' for TSV, e.g. '@' for 'sentence@label' lines.",
+        description="Field delimiter: ',' for CSV, '\\t' for TSV, e.g. '@' for 'sentence@label' "
+        "lines.",
     )
     header: bool = Field(
         True, description="Whether CSV/TSV/delimited files start with a header row."
@@ -138,7 +141,8 @@ class DataConfig(_Section):
     text_column: str = Field("text", description="Column holding the input text.")
     text_pair_column: str | None = Field(
         None,
-        description="Column holding the second text of a pair (paraphrase, NLI, question-answer match).",
+        description="Column holding the second text of a pair (paraphrase, NLI, question-answer "
+        "match).",
     )
     negative_column: str | None = Field(
         None,
@@ -157,8 +161,8 @@ class DataConfig(_Section):
     )
     repair_tags: bool = Field(
         True,
-        description="token_classification: repair invalid tag transitions (I-x after O becomes B-x, "
-        "counted and reported); false: reject the file.",
+        description="token_classification: repair invalid tag transitions (I-x after O becomes "
+        "B-x, counted and reported); false: reject the file.",
     )
     label_all_tokens: bool = Field(
         False,
@@ -166,25 +170,26 @@ class DataConfig(_Section):
     )
     documents: Literal["line", "blank_line"] = Field(
         "line",
-        description="causal_lm / masked_lm, plain-text corpora: one document per line, or documents "
-        "separated by blank lines.",
+        description="causal_lm / masked_lm, plain-text corpora: one document per line, or "
+        "documents separated by blank lines.",
     )
     packing: Literal["packed", "documents"] | None = Field(
         None,
-        description="causal_lm / masked_lm: 'packed' (default) cuts the token stream into full blocks of "
-        "max_length; 'documents' gives each document its own (padded) blocks. chat: 'packed' "
-        "puts several whole conversations in one row of up to max_length; 'documents' "
+        description="causal_lm / masked_lm: 'packed' (default) cuts the token stream into full "
+        "blocks of max_length; 'documents' gives each document its own (padded) blocks. chat: "
+        "'packed' puts several whole conversations in one row of up to max_length; 'documents' "
         "(default) one conversation per row.",
     )
     isolate_documents: bool = Field(
         True,
-        description="causal_lm and chat, packed: documents in one row do not attend to each other (where "
-        "the model supports a block-diagonal mask; else the end-of-document token separates them).",
+        description="causal_lm and chat, packed: documents in one row do not attend to each other "
+        "(where the model supports a block-diagonal mask; else the end-of-document token "
+        "separates them).",
     )
     chat_template: str | None = Field(
         None,
-        description="chat / instruction: 'chatml' (lmforge's default, even where the tokenizer has a "
-        "template), a .jinja file, or a Jinja template string; default: the tokenizer's own "
+        description="chat / instruction: 'chatml' (lmforge's default, even where the tokenizer "
+        "has a template), a .jinja file, or a Jinja template string; default: the tokenizer's own "
         "template, else chatml.",
     )
     mlm_probability: float = Field(
@@ -222,7 +227,8 @@ class DataConfig(_Section):
     normalize_whitespace: bool = Field(True, description="Strip and collapse whitespace in texts.")
     drop_duplicates: bool = Field(
         True,
-        description="Drop exact duplicate rows, and every copy of a text seen with conflicting labels.",
+        description="Drop exact duplicate rows, and every copy of a text seen with conflicting "
+        "labels.",
     )
     labels: list[str] | None = Field(
         None,
@@ -247,7 +253,8 @@ class TrainingConfig(_Section):
     )
     batch_size: int | Literal["auto"] = Field(
         32,
-        description="Examples per forward pass, all processes together (each of N processes takes 1/N); 'auto': measured by the planner (see `lmforge plan`).",
+        description="Examples per forward pass, all processes together (each of N processes takes "
+        "1/N); 'auto': measured by the planner (see `lmforge plan`).",
     )
     effective_batch_size: int = Field(
         32,
@@ -257,7 +264,8 @@ class TrainingConfig(_Section):
     )
     memory_budget: str | None = Field(
         None,
-        description="Memory a run may use, e.g. '8GB'; for batch_size: auto. Default: 90% of free RAM or GPU memory.",
+        description="Memory a run may use, e.g. '8GB'; for batch_size: auto. Default: 90% of free "
+        "RAM or GPU memory.",
     )
     eval_batch_size: int = Field(
         64, ge=1, le=65_536, description="Examples per forward pass at evaluation."
@@ -293,8 +301,8 @@ class TrainingConfig(_Section):
     )
     metric: str | None = Field(
         None,
-        description="Validation metric for choosing the best model and early stopping; default: the task's "
-        "first (macro_f1 for classification, spearman for regression, f1 for NER).",
+        description="Validation metric for choosing the best model and early stopping; default: "
+        "the task's first (macro_f1 for classification, spearman for regression, f1 for NER).",
     )
     early_stopping_patience: int | None = Field(
         None,
@@ -305,13 +313,15 @@ class TrainingConfig(_Section):
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
     group_by_length: bool = Field(
         True,
-        description="Batch examples of similar length together (little padding); batches stay shuffled.",
+        description="Batch examples of similar length together (little padding); batches stay "
+        "shuffled.",
     )
     group_window: int = Field(
         50,
         ge=2,
         le=10_000,
-        description="With group_by_length: batches per sorting window (smaller: more random batches, more padding).",
+        description="With group_by_length: batches per sorting window (smaller: more random "
+        "batches, more padding).",
     )
     gradient_checkpointing: bool = Field(
         False,
@@ -319,7 +329,8 @@ class TrainingConfig(_Section):
     )
     fast_dropout: bool = Field(
         True,
-        description="CPU: draw dropout masks 4 elements per random word (same semantics, ~2x cheaper).",
+        description="CPU: draw dropout masks 4 elements per random word (same semantics, ~2x "
+        "cheaper).",
     )
     compile: bool = Field(
         False,
@@ -333,8 +344,8 @@ class TrainingConfig(_Section):
     )
     keep_sparsity: bool = Field(
         False,
-        description="Weights of the transformer layers that are exactly zero at the start stay zero "
-        "(recovery fine-tuning of a pruned model).",
+        description="Weights of the transformer layers that are exactly zero at the start stay "
+        "zero (recovery fine-tuning of a pruned model).",
     )
 
     @field_validator("batch_size", mode="before")
@@ -358,7 +369,8 @@ class TrainingConfig(_Section):
     @field_validator("eval_strategy", mode="before")
     @classmethod
     def _yaml11_no(cls, value: Any) -> Any:
-        # lmforge's own loader keeps `no` as text; a dict parsed elsewhere (yaml.safe_load) has False.
+        # lmforge's own loader keeps `no` as text; a dict parsed elsewhere (yaml.safe_load) has
+        # False.
         return "no" if value is False else value
 
     @model_validator(mode="after")
@@ -391,8 +403,8 @@ class DistributedConfig(_Section):
 
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
-        description="'ddp': every process holds the model; 'fsdp': parameters, gradients and optimizer "
-        "state are sharded over the processes (method: full).",
+        description="'ddp': every process holds the model; 'fsdp': parameters, gradients and "
+        "optimizer state are sharded over the processes (method: full).",
     )
     cpu_offload: bool = Field(
         False,
@@ -472,8 +484,8 @@ class RegularizationConfig(_Section):
     )
     adversarial: Literal["none", "fgm", "pgd"] = Field(
         "none",
-        description="Adversarial training on the embeddings: fgm (one extra forward/backward per batch) "
-        "or pgd (adversarial_steps extra).",
+        description="Adversarial training on the embeddings: fgm (one extra forward/backward per "
+        "batch) or pgd (adversarial_steps extra).",
     )
     adversarial_epsilon: float = Field(
         0.2,
@@ -503,6 +515,14 @@ class AugmentConfig(_Section):
         "Helsinki-NLP/opus-mt-de-en): one back-translated copy per training text.",
     )
 
+    @field_validator("operations")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        twice = sorted({op for op in value if value.count(op) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} twice: list each operation once")
+        return value
+
     @field_validator("back_translation")
     @classmethod
     def _two_models(cls, value: list[str] | None) -> list[str] | None:
@@ -512,11 +532,13 @@ class AugmentConfig(_Section):
 
 
 class DistillationConfig(_Section):
-    """Knowledge distillation: learn from a trained teacher's soft predictions as well as the labels."""
+    """Knowledge distillation: learn from a trained teacher's soft predictions as well as the
+    labels."""
 
     teacher: str | None = Field(
         None,
-        description="Run or model directory of the teacher (same task, labels and tokenizer); empty: off.",
+        description="Run or model directory of the teacher (same task, labels and tokenizer); "
+        "empty: off.",
     )
     temperature: float = Field(
         2.0,

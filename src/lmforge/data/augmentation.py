@@ -30,7 +30,6 @@ import logging
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +38,8 @@ from lmforge.errors import LmforgeError, did_you_mean
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from lmforge.config.schema import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -477,57 +478,12 @@ def candidate_words(vocab: dict[str, int], special: set[str]) -> tuple[list[str]
 # ---- augmenting rows ----
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """What :func:`augment_rows` does.
-
-    Attributes:
-        operations: EDA operations to draw from, a subset of ``OPERATIONS``: "swap",
-            "delete", "insert", "synonym". Each augmented copy applies one of them,
-            chosen at random.
-        rate: EDA's alpha, the share of a sentence's words changed: an operation touches
-            ``max(1, round(rate * len(words)))`` words (deletion drops each word with
-            probability ``rate``). Wei & Zou found 0.1 a good default.
-        copies: Augmented copies made per original row.
-        seed: Seed of the one random generator behind all copies.
-    """
-
-    operations: tuple[str, ...]
-    rate: float = 0.1
-    copies: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        operations = (
-            (self.operations,) if isinstance(self.operations, str) else tuple(self.operations)
-        )
-        object.__setattr__(self, "operations", operations)
-        if not operations:
-            raise LmforgeError(
-                f"augmentation operations is empty: list one or more of {', '.join(OPERATIONS)}"
-            )
-        for op in operations:
-            if op not in OPERATIONS:
-                raise LmforgeError(
-                    f"augmentation operation '{op}' is unknown{did_you_mean(op, OPERATIONS)}: "
-                    f"use one of {', '.join(OPERATIONS)}"
-                )
-            if operations.count(op) > 1:
-                raise LmforgeError(
-                    f"augmentation operations lists '{op}' twice: list each operation once"
-                )
-        if not 0 < self.rate <= 1:
-            raise LmforgeError(
-                f"augmentation rate is {self.rate}: use a share of words in (0, 1], e.g. 0.1"
-            )
-        if not isinstance(self.copies, int) or self.copies < 1:
-            raise LmforgeError(
-                f"augmentation copies is {self.copies}: use a whole number of copies >= 1"
-            )
-
-
 def augment_rows(
-    texts: list[str], labels: list, config: AugmentConfig, neighbours: SynonymFn | None = None
+    texts: list[str],
+    labels: list,
+    config: AugmentConfig,
+    seed: int = 0,
+    neighbours: SynonymFn | None = None,
 ) -> tuple[list[str], list, dict[str, int]]:
     """Add ``config.copies`` EDA-augmented copies of every training row.
 
@@ -541,7 +497,10 @@ def augment_rows(
         texts: The training texts; apply this to the training split only, never to the
             data a model is evaluated on.
         labels: Their labels, any type, one per text.
-        config: Which operations, how strong, how many copies, which seed.
+        config: Which operations, how strong (EDA's alpha: the share of a sentence's words an
+            operation touches, at least one; deletion drops each word with that
+            probability), how many copies: the ``augment:`` section of a run config.
+        seed: Seed of the one random generator behind all copies.
         neighbours: A synonym function, e.g. ``EmbeddingNeighbours.from_model(model,
             tokenizer)``; needed for "synonym", used by "insert" when given.
 
@@ -554,12 +513,16 @@ def augment_rows(
         raise LmforgeError(
             f"augmentation got {len(texts)} texts but {len(labels)} labels: pass one label per text"
         )
+    if not config.operations:
+        raise LmforgeError(
+            f"augment.operations is empty: list one or more of {', '.join(OPERATIONS)}"
+        )
     if "synonym" in config.operations and neighbours is None:
         raise LmforgeError(
             "augmentation operation 'synonym' needs the model's embeddings: pass "
             "neighbours=EmbeddingNeighbours.from_model(model, tokenizer) or drop 'synonym'"
         )
-    rng = random.Random(config.seed)
+    rng = random.Random(seed)
     out_texts, out_labels = list(texts), list(labels)
     unchanged = 0
     for text, label in zip(texts, labels, strict=True):

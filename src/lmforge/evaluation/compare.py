@@ -34,7 +34,8 @@ def run_comparison(
     overrides: Sequence[str] = (),
     learning_rates: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` once per method under ``output/<method>``; write compare.json / compare.md."""
+    """Train ``config`` once per method under ``output/<method>``; write compare.json /
+    compare.md."""
     from lmforge.config import load_config
     from lmforge.methods.registry import METHOD_OPTIONS
 
@@ -122,8 +123,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             else ""
         )
         lines.append(
-            f"| {r['method']} | {r['trainable_parameters']:,} | {100 * r['trainable_share']:.2f}% | "
-            f"{_size(r['size_on_disk_bytes'])} | {_size(r['peak_memory_bytes'])} | "
+            f"| {r['method']} | {r['trainable_parameters']:,} | {100 * r['trainable_share']:.2f}% "
+            f"| {_size(r['size_on_disk_bytes'])} | {_size(r['peak_memory_bytes'])} | "
             f"{r['train_seconds']:.0f} s | {r['examples_per_second']:.1f} | {value} |{test}"
         )
     return "\n".join(lines) + "\n"

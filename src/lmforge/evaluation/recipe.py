@@ -33,7 +33,8 @@ def run_evaluation(
     seed: int = 0,
     split: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run or model directory on a labeled file (or on the run's own ``split``); return the metrics.
+    """Evaluate a run or model directory on a labeled file (or on the run's own ``split``); return
+    the metrics.
 
     Rows with empty text or no label are dropped and counted; duplicates are kept (an
     evaluation set is measured as given).
@@ -43,9 +44,10 @@ def run_evaluation(
         corpus: Embedding models: more documents to rank besides the file's positives.
         perturbations: Also score the file's texts perturbed this way ("typos", "casing",
             "word_drop"; labels unchanged): ``metrics["robustness"][kind]``.
-        perturb_rate: How much each perturbation changes (see :func:`lmforge.data.augmentation.perturb`).
-        split: "validation" or "test": the run's own rows instead of ``data`` (text classifiers
-            and regressors).
+        perturb_rate: How much each perturbation changes (see
+            :func:`lmforge.data.augmentation.perturb`).
+        split: "validation" or "test": the run's own rows instead of ``data`` (text
+            classifiers and regressors).
     """
     predictor = Predictor.load(model, precision=precision, quantize=quantize, task=task)
     for flag, wanted in (("--perturb", perturbations), ("--split", split)):
@@ -178,7 +180,8 @@ def evaluate_retrieval(
 
 
 def read_corpus(path: str | Path, encoding: str = "utf-8") -> list[str]:
-    """Documents: one per line of a text file, or the ``text`` column of a CSV/TSV/JSONL/Parquet file."""
+    """Documents: one per line of a text file, or the ``text`` column of a CSV/TSV/JSONL/Parquet
+    file."""
     path = Path(path)
     if path.suffix.lower() in (".txt", ""):
         if not path.is_file():
@@ -202,8 +205,9 @@ def evaluate_corpus(
     batch_size: int,
 ) -> dict[str, Any]:
     """A language model on a text corpus (or a chat model on conversations): loss per predicted
-    token and perplexity, over blocks of the model's training length cut the way its run cut them."""
-    from lmforge.tasks.language_modeling import bind_tokenizer, evaluate_loss
+    token and perplexity, over blocks of the model's training length cut the way its run cut
+    them."""
+    from lmforge.tasks.language_modeling import evaluate_loss
 
     cfg = run_config_for(model)
     data_cfg = cfg.data.model_copy(
@@ -218,7 +222,7 @@ def evaluate_corpus(
         }
     )
     task = predictor.task
-    bind_tokenizer(task, predictor.tokenizer)
+    task.bind(predictor.tokenizer)
     task.check_model(predictor.model)
     dataset, info = task.file_dataset(data_cfg, str(data), predictor.tokenizer)
     metrics = evaluate_loss(

@@ -78,7 +78,8 @@ def classification_table(metrics: dict[str, Any]) -> str:
     lines = ["| label | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     for name, row in metrics["per_class"].items():
         lines.append(
-            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
+            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
+            f"{row['support']} |"
         )
     return "\n".join(lines)
 
@@ -93,7 +94,8 @@ def write_report(
         "",
         f"Task **{metrics['task']}**, method **{metrics['method']}**, "
         f"{train['trainable_parameters']:,} of {train['total_parameters']:,} parameters trained "
-        f"({100 * train['trainable_share']:.2f}%), precision {train['precision']} on {train['device']}.",
+        f"({100 * train['trainable_share']:.2f}%), precision {train['precision']} on "
+        f"{train['device']}.",
         "",
         "| | value |",
         "|---|---:|",

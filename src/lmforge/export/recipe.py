@@ -1,4 +1,5 @@
-"""The export recipe, top to bottom: set up -> compress (distil, prune, recover) -> write -> verify -> gate.
+"""The export recipe, top to bottom: set up -> compress (distil, prune, recover) -> write -> verify
+-> gate.
 
 ``lmforge export RUN --format hf|onnx [--quantize int8] [--distill N] [--prune ...] --output DIR``
 
@@ -59,7 +60,8 @@ from lmforge.tasks.registry import get_task
 log = logging.getLogger(__name__)
 REPORT = "export_report"
 STAGES = "stages"
-SCORING_EXAMPLES = 1024  # training examples that score heads/neurons: enough for a stable ranking, ~10 s on 2 cores
+# training examples that score heads/neurons: enough for a stable ranking, ~10 s on 2 cores
+SCORING_EXAMPLES = 1024
 
 
 class VerificationFailed(LmforgeError):
@@ -235,7 +237,8 @@ class EvaluationRows:
 def evaluation_rows(
     source_dir: Path, run_dir: Path | None, options: ExportOptions
 ) -> EvaluationRows:
-    """``--data``, ``--split``, or the run's test split (else validation); labels checked against the model's."""
+    """``--data``, ``--split``, or the run's test split (else validation); labels checked against
+    the model's."""
     meta = read_metadata(source_dir)
     task = get_task(meta.get("task", "sequence_classification"))
     task.configure(meta)
@@ -373,8 +376,8 @@ def stage_config(
 
 
 def train_stage(cfg: RunConfig, stage_dir: Path) -> Path:
-    """Train ``cfg`` into ``stage_dir`` (resuming an interrupted stage), or reuse a finished one with the
-    same settings; return its model directory."""
+    """Train ``cfg`` into ``stage_dir`` (resuming an interrupted stage), or reuse a finished one
+    with the same settings; return its model directory."""
     from lmforge.runs import check_same_run
     from lmforge.training.recipe import run_training
 
@@ -457,7 +460,8 @@ def recover_stage(
 
 
 def scoring_batches(run_dir: Path, predictor: Predictor, labels: list[str]) -> list[dict[str, Any]]:
-    """Labelled batches of the run's training split (a seeded sample), to score heads and neurons."""
+    """Labelled batches of the run's training split (a seeded sample), to score heads and
+    neurons."""
     from lmforge.data.batching import length_sorted_batches
     from lmforge.data.loading import load_splits
     from lmforge.runs import task_options
@@ -519,14 +523,16 @@ def notes_for(v: Verification, options: ExportOptions, stages: list[dict[str, An
         ref, exported = v.rows[0], v.rows[-1]
         change = ref["latency_p50_ms"] / exported["latency_p50_ms"]
         notes.append(
-            f"Unstructured sparsity {100 * prune['sparsity']['sparsity']:.1f}%: the weights are still stored "
-            f"and multiplied densely, so latency changed by {change:.2f}x and the size not at all; on this "
+            f"Unstructured sparsity {100 * prune['sparsity']['sparsity']:.1f}%: the weights are "
+            "still stored "
+            f"and multiplied densely, so latency changed by {change:.2f}x and the size not at "
+            "all; on this "
             "CPU it brings no speed-up by itself (it pays off with sparse kernels or compression)."
         )
     if options.format == "onnx" and options.quantize == "int8":
         notes.append(
-            "ONNX int8: dynamic quantization (int8 weights including the embedding tables; activations "
-            "quantized per batch)."
+            "ONNX int8: dynamic quantization (int8 weights including the embedding tables; "
+            "activations quantized per batch)."
         )
     return notes
 

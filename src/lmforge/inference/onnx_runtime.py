@@ -66,7 +66,8 @@ class OnnxRuntimeModel(torch.nn.Module):
 def load_onnx_model(
     model_dir: Path, device: str = "cpu", threads: int | None = None
 ) -> OnnxRuntimeModel:
-    """The ONNX Runtime model of an exported directory; a missing or corrupt file is a one-line error.
+    """The ONNX Runtime model of an exported directory; a missing or corrupt file is a one-line
+    error.
 
     Args:
         device: 'cuda' uses ONNX Runtime's CUDA provider where the installed onnxruntime has it.

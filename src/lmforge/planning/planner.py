@@ -75,9 +75,10 @@ class Plan:
     def table(self) -> str:
         """A plain-text table of the candidates and the recommendation."""
         lines = [
-            f"device {self.device}, precision {self.precision}, memory budget {format_size(self.budget_bytes)}, "
-            f"effective batch {self.effective_batch_size}",
-            f"{'batch':>5} {'accum':>5} {'peak memory':>12} {'ex/s':>7} {'train':>9} {'run':>9}  fits",
+            f"device {self.device}, precision {self.precision}, memory budget "
+            f"{format_size(self.budget_bytes)}, effective batch {self.effective_batch_size}",
+            f"{'batch':>5} {'accum':>5} {'peak memory':>12} {'ex/s':>7} {'train':>9} {'run':>9}  "
+            "fits",
         ]
         for c in self.candidates:
             if c.error:
@@ -86,7 +87,8 @@ class Plan:
                 )
                 continue
             lines.append(
-                f"{c.batch_size:>5} {c.gradient_accumulation_steps:>5} {format_size(c.peak_memory_bytes):>12} "
+                f"{c.batch_size:>5} {c.gradient_accumulation_steps:>5} "
+                f"{format_size(c.peak_memory_bytes):>12} "
                 f"{c.examples_per_second:>7.1f} {_duration(c.train_seconds):>9} "
                 f"{_duration(c.total_seconds):>9}  {'yes' if c.fits else 'no'}"
             )
@@ -132,7 +134,8 @@ def fit_step_time(samples: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def estimate(cfg: RunConfig, m: dict[str, Any]) -> tuple[float, float, float]:
-    """(train seconds, whole-run seconds, examples trained) of ``cfg`` from one candidate's measurements."""
+    """(train seconds, whole-run seconds, examples trained) of ``cfg`` from one candidate's
+    measurements."""
     t = cfg.training
     a, b = fit_step_time([tuple(x) for x in m["micro_steps"]])
     micro = m["batch_tokens"]  # padded tokens of every micro-batch of one epoch, in order
@@ -170,7 +173,8 @@ def estimate(cfg: RunConfig, m: dict[str, Any]) -> tuple[float, float, float]:
 
 
 def recommend(candidates: list[Candidate], budget: int) -> dict[str, Any]:
-    """The fastest candidate whose measured peak fits the budget (with headroom); ties: larger batch.
+    """The fastest candidate whose measured peak fits the budget (with headroom); ties: larger
+    batch.
 
     Raises:
         LmforgeError: When none fits, naming the smallest need and the ways to lower it.

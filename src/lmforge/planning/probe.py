@@ -42,7 +42,8 @@ def _sync(device: str) -> None:
 
 
 def pick_batches(batches: list[list[int]], tokens: list[int], steps: int) -> tuple[list[int], int]:
-    """Batches to time, spread over the range of lengths, and the longest batch (the memory peak)."""
+    """Batches to time, spread over the range of lengths, and the longest batch (the memory
+    peak)."""
     order = sorted(range(len(batches)), key=lambda i: tokens[i])
     spread = [order[round(q * (len(order) - 1))] for q in np.linspace(0.05, 0.95, steps)]
     return spread, order[-1]
@@ -76,7 +77,8 @@ def measure(cfg: RunConfig, steps: int) -> dict[str, Any]:
     model.train()
 
     def step(index: int) -> tuple[float, float]:
-        """One optimizer step on batch ``index``: (forward+backward seconds, clip+update seconds)."""
+        """One optimizer step on batch ``index``: (forward+backward seconds, clip+update
+        seconds)."""
         batch = {k: v.to(device) for k, v in collate([train[i] for i in batches[index]]).items()}
         _sync(device)
         start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The pretraining recipe, top to bottom: set up -> corpora -> model -> fit -> save -> perplexity -> report.
+"""The pretraining recipe, top to bottom: set up -> corpora -> model -> fit -> save -> perplexity ->
+report.
 
 ``lmforge train`` runs it for the language-model tasks (``causal_lm``, ``masked_lm``, and the
 conversation tasks ``chat`` / ``instruction``, trained the same way): raw text (or

@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 # A gathered batch runs as length-sorted forward passes of this many texts on a CPU: less padding
 # beats a bigger matrix there. MiniLM on FPB, 2 cores, bf16: 32 texts as 4 passes of 8 take 6.4
-# ms/text, as one pass of 32 7.7 ms/text (16 as 2 x 8: 5.7, as 1 x 16: 7.0). A GPU takes the whole batch.
+# ms/text, as one pass of 32 7.7 ms/text (16 as 2 x 8: 5.7, as 1 x 16: 7.0). A GPU takes the whole
+# batch.
 CPU_FORWARD_BATCH = 8
 SSE_RESPONSE = {
     200: {
@@ -184,7 +185,8 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
-        """Request ids, the body-size limit, the access log and the request metrics, for every route."""
+        """Request ids, the body-size limit, the access log and the request metrics, for every
+        route."""
         started = time.perf_counter()
         request.state.request_id = new_request_id(request.headers.get("x-request-id"))
         request.state.caller, request.state.model = None, None

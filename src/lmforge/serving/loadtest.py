@@ -1,4 +1,5 @@
-"""Load test a classification server: ``lmforge bench serve`` (lmforge's server next to a naive one).
+"""Load test a classification server: ``lmforge bench serve`` (lmforge's server next to a naive
+one).
 
 Each server runs as its own process on a free 127.0.0.1 port, started the way a user starts it
 (``python -m lmforge serve ...``, ``python -m lmforge.serving.naive ...``). Once ``/readyz``
@@ -157,7 +158,8 @@ def started_server(spec: ServerSpec) -> Iterator[ServerProcess]:
 
 
 def wait_until_ready(server: ServerProcess, timeout: float = READY_TIMEOUT_S) -> None:
-    """Poll ``/readyz``; a server that exits or stays unready is a one-line error with its last words."""
+    """Poll ``/readyz``; a server that exits or stays unready is a one-line error with its last
+    words."""
     name, process = server.spec.name, server.process
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as http:
@@ -410,10 +412,12 @@ def format_table(results: Sequence[LoadResult]) -> str:
     for r in results:
         errors = ", ".join(f"{kind}: {n}" for kind, n in sorted(r.errors.items())) or "0"
         lines.append(
-            f"| {r.server} | {r.clients} | {r.duration_s:g} | {r.requests} | {r.throughput_rps:.1f} | "
+            f"| {r.server} | {r.clients} | {r.duration_s:g} | {r.requests} | "
+            f"{r.throughput_rps:.1f} | "
             f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {errors} | "
             f"{r.rss_start_mb:.0f}/{r.rss_end_mb:.0f}/{r.rss_peak_mb:.0f} | "
-            f"{r.rss_slope_mb_per_min:+.2f} | {r.server_cpu_percent:.0f}/{r.client_cpu_percent:.0f} |"
+            f"{r.rss_slope_mb_per_min:+.2f} | "
+            f"{r.server_cpu_percent:.0f}/{r.client_cpu_percent:.0f} |"
         )
     ratios = comparison(results)
     if ratios:

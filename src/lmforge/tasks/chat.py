@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lmforge.data.batching import EncodedDataset, PaddingCollator
 from lmforge.errors import LmforgeError
 from lmforge.tasks.language_modeling import CausalLM
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class Chat(CausalLM):
                 f"data.packing: {self.packing!r}; task {self.name} takes 'packed' or 'documents'"
             )
 
-    def bind(self, tokenizer: Any) -> None:
+    def bind(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Give the tokenizer a chat template when it has none (new special tokens are counted,
         so that :meth:`check_model` resizes the embeddings)."""
         from lmforge.generation.chat import ensure_chat_template
@@ -72,6 +75,7 @@ class Chat(CausalLM):
             )
         self.tokens_added = setup.tokens_added
         self.new_token_ids = list(range(len(tokenizer) - setup.tokens_added, len(tokenizer)))
+        super().bind(tokenizer)
 
     def check_model(self, model: Any) -> None:
         """Make room for added special tokens; stop generation at the end of a turn too; packed
@@ -100,7 +104,8 @@ class Chat(CausalLM):
         return PaddingCollator(self.pad_id, pad_to_multiple_of)
 
     def packed(self, dataset: EncodedDataset, name: str) -> tuple[Any, dict[str, Any]]:
-        """``dataset`` as rows of several conversations, when packing is on; how full the rows are."""
+        """``dataset`` as rows of several conversations, when packing is on; how full the rows
+        are."""
         from lmforge.data.packing import PackedSequences
         from lmforge.tasks.language_modeling import BlockDataset
 
@@ -156,8 +161,8 @@ class Chat(CausalLM):
             labels.append(encoded.labels.astype(np.int64))
         if truncated:
             log.warning(
-                "%s: %d of %d conversations are longer than data.max_length=%d tokens and were cut from "
-                "the right%s",
+                "%s: %d of %d conversations are longer than data.max_length=%d tokens and were "
+                "cut from the right%s",
                 file,
                 truncated,
                 len(lines),
@@ -178,8 +183,9 @@ class Chat(CausalLM):
         return EncodedDataset(ids, token_labels=labels), info
 
     def load_corpus(self, cfg: Any, tokenizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Train / validation / test conversations; without a validation file, ``data.validation_size``
-        of the training conversations (drawn with the seed) are held out."""
+        """Train / validation / test conversations; without a validation file,
+        ``data.validation_size`` of the training conversations (drawn with the seed) are held
+        out."""
         files = {
             "train": cfg.data.train_file,
             "validation": cfg.data.validation_file,

@@ -96,13 +96,15 @@ class Embedding(Task):
         return []
 
     def strata(self, labels: Sequence[str]) -> list[str]:
-        """Carved validation/test rows are drawn at random (pairs have no classes to stratify by)."""
+        """Carved validation/test rows are drawn at random (pairs have no classes to stratify
+        by)."""
         return ["all"] * len(labels)
 
     def encode(
         self, frame: Any, name: str, tokenizer: Any, label_names: list[str], max_length: int
     ) -> ContrastiveDataset:
-        """Token ids of queries, positives and negatives (each cached), and the text ids of each row."""
+        """Token ids of queries, positives and negatives (each cached), and the text ids of each
+        row."""
         from lmforge.data.tokenization import tokenize
 
         if "text_pair" not in frame:

@@ -27,8 +27,8 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,19 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.tasks.base import Task
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    from lmforge.config import DataConfig, RunConfig
+    from lmforge.data.corpus import CorpusSpec, TokenFile
+    from lmforge.data.packing import BlockPlan, PackedBlocks
+    from lmforge.distributed.context import DistContext
+
 log = logging.getLogger(__name__)
+
+# a batch of examples -> the model's keyword arguments
+Collator = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -44,7 +56,7 @@ class BlockDataset(torch.utils.data.Dataset):
 
     labels = None  # no per-example labels: the text is the target
 
-    def __init__(self, blocks: Any, task: Any, source: str):
+    def __init__(self, blocks: PackedBlocks, task: LanguageModeling, source: str):
         self.blocks = blocks
         self.task = task
         self.source = source
@@ -60,11 +72,11 @@ class BlockDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.blocks[i]
 
-    def collator(self, pad_token_id: int, pad_to_multiple_of: int | None) -> Any:
+    def collator(self, pad_token_id: int, pad_to_multiple_of: int | None) -> Collator:
         return self.task.collator(pad_to_multiple_of)
 
 
-def corpus_spec(cfg: Any, path: str) -> Any:
+def corpus_spec(cfg: DataConfig, path: str) -> CorpusSpec:
     """How to read one configured corpus file (or glob)."""
     from lmforge.data.corpus import CorpusSpec
 
@@ -82,7 +94,7 @@ def corpus_spec(cfg: Any, path: str) -> Any:
     )
 
 
-def corpus_key(spec: Any, *settings: Any) -> str:
+def corpus_key(spec: CorpusSpec, *settings: object) -> str:
     """A cache key for what is built from a corpus: its files (path, size, modification time), how
     they are read, and ``settings`` (the tokenizer, a vocabulary size, ...)."""
     from lmforge.data.corpus import expand_sources
@@ -98,7 +110,7 @@ def corpus_key(spec: Any, *settings: Any) -> str:
     return key.hexdigest()[:32]
 
 
-def corpus_token_file(spec: Any, tokenizer: Any) -> Any:
+def corpus_token_file(spec: CorpusSpec, tokenizer: PreTrainedTokenizerBase) -> TokenFile:
     """The corpus tokenized into the token cache (built once per files, settings and tokenizer)."""
     from lmforge.data.corpus import TokenFile, iter_documents, write_token_file
     from lmforge.data.tokenization import cache_root, tokenizer_fingerprint
@@ -119,7 +131,7 @@ def corpus_token_file(spec: Any, tokenizer: Any) -> Any:
     return out
 
 
-class _LanguageModeling(Task):
+class LanguageModeling(Task):
     """What causal and masked LM share: corpus data, from-scratch models, loss-only metrics."""
 
     name = ""
@@ -133,6 +145,8 @@ class _LanguageModeling(Task):
         self.packing = "packed"
         self.from_scratch: dict[str, Any] | None = None
         self.seed = 0
+        self.tokenizer: PreTrainedTokenizerBase | None = None  # bind() sets it
+        self.pad_id = 0
 
     def configure(self, options: dict[str, Any]) -> None:
         self.block_size = int(options.get("max_length") or self.block_size)
@@ -151,9 +165,18 @@ class _LanguageModeling(Task):
     def strata(self, labels: Sequence[str]) -> list[str]:
         return ["all"] * len(labels)
 
+    def bind(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Take the tokenizer the collators need (its pad id: the end token when it has none)."""
+        self.tokenizer = tokenizer
+        self.pad_id = (
+            tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else (tokenizer.eos_token_id or 0)
+        )
+
     # --- data ----------------------------------------------------------------------------
     def load_corpus(
-        self, cfg: Any, tokenizer: Any
+        self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase
     ) -> tuple[dict[str, BlockDataset], dict[str, Any]]:
         """Blocks for train / validation / test, and a summary of what reading and cutting did.
 
@@ -169,8 +192,8 @@ class _LanguageModeling(Task):
         }
         if not cfg.data.train_file:
             raise LmforgeError(
-                f"task {self.name} needs a training corpus: set data.train_file (text, JSONL or CSV "
-                "files; a glob such as 'corpus/*.txt' reads many)"
+                f"task {self.name} needs a training corpus: set data.train_file (text, JSONL or "
+                "CSV files; a glob such as 'corpus/*.txt' reads many)"
             )
         datasets: dict[str, BlockDataset] = {}
         summary: dict[str, Any] = {
@@ -209,12 +232,12 @@ class _LanguageModeling(Task):
         summary["rows"] = {name: len(d) for name, d in datasets.items()}
         return datasets, summary
 
-    def describe(self, tokens: Any, plan: Any, name: str) -> dict[str, int]:
+    def describe(self, tokens: TokenFile, plan: BlockPlan, name: str) -> dict[str, int]:
         """What cutting a corpus into blocks did (logged when documents were split)."""
         if plan.split_documents and self.packing == "documents":
             log.info(
-                "%s: %d documents are longer than data.max_length=%d tokens and were split into several "
-                "blocks",
+                "%s: %d documents are longer than data.max_length=%d tokens and were split into "
+                "several blocks",
                 name,
                 plan.split_documents,
                 self.block_size,
@@ -228,7 +251,7 @@ class _LanguageModeling(Task):
         }
 
     def file_dataset(
-        self, data_cfg: Any, path: str, tokenizer: Any
+        self, data_cfg: DataConfig, path: str, tokenizer: PreTrainedTokenizerBase
     ) -> tuple[BlockDataset, dict[str, int]]:
         """All blocks of one corpus file (or glob), e.g. for ``lmforge eval``."""
         from lmforge.data.packing import PackedBlocks, plan_blocks
@@ -241,16 +264,18 @@ class _LanguageModeling(Task):
     # --- model ---------------------------------------------------------------------------
     def load_model(
         self, location: str, label_names: Sequence[str] | None = None, **kwargs: Any
-    ) -> Any:
-        """The pretrained model at ``location``, or a new one from ``model.from_scratch`` (training)."""
+    ) -> PreTrainedModel:
+        """The pretrained model at ``location``, or a new one from ``model.from_scratch``
+        (training)."""
         from lmforge.models.loading import load_pretrained
 
         if label_names is not None and self.from_scratch:
             return self.model_class().from_config(self.scratch_config(self.from_scratch))
         return load_pretrained(self.model_class(), location, "model", **kwargs)
 
-    def scratch_config(self, options: dict[str, Any]) -> Any:
-        """A transformers config for a new model of ``options`` (arch, layers, hidden, heads, ...)."""
+    def scratch_config(self, options: dict[str, Any]) -> PretrainedConfig:
+        """A transformers config for a new model of ``options`` (arch, layers, hidden, heads,
+        ...)."""
         from transformers import BertConfig, GPT2Config, LlamaConfig
 
         arch = options["arch"]
@@ -323,7 +348,7 @@ class _LanguageModeling(Task):
         )
 
 
-class CausalLM(_LanguageModeling):
+class CausalLM(LanguageModeling):
     """Next-token prediction (GPT-2, Llama)."""
 
     name = "causal_lm"
@@ -344,12 +369,12 @@ class CausalLM(_LanguageModeling):
         )
 
     @staticmethod
-    def model_class() -> Any:
+    def model_class() -> type[_BaseAutoModelClass]:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: PreTrainedModel) -> None:
         """Fall back to plain packing (documents separated by their end token) where the model
         cannot take a block-diagonal mask."""
         from lmforge.data.packing import CausalLMCollator
@@ -363,7 +388,7 @@ class CausalLM(_LanguageModeling):
             )
             self.isolate = False
 
-    def collator(self, pad_to_multiple_of: int | None) -> Any:
+    def collator(self, pad_to_multiple_of: int | None) -> Collator:
         from lmforge.data.packing import CausalLMCollator
 
         return CausalLMCollator(
@@ -372,11 +397,12 @@ class CausalLM(_LanguageModeling):
 
     @staticmethod
     def predicted_tokens(labels: torch.Tensor) -> int:
-        """Tokens the loss averages over: each label after the first of its row (the model shifts)."""
+        """Tokens the loss averages over: each label after the first of its row (the model
+        shifts)."""
         return int((labels[:, 1:] != -100).sum())
 
 
-class MaskedLM(_LanguageModeling):
+class MaskedLM(LanguageModeling):
     """Masked-token prediction (BERT): 15% of tokens, 80% [MASK], 10% random, 10% unchanged."""
 
     name = "masked_lm"
@@ -390,7 +416,7 @@ class MaskedLM(_LanguageModeling):
         )
         self.mlm_probability = 0.15
         self.whole_word = False
-        self.tokenizer: Any = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
 
     def configure(self, options: dict[str, Any]) -> None:
         super().configure(options)
@@ -398,15 +424,15 @@ class MaskedLM(_LanguageModeling):
         self.whole_word = bool(options.get("whole_word_masking", self.whole_word))
 
     @staticmethod
-    def model_class() -> Any:
+    def model_class() -> type[_BaseAutoModelClass]:
         from transformers import AutoModelForMaskedLM
 
         return AutoModelForMaskedLM
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: PreTrainedModel) -> None:
         """Nothing to check (no document isolation for a bidirectional model)."""
 
-    def collator(self, pad_to_multiple_of: int | None, seed: int | None = None) -> Any:
+    def collator(self, pad_to_multiple_of: int | None, seed: int | None = None) -> Collator:
         from lmforge.data.mlm import MaskedLMCollator
 
         if self.tokenizer.mask_token_id is None:
@@ -426,27 +452,14 @@ class MaskedLM(_LanguageModeling):
         return int((labels != -100).sum())
 
 
-def bind_tokenizer(task: Any, tokenizer: Any) -> None:
-    """Give a language-modeling task the tokenizer its collators need (a chat task first makes
-    sure it has a chat template)."""
-    if hasattr(task, "bind"):
-        task.bind(tokenizer)
-    task.tokenizer = tokenizer
-    task.pad_id = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else (tokenizer.eos_token_id or 0)
-    )
-
-
 @torch.inference_mode()
 def evaluate_loss(
     model: torch.nn.Module,
     dataset: BlockDataset,
     batch_size: int,
-    task: Any,
-    device: Any,
-    ctx: Any = None,
+    task: LanguageModeling,
+    device: torch.device | str,
+    ctx: DistContext | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Loss per predicted token and perplexity of ``model`` on every block of ``dataset``.
@@ -498,7 +511,7 @@ def evaluate_loss(
     return task.metrics_from(ctx.sum(loss_sum), int(ctx.sum(tokens)), len(dataset))
 
 
-def default_scratch_tokenizer(cfg: Any, task: Any) -> Any:
+def default_scratch_tokenizer(cfg: RunConfig, task: LanguageModeling) -> PreTrainedTokenizerBase:
     """The tokenizer of a from-scratch model: ``model.from_scratch.tokenizer``, or one trained on
     the training corpus (cached by corpus and settings)."""
     from lmforge.data.corpus import iter_documents
@@ -530,14 +543,10 @@ def default_scratch_tokenizer(cfg: Any, task: Any) -> Any:
     return load_tokenizer(str(out))
 
 
-def scratch_options(cfg: Any, tokenizer: Any) -> dict[str, Any]:
+def scratch_options(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """``model.from_scratch`` with the tokenizer's vocabulary size and special token ids."""
     options = cfg.model.from_scratch.model_dump()
     options["vocab_size"] = len(tokenizer)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         options[name] = getattr(tokenizer, name, None)
     return options
-
-
-def is_language_modeling(task: Any) -> bool:
-    return isinstance(task, _LanguageModeling)

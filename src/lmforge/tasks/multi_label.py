@@ -85,7 +85,8 @@ class MultiLabelClassification(Task):
         if len(present) < 2:
             raise LmforgeError(
                 f"training data has {len(present)} distinct label(s) {present}; multi-label "
-                "classification needs at least two (check data.label_column and data.label_delimiter)"
+                "classification needs at least two (check data.label_column and "
+                "data.label_delimiter)"
             )
         return present
 
@@ -111,7 +112,8 @@ class MultiLabelClassification(Task):
         return out
 
     def strata(self, labels: Sequence[str]) -> list[str]:
-        """Carved splits stratified by each text's first label (its rarest combination would leave too few)."""
+        """Carved splits stratified by each text's first label (its rarest combination would leave
+        too few)."""
         return [(self.parse(label) or ["(none)"])[0] for label in labels]
 
     def load_model(
@@ -133,7 +135,8 @@ class MultiLabelClassification(Task):
     def tune(
         self, logits: np.ndarray, labels: np.ndarray, label_names: Sequence[str], metric: str
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One threshold per label, tuned on validation, saved with the model and used from now on."""
+        """One threshold per label, tuned on validation, saved with the model and used from now
+        on."""
         thresholds = self.tune_thresholds(logits, labels, metric)
         self.configure({"thresholds": thresholds})
         report = {"thresholds": dict(zip(label_names, thresholds, strict=True))}

@@ -43,7 +43,8 @@ class Regression(Task):
     def label_names(self, train_labels: Sequence[str], fixed: Sequence[str] | None) -> list[str]:
         if fixed:
             raise LmforgeError(
-                "data.labels lists class names; task regression predicts a number: remove data.labels"
+                "data.labels lists class names; task regression predicts a number: remove "
+                "data.labels"
             )
         self.encode_labels(
             train_labels, [TARGET], "train data"
@@ -61,8 +62,8 @@ class Regression(Task):
         if bad:
             shown = ", ".join(f"row {i + 1}: {label!r}" for i, label in bad[:3])
             raise LmforgeError(
-                f"{source} has {len(bad)} target(s) that are not numbers ({shown}); task regression "
-                "needs a numeric label column (check data.label_column)"
+                f"{source} has {len(bad)} target(s) that are not numbers ({shown}); task "
+                "regression needs a numeric label column (check data.label_column)"
             )
         return np.asarray(values, dtype=np.float32)
 

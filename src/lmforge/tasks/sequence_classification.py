@@ -12,7 +12,8 @@ from lmforge.tasks.base import Task
 
 
 def with_fixed_labels(present: list[str], fixed: Sequence[str] | None) -> list[str]:
-    """``fixed`` (data.labels) when configured, checked to cover every train label; else ``present``."""
+    """``fixed`` (data.labels) when configured, checked to cover every train label; else
+    ``present``."""
     if not fixed:
         return present
     unknown = sorted(set(present) - set(fixed))

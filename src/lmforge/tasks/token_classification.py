@@ -46,7 +46,8 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
 def word_logits(
     token_logits: Sequence[np.ndarray], word_ids: Sequence[np.ndarray], n_words: Sequence[int]
 ) -> np.ndarray:
-    """Per sentence, the logits (words, C) of each word's first sub-token; NaN for a word without one."""
+    """Per sentence, the logits (words, C) of each word's first sub-token; NaN for a word without
+    one."""
     out = []
     for logits, words, n in zip(token_logits, word_ids, n_words, strict=True):
         words = np.asarray(words)[: len(logits)]
@@ -59,7 +60,8 @@ def word_logits(
 
 @functools.lru_cache(maxsize=8)
 def _inside_tags(label_names: tuple[str, ...]) -> dict[int, int]:
-    """Tag id -> the id of its type's I- tag (what continuation sub-tokens learn with label_all_tokens)."""
+    """Tag id -> the id of its type's I- tag (what continuation sub-tokens learn with
+    label_all_tokens)."""
     index = {name: i for i, name in enumerate(label_names)}
     return {
         i: index[f"I-{name[2:]}"]
@@ -89,7 +91,8 @@ class TokenClassification(Task):
         self.label_all_tokens = False
 
     def configure(self, options: dict[str, Any]) -> None:
-        """``tag_scheme`` (bio or bioes) and ``label_all_tokens`` from the data config or a saved model."""
+        """``tag_scheme`` (bio or bioes) and ``label_all_tokens`` from the data config or a saved
+        model."""
         self.scheme = options.get("tag_scheme") or self.scheme
         self.label_all_tokens = bool(options.get("label_all_tokens", self.label_all_tokens))
 
@@ -109,7 +112,8 @@ class TokenClassification(Task):
     def encode_labels(
         self, labels: Sequence[Sequence[str]], label_names: Sequence[str], source: str
     ) -> np.ndarray:
-        """Tag ids per sentence (a ragged array); tags the model never saw are an error naming them."""
+        """Tag ids per sentence (a ragged array); tags the model never saw are an error naming
+        them."""
         index = {name: i for i, name in enumerate(label_names)}
         unseen = sorted({tag for tags in labels for tag in tags if tag not in index})
         if unseen:
@@ -140,7 +144,8 @@ class TokenClassification(Task):
     def encode(
         self, frame: Any, name: str, tokenizer: Any, label_names: list[str], max_length: int
     ) -> Any:
-        """Sub-token ids of pre-split sentences, word tags (for metrics) and sub-token labels (for the loss)."""
+        """Sub-token ids of pre-split sentences, word tags (for metrics) and sub-token labels (for
+        the loss)."""
         from lmforge.data.batching import EncodedDataset
         from lmforge.data.tokenization import tokenize_words
 
@@ -156,8 +161,8 @@ class TokenClassification(Task):
         )
         if cut:
             log.warning(
-                "%s: %d of %d sentences are longer than data.max_length=%d sub-tokens; their last words "
-                "are not trained on and are predicted O (raise data.max_length to keep them)",
+                "%s: %d of %d sentences are longer than data.max_length=%d sub-tokens; their last "
+                "words are not trained on and are predicted O (raise data.max_length to keep them)",
                 name,
                 cut,
                 len(tags),
@@ -210,8 +215,9 @@ class TokenClassification(Task):
     def compute_metrics(
         self, logits: np.ndarray, label_ids: np.ndarray, label_names: Sequence[str]
     ) -> dict[str, Any]:
-        """Entity-level precision, recall and F1 (micro over entities) and per entity type (seqeval);
-        also the share of words tagged right and how many words had no prediction (cut off)."""
+        """Entity-level precision, recall and F1 (micro over entities) and per entity type
+        (seqeval); also the share of words tagged right and how many words had no prediction (cut
+        off)."""
         from seqeval.metrics import classification_report
         from seqeval.scheme import IOB2, IOBES
 
@@ -283,7 +289,8 @@ class TokenClassification(Task):
         logits: np.ndarray,
         label_names: Sequence[str],
     ) -> list[dict[str, Any]]:
-        """Entity spans of one raw text: type, text, character offsets and a mean word probability."""
+        """Entity spans of one raw text: type, text, character offsets and a mean word
+        probability."""
         from seqeval.metrics.sequence_labeling import get_entities
 
         tags = self.predicted_tags([logits], label_names)[0]

@@ -119,7 +119,8 @@ def distillation_loss(
 
 
 class _Capture:
-    """Calls the model and keeps its logits, so the hard loss and the soft term share one forward pass."""
+    """Calls the model and keeps its logits, so the hard loss and the soft term share one forward
+    pass."""
 
     def __init__(self, model: Any, into: dict[str, torch.Tensor]):
         self.model, self.into = model, into

@@ -1,4 +1,5 @@
-"""The fine-tuning recipe, top to bottom: set up -> data -> model -> fit -> save -> evaluate -> report.
+"""The fine-tuning recipe, top to bottom: set up -> data -> model -> fit -> save -> evaluate ->
+report.
 
 This file tells the whole story of ``lmforge train`` for a task that maps texts to answers
 (classification, regression, NER, embeddings); each step calls a small library function. Read

@@ -92,7 +92,8 @@ def start_run(
     ctx = DistContext.from_environment(
         resolve_device(cfg.training.device), cfg.distributed.timeout_minutes
     )
-    # Rank 0 decides (a default directory name has a timestamp); every rank gets its answer or error.
+    # Rank 0 decides (a default directory name has a timestamp); every rank gets its answer or
+    # error.
     run_dir, resuming = ctx.on_main(lambda: plan_run_dir(output_dir or cfg.output_dir, cfg, resume))
     parent = find_parent_run(cfg.continue_from) if cfg.continue_from else None
     requested, plan = cfg, None
@@ -218,7 +219,8 @@ def fit_run(start: RunStart, setup: RunSetup, evaluator: Evaluator) -> Trained:
         )
 
     def save(step: int | None = None) -> None:
-        # Under FSDP gathering the full weights is a collective: every rank takes part, rank 0 writes.
+        # Under FSDP gathering the full weights is a collective: every rank takes part, rank 0
+        # writes.
         weights = (
             strategy.model_state(unwrapped, trainable_only=False) if strategy.sharded else None
         )
@@ -227,7 +229,8 @@ def fit_run(start: RunStart, setup: RunSetup, evaluator: Evaluator) -> Trained:
                 unwrapped, method, run_dir, tokenizer, cfg, setup.label_names, state_dict=weights
             )
 
-    # Records after the checkpoint's step (from an interrupted process) are dropped and logged again.
+    # Records after the checkpoint's step (from an interrupted process) are dropped and logged
+    # again.
     logger = RunLogger(run_dir / "logs", enabled=ctx.is_main, resume_after_step=state.step)
     validation = datasets.get("validation")
     settings = LoopSettings(
@@ -341,7 +344,8 @@ def finish_report(
 def resolve_auto_batch(
     cfg: RunConfig, resumed_run: Path | None
 ) -> tuple[RunConfig, dict[str, Any]]:
-    """``batch_size: auto``: the planner's measured choice (or, on resume, the choice the run made)."""
+    """``batch_size: auto``: the planner's measured choice (or, on resume, the choice the run
+    made)."""
     from lmforge.planning.planner import plan_training
 
     if resumed_run is not None and (resumed_run / "plan.json").is_file():
@@ -393,8 +397,8 @@ def after_update_hooks(
 
         if strategy.sharded:
             raise LmforgeError(
-                "training.keep_sparsity holds whole weight matrices; with distributed.strategy fsdp "
-                "they are sharded: use strategy ddp"
+                "training.keep_sparsity holds whole weight matrices; with distributed.strategy "
+                "fsdp they are sharded: use strategy ddp"
             )
         keeper = SparsityKeeper(model)
         log.info("keep_sparsity: %s pruned weights stay zero", f"{keeper.pruned:,}")

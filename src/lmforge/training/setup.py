@@ -25,7 +25,6 @@ from lmforge.models.loading import load_pretrained, load_tokenizer, resolve_mode
 from lmforge.models.structure import set_dropout
 from lmforge.runs import task_options
 from lmforge.tasks.language_modeling import (
-    bind_tokenizer,
     default_scratch_tokenizer,
     scratch_options,
 )
@@ -74,7 +73,8 @@ class CorpusSplits:
 def prepare_run(
     cfg: RunConfig, parent: dict[str, Any] | None = None, ctx: DistContext | None = None
 ) -> RunSetup:
-    """Device, precision, seeded RNGs, data (tokenized, cached) and the model with its method applied."""
+    """Device, precision, seeded RNGs, data (tokenized, cached) and the model with its method
+    applied."""
     from accelerate.utils import set_seed
 
     if cfg.training.num_threads:
@@ -97,7 +97,7 @@ def prepare_run(
                 if cfg.model.from_scratch
                 else load_tokenizer(model_location, cfg.model.revision, cfg.model.trust_remote_code)
             )
-            bind_tokenizer(task, tokenizer)
+            task.bind(tokenizer)
             if cfg.model.from_scratch:
                 task.configure(
                     {**task_options(cfg), "from_scratch": scratch_options(cfg, tokenizer)}
@@ -155,7 +155,8 @@ def prepare_run(
                 f"training.gradient_checkpointing: {type(model).__name__} does not support it; "
                 "set it to false"
             )
-        # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings, LoRA).
+        # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings,
+        # LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.regularization.dropout is not None:
         log.info(
@@ -226,7 +227,6 @@ def augment_training_split(
 ) -> None:
     """Add augmented copies of the training texts (validation and test stay as they are)."""
     from lmforge.data.augmentation import (
-        AugmentConfig,
         EmbeddingNeighbours,
         augment_rows,
         back_translate,
@@ -248,10 +248,9 @@ def augment_training_split(
             encoder = load_pretrained(AutoModel, model_location, "model")
             neighbours = EmbeddingNeighbours.from_model(encoder, tokenizer)
             del encoder
-        config = AugmentConfig(
-            tuple(cfg.augment.operations), cfg.augment.rate, cfg.augment.copies, cfg.training.seed
+        new_texts, new_labels, summary = augment_rows(
+            texts, labels, cfg.augment, cfg.training.seed, neighbours
         )
-        new_texts, new_labels, summary = augment_rows(texts, labels, config, neighbours)
         added["eda"] = summary
         texts_out, labels_out = new_texts, new_labels
     else:
@@ -333,7 +332,8 @@ def make_accelerator(precision: str, device: str) -> Accelerator:
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` with dynamic shapes: padded lengths vary per batch, one graph serves them all."""
+    """``torch.compile`` with dynamic shapes: padded lengths vary per batch, one graph serves them
+    all."""
     if not hasattr(torch, "compile"):
         raise LmforgeError("training.compile needs PyTorch >= 2.0; set it to false")
     return torch.compile(model, dynamic=True)
