@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 POSITIVE = [
     "profit rose sharply",
@@ -208,3 +216,66 @@ def tiny_llama(tokenizer):
             pad_token_id=None,
         )
     )
+
+
+# --- lmforge in a subprocess: kill, resume, compare weights ----------------------------------
+
+LMFORGE = [sys.executable, "-m", "lmforge", "-q"]
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LMFORGE_CACHE": str(tmp_path / "cache"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def run_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def newest_checkpoint_step(run_dir: Path) -> int:
+    from lmforge.training.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir / "checkpoints")
+    return int(found[0].name[5:]) if found else 0
+
+
+def train_with_random_kills(config: Path, run_dir: Path, env: dict, kills: int, seed: int) -> int:
+    """Train, SIGKILL the process at random moments after random checkpoints, resume until done."""
+    rng = random.Random(seed)
+    survived = 0
+    while True:
+        if run_dir.exists():
+            args = [*LMFORGE, "train", "--resume", str(run_dir)]
+        else:
+            args = [*LMFORGE, "train", str(config), "--output", str(run_dir)]
+        proc = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        if survived < kills:
+            target = newest_checkpoint_step(run_dir) + rng.randint(1, 4)
+            deadline = time.monotonic() + 120
+            while (
+                proc.poll() is None
+                and newest_checkpoint_step(run_dir) < target
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.15))  # land anywhere: mid-step, mid-checkpoint, mid-save
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                survived += 1
+                continue
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        return survived

@@ -17,14 +17,11 @@ pytestmark = pytest.mark.unit
 PACKAGE = Path(lmforge.__file__).parent
 
 # Entry points start recipes: the CLI, the Python API (lmforge.run picks a config's recipe; the
-# Ray workers call it) and Ray Serve's app builder. The export recipe's distil and recover stages
-# are fine-tuning runs: it calls the
-# fine-tuning recipe's entry point, run_training, and nothing else of it.
+# Ray workers and the export recipe's training stages are handed it) and Ray Serve's app builder.
 MAY_IMPORT_RECIPES = {
     "lmforge": None,
     "lmforge.cli": None,
     "lmforge.serving.ray_serve": {"lmforge.serving.recipe"},
-    "lmforge.export.recipe": {"lmforge.training.recipe"},
 }
 
 

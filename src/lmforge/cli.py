@@ -718,6 +718,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_summary(run_dir: Path) -> None:
+    from lmforge.evaluation.report import headline
+
     metrics = json.loads((run_dir / "metrics.json").read_text())
     train = metrics["train"]
     print(
@@ -728,13 +730,6 @@ def _print_summary(run_dir: Path) -> None:
         if split in metrics:
             print(f"{split:<10} n={metrics[split]['n']:<5} {headline(metrics[split])}")
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model'}")
-
-
-def headline(m: dict[str, Any]) -> str:
-    """The main metrics of a split, whatever the task."""
-    from lmforge.tasks.registry import HEADLINE_METRICS
-
-    return "  ".join(f"{label} {m[key]:.4f}" for key, label in HEADLINE_METRICS if key in m)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -761,6 +756,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from lmforge.evaluation.recipe import run_evaluation
+    from lmforge.evaluation.report import (
+        format_classification_report,
+        format_entity_report,
+        headline,
+    )
 
     kinds = [k.strip() for k in args.perturb.split(",") if k.strip()] if args.perturb else []
     metrics = run_evaluation(
@@ -790,6 +790,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from lmforge.evaluation.ensemble import run_ensemble
+    from lmforge.evaluation.report import headline
 
     metrics = run_ensemble(
         args.models,
@@ -842,6 +843,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from lmforge import run
     from lmforge.export.recipe import REPORT, VerificationFailed, run_export
 
     options = _export_options(
@@ -856,7 +858,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     out = Path(args.output)
     try:
-        run_export(args.model, out, options)
+        run_export(args.model, out, options, train=run)
     except (
         TrainingInterrupted
     ) as stop:  # in a distillation / recovery stage: the same command continues it
@@ -912,24 +914,6 @@ def _write_json(metrics: dict[str, Any], path: str | None) -> None:
         print(f"metrics: {out}")
 
 
-def format_classification_report(m: dict[str, Any]) -> str:
-    width = max(12, *(len(name) for name in m["per_class"]))
-    lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
-    for name, row in m["per_class"].items():
-        lines.append(
-            f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:8.4f}  "
-            f"{row['support']:7d}"
-        )
-    lines += [
-        "",
-        f"{'accuracy':>{width}}  {'':9}  {'':6}  {m['accuracy']:8.4f}  {m['n']:7d}",
-        f"{'macro f1':>{width}}  {m['macro_precision']:9.4f}  {m['macro_recall']:6.4f}  "
-        f"{m['macro_f1']:8.4f}  {m['n']:7d}",
-        f"{'weighted f1':>{width}}  {'':9}  {'':6}  {m['weighted_f1']:8.4f}  {m['n']:7d}",
-    ]
-    return "\n".join(lines)
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmforge.generation.generate import GenerationOptions
     from lmforge.inference.recipe import run_generate
@@ -977,33 +961,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_entity_report(m: dict[str, Any]) -> str:
-    """Entity-level scores per type, like seqeval's classification_report."""
-    width = max(12, *(len(name) for name in m["per_type"]))
-    lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
-    rows = [
-        *m["per_type"].items(),
-        ("", None),
-        ("all entities", {**m, "support": m["entities_true"]}),
-    ]
-    for name, row in rows:
-        lines.append(
-            ""
-            if row is None
-            else f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
-            f"{row['f1']:8.4f}  {row['support']:7d}"
-        )
-    lines.append(
-        f"\n{m['n']} sentences, {m['words']} words, word accuracy {m['accuracy']:.4f}"
-        + (
-            f", {m['words_cut_off']} words past max_length (predicted O)"
-            if m["words_cut_off"]
-            else ""
-        )
-    )
-    return "\n".join(lines)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from lmforge.inference.recipe import run_predict
 
@@ -1048,6 +1005,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     from lmforge.config import load_config
+    from lmforge.config.describe import describe_config
     from lmforge.config.schema import RunConfig
 
     if args.file:
@@ -1059,36 +1017,6 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     print(describe_config(RunConfig))
     return 0
-
-
-def describe_config(root: Any) -> str:
-    """Every key with type, default and description (the field docstrings)."""
-    from pydantic import BaseModel
-
-    from lmforge.methods.registry import METHOD_OPTIONS
-    from lmforge.tasks.registry import TASK_NAMES
-
-    lines = []
-    for name, field in root.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and name != "method":
-            lines.append(f"\n{name}:  # {field.description}")
-            for key, sub in annotation.model_fields.items():
-                default = sub.get_default(call_default_factory=True)
-                lines.append(f"  {key}: {json.dumps(default)}  # {sub.description}")
-        elif name == "method":
-            lines.append(
-                "\nmethod: full  # or a mapping {name: METHOD, ...options}; methods and options:"
-            )
-            for method, options in METHOD_OPTIONS.items():
-                opts = ", ".join(
-                    f"{k}={json.dumps(f.get_default())}" for k, f in options.model_fields.items()
-                )
-                lines.append(f"  # {method}: {opts or '(no options)'}")
-        else:
-            lines.append(f"{name}: {json.dumps(field.get_default())}  # {field.description}")
-    lines.insert(0, f"# tasks: {', '.join(TASK_NAMES)}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

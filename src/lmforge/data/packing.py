@@ -12,7 +12,7 @@ Two ways to turn it into fixed-size work:
 In a packed block the documents can either see each other (plain packing: the end-of-document
 token is the only separator the model gets) or be isolated: a block-diagonal causal mask and
 position ids that restart at 0 at each document make every document compute exactly what it
-would alone (the property ``tests/test_lm_data.py`` checks on Llama and GPT-2).
+would alone (the property ``tests/data/test_lm_data.py`` checks on Llama and GPT-2).
 
 What transformers 5.23 does with such inputs (read in ``masking_utils.py`` and measured):
 

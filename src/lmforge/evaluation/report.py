@@ -155,3 +155,58 @@ def write_report(
     path = run_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+# --- the console report (lmforge train / eval / ensemble print these) -----------------------
+
+
+def headline(m: dict[str, Any]) -> str:
+    """The main metrics of a split, whatever the task."""
+    from lmforge.tasks.registry import HEADLINE_METRICS
+
+    return "  ".join(f"{label} {m[key]:.4f}" for key, label in HEADLINE_METRICS if key in m)
+
+
+def format_classification_report(m: dict[str, Any]) -> str:
+    width = max(12, *(len(name) for name in m["per_class"]))
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
+    for name, row in m["per_class"].items():
+        lines.append(
+            f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:8.4f}  "
+            f"{row['support']:7d}"
+        )
+    lines += [
+        "",
+        f"{'accuracy':>{width}}  {'':9}  {'':6}  {m['accuracy']:8.4f}  {m['n']:7d}",
+        f"{'macro f1':>{width}}  {m['macro_precision']:9.4f}  {m['macro_recall']:6.4f}  "
+        f"{m['macro_f1']:8.4f}  {m['n']:7d}",
+        f"{'weighted f1':>{width}}  {'':9}  {'':6}  {m['weighted_f1']:8.4f}  {m['n']:7d}",
+    ]
+    return "\n".join(lines)
+
+
+def format_entity_report(m: dict[str, Any]) -> str:
+    """Entity-level scores per type, like seqeval's classification_report."""
+    width = max(12, *(len(name) for name in m["per_type"]))
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support", ""]
+    rows = [
+        *m["per_type"].items(),
+        ("", None),
+        ("all entities", {**m, "support": m["entities_true"]}),
+    ]
+    for name, row in rows:
+        lines.append(
+            ""
+            if row is None
+            else f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+            f"{row['f1']:8.4f}  {row['support']:7d}"
+        )
+    lines.append(
+        f"\n{m['n']} sentences, {m['words']} words, word accuracy {m['accuracy']:.4f}"
+        + (
+            f", {m['words_cut_off']} words past max_length (predicted O)"
+            if m["words_cut_off"]
+            else ""
+        )
+    )
+    return "\n".join(lines)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ from lmforge.tasks.registry import get_task
 log = logging.getLogger(__name__)
 REPORT = "export_report"
 STAGES = "stages"
+
+TrainRun = Callable[[RunConfig, Path], object]
+"""Trains a run config into a run directory (resuming it): :func:`lmforge.run`."""
 # training examples that score heads/neurons: enough for a stable ranking, ~10 s on 2 cores
 SCORING_EXAMPLES = 1024
 
@@ -94,8 +98,13 @@ class ExportOptions:
     batch_size: int = 32
 
 
-def run_export(source: str | Path, output: str | Path, options: ExportOptions) -> Verification:
+def run_export(
+    source: str | Path, output: str | Path, options: ExportOptions, train: TrainRun
+) -> Verification:
     """Build, write and verify an export of ``source`` in ``output``; return the verification.
+
+    ``train`` runs the distillation and recovery stages (each a fine-tuning run): the entry
+    point passes :func:`lmforge.run`, so that this recipe does not import another.
 
     Raises:
         VerificationFailed: The export loses more than ``options.tolerance`` points (it is
@@ -138,7 +147,7 @@ def run_export(source: str | Path, output: str | Path, options: ExportOptions) -
     # --- compress ----------------------------------------------------------------------------
     current = source_dir
     if options.distill:
-        current = distill_stage(run_dir, source_dir, out / STAGES / "distill", options)
+        current = distill_stage(run_dir, source_dir, out / STAGES / "distill", options, train)
         stages.append(
             {
                 "stage": "distill",
@@ -158,6 +167,7 @@ def run_export(source: str | Path, output: str | Path, options: ExportOptions) -
                 current,
                 out / STAGES / "recover",
                 options,
+                train,
                 unstructured=any(not s.structured for s in _prune_steps(options)),
             )
             stages.append(
@@ -375,11 +385,10 @@ def stage_config(
     return load_config(cfg.model_dump(mode="json"), overrides)
 
 
-def train_stage(cfg: RunConfig, stage_dir: Path) -> Path:
+def train_stage(cfg: RunConfig, stage_dir: Path, train: TrainRun) -> Path:
     """Train ``cfg`` into ``stage_dir`` (resuming an interrupted stage), or reuse a finished one
     with the same settings; return its model directory."""
     from lmforge.runs import check_same_run
-    from lmforge.training.recipe import run_training
 
     if (stage_dir / "metrics.json").is_file():
         try:
@@ -391,12 +400,14 @@ def train_stage(cfg: RunConfig, stage_dir: Path) -> Path:
             ) from None
         log.info("%s is finished: reusing it", stage_dir)
     else:
-        run_training(cfg, output_dir=stage_dir)
+        train(cfg, stage_dir)
         shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # only a resume needs them
     return stage_dir / "model"
 
 
-def distill_stage(run_dir: Path, teacher: Path, stage_dir: Path, options: ExportOptions) -> Path:
+def distill_stage(
+    run_dir: Path, teacher: Path, stage_dir: Path, options: ExportOptions, train: TrainRun
+) -> Path:
     """A student with ``options.distill`` of the teacher's layers, trained on the run's data."""
     cfg = stage_config(
         run_dir, teacher, options, options.distill_epochs, f"distill {options.distill}"
@@ -404,7 +415,7 @@ def distill_stage(run_dir: Path, teacher: Path, stage_dir: Path, options: Export
     cfg.model.keep_layers = _layers(options.distill)
     cfg.distillation.teacher = str(teacher)
     log.info("distillation: a %s-layer student of %s", options.distill, teacher)
-    return train_stage(cfg, stage_dir)
+    return train_stage(cfg, stage_dir, train)
 
 
 def prune_stage(
@@ -443,7 +454,12 @@ def prune_stage(
 
 
 def recover_stage(
-    run_dir: Path, start: Path, stage_dir: Path, options: ExportOptions, unstructured: bool
+    run_dir: Path,
+    start: Path,
+    stage_dir: Path,
+    options: ExportOptions,
+    train: TrainRun,
+    unstructured: bool,
 ) -> Path:
     """Fine-tune the pruned model on the run's data; zeros stay zero after unstructured pruning."""
     cfg = stage_config(
@@ -456,7 +472,7 @@ def recover_stage(
     )
     if unstructured:
         cfg.training.keep_sparsity = True
-    return train_stage(cfg, stage_dir)
+    return train_stage(cfg, stage_dir, train)
 
 
 def scoring_batches(run_dir: Path, predictor: Predictor, labels: list[str]) -> list[dict[str, Any]]:

@@ -21,7 +21,8 @@ The lifespan: Ray Serve runs the ASGI app's lifespan on each replica once it is 
 (uvicorn's ``LifespanOn`` in ``ray.serve._private.http_util.ASGIAppReplicaWrapper``, awaited
 before the replica takes requests) and its shutdown half when the replica stops. So the
 micro-batchers and generation runners start and drain there, as under uvicorn;
-``tests/test_ray_serve.py`` checks it end to end (``/readyz`` is 200 only after the lifespan ran).
+``tests/serving/test_ray_serve.py`` checks it end to end (``/readyz`` is 200 only after the
+lifespan ran).
 
 API keys come from ``$LMFORGE_API_KEYS`` and ``api_keys_file`` where the app is built (the
 ``serve run`` process, or the cluster for ``serve deploy``); replicas receive SHA-256 digests only.

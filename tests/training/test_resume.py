@@ -8,14 +8,21 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import (
+    LMFORGE,
+    max_difference,
+    newest_checkpoint_step,
+    run_weights,
+    subprocess_env,
+    tiny_config,
+    train_with_random_kills,
+)
 from safetensors.torch import load_file
 
 from lmforge.errors import LmforgeError
@@ -150,8 +157,6 @@ def test_checkpoint_state_loads_without_unpickling_code(tmp_path):
 
 # --- end to end in subprocesses: SIGKILL, SIGTERM, corruption ---------------------------------
 
-LMFORGE = [sys.executable, "-m", "lmforge", "-q"]
-
 
 def _write_config(tmp_path: Path, model_dir: Path, train_csv: Path, **overrides) -> Path:
     cfg = tiny_config(
@@ -174,66 +179,12 @@ def _write_config(tmp_path: Path, model_dir: Path, train_csv: Path, **overrides)
     return path
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "LMFORGE_CACHE": str(tmp_path / "cache"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "model" / "model.safetensors")
-
-
-def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
 def _validation(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         k: metrics["validation"][k]
         for k in ("accuracy", "macro_f1", "per_class", "confusion_matrix")
     }
-
-
-def _newest_step(run_dir: Path) -> int:
-    found = list_checkpoints(run_dir / "checkpoints")
-    return int(found[0].name[5:]) if found else 0
-
-
-def train_with_random_kills(config: Path, run_dir: Path, env: dict, kills: int, seed: int) -> int:
-    """Train, SIGKILL the process at random moments after random checkpoints, resume until done."""
-    rng = random.Random(seed)
-    survived = 0
-    while True:
-        if run_dir.exists():
-            args = [*LMFORGE, "train", "--resume", str(run_dir)]
-        else:
-            args = [*LMFORGE, "train", str(config), "--output", str(run_dir)]
-        proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        if survived < kills:
-            target = _newest_step(run_dir) + rng.randint(1, 4)
-            deadline = time.monotonic() + 120
-            while (
-                proc.poll() is None
-                and _newest_step(run_dir) < target
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0, 0.15))  # land anywhere: mid-step, mid-checkpoint, mid-save
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                survived += 1
-                continue
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        return survived
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +200,7 @@ def reference_run(tmp_path_factory, tiny_model_dir):
     run_dir = tmp / "run"
     result = subprocess.run(
         [*LMFORGE, "train", str(config), "--output", str(run_dir)],
-        env=_env(tmp),
+        env=subprocess_env(tmp),
         capture_output=True,
         text=True,
         timeout=300,
@@ -261,10 +212,10 @@ def reference_run(tmp_path_factory, tiny_model_dir):
 def test_sigkill_at_random_steps_then_resume_is_exact(tmp_path, reference_run):
     run_dir = tmp_path / "killed"
     survived = train_with_random_kills(
-        reference_run["config"], run_dir, _env(tmp_path), kills=3, seed=1
+        reference_run["config"], run_dir, subprocess_env(tmp_path), kills=3, seed=1
     )
     assert survived >= 1
-    assert _max_difference(_weights(run_dir), _weights(reference_run["run_dir"])) == 0.0
+    assert max_difference(run_weights(run_dir), run_weights(reference_run["run_dir"])) == 0.0
     assert _validation(run_dir) == _validation(reference_run["run_dir"])
     history = [
         json.loads(line) for line in (run_dir / "logs" / "history.jsonl").read_text().splitlines()
@@ -281,7 +232,7 @@ def test_sigkill_at_random_steps_then_resume_is_exact(tmp_path, reference_run):
 
 def test_sigterm_saves_and_prints_the_resume_command(tmp_path, reference_run):
     run_dir = tmp_path / "term"
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     proc = subprocess.Popen(
         [*LMFORGE, "train", str(reference_run["config"]), "--output", str(run_dir)],
         env=env,
@@ -289,7 +240,7 @@ def test_sigterm_saves_and_prints_the_resume_command(tmp_path, reference_run):
         stderr=subprocess.PIPE,
         text=True,
     )
-    while proc.poll() is None and _newest_step(run_dir) < 3:
+    while proc.poll() is None and newest_checkpoint_step(run_dir) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -303,19 +254,19 @@ def test_sigterm_saves_and_prints_the_resume_command(tmp_path, reference_run):
         [*LMFORGE, *command[1:]], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert _max_difference(_weights(run_dir), _weights(reference_run["run_dir"])) == 0.0
+    assert max_difference(run_weights(run_dir), run_weights(reference_run["run_dir"])) == 0.0
 
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, reference_run):
     run_dir = tmp_path / "corrupt"
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     proc = subprocess.Popen(
         [*LMFORGE, "train", str(reference_run["config"]), "--output", str(run_dir)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    while proc.poll() is None and _newest_step(run_dir) < 5:
+    while proc.poll() is None and newest_checkpoint_step(run_dir) < 5:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -331,7 +282,7 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, reference_run):
     )
     assert result.returncode == 0, result.stderr
     assert f"checkpoint {newest} is damaged" in result.stderr and "falling back" in result.stderr
-    assert _max_difference(_weights(run_dir), _weights(reference_run["run_dir"])) == 0.0
+    assert max_difference(run_weights(run_dir), run_weights(reference_run["run_dir"])) == 0.0
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, reference_run):
@@ -363,10 +314,10 @@ def test_resume_refuses_changed_settings_and_finished_runs(tmp_path, reference_r
 
 def test_rerunning_the_same_command_resumes_automatically(tmp_path, reference_run):
     run_dir = tmp_path / "auto"
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     args = [*LMFORGE, "train", str(reference_run["config"]), "--output", str(run_dir)]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and _newest_step(run_dir) < 4:
+    while proc.poll() is None and newest_checkpoint_step(run_dir) < 4:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -376,13 +327,13 @@ def test_rerunning_the_same_command_resumes_automatically(tmp_path, reference_ru
     assert result.returncode == 0, result.stderr
     assert "resuming from step-" in result.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["train"]["resumed"] is True
-    assert _max_difference(_weights(run_dir), _weights(reference_run["run_dir"])) == 0.0
+    assert max_difference(run_weights(run_dir), run_weights(reference_run["run_dir"])) == 0.0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_twenty_random_kills(tmp_path, tiny_model_dir, reference_run, precision):
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     config = reference_run["config"]
     if precision == "bf16":
         cfg = yaml.safe_load(config.read_text())
@@ -411,7 +362,7 @@ def test_twenty_random_kills(tmp_path, tiny_model_dir, reference_run, precision)
     )
     run_dir = tmp_path / "killed20"
     survived = train_with_random_kills(config20, run_dir, env, kills=20, seed=2)
-    difference = _max_difference(_weights(run_dir), _weights(reference20))
+    difference = max_difference(run_weights(run_dir), run_weights(reference20))
     print(f"{precision}: survived {survived} kills, largest weight difference {difference:.3g}")
     (tmp_path.parent / f"kill-report-{precision}.json").write_text(
         json.dumps({"precision": precision, "kills": survived, "max_weight_difference": difference})
@@ -441,7 +392,7 @@ def test_continue_starts_from_the_finished_weights_and_records_its_parent(tmp_pa
     assert yaml.safe_load((child / "config.yaml").read_text())["continue_from"] == str(parent)
     assert json.loads((child / "metrics.json").read_text())["parent_run"] == str(parent)
     assert (
-        _max_difference(_weights(child), _weights(parent)) < 1e-5
+        max_difference(run_weights(child), run_weights(parent)) < 1e-5
     )  # a 1e-9 step away from the parent
 
     cfg = load_config(
@@ -450,7 +401,7 @@ def test_continue_starts_from_the_finished_weights_and_records_its_parent(tmp_pa
     )
     fresh = run_training(cfg, output_dir=tmp_path / "fresh")
     assert (
-        _max_difference(_weights(fresh), _weights(parent)) > 1e-3
+        max_difference(run_weights(fresh), run_weights(parent)) > 1e-3
     )  # without continue: the base model
 
 
@@ -476,7 +427,7 @@ def test_continue_lora_with_optimizer_state(tmp_path, tiny_model_dir, reference_
     child = run_training(cfg, output_dir=tmp_path / "lora-child")
     parent_adapter = load_file(parent / "adapter" / "adapter_model.safetensors")
     child_adapter = load_file(child / "adapter" / "adapter_model.safetensors")
-    assert _max_difference(parent_adapter, child_adapter) < 1e-5
+    assert max_difference(parent_adapter, child_adapter) < 1e-5
     with pytest.raises(LmforgeError, match="optimizer states do not fit"):
         run_training(
             load_config(

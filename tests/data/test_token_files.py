@@ -17,7 +17,7 @@ from lmforge.errors import LmforgeError
 
 pytestmark = pytest.mark.unit
 
-WNUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wnut17"
+WNUT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wnut17"
 EXAMPLES = [
     TokenExample(
         ["Anna", "flew", "to", "New", "York"], ["B-person", "O", "O", "B-location", "I-location"]

@@ -8,7 +8,7 @@ an API key. Schemathesis runs the app's lifespan around the requests (its ASGI c
 so the micro-batchers and generation runners are live, as under uvicorn; the GET /readyz case
 checks it. A failure shows the case as a ``curl`` line.
 
-``.venv/bin/pytest -m slow tests/test_serving_fuzz.py -q``
+``.venv/bin/pytest -m slow tests/serving/test_serving_fuzz.py -q``
 """
 
 from __future__ import annotations

@@ -390,7 +390,7 @@ def test_chat_records_without_an_assistant_turn_fail_in_one_line(tmp_path, capsy
     )
 
 
-@pytest.mark.slow  # three processes; the planner itself is covered by tests/test_speed.py
+@pytest.mark.slow  # three processes; the planner itself is covered by tests/training/test_speed.py
 def test_auto_batch_size_plans_a_causal_lm(tmp_path):
     """The planner measures language-model candidates (blocks from a token file, loss-only
     evaluation)."""
@@ -424,7 +424,13 @@ def test_a_killed_pretraining_run_resumes_exactly(tmp_path, tiny_model_dir, task
     draws its masks from the restored RNG; a from-scratch model reuses its trained tokenizer)."""
     import subprocess
 
-    from test_resume import LMFORGE, _env, _max_difference, _weights, train_with_random_kills
+    from conftest import (
+        LMFORGE,
+        max_difference,
+        run_weights,
+        subprocess_env,
+        train_with_random_kills,
+    )
 
     model = (
         str(tiny_model_dir)
@@ -446,14 +452,14 @@ def test_a_killed_pretraining_run_resumes_exactly(tmp_path, tiny_model_dir, task
     reference = tmp_path / "reference"
     result = subprocess.run(
         [*LMFORGE, "train", str(config), "--output", str(reference)],
-        env=_env(tmp_path),
+        env=subprocess_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
     killed = tmp_path / "killed"
-    assert train_with_random_kills(config, killed, _env(tmp_path), kills=1, seed=3) == 1
-    assert _max_difference(_weights(killed), _weights(reference)) == 0.0
+    assert train_with_random_kills(config, killed, subprocess_env(tmp_path), kills=1, seed=3) == 1
+    assert max_difference(run_weights(killed), run_weights(reference)) == 0.0
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (killed, reference)]
     assert metrics[0]["validation"] == metrics[1]["validation"] and metrics[0]["train"]["resumed"]

@@ -4,11 +4,9 @@ worker's run resumes exactly, Ray Train runs the same recipe, sharding covers ev
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,16 +15,21 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import tiny_config, write_csv
-from safetensors.torch import load_file
+from conftest import (
+    LMFORGE,
+    max_difference,
+    newest_checkpoint_step,
+    run_weights,
+    subprocess_env,
+    tiny_config,
+    write_csv,
+)
 
 from lmforge.distributed.launch import strip_options
-from lmforge.training.checkpoint import list_checkpoints
 from lmforge.training.sampler import EpochBatchSampler
 
 pytestmark = pytest.mark.recipe
 
-LMFORGE = [sys.executable, "-m", "lmforge", "-q"]
 WORDS = [
     "profit",
     "sales",
@@ -166,14 +169,6 @@ def _config(tmp_path: Path, model_dir: Path, train_csv: Path, **sections) -> Pat
     return path
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "LMFORGE_CACHE": str(tmp_path / "cache"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
 def _train(config: Path, run_dir: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*LMFORGE, "train", str(config), "--output", str(run_dir), *extra],
@@ -186,20 +181,11 @@ def _train(config: Path, run_dir: Path, env: dict, *extra: str) -> subprocess.Co
     return result
 
 
-def _max_difference(a: Path, b: Path) -> float:
-    wa, wb = (
-        load_file(a / "model" / "model.safetensors"),
-        load_file(b / "model" / "model.safetensors"),
-    )
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-
-
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, no_dropout_model, uneven_csv):
     tmp = tmp_path_factory.mktemp("single")
     config = _config(tmp, no_dropout_model, uneven_csv)
-    _train(config, tmp / "run", _env(tmp))
+    _train(config, tmp / "run", subprocess_env(tmp))
     return {"config": config, "run_dir": tmp / "run"}
 
 
@@ -209,13 +195,13 @@ def test_two_processes_give_the_single_process_weights(tmp_path, single_run, str
     result = _train(
         single_run["config"],
         run_dir,
-        _env(tmp_path),
+        subprocess_env(tmp_path),
         "--nproc",
         "2",
         "--set",
         f"distributed.strategy={strategy}",
     )
-    assert _max_difference(run_dir, single_run["run_dir"]) < 1e-5
+    assert max_difference(run_weights(run_dir), run_weights(single_run["run_dir"])) < 1e-5
     train = json.loads((run_dir / "metrics.json").read_text())["train"]
     reference = json.loads((single_run["run_dir"] / "metrics.json").read_text())["train"]
     assert (train["processes"], train["strategy"]) == (2, strategy)
@@ -259,18 +245,13 @@ def test_fsdp_refuses_adapter_methods(tmp_path, no_dropout_model, uneven_csv):
             "--set",
             "method=lora",
         ],
-        env=_env(tmp_path),
+        env=subprocess_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode != 0
     assert "fsdp shards full fine-tuning; method lora" in result.stderr
-
-
-def _newest_step(run_dir: Path) -> int:
-    found = list_checkpoints(run_dir / "checkpoints")
-    return int(found[0].name[5:]) if found else 0
 
 
 def _workers(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
@@ -300,7 +281,7 @@ def test_killed_worker_then_resume_is_exact(tmp_path, tiny_model_dir, uneven_csv
         checkpoint={"every_steps": 2, "keep_last": 2},
         distributed={"strategy": strategy},
     )
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     _train(config, tmp_path / "reference", env, "--nproc", "2")
 
     run_dir = tmp_path / "killed"
@@ -312,18 +293,20 @@ def test_killed_worker_then_resume_is_exact(tmp_path, tiny_model_dir, uneven_csv
         text=True,
     )
     deadline = time.monotonic() + 120
-    while proc.poll() is None and _newest_step(run_dir) < 4 and time.monotonic() < deadline:
+    while (
+        proc.poll() is None and newest_checkpoint_step(run_dir) < 4 and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     workers = _workers(proc)
     assert sorted(workers) == [0, 1]  # --nproc 2 started exactly two ranks
-    killed_at = _newest_step(run_dir)
+    killed_at = newest_checkpoint_step(run_dir)
     workers[1].send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=180)
     # Killed mid-run (42 steps; killed after step 4): torchrun stops the others, nothing is
     # finished.
     assert proc.returncode != 0
     assert not (run_dir / "metrics.json").exists()
-    assert 4 <= killed_at <= _newest_step(run_dir) < 42  # 6 epochs x 7 batches
+    assert 4 <= killed_at <= newest_checkpoint_step(run_dir) < 42  # 6 epochs x 7 batches
 
     result = subprocess.run(
         [*LMFORGE, "train", "--resume", str(run_dir), "--nproc", "2"],
@@ -333,7 +316,7 @@ def test_killed_worker_then_resume_is_exact(tmp_path, tiny_model_dir, uneven_csv
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _max_difference(run_dir, tmp_path / "reference") < 1e-6
+    assert max_difference(run_weights(run_dir), run_weights(tmp_path / "reference")) < 1e-6
     metrics = [
         json.loads((d / "metrics.json").read_text())["train"]
         for d in (run_dir, tmp_path / "reference")
@@ -362,7 +345,7 @@ def test_ray_train_with_two_local_workers(tmp_path, single_run):
             "--cpus-per-worker",
             "1",
         ],
-        env=_env(tmp_path),
+        env=subprocess_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=600,
@@ -370,7 +353,7 @@ def test_ray_train_with_two_local_workers(tmp_path, single_run):
     assert result.returncode == 0, result.stderr[-3000:]
     train = json.loads((run_dir / "metrics.json").read_text())["train"]
     assert train["processes"] == 2
-    assert _max_difference(run_dir, single_run["run_dir"]) < 1e-5
+    assert max_difference(run_weights(run_dir), run_weights(single_run["run_dir"])) < 1e-5
 
 
 def test_nproc_must_be_positive(tmp_path, single_run, capsys):

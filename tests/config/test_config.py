@@ -25,7 +25,7 @@ from lmforge.methods.peft_methods import LoraOptions
 
 pytestmark = pytest.mark.unit
 
-EXAMPLES = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "examples" / "*.yaml")))
+EXAMPLES = sorted(glob.glob(str(Path(__file__).resolve().parents[2] / "examples" / "*.yaml")))
 
 FIVE_LINES = """\
 data:
