@@ -192,3 +192,115 @@ def test_output_directory_not_empty(tmp_path, capsys, config_file):
     (tmp_path / "busy" / "file").write_text("x")
     code, _, err = run_cli(["train", config_file, "--output", tmp_path / "busy"], capsys)
     assert code == 2 and "not empty" in error_line(err)
+
+
+# --- held-out files in the formats people keep them in (#25) -----------------------------------
+
+
+@pytest.fixture
+def delimited_run(tmp_path, tiny_model_dir, sentiment_rows, capsys):
+    """A run trained on latin-1 'text@label' lines without a header (the FPB example's format)."""
+    train = tmp_path / "train.txt"
+    rows = [(f"{text} caf\xe9", label) for text, label in sentiment_rows]
+    train.write_bytes("".join(f"{t}@{lab}\n" for t, lab in rows).encode("latin-1"))
+    cfg = tiny_config(tiny_model_dir, train, epochs=4)
+    cfg["data"].update(format="delimited", delimiter="@", header=False, encoding="latin-1")
+    config = tmp_path / "delimited.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    code, _, _ = run_cli(["train", config, "--output", tmp_path / "drun"], capsys)
+    assert code == 0
+    return tmp_path / "drun", rows
+
+
+def test_held_out_csv_tsv_jsonl_read_without_flags_give_the_same_metrics(
+    tmp_path, delimited_run, capsys
+):
+    run, rows = delimited_run
+    held_out = rows[::2]
+    files = {
+        "txt": tmp_path / "test.txt",  # the run's own kind: read with its options
+        "csv": write_csv(tmp_path / "test.csv", held_out),
+        "csv, label first": write_csv(
+            tmp_path / "swapped.csv", [(lab, t) for t, lab in held_out], ("label", "text")
+        ),
+        "csv, no header": tmp_path / "noheader.csv",
+        "tsv": tmp_path / "test.tsv",
+        "jsonl": tmp_path / "test.jsonl",
+    }
+    files["txt"].write_bytes("".join(f"{t}@{lab}\n" for t, lab in held_out).encode("latin-1"))
+    files["csv, no header"].write_text("".join(f"{t},{lab}\n" for t, lab in held_out))
+    files["tsv"].write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in held_out))
+    files["jsonl"].write_text(
+        "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in held_out)
+    )
+    metrics = {}
+    for kind, path in files.items():
+        out = tmp_path / f"{kind}.json"
+        code, _, err = run_cli(["eval", run, "-i", path, "--json", out], capsys)
+        assert code == 0, (kind, err)
+        metrics[kind] = json.loads(out.read_text())
+    assert {m["n"] for m in metrics.values()} == {len(held_out)}
+    assert len({m["accuracy"] for m in metrics.values()}) == 1, metrics
+    assert len({json.dumps(m["per_class"]) for m in metrics.values()}) == 1
+
+    # predict reads the same tables by their text column (the labels are ignored)
+    code, out, _ = run_cli(["predict", run, "-i", files["jsonl"]], capsys)
+    assert code == 0
+    assert [json.loads(line)["text"] for line in out.splitlines()] == [t for t, _ in held_out]
+
+
+def test_header_flag_undoes_the_runs_no_header(tmp_path, delimited_run, capsys):
+    run, rows = delimited_run
+    path = tmp_path / "headed.txt"
+    path.write_bytes(("text@label\n" + f"{rows[0][0]}@{rows[0][1]}\n").encode("latin-1"))
+    code, _, err = run_cli(["eval", run, "-i", path], capsys)  # the run's no-header: 'label'
+    assert code == 2 and "not trained on" in error_line(err) and "'label'" in error_line(err)
+    code, out, _ = run_cli(
+        ["eval", run, "-i", path, "--header", "--json", tmp_path / "m.json"], capsys
+    )
+    assert code == 0
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 1
+
+
+def test_input_is_one_name_across_commands_and_data_a_quiet_alias(
+    tmp_path, trained_run, sentiment_csv, capsys
+):
+    for command in ("eval", "predict", "embed", "ensemble", "generate"):
+        result = subprocess.run(
+            [sys.executable, "-m", "lmforge", command, "--help"], capture_output=True, text=True
+        )
+        assert "--input" in result.stdout and "--data" not in result.stdout, command
+    code, out, _ = run_cli(["predict", trained_run, "--data", sentiment_csv], capsys)
+    assert code == 0 and len(out.splitlines()) == 16
+    code, _, _ = run_cli(["eval", trained_run, "--input", sentiment_csv], capsys)
+    assert code == 0
+    with pytest.raises(SystemExit) as stop:  # neither: argparse's error names --input only
+        run_cli(["eval", trained_run], capsys)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--input" in err.splitlines()[-1]
+    assert "--data" not in err
+
+
+def test_input_errors_name_the_flag_not_the_config_key(tmp_path, trained_run, capsys):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("Sepp\xe4l\xe4 profit rose\n".encode("latin-1"))
+    code, _, err = run_cli(["predict", trained_run, "-i", path], capsys)
+    line = error_line(err)
+    assert code == 2 and "--encoding latin-1" in line and "data." not in line
+
+
+def test_an_empty_validation_split_fails_before_training(tmp_path, tiny_model_dir, capsys):
+    train = tmp_path / "three.csv"
+    train.write_text("text,label\nprofit rose,positive\nshares fell,negative\nno label here,\n")
+    cfg = tiny_config(tiny_model_dir, train)
+    cfg["data"]["validation_size"] = 0.1
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli(["train", config, "--output", tmp_path / "r"], capsys)
+    line = error_line(err)
+    assert code == 2 and "validation split carved from train is empty" in line
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    code, _, err = run_cli(
+        ["train", config, "--output", tmp_path / "r2", "--set", "data.validation_size=0"], capsys
+    )
+    assert code == 0 and "without a validation split" in err

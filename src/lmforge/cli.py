@@ -114,9 +114,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="run directory or Hugging Face model directory")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--data",
-        help="labeled file (CSV, TSV, JSONL, Parquet, delimited text; "
+    _add_input(
+        source,
+        "data",
+        "labeled file (CSV, TSV, JSONL, Parquet, delimited text; "
         "CoNLL or token JSONL for a token-classification model)",
     )
     source.add_argument(
@@ -145,7 +146,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--corpus",
-        help="embedding: more documents to rank besides the positives of --data "
+        help="embedding: more documents to rank besides the positives of --input "
         "(a text file, one per line, or a table with a text column)",
     )
     _add_reader_flags(p)
@@ -162,7 +163,7 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("models", nargs="+", help="two or more run directories")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="labeled file, read the way the first run read its data")
+    _add_input(source, "data", "labeled file (read as with eval, for the first run)")
     source.add_argument(
         "--split",
         choices=("validation", "test"),
@@ -216,7 +217,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
         "(text and embedding per line).",
     )
     p.add_argument("model", help="run directory or Hugging Face model directory")
-    p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
+    _add_input(p.add_mutually_exclusive_group(required=True), "input", "input file, or - for stdin")
     p.add_argument("--output", "-o", required=True, help="output file: .npy or .jsonl")
     _add_reader_flags(p)
     _add_inference_flags(p)
@@ -235,9 +236,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="run directory or Hugging Face model directory (a causal LM)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", "-p", help="one prompt")
-    source.add_argument(
-        "--input", "-i", help="prompts: a text file (one per line) or JSONL (prompt, reference)"
-    )
+    _add_input(source, "input", "prompts: a text file (one per line) or JSONL (prompt, reference)")
     p.add_argument("--output", "-o", help="write one JSON object per prompt to this file")
     p.add_argument(
         "--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)"
@@ -293,7 +292,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="run directory or Hugging Face model directory; several adapter runs of one base "
         "model load the base once and predict with each (one key per run, as given, in each line)",
     )
-    p.add_argument("--input", "-i", required=True, help="input file, or - for standard input")
+    _add_input(p.add_mutually_exclusive_group(required=True), "input", "input file, or - for stdin")
     p.add_argument("--output", "-o", help="output JSONL file (default: standard output)")
     _add_reader_flags(p)
     _add_inference_flags(p)
@@ -334,13 +333,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "model", metavar="MODEL", help="a run directory or a model directory (a classifier)"
     )
-    s.add_argument(
+    texts = s.add_mutually_exclusive_group(required=True)
+    texts.add_argument(
         "--texts",
-        required=True,
         metavar="FILE",
         help="texts to send, cycled: a line each (.txt), a table (CSV, TSV, JSONL, Parquet; the "
         "text column), or 'text@label' lines (--delimiter @)",
     )
+    for alias in ("--input", "-i", "--data"):  # the names other commands read a file by
+        texts.add_argument(alias, dest="texts", help=argparse.SUPPRESS)
     s.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     s.add_argument(
         "--duration", type=float, default=60.0, help="measured seconds per server (default 60)"
@@ -522,6 +523,8 @@ def _add_verification_flags(p: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--data", help="labeled evaluation file (default: the run's test split, else validation)"
     )
+    for alias in ("--input", "-i"):  # the names other commands read a file by
+        source.add_argument(alias, dest="data", help=argparse.SUPPRESS)
     source.add_argument(
         "--split", choices=("validation", "test"), help="the run's own split, derived again"
     )
@@ -552,6 +555,13 @@ def _add_verification_flags(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=32, help="batch size of the throughput (default 32)"
     )
     _add_reader_flags(p, format_flag="--data-format")  # --format is the export's
+
+
+def _add_input(group: argparse._ActionsContainer, dest: str, help: str) -> None:
+    """The file a command reads: ``--input``/``-i`` everywhere, ``--data`` a quiet alias, so a
+    user who learned either name on one command is understood by every other."""
+    group.add_argument("--input", "-i", dest=dest, metavar="FILE", help=help)
+    group.add_argument("--data", dest=dest, help=argparse.SUPPRESS)
 
 
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
@@ -589,11 +599,11 @@ def _add_reader_flags(p: argparse.ArgumentParser, format_flag: str = "--format")
     p.add_argument("--delimiter", help="field delimiter, e.g. '@' for 'text@label' lines")
     p.add_argument("--encoding", help="file encoding, e.g. latin-1 (default utf-8)")
     p.add_argument(
-        "--no-header",
-        dest="header",
-        action="store_false",
+        "--header",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="the file has no header row",
+        help="the file has (--no-header: has not) a header row (default: as the run read its "
+        "training file for a file of that kind, else detected)",
     )
 
 
@@ -831,7 +841,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
     return ExportOptions(
         data=args.data,
         split=args.split,
-        reader_overrides=_reader_overrides(args),
+        reader_overrides={**_reader_overrides(args), "format_flag": "--data-format"},
         metric=args.metric,
         tolerance=args.tolerance,
         accept_degradation=args.accept_degradation,
@@ -982,8 +992,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from lmforge.models.loading import resolve_model_path
     from lmforge.serving.loadtest import bench_serve, format_table, write_json
 
-    texts = read_texts(args.texts, text_reader(_reader_overrides(args)), flag="--texts")
     resolve_model_path(args.model)  # a wrong path fails here, not after a server start
+    opts = text_reader(args.model, _reader_overrides(args), args.texts)
+    texts = read_texts(args.texts, opts, flag="--texts")
     results = bench_serve(
         args.model,
         texts,

@@ -35,7 +35,7 @@ import lmforge
 from lmforge.config import RunConfig, load_config
 from lmforge.data.cleaning import CleaningReport, clean_examples
 from lmforge.data.loading import fingerprint, load_splits, reader_options
-from lmforge.data.readers import ReaderOptions, read_examples
+from lmforge.data.readers import ReaderOptions, file_kind, read_examples
 from lmforge.errors import LmforgeError
 from lmforge.models.loading import metadata_path, resolve_model_path
 from lmforge.tasks.registry import get_task
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from lmforge.config.schema import DataConfig
     from lmforge.methods.base import Method
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,21 @@ def task_options(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOptions:
-    """Reading options: the run's own data settings when ``model`` is a run, then overrides."""
-    fields = asdict(
-        reader_options(run_config_for(model).data)
-    )  # the defaults equal ReaderOptions' own
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+def reader_options_for(
+    model: str | Path, overrides: dict[str, Any], path: str | Path | None = None
+) -> ReaderOptions:
+    """How to read ``path`` for ``model``: the run's own data settings for a file of the kind the
+    run trained on (same extension, no other ``format`` given), else the file is read as its
+    extension or content says, header detected, with the run's column names; then
+    ``overrides`` (the flags). A run trained on latin-1 'text@label' lines thus reads a
+    held-out UTF-8 CSV, JSONL or Parquet file without flags."""
+    data = run_config_for(model).data
+    fields = asdict(reader_options(data))  # the defaults equal ReaderOptions' own
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if path is not None and not _same_kind(Path(path), data, given.get("format")):
+        columns = ("text_column", "label_column", "text_pair_column", "negative_column")
+        fields = {**asdict(ReaderOptions(header=None)), **{k: fields[k] for k in columns}}
+    fields.update(given)
     unknown = set(fields) - set(ReaderOptions.__dataclass_fields__)
     if unknown:
         raise LmforgeError(
@@ -125,6 +135,13 @@ def reader_options_for(model: str | Path, overrides: dict[str, Any]) -> ReaderOp
             f"valid: {', '.join(ReaderOptions.__dataclass_fields__)}"
         )
     return ReaderOptions(**fields)
+
+
+def _same_kind(path: Path, data: DataConfig, format_given: str | None) -> bool:
+    """Whether ``path`` is a file like the run's training file (read with the run's options)."""
+    if data.train_file is None or file_kind(path) != file_kind(data.train_file):
+        return False
+    return format_given in (None, "auto", data.format)
 
 
 def read_table_for(
@@ -142,13 +159,13 @@ def read_table_for(
     """
     if split is not None:
         if data is not None:
-            raise LmforgeError("give either --data FILE or --split, not both")
+            raise LmforgeError("give either --input FILE or --split, not both")
         return read_run_split(model, split), CleaningReport()
     if data is None:
         raise LmforgeError(
-            "no evaluation data: give --data FILE (or --split validation for a run's own split)"
+            "no evaluation data: give --input FILE (or --split validation for a run's own split)"
         )
-    opts = reader_options_for(model, overrides)
+    opts = reader_options_for(model, {"from_flags": True, **overrides}, data)
     frame, report = clean_examples(
         read_examples(data, opts, require_label=labeled), drop_duplicates=False, has_label=labeled
     )
@@ -168,20 +185,20 @@ def read_run_split(model: str | Path, split: str) -> pd.DataFrame:
     if run_dir is None:
         raise LmforgeError(
             f"--split {split} re-reads a run's data, and {model} is no run directory "
-            "(it has no config.yaml); give --data FILE"
+            "(it has no config.yaml); give --input FILE"
         )
     cfg = load_config(run_dir / CONFIG_FILE)
     task = get_task(cfg.task)
     if not task.scores_texts:
         raise LmforgeError(
             f"--split works for text classifiers and regressors; {run_dir} is a "
-            f"{cfg.task.replace('_', ' ')} run: give --data FILE"
+            f"{cfg.task.replace('_', ' ')} run: give --input FILE"
         )
     frames = load_splits(cfg.data, cfg.training.seed, strata=task.strata).frames
     if split not in frames:
         raise LmforgeError(
             f"{run_dir} has no {split} split (its data.{split}_file and data.{split}_size "
-            "are unset); give --data FILE"
+            "are unset); give --input FILE"
         )
     metrics_file = run_dir / METRICS_FILE
     recorded = (
@@ -194,7 +211,7 @@ def read_run_split(model: str | Path, split: str) -> pd.DataFrame:
         raise LmforgeError(
             f"the {split} split of {run_dir} is not the one it was trained with "
             f"({len(frames[split])} rows now, {recorded.get('rows', {}).get(split)} then): its "
-            "data files changed; give --data FILE"
+            "data files changed; give --input FILE"
         )
     return frames[split]
 

@@ -17,6 +17,7 @@ from lmforge.data.readers import (
     as_text,
     decode_file,
     detect_format,
+    file_kind,
     read_examples,
     read_hf_dataset,
 )
@@ -1148,3 +1149,82 @@ def test_texts_missing_or_empty_are_one_line_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
     with pytest.raises(LmforgeError, match="no texts in"):
         read_texts(tmp_path / "empty.txt", ReaderOptions())
+
+
+# ----------------------------------------------------------------------------- held-out files
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("a.csv", "csv"),
+        ("a.TSV", "tsv"),
+        ("a.tab", "tsv"),
+        ("a.json", "jsonl"),
+        ("a.ndjson", "jsonl"),
+        ("a.pq", "parquet"),
+        ("a.txt", "text"),
+        ("a", "text"),
+        ("a.conll", "conll"),
+        ("a.xlsx", ".xlsx"),
+    ],
+)
+def test_file_kind_by_extension(name, kind):
+    assert file_kind(name) == kind
+
+
+def test_detected_header_is_used_when_it_names_a_column(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("label,text\npositive,good\nnegative,bad\n")
+    frame = read_examples(path, ReaderOptions(header=None))
+    assert frame["text"].tolist() == ["good", "bad"]
+    assert frame["label"].tolist() == ["positive", "negative"]
+
+
+def test_detected_header_absent_reads_two_columns_by_position(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("good,positive\nbad,negative\n")
+    frame = read_examples(path, ReaderOptions(header=None))
+    assert frame["text"].tolist() == ["good", "bad"]  # no row lost to a header
+
+
+def test_detected_header_of_delimited_lines(tmp_path):
+    with_header, without = tmp_path / "h.txt", tmp_path / "n.txt"
+    with_header.write_text("text@label\ngood@positive\n")
+    without.write_text("good@positive\nbad@negative\n")
+    opts = ReaderOptions(format="delimited", delimiter="@", header=None)
+    assert read_examples(with_header, opts)["text"].tolist() == ["good"]
+    assert read_examples(without, opts)["text"].tolist() == ["good", "bad"]
+
+
+def test_errors_name_the_flag_for_command_line_input_and_the_key_for_config(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_bytes("text,label\nSepp\xe4l\xe4,positive\n".encode("latin-1"))
+    with pytest.raises(LmforgeError) as from_config:
+        read_examples(path, ReaderOptions())
+    with pytest.raises(LmforgeError) as from_flags:
+        read_examples(path, ReaderOptions(from_flags=True))
+    assert "data.encoding" in str(from_config.value)
+    assert "--encoding latin-1" in str(from_flags.value)
+    assert "data.encoding" not in str(from_flags.value)
+    path.write_text("sentence,label\ngood,positive\n")
+    with pytest.raises(LmforgeError, match="set --text-column"):
+        read_examples(path, ReaderOptions(from_flags=True))
+    with pytest.raises(LmforgeError, match="set data.text_column"):
+        read_examples(path, ReaderOptions())
+
+
+def test_an_empty_carved_validation_split_is_an_error_naming_the_fix(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\ngood,positive\nbad,negative\nno label,\n")
+    cfg = DataConfig(train_file=str(path), validation_size=0.1)
+    with pytest.raises(LmforgeError) as err:
+        load_splits(cfg, seed=0)
+    message = str(err.value)
+    assert "validation split carved from train is empty: 2 usable row(s)" in message
+    assert "at least 2" in message and "data.validation_size: 0" in message
+    assert "validation_file" in message
+    with_test = DataConfig(train_file=str(path), validation_size=0.0, test_size=0.2)
+    with pytest.raises(LmforgeError, match="the test split carved from train is empty"):
+        load_splits(with_test, seed=0)
+    assert set(load_splits(cfg.model_copy(update={"validation_size": 0.0}), 0).frames) == {"train"}

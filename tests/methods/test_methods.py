@@ -433,7 +433,7 @@ def test_eval_and_ensemble_rescore_a_runs_own_validation_split(
 
     with pytest.raises(LmforgeError, match="no test split"):
         run_evaluation(run, None, split="test")
-    with pytest.raises(LmforgeError, match="either --data FILE or --split"):
+    with pytest.raises(LmforgeError, match="either --input FILE or --split"):
         run_evaluation(run, sentiment_csv, split="validation")
     with pytest.raises(LmforgeError, match="no run directory"):
         run_evaluation(tiny_model_dir, None, split="validation")

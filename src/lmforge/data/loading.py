@@ -132,6 +132,14 @@ def load_splits(
                 label_column="label" if labeled else "text",
             )
         )
+        for need, (name, share) in enumerate(fractions.items(), start=2):
+            if frames[name].empty:  # each label keeps a row for train first
+                raise LmforgeError(
+                    f"the {name} split carved from train is empty: "
+                    f"{sum(len(f) for f in frames.values())} usable row(s), and a label needs at "
+                    f"least {need} to give one to {name} (data.{name}_size {share:g}); add rows, "
+                    f"set data.{name}_file, or set data.{name}_size: 0 to train without it"
+                )
     _warn_overlap(frames)
     return Splits(frames=frames, cleaning=reports, carved=fractions)
 

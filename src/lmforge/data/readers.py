@@ -30,18 +30,47 @@ _EXTENSIONS = {
 }
 
 
+# A file's kind by its extension: files of one kind are read alike (runs.reader_options_for).
+_KINDS = {**_EXTENSIONS, ".txt": "text", "": "text", ".conll": "conll", ".bio": "conll"}
+
+
+def file_kind(path: str | Path) -> str:
+    """``csv``, ``tsv``, ``jsonl``, ``parquet``, ``text`` (``.txt`` or no extension), ``conll``,
+    or the extension itself."""
+    suffix = Path(path).suffix.lower()
+    return _KINDS.get(suffix, suffix)
+
+
 @dataclass(frozen=True)
 class ReaderOptions:
-    """How to read one file; mirrors the reading fields of ``DataConfig``."""
+    """How to read one file; mirrors the reading fields of ``DataConfig``.
+
+    ``header=None`` detects the header: the first row is one when it names the text, label or
+    pair column. ``from_flags`` makes errors name the command's flags (``--encoding``) rather
+    than the config keys (``data.encoding``): the user is holding the flags.
+    """
 
     format: str = "auto"
     delimiter: str | None = None
-    header: bool = True
+    header: bool | None = True
     encoding: str = "utf-8"
     text_column: str = "text"
     label_column: str | None = "label"
     text_pair_column: str | None = None
     negative_column: str | None = None
+    from_flags: bool = False
+    format_flag: str = "--format"
+
+    def knob(self, key: str) -> str:
+        """What the user sets to change ``key``: a flag or a config key."""
+        if not self.from_flags:
+            return f"data.{key}"
+        return self.format_flag if key == "format" else f"--{key.replace('_', '-')}"
+
+    def names_a_column(self, cells: list[str]) -> bool:
+        """Whether a first row is a header: it names one of the columns read."""
+        wanted = {self.text_column, self.label_column, self.text_pair_column}
+        return any(cell.strip() in wanted for cell in cells if cell)
 
 
 def read_examples(
@@ -57,7 +86,7 @@ def read_examples(
     path = Path(path)
     if not path.exists():
         raise LmforgeError(
-            f"data file {path} not found; check data.train_file / --data "
+            f"data file {path} not found; check data.train_file / --input "
             "(relative paths are resolved against the working directory, then the config)"
         )
     if path.is_dir():
@@ -66,9 +95,9 @@ def read_examples(
         )
     fmt = detect_format(path, opts)
     if fmt == "parquet":
-        frame = _read_parquet(path)
+        frame = _read_parquet(path, opts)
     else:
-        text = decode_file(path, opts.encoding)
+        text = decode_file(path, opts.encoding, opts.knob("encoding"))
         if not text.strip():
             raise LmforgeError(f"{path} is empty; it needs at least one example")
         if fmt == "jsonl":
@@ -110,26 +139,31 @@ def detect_format(path: Path, opts: ReaderOptions) -> str:
     if b"," in first:
         return "csv"
     raise LmforgeError(
-        f"cannot tell the format of {path}; set data.format (csv, tsv, jsonl, parquet, "
-        "delimited) and, for 'text@label' lines, data.delimiter"
+        f"cannot tell the format of {path}; set {opts.knob('format')} (csv, tsv, jsonl, "
+        f"parquet, delimited) and, for 'text@label' lines, {opts.knob('delimiter')}"
     )
 
 
-def decode_file(path: Path, encoding: str) -> str:
-    """Decode a whole file strictly; a wrong encoding is an error, never silent mojibake."""
+def decode_file(path: Path, encoding: str, knob: str = "data.encoding") -> str:
+    """Decode a whole file strictly; a wrong encoding is an error, never silent mojibake.
+    ``knob`` is what the user sets to change the encoding (named in the error)."""
     raw = path.read_bytes()
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         text = raw.decode(enc)
     except LookupError:
         raise LmforgeError(
-            f"data.encoding '{encoding}' is not a known encoding; use e.g. utf-8 or latin-1"
+            f"{knob} '{encoding}' is not a known encoding; use e.g. utf-8 or latin-1"
         ) from None
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise LmforgeError(
             f"{path}: line {line} is not valid {encoding} (byte 0x{raw[err.start]:02x}); "
-            "set data.encoding to the file's encoding, e.g. latin-1"
+            + (
+                f"pass the file's encoding, e.g. {knob} latin-1"
+                if knob.startswith("--")
+                else f"set {knob} to the file's encoding, e.g. latin-1"
+            )
         ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
@@ -139,7 +173,7 @@ def _read_csv(path: Path, text: str, opts: ReaderOptions, sep: str) -> pd.DataFr
         frame = pd.read_csv(
             io.StringIO(text),
             sep=sep,
-            header=0 if opts.header else None,
+            header=0 if opts.header is True else None,
             dtype=str,
             keep_default_na=False,
             na_values=[],
@@ -154,6 +188,9 @@ def _read_csv(path: Path, text: str, opts: ReaderOptions, sep: str) -> pd.DataFr
         ) from None
     except pd.errors.EmptyDataError:
         raise LmforgeError(f"{path} is empty; it needs at least one example") from None
+    if opts.header is None and len(frame) and opts.names_a_column(list(frame.iloc[0])):
+        frame.columns = [str(c) for c in frame.iloc[0]]
+        return frame.iloc[1:].reset_index(drop=True)
     if not opts.header:
         frame.columns = _positional_names(frame.shape[1], opts)
     return frame
@@ -171,7 +208,11 @@ def _read_delimited(path: Path, text: str, opts: ReaderOptions) -> pd.DataFrame:
     delim = opts.delimiter or "@"
     rows, bad = [], []
     lines = text.split("\n")
-    start = 1 if opts.header else 0
+    header = opts.header
+    if header is None:
+        text_part, _, label = (lines[0] if lines else "").rpartition(delim)
+        header = opts.names_a_column([text_part, label])
+    start = 1 if header else 0
     for number, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
             continue
@@ -183,10 +224,10 @@ def _read_delimited(path: Path, text: str, opts: ReaderOptions) -> pd.DataFrame:
     if bad:
         raise LmforgeError(
             f"{path}: {len(bad)} line(s) have no '{delim}' delimiter (first: line {bad[0]}); "
-            "fix them or set data.delimiter"
+            f"fix them or set {opts.knob('delimiter')}"
         )
     names = [opts.text_column, opts.label_column or "label"]
-    if opts.header and lines:
+    if header and lines:
         head = lines[0].rpartition(delim)
         if head[1]:
             names = [head[0].strip(), head[2].strip()]
@@ -229,7 +270,7 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     return pd.DataFrame([r for _, r in lines], dtype=object).map(as_text)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, opts: ReaderOptions) -> pd.DataFrame:
     try:
         import pyarrow.parquet as pq
 
@@ -237,7 +278,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     except Exception as err:  # pyarrow raises many types for a corrupt file
         raise LmforgeError(
             f"{path}: not a readable Parquet file ({type(err).__name__}); "
-            "check the file or set data.format"
+            f"check the file or set {opts.knob('format')}"
         ) from None
     return pd.DataFrame(records, dtype=object).map(as_text)
 
@@ -274,7 +315,7 @@ def _select_columns(
         if column not in columns:
             raise LmforgeError(
                 f"{path} has no {role} column '{column}'{did_you_mean(column, columns)}; "
-                f"its columns are: {', '.join(columns[:20])}; set data.{role}_column"
+                f"its columns are: {', '.join(columns[:20])}; set {opts.knob(role + '_column')}"
             )
     out = pd.DataFrame({role: frame[column] for role, column in wanted.items()})
     return out.astype(object).where(out.notna(), None)
@@ -334,7 +375,7 @@ def read_texts(source: str | Path, opts: ReaderOptions, flag: str = "--input") -
                 "or 'text@label' lines with --delimiter @), or - for standard input"
             )
         if path.suffix.lower() in (".txt", "") and opts.format == "auto" and not opts.delimiter:
-            rows = decode_file(path, opts.encoding).split("\n")
+            rows = decode_file(path, opts.encoding, opts.knob("encoding")).split("\n")
             if rows and not rows[-1].strip():
                 rows.pop()  # the newline that ends the last line
         else:

@@ -12,14 +12,14 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from lmforge.data.readers import ReaderOptions, decode_file, read_texts
+from lmforge.data.readers import ReaderOptions, decode_file, file_kind, read_texts
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
-from lmforge.runs import read_table_for
+from lmforge.runs import read_table_for, reader_options_for
 
 if TYPE_CHECKING:
     from lmforge.generation.generate import GenerationOptions
@@ -28,18 +28,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def text_reader(overrides: dict[str, Any]) -> ReaderOptions:
-    """How to read texts to predict on: the given reader flags over the defaults (a plain file
-    stays a line each unless a format or delimiter is given)."""
+def text_reader(model: str | Path, overrides: dict[str, Any], source: str | Path) -> ReaderOptions:
+    """How to read the texts of ``source`` for ``model``: standard input or a plain ``.txt`` file
+    stays a line each unless a format or delimiter is given; a table is read the way
+    :func:`lmforge.runs.reader_options_for` says (the run's text column), labels ignored."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    return ReaderOptions(
-        format=given.get("format", "auto"),
-        delimiter=given.get("delimiter"),
-        header=given.get("header", True) is not False,
-        encoding=given.get("encoding", "utf-8"),
-        text_column=given.get("text_column", "text"),
-        label_column=None,
-    )
+    if str(source) == "-" or (
+        file_kind(source) == "text" and not given.get("format") and not given.get("delimiter")
+    ):
+        return ReaderOptions(encoding=given.get("encoding", "utf-8"), from_flags=True)
+    opts = reader_options_for(model, {"from_flags": True, **given}, source)
+    return replace(opts, label_column=None)
 
 
 def run_predict(
@@ -63,7 +62,7 @@ def run_predict(
     if predictor.pairs:  # the first run's data settings read the table
         texts, pairs = read_pairs(models[0], source, reader)
     else:
-        texts, pairs = read_texts(source, text_reader(reader)), None
+        texts, pairs = read_texts(source, text_reader(models[0], reader, source)), None
     if adapters is None:
         rows = predictor.predict(texts, batch_size=batch_size, pairs=pairs)
     else:  # every adapter on the one base model
@@ -103,7 +102,7 @@ def run_embed(
             f"--output {out}: write .npy (a matrix) or .jsonl (text and embedding per line)"
         )
     predictor = Predictor.load(model, precision=precision, quantize=quantize, task="embedding")
-    texts = read_texts(source, text_reader(reader))
+    texts = read_texts(source, text_reader(model, reader, source))
     vectors = predictor.logits(texts, batch_size=batch_size).astype(np.float32)  # (N, H)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npy":

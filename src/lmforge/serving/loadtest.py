@@ -97,8 +97,7 @@ def lmforge_server(
             model,
             "--port",
             str(port),
-            "--api-key",
-            key,
+            f"--api-key={key}",  # one argument: a key may start with '-'
             "--max-batch-size",
             str(max_batch_size),
             "--max-wait-ms",

@@ -339,7 +339,7 @@ class LanguageModeling(Task):
         self, logits: np.ndarray, labels: Any, label_names: Sequence[str]
     ) -> dict[str, Any]:
         raise LmforgeError(
-            f"task {self.name} is scored by its loss (lmforge eval RUN --data CORPUS)"
+            f"task {self.name} is scored by its loss (lmforge eval RUN --input CORPUS)"
         )
 
     def decode(self, logits: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:

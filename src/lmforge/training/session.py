@@ -233,6 +233,12 @@ def fit_run(start: RunStart, setup: RunSetup, evaluator: Evaluator) -> Trained:
     # again.
     logger = RunLogger(run_dir / "logs", enabled=ctx.is_main, resume_after_step=state.step)
     validation = datasets.get("validation")
+    if validation is None and ctx.is_main:
+        log.warning(
+            "training without a validation split (data.validation_size is 0 and no "
+            "validation_file): no validation metrics%s; the last weights are the model",
+            ", no early stopping" if cfg.training.early_stopping_patience else "",
+        )
     settings = LoopSettings(
         epochs=cfg.training.epochs,
         max_steps=cfg.training.max_steps,
