@@ -10,6 +10,7 @@ operators by self time and the share of the step spent in matmuls.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -34,6 +35,18 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (dynamic shapes)"
     )
+    parser.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="the embeddings stay frozen (lmforge's method: freeze): no gradient, no AdamW state",
+    )
+    parser.add_argument(
+        "--bf16-weights",
+        action="store_true",
+        help="keep the linear layers' weights in bf16 between steps, updated from fp32 master "
+        "copies (instead of autocast casting them every forward)",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -42,9 +55,28 @@ def main() -> None:
     ).train()
     if not args.stock_dropout:
         use_fast_dropout(model)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=5e-5, fused=True
-    )  # before compile: same parameters
+    if args.freeze_embeddings:
+        for p in model.base_model.embeddings.parameters():
+            p.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    low: list[torch.Tensor] = []  # bf16 weights the model computes with
+    masters: list[torch.Tensor] = []  # their fp32 copies, which the optimizer updates
+    if args.bf16_weights:
+        linear = {
+            id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()
+        }
+        updated = []
+        for p in trainable:
+            if id(p) in linear:
+                master = p.detach().clone()
+                p.data = p.data.to(torch.bfloat16)
+                low.append(p)
+                masters.append(master)
+                updated.append(master)
+            else:
+                updated.append(p)
+        trainable = updated
+    optimizer = torch.optim.AdamW(trainable, lr=5e-5, fused=True)  # before compile
     ids = torch.randint(1000, 20000, (args.batch, args.length))
     mask = torch.ones_like(ids)
     labels = torch.randint(0, 3, (args.batch,))
@@ -53,8 +85,15 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if low:  # the bf16 gradients to the fp32 masters, and the updated masters back
+            for p, master in zip(low, masters, strict=True):
+                master.grad = p.grad.float()
+                p.grad = None
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
+        if low:
+            with torch.no_grad():
+                torch._foreach_copy_(low, masters)
         optimizer.zero_grad(set_to_none=True)
 
     forward_model = model
@@ -64,17 +103,20 @@ def main() -> None:
     for _ in range(3):
         step()
     print(f"first 3 steps (with any compile): {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    for _ in range(3):
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
         step()
-    seconds = (time.perf_counter() - start) / 3
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
     cfg = forward_model.config
     d, layers, ff, t = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, args.length
     flops = (
         3 * args.batch * (2 * layers * (4 * d * d + 2 * d * ff) * t + 2 * layers * 2 * d * t * t)
     )
     print(
-        f"step {seconds * 1e3:.0f} ms, {args.batch / seconds:.1f} examples/s, "
+        f"step {seconds * 1e3:.0f} ms (median of {args.steps}), {args.batch / seconds:.1f} "
+        "examples/s, "
         f"model {flops / seconds / 1e9:.0f} GFLOP/s"
     )
     with profile(activities=[ProfilerActivity.CPU]) as prof:

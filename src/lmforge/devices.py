@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
@@ -56,3 +57,28 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested == "bf16" and not bf16 and device == "cuda":
         raise LmforgeError("training.precision bf16 is not supported by this GPU; use fp16 or fp32")
     return requested
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_host_memory() -> None:
+    """Give the host memory that freed tensors left inside the C allocator back to the system.
+
+    glibc keeps freed blocks resident, and batches of many shapes fragment them, so a training
+    process's RSS creeps up epoch after epoch (docs/benchmarks.md). ``malloc_trim(0)`` returns
+    every free page of every arena; it takes milliseconds, and the training loop calls it
+    between phases (and every ``training.release_memory_steps`` steps), never inside one.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

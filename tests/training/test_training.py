@@ -218,3 +218,19 @@ def test_duplicate_rows_are_reported(tmp_path, tiny_model_dir, sentiment_rows):
         "rows_kept": 15,
         "repaired_tags": 0,
     }
+
+
+def test_host_memory_is_released_between_phases_and_every_n_steps(
+    tmp_path, tiny_model_dir, sentiment_csv, monkeypatch
+):
+    """After each evaluation, at each epoch's end and every ``release_memory_steps`` steps."""
+    calls = []
+    monkeypatch.setattr(
+        "lmforge.training.loop.release_host_memory", lambda: calls.append("released")
+    )
+    cfg = tiny_config(
+        tiny_model_dir, sentiment_csv, epochs=2, eval_strategy="epoch", release_memory_steps=1
+    )
+    cfg["data"]["validation_size"] = 0.25  # 12 train rows, batch 8: 2 steps an epoch
+    run_training(load_config(cfg), output_dir=tmp_path / "run")
+    assert len(calls) == 2 * (2 + 1 + 1)  # per epoch: 2 steps, its end, its evaluation

@@ -304,6 +304,12 @@ class TrainingConfig(_Section):
         description="Validation metric for choosing the best model and early stopping; default: "
         "the task's first (macro_f1 for classification, spearman for regression, f1 for NER).",
     )
+    release_memory_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Hand freed host memory back to the system (glibc malloc_trim) every N "
+        "optimizer steps, besides after each evaluation and epoch; lowers peak RSS on CPU.",
+    )
     early_stopping_patience: int | None = Field(
         None,
         ge=1,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,11 @@ from lmforge.runs import METADATA_FILE, find_model_dir, read_metadata
 from lmforge.tasks.registry import TASK_NAMES, get_task, task_of_architecture
 from lmforge.tasks.token_classification import word_logits
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lmforge.tasks.base import Task
+
 
 class Predictor:
     """A model, its tokenizer and its task, ready to turn texts into predictions."""
@@ -32,8 +37,8 @@ class Predictor:
     def __init__(
         self,
         model: torch.nn.Module,
-        tokenizer: Any,
-        task: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        task: Task,
         label_names: list[str],
         max_length: int,
         device: str,

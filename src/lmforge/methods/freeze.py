@@ -8,19 +8,17 @@ model saves as a plain Hugging Face directory, as with full fine-tuning.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.errors import LmforgeError
-from lmforge.methods.base import Method, MethodSetting
-from lmforge.methods.full import save_plain_model
+from lmforge.methods.base import MethodSetting
+from lmforge.methods.full import FullFineTuning
 from lmforge.methods.registry import register_method
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +36,13 @@ class FreezeOptions(BaseModel):
     layers: int = Field(0, ge=0, description="Freeze the first N transformer layers.")
 
 
-class Freeze(Method):
-    """The embeddings and the lowest layers stay frozen; the rest trains in full."""
+class Freeze(FullFineTuning):
+    """The embeddings and the lowest layers stay frozen; the rest trains in full (and saves
+    as full fine-tuning does)."""
 
     name = "freeze"
     options_class = FreezeOptions
+    shardable = False  # FSDP runs refuse it, as they refuse every method that freezes weights
     keeps_sparsity = True  # the weights that train are the pruned ones themselves
     trains_base_weights = True
 
@@ -70,15 +70,6 @@ class Freeze(Method):
             for p in module.parameters():
                 p.requires_grad_(False)
         return model
-
-    def save(
-        self,
-        model: PreTrainedModel,
-        run_dir: Path,
-        tokenizer: PreTrainedTokenizerBase,
-        state_dict: dict[str, torch.Tensor] | None = None,
-    ) -> Path:
-        return save_plain_model(model, run_dir, tokenizer, state_dict)
 
 
 register_method(Freeze())

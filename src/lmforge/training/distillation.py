@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from lmforge.data.batching import IGNORE_INDEX
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lmforge.tasks.base import Task
 
 
 def soft_target_loss(
@@ -57,7 +62,11 @@ def soft_target_loss(
 
 
 def load_teacher(
-    location: str, task: Any, label_names: list[str], tokenizer: Any, device: Any
+    location: str,
+    task: Task,
+    label_names: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device | str,
 ) -> torch.nn.Module:
     """The teacher model, frozen, in eval mode on ``device``; checked to share the student's
     labels and tokenizer (the loss compares their outputs class by class, token by token)."""
@@ -89,7 +98,7 @@ def load_teacher(
 
 def distillation_loss(
     teacher: torch.nn.Module,
-    task: Any,
+    task: Task,
     temperature: float,
     alpha: float,
     hard_loss: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from lmforge.devices import release_host_memory
 from lmforge.distributed.strategy import Strategy
 from lmforge.tasks.registry import LOWER_IS_BETTER
 from lmforge.training.checkpoint import Checkpointer
@@ -49,6 +50,7 @@ class LoopSettings:
     evaluate: bool
     metric: str
     patience: int | None
+    release_memory_steps: int | None = None  # host memory handed back every N steps
 
 
 class EarlyStopping:
@@ -164,6 +166,7 @@ def fit(
     def run_evaluation() -> None:
         pause_clock()
         metrics = evaluate()
+        release_host_memory()  # the evaluation's batches are gone; their pages need not stay
         model.train()
         logger.log(state.step, metrics, "validation")
         if stopper.update(metrics):
@@ -248,6 +251,8 @@ def fit(
                 log_window()
             if settings.evaluate and settings.eval_steps and state.step % settings.eval_steps == 0:
                 run_evaluation()
+            if settings.release_memory_steps and state.step % settings.release_memory_steps == 0:
+                release_host_memory()
             # One decision for all ranks: a signal may reach only some of them, and clocks differ.
             stop_now, due = ctx.any(stop.requested, checkpointer.due(state))
             if stop_now and not stop.requested:
@@ -260,6 +265,7 @@ def fit(
                 checkpoint("scheduled")
         if state.batches_in_epoch == batches_per_epoch:  # the epoch ran to its end
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            release_host_memory()
             if settings.evaluate and not settings.eval_steps:
                 run_evaluation()
             if checkpointer.policy.at_epoch_end or ctx.any(checkpointer.due(state))[0]:

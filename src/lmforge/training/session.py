@@ -249,6 +249,7 @@ def fit_run(start: RunStart, setup: RunSetup, evaluator: Evaluator) -> Trained:
         evaluate=validation is not None and cfg.training.eval_strategy != "no",
         metric=cfg.training.metric,
         patience=cfg.training.early_stopping_patience,
+        release_memory_steps=cfg.training.release_memory_steps,
     )
     if rng is not None:
         restore_rng(rng)  # last, so that nothing built above shifts the random streams
