@@ -304,3 +304,16 @@ def test_an_empty_validation_split_fails_before_training(tmp_path, tiny_model_di
         ["train", config, "--output", tmp_path / "r2", "--set", "data.validation_size=0"], capsys
     )
     assert code == 0 and "without a validation split" in err
+
+
+def test_help_stays_light():
+    """`lmforge --help` builds every parser without torch, transformers or the run-config models
+    (the serve flags come from serving.config alone)."""
+    probe = (
+        "import sys; from lmforge.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'lmforge.config.schema') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
