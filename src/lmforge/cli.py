@@ -110,7 +110,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a trained model on a labeled file",
         description="Print a classification report for a run or model directory on a labeled "
-        "file. Reading options default to the run's own data settings.",
+        "file. A file of the kind the run trained on (same extension) is read with the "
+        "run's reader settings; any other by its extension or content, header detected, with "
+        "the run's column names.",
     )
     p.add_argument("model", help="run directory or Hugging Face model directory")
     source = p.add_mutually_exclusive_group(required=True)
