@@ -78,12 +78,7 @@ def export(model: str | Path, output: str | Path, **options: Any) -> dict[str, A
     it fails the tolerance."""
     from lmforge.export.recipe import ExportOptions, run_export
 
-    return run_export(model, output, ExportOptions(**options), train=_train_stage).as_dict()
-
-
-def _train_stage(cfg: RunConfig, output_dir: Path) -> None:
-    """The export recipe's distillation and recovery stages: fine-tuning runs."""
-    run(cfg, output_dir=output_dir)
+    return run_export(model, output, ExportOptions(**options), train=run).as_dict()
 
 
 __all__ = ["LmforgeError", "__version__", "evaluate", "export", "predict", "run", "train"]

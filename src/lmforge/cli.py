@@ -585,6 +585,9 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_reader_flags(p: argparse.ArgumentParser, format_flag: str = "--format") -> None:
+    p.set_defaults(
+        format_flag=format_flag
+    )  # reading errors name the flag as this command spells it
     p.add_argument("--text-column", help="column with the text (default: the run's, else 'text')")
     p.add_argument(
         "--text-pair-column", help="column with the second text of pairs (default: the run's)"
@@ -618,6 +621,7 @@ def _reader_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "delimiter": args.delimiter,
         "encoding": args.encoding,
         "header": args.header,
+        "format_flag": args.format_flag,
     }
 
 
@@ -843,7 +847,7 @@ def _export_options(args: argparse.Namespace, **extra: Any) -> Any:
     return ExportOptions(
         data=args.data,
         split=args.split,
-        reader_overrides={**_reader_overrides(args), "format_flag": "--data-format"},
+        reader_overrides=_reader_overrides(args),
         metric=args.metric,
         tolerance=args.tolerance,
         accept_degradation=args.accept_degradation,

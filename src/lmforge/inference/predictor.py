@@ -54,12 +54,10 @@ class Predictor:
         self.autocast_dtype = autocast_dtype
         self.pairs = pairs  # trained on text pairs: predict needs both texts
         self.backend = "pytorch"  # what runs it, for reports and /v1/models (set by load)
-        # Lengths padded to a multiple: a CPU's oneDNN compiles kernels per shape and keeps them, so
-        # every new
-        # length costs memory. FPB batches through MiniLM (bf16, 400 random batches): RSS 741 -> 946
-        # MB and
-        # still growing unpadded, 558 -> 570 MB with multiples of 16, at the same speed. GPUs:
-        # tensor-core tiles.
+        # Lengths padded to a multiple: a CPU's oneDNN compiles kernels per shape and keeps them,
+        # so every new length costs memory. FPB batches through MiniLM (bf16, 400 random
+        # batches): RSS 741 -> 946 MB and still growing unpadded, 558 -> 570 MB with multiples
+        # of 16, at the same speed. GPUs: tensor-core tiles.
         # (Only multiples that max_length is one of: padding never goes past the model's positions.)
         multiple = next(
             (m for m in ((8,) if device == "cuda" else (16, 8)) if max_length % m == 0), None
