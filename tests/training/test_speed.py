@@ -78,6 +78,29 @@ def test_group_by_length_false_gives_the_plain_shuffle():
     assert sorted(flat) == list(range(100)) and flat != list(range(100))
 
 
+@pytest.mark.parametrize("multiple, widths", [(8, {8, 16}), (1, {5, 7, 9, 13})])
+def test_training_batches_are_padded_to_a_multiple_of_8_by_default(tmp_path, multiple, widths):
+    from lmforge.data.batching import EncodedDataset
+    from lmforge.training.setup import make_train_loader
+
+    class Tokenizer:
+        pad_token_id = 0
+
+    # Rows of 5, 7, 9 and 13 tokens, one per batch: each batch is as wide as its row, rounded up.
+    rows = [np.arange(1, n + 1) for n in (5, 7, 9, 13)]
+    dataset = EncodedDataset(rows, labels=np.zeros(4, dtype=np.int64))
+    model = tmp_path / "model"
+    overrides = {"batch_size": 1, "group_by_length": False, "pad_to_multiple_of": multiple}
+    cfg = load_config(tiny_config(model, tmp_path / "train.csv", **overrides))
+    _, loader = make_train_loader(cfg, dataset, Tokenizer(), "cpu")
+    assert {batch["input_ids"].shape[1] for batch in loader} == widths
+
+
+def test_pad_to_multiple_of_must_be_positive(tmp_path):
+    with pytest.raises(LmforgeError, match="pad_to_multiple_of"):
+        load_config(tiny_config(tmp_path, tmp_path / "t.csv", pad_to_multiple_of=0))
+
+
 # --- precision ----------------------------------------------------------------------------------
 
 
