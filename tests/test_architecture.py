@@ -80,3 +80,22 @@ def _literal(node: ast.expr) -> bool:
         isinstance(node, ast.Tuple | ast.List | ast.Set)
         and all(isinstance(e, ast.Constant) for e in node.elts)
     )
+
+
+def test_the_engine_never_imports_the_applications():
+    """Applications (lmforge.apps.*) build on the engine; the engine knows none of them, except
+    the CLI that registers their commands."""
+    wrong = []
+    for name, tree in modules():
+        if name.startswith("lmforge.apps") or name == "lmforge.cli":
+            continue
+        for node in ast.walk(tree):
+            targets = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            wrong += [f"{name} imports {t}" for t in targets if t.startswith("lmforge.apps")]
+    assert not wrong, wrong

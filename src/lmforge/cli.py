@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import __version__
+from lmforge.apps.monitor.cli import add_monitor
 from lmforge.errors import LmforgeError
 from lmforge.logs import setup_logging
 from lmforge.tasks.registry import TASK_NAMES as TASK_CHOICES
@@ -652,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve,
         _add_bench,
         _add_config,
+        add_monitor,
     ):
         add(sub)
     return parser
