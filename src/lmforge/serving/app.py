@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmforge.errors import LmforgeError
@@ -37,6 +36,7 @@ from lmforge.serving.generation import (
     openai_options,
     sse_answer,
 )
+from lmforge.serving.guard import ApiError, Authorizer, error_response, install_guard
 from lmforge.serving.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -53,8 +53,8 @@ from lmforge.serving.protocol import (
     TextsRequest,
 )
 from lmforge.serving.reload import ModelWatcher, reload_model
-from lmforge.serving.security import RateLimiter, mask_pii
-from lmforge.serving.telemetry import Metrics, log_access, new_request_id
+from lmforge.serving.security import mask_pii
+from lmforge.serving.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -116,27 +116,10 @@ class ServedModel:
         )
 
 
-class ApiError(Exception):
-    """An answer other than 200, as JSON ``{"error": {"type", "message"}}``."""
-
-    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
-
-
-def error_response(
-    status: int, kind: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"type": kind, "message": message}}, status_code=status, headers=headers
-    )
-
-
 def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = None) -> FastAPI:
     """The service for ``models`` (name -> loaded model)."""
     settings = settings or ServeSettings()
     metrics = Metrics()
-    limiter = RateLimiter(settings.rate_limit)
     state = {"ready": False}
     watcher = ModelWatcher(models, settings.reload_interval, on_reload=_reload_metrics(metrics))
 
@@ -183,76 +166,8 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        """Request ids, the body-size limit, the access log and the request metrics, for every
-        route."""
-        started = time.perf_counter()
-        request.state.request_id = new_request_id(request.headers.get("x-request-id"))
-        request.state.caller, request.state.model = None, None
-        if not await body_within(request, settings.max_body_bytes):
-            response = error_response(
-                413, "body_too_large", f"the body is over {settings.max_body_bytes} bytes"
-            )
-        else:
-            response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        endpoint = request.url.path
-        if endpoint.startswith("/v1/"):
-            model = request.state.model or "-"
-            metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint, model).observe(time.perf_counter() - started)
-            if response.status_code >= 400:
-                metrics.errors.labels(str(response.status_code)).inc()
-        log_access(
-            request.state.request_id,
-            request.method,
-            endpoint,
-            response.status_code,
-            started,
-            caller=request.state.caller,
-            model=request.state.model,
-        )
-        return response
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return error_response(err.status, err.kind, err.message, err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
-            for e in err.errors()[:5]
-        )
-        return error_response(
-            422, "invalid_request", problems or "the body is not valid JSON for this endpoint"
-        )
-
-    def authorize(request: Request) -> str:
-        """The caller's key name (401 without a valid key), rate-limited (429)."""
-        if settings.keys:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            caller = settings.keys.identify(token.strip()) if scheme.lower() == "bearer" else None
-            if caller is None:
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "a valid API key is needed: Authorization: Bearer KEY",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-        else:
-            caller = f"anonymous@{request.client.host if request.client else '-'}"
-        request.state.caller = caller
-        wait = limiter.allow(caller)
-        if wait:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"rate limit reached; retry after {wait:.1f} s",
-                {"Retry-After": str(max(1, round(wait)))},
-            )
-        return caller
+    install_guard(app, settings, metrics)
+    authorize = Authorizer(settings)
 
     def pick(request: Request, body: Any, endpoint: str) -> ServedModel:
         name = body.model or (next(iter(models)) if len(models) == 1 else None)
@@ -557,26 +472,6 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         return Response(content, media_type=media_type)
 
     return app
-
-
-async def body_within(request: Request, limit: int) -> bool:
-    """Whether the body is at most ``limit`` bytes: by its Content-Length, or, for a chunked body,
-    by reading it up to the limit and no further (an unbounded body never sits in memory)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        return declared.isdigit() and int(declared) <= limit
-    if request.method != "POST":
-        return True
-    size, chunks = 0, []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return False
-        chunks.append(chunk)
-    request._body = b"".join(
-        chunks
-    )  # Starlette's middleware replays a read body to the route from here
-    return True
 
 
 def check_limits(texts: list[str], pairs: list[str] | None, settings: ServeSettings) -> None:

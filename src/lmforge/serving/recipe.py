@@ -11,7 +11,6 @@ drain their queues), then the process exits.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ from typing import Any
 
 from lmforge.errors import LmforgeError
 from lmforge.serving.app import ServedModel, create_app
-from lmforge.serving.config import ServeConfig, ServeSettings
+from lmforge.serving.config import ServeConfig
+from lmforge.serving.guard import check_binding
 from lmforge.serving.reload import own_weights
 from lmforge.serving.security import ApiKeys
 from lmforge.serving.telemetry import MULTIPROC_ENV, mask_all_logs
@@ -80,19 +80,6 @@ def load_models(specs: list[str], precision: str = "auto") -> dict[str, ServedMo
         models[name] = ServedModel(name, predictor, path, precision=precision)
         log.info("model %s: %s (%s, %s)", name, path, predictor.task.name, models[name].backend)
     return models
-
-
-def check_binding(host: str, settings: ServeSettings, allow_open: bool) -> None:
-    """An open service (no keys) listens on loopback only, unless asked for explicitly."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not settings.keys and not loopback and not allow_open:
-        raise LmforgeError(
-            f"--host {host} without API keys would let anyone on the network call the models; "
-            "give --api-key (or --api-keys-file, $LMFORGE_API_KEYS), or --allow-open"
-        )
 
 
 def serve(config: ServeConfig, keys: ApiKeys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -245,12 +246,12 @@ def test_the_migrations_build_exactly_the_tables_the_code_uses(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = store.open_store(url)
-    assert store.current_revision(engine) == "0001"
+    assert store.current_revision(engine) == "0003"
     with engine.connect() as connection:
         context = MigrationContext.configure(connection)
         assert compare_metadata(context, store.metadata) == []
     store.open_store(url)  # reopening an up-to-date store changes nothing
-    assert store.current_revision(engine) == "0001"
+    assert store.current_revision(engine) == "0003"
     from alembic import command
 
     with engine.begin() as connection:  # and the downgrade takes every table away
@@ -259,6 +260,29 @@ def test_the_migrations_build_exactly_the_tables_the_code_uses(tmp_path):
         import sqlalchemy as sa
 
         assert sa.inspect(connection).get_table_names() == ["alembic_version"]
+
+
+def test_an_older_store_is_upgraded_in_place(tmp_path):
+    import sqlalchemy as sa
+
+    from lmforge.apps.monitor import store
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    old = sa.create_engine(url)
+    store.upgrade(old, "0001")  # a store written by the first release
+    moment = datetime(2024, 1, 1, tzinfo=UTC)
+    with old.begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO documents VALUES ('d1', 'news', :t, NULL, NULL, 'a text')"),
+            {"t": moment.replace(tzinfo=None)},
+        )
+        assert "outbox" not in sa.inspect(connection).get_table_names()
+    engine = store.open_store(url)
+    assert store.current_revision(engine) == "0003"
+    with engine.connect() as connection:
+        assert "outbox" in sa.inspect(connection).get_table_names()
+        (doc,) = connection.execute(sa.select(store.documents)).all()
+    assert (doc.id, doc.timestamp, doc.text) == ("d1", moment, "a text")
 
 
 def test_store_errors_are_one_line(tmp_path):
@@ -286,3 +310,16 @@ def test_aggregates_add_up_across_batches(tmp_path):
         got = connection.execute(sa.select(store.aggregates)).one()
     assert (got.volume, got.negative, got.positive, got.score_sum) == (6, 2, 2, 1.0)
     assert got.start == start  # aware UTC back out of SQLite
+
+
+def test_the_packaged_demo_config_loads_and_writes_under_the_working_directory(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_monitor_config("demo")
+    assert cfg.store == str(tmp_path / "monitor-demo" / "monitor.db")
+    assert cfg.build_dir == str(tmp_path / "monitor-demo" / "models")
+    (source,) = cfg.sources
+    assert source.path.endswith("apps/monitor/data/demo_stream.jsonl")
+    assert Path(source.path).read_text().startswith('{"id": "demo-0001"')
+    assert cfg.models.sentiment.train.endswith("recipes/demo.yaml")

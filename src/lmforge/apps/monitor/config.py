@@ -3,33 +3,95 @@
 from __future__ import annotations
 
 import copy
+import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lmforge.apps.monitor.windows import parse_duration
 from lmforge.config.errors import format_validation_error
 from lmforge.config.loader import apply_overrides, read_yaml
 from lmforge.errors import LmforgeError
+from lmforge.serving.config import ServeSettings
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class SentimentModel(_Strict):
+class ExportSpec(_Strict):
+    """How ``lmforge monitor build`` exports a model (``lmforge export``), verified against the
+    original: ONNX int8 is the fastest CPU backend."""
+
+    format: Literal["onnx", "hf"] = "onnx"
+    quantize: Literal["none", "int8"] = "int8"
+    tolerance: float = Field(
+        1.0,
+        ge=0,
+        description="Points of the metric the export may lose on the run's held-out split "
+        "before the build fails (lmforge export --tolerance).",
+    )
+
+
+class ModelSpec(_Strict):
+    """A model named by an existing directory (``run``) or by an lmforge training config
+    (``train``) that ``lmforge monitor build`` trains, optionally exports, and caches."""
+
+    run: str | None = Field(
+        None, description="Run or export directory (or model directory) of the model."
+    )
+    train: str | None = Field(
+        None, description="An lmforge training config (as for `lmforge train`) to build from."
+    )
+    overrides: list[str] = Field(
+        default_factory=list, description="With train: KEY=VALUE overrides, as --set."
+    )
+    export: ExportSpec | None = Field(
+        None, description="Export the model before use (built by `lmforge monitor build`)."
+    )
+
+    @property
+    def needs_build(self) -> bool:
+        return self.train is not None or self.export is not None
+
+
+def _one_source(spec: ModelSpec, role: str, descriptions: bool = False) -> None:
+    given = [name for name in ("run", "train") if getattr(spec, name)]
+    if len(given) > 1:
+        raise ValueError(f"models.{role}: give run or train, not both")
+    if not given and not descriptions:
+        raise ValueError(
+            f"models.{role}: name a model directory (run:) or a training config (train:)"
+        )
+
+
+class SentimentModel(ModelSpec):
     """A sequence-classification model whose labels include a negative and a positive class."""
 
-    run: str = Field(description="Run or export directory (or model directory) of the model.")
     negative: str = Field("negative", description="The label that counts as negative.")
     positive: str = Field("positive", description="The label that counts as positive.")
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> SentimentModel:
+        _one_source(self, "sentiment")
+        return self
 
-class TopicModel(_Strict):
-    """Topics from a trained classifier (``run``), or from short descriptions matched by an
-    embedding model (``descriptions``, for users without labeled topic data)."""
+
+class TopicModel(ModelSpec):
+    """Topics from a trained classifier (``run`` or ``train``; single- or multi-label: the most
+    probable label wins), or from short descriptions matched by an embedding model
+    (``descriptions``, for users without labeled topic data)."""
 
     run: str | None = Field(
         None,
@@ -45,8 +107,14 @@ class TopicModel(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> TopicModel:
-        if self.run is None and not self.descriptions:
-            raise ValueError("name a classifier (run:) or give topic descriptions (descriptions:)")
+        if self.descriptions and (self.train or self.export):
+            raise ValueError("models.topic: descriptions use an embedding model as it is")
+        if self.run is None and self.train is None and not self.descriptions:
+            raise ValueError(
+                "models.topic: name a classifier (run: or train:) or give topic descriptions "
+                "(descriptions:)"
+            )
+        _one_source(self, "topic", descriptions=bool(self.descriptions))
         return self
 
 
@@ -68,10 +136,55 @@ class Fields(_Strict):
 class FileSource(_Strict):
     kind: Literal["file"] = "file"
     name: str = Field(description="The source's name, stored with every document.")
-    path: str = Field(description="A JSONL or CSV file, or a glob of them (read in name order).")
+    path: str = Field(
+        description="A JSONL or CSV file, a glob of them (read in name order), or '-' for "
+        "JSON lines on standard input."
+    )
     format: Literal["auto", "jsonl", "csv"] = "auto"
     encoding: str = "utf-8"
     fields: Fields = Field(default_factory=Fields)
+    follow: bool = Field(
+        False,
+        description="lmforge monitor run: keep reading lines appended to the files and new "
+        "files matching the glob (name them so that they sort in time order).",
+    )
+
+
+class FeedSource(_Strict):
+    """An RSS or Atom feed, polled by ``lmforge monitor run`` (entries are deduplicated by
+    their id or link, so overlapping polls store each entry once)."""
+
+    kind: Literal["feed"]
+    name: str = Field(description="The source's name, stored with every document.")
+    url: str = Field(description="The feed's http(s) URL.")
+    interval: str = Field("5m", description="Time between polls.")
+    timeout: str = Field("10s", description="Per request; a poll that times out is quarantined.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"url {value!r}: use an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _durations(self) -> FeedSource:
+        for name in ("interval", "timeout"):
+            try:
+                parse_duration(getattr(self, name), f"sources.{self.name}.{name}")
+            except LmforgeError as err:
+                raise ValueError(str(err)) from None
+        return self
+
+
+def _source_kind(value: Any) -> str:
+    return value.get("kind", "file") if isinstance(value, dict) else getattr(value, "kind", "file")
+
+
+Source = Annotated[
+    Annotated[FileSource, Tag("file")] | Annotated[FeedSource, Tag("feed")],
+    Discriminator(_source_kind),
+]
 
 
 class Rule(_Strict):
@@ -120,15 +233,98 @@ class Rule(_Strict):
         return self
 
 
+class LogSink(_Strict):
+    """Alerts as warning lines in the log."""
+
+    kind: Literal["log"] = "log"
+
+
+class WebhookSink(_Strict):
+    """Alerts POSTed as JSON to ``url``: written to the store's outbox in the transaction that
+    opened or closed the alert, then delivered and retried with exponential backoff, so an
+    unreachable receiver loses nothing (delivery is at least once: receivers deduplicate on
+    the ``X-Lmforge-Delivery`` header)."""
+
+    kind: Literal["webhook"]
+    name: str = Field(description="The sink's name (the outbox keeps it with each message).")
+    url: str = Field(description="http(s) URL; for Alertmanager: http://HOST:9093/api/v2/alerts")
+    format: Literal["json", "alertmanager"] = Field(
+        "json",
+        description="json: lmforge's event ({event, alert, monitor}); alertmanager: a list "
+        "of alerts as Prometheus sends them to Alertmanager's /api/v2/alerts.",
+    )
+    secret_env: str | None = Field(
+        None,
+        description="Environment variable holding the HMAC-SHA256 key; each request then "
+        "carries X-Lmforge-Signature: sha256=HMAC(key, timestamp + '.' + body).",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    timeout: str = Field("5s", description="Per request.")
+    max_attempts: int = Field(
+        12, ge=1, le=100, description="Then the message is marked failed (kept, not deleted)."
+    )
+    backoff: str = Field("2s", description="First retry delay; doubles per attempt, up to 1h.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"url {value!r}: use an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _durations(self) -> WebhookSink:
+        for name in ("timeout", "backoff"):
+            try:
+                parse_duration(getattr(self, name), f"sinks.{self.name}.{name}")
+            except LmforgeError as err:
+                raise ValueError(str(err)) from None
+        return self
+
+
+SinkSpec = Annotated[LogSink | WebhookSink, Field(discriminator="kind")]
+
+
+class ServiceConfig(ServeSettings):
+    """``lmforge monitor run``: where it listens and how it guards itself, with the settings
+    of ``lmforge serve`` (rate_limit, max_body_bytes, max_texts: documents per push, ...).
+    API keys come from ``--api-key``, ``api_keys_file`` or ``$LMFORGE_API_KEYS``, never from
+    the YAML file."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port (0: any free port).")
+    api_keys_file: str | None = Field(None, description="A file of [NAME:]KEY lines.")
+    allow_open: bool = Field(
+        False, description="Listen on a non-loopback address without API keys (not advised)."
+    )
+    poll_interval: str = Field(
+        "2s", description="How often followed files are read and quiet windows are judged."
+    )
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        try:
+            parse_duration(value, "service.poll_interval")
+        except LmforgeError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+
 class MonitorConfig(_Strict):
     name: str = "monitor"
+    build_dir: str = Field(
+        "monitor-models",
+        description="Where `lmforge monitor build` keeps the models it trains and exports "
+        "(relative to the config), one folder per model and build settings.",
+    )
     store: str = Field(
         "monitor.db",
         description="A SQLite file (relative to the config) or a SQLAlchemy URL, e.g. "
         "postgresql+psycopg://user:pass@host/db.",
     )
     models: Models
-    sources: list[FileSource] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
     windows: list[str] = Field(default_factory=lambda: ["1h", "1d"])
     lateness: str = Field(
         "1h",
@@ -136,6 +332,12 @@ class MonitorConfig(_Strict):
         "a window as soon as a later document arrives).",
     )
     rules: list[Rule] = Field(default_factory=list)
+    sinks: list[SinkSpec] = Field(
+        default_factory=lambda: [LogSink()], description="Where alerts go (default: the log)."
+    )
+    service: ServiceConfig = Field(
+        default_factory=ServiceConfig, description="lmforge monitor run's HTTP service."
+    )
     batch_size: int = Field(64, ge=1, le=4096, description="Documents classified at once.")
     max_text_chars: int = Field(
         100_000, ge=1, description="Longer texts are quarantined, not classified."
@@ -164,6 +366,9 @@ class MonitorConfig(_Strict):
         names = [rule.name for rule in self.rules]
         if len(set(names)) != len(names):
             raise ValueError("rule names must be unique")
+        hooks = [sink.name for sink in self.sinks if isinstance(sink, WebhookSink)]
+        if len(set(hooks)) != len(hooks):
+            raise ValueError("sink names must be unique")
         for rule in self.rules:
             if rule.window not in self.windows:
                 raise ValueError(
@@ -179,30 +384,45 @@ class MonitorConfig(_Strict):
         return self.store if "://" in self.store else f"sqlite:///{self.store}"
 
 
+DEMO = "demo"  # the packaged demo config's name
+DEMO_CONFIG = Path(__file__).parent / "data" / "demo.yaml"
+
+
 def load_monitor_config(
     source: str | Path | dict[str, Any], overrides: list[str] | None = None
 ) -> MonitorConfig:
     """Read, override (``--set key=value``) and validate a monitor config; paths in it are
-    relative to the config file."""
+    relative to the config file. ``"demo"`` is the packaged demo, whose store and models go
+    under ``monitor-demo/`` in the working directory."""
+    demo = str(source) == DEMO and not Path(DEMO).exists()
+    if demo:
+        source = DEMO_CONFIG
     label = "config" if isinstance(source, dict) else str(source)
     data = (
         copy.deepcopy(source)
         if isinstance(source, dict)
-        else read_yaml(source, needs="models.sentiment.run")
+        else read_yaml(source, needs="models.sentiment")
     )
     data = apply_overrides(data, overrides or [])
+    if isinstance(data.get("service"), dict) and "keys" in data["service"]:
+        raise LmforgeError(
+            f"{label}: API keys are never written in the config; give service.api_keys_file, "
+            "--api-key or $LMFORGE_API_KEYS"
+        )
     try:
         cfg = MonitorConfig.model_validate(data)
     except ValidationError as err:
         raise LmforgeError(f"{label}: {format_validation_error(err, MonitorConfig)}") from None
     if not isinstance(source, dict):
-        _resolve_paths(cfg, Path(source).resolve().parent)
+        base = Path(source).resolve().parent
+        _resolve_paths(cfg, base, outputs=Path.cwd() if demo else base)
     return cfg
 
 
-def _resolve_paths(cfg: MonitorConfig, base: Path) -> None:
-    """A relative path that does not exist from the working directory is taken from the
-    config's folder (the rule of run configs)."""
+def _resolve_paths(cfg: MonitorConfig, base: Path, outputs: Path) -> None:
+    """A relative input path that does not exist from the working directory is taken from the
+    config's folder (the rule of run configs); the store and build folder are under
+    ``outputs``."""
 
     def resolve(path: str) -> str:
         if Path(path).is_absolute() or Path(path).exists() or path == "default":
@@ -213,10 +433,19 @@ def _resolve_paths(cfg: MonitorConfig, base: Path) -> None:
         found = candidate.exists() or (glob.has_magic(path) and glob.glob(str(candidate)))
         return str(candidate) if found else path
 
-    cfg.models.sentiment.run = resolve(cfg.models.sentiment.run)
-    if cfg.models.topic is not None and cfg.models.topic.run:
-        cfg.models.topic.run = resolve(cfg.models.topic.run)
+    for spec in (cfg.models.sentiment, cfg.models.topic):
+        if spec is None:
+            continue
+        if spec.run:
+            spec.run = resolve(spec.run)
+        if spec.train:
+            spec.train = resolve(spec.train)
     for source in cfg.sources:
-        source.path = resolve(source.path)
+        if isinstance(source, FileSource) and source.path != "-":
+            source.path = resolve(source.path)
     if "://" not in cfg.store and not Path(cfg.store).is_absolute():
-        cfg.store = str(base / cfg.store)
+        cfg.store = os.path.normpath(outputs / cfg.store)
+    if cfg.service.api_keys_file:
+        cfg.service.api_keys_file = resolve(cfg.service.api_keys_file)
+    if not Path(cfg.build_dir).is_absolute():
+        cfg.build_dir = os.path.normpath(outputs / cfg.build_dir)

@@ -12,6 +12,9 @@ from dateutil import parser as dateparser
 
 from lmforge.apps.monitor.config import Fields
 
+ALL = "all"  # the topic of every document, and of documents when no topic model is configured
+OTHER = "other"  # a document no topic is close enough to
+
 
 @dataclass(frozen=True)
 class Document:

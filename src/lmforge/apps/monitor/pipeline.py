@@ -14,16 +14,17 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from lmforge.apps.monitor import store
 from lmforge.apps.monitor.classify import ALL, Classifier, Labels
-from lmforge.apps.monitor.config import MonitorConfig, Rule
+from lmforge.apps.monitor.config import Fields, FileSource, MonitorConfig, Rule
 from lmforge.apps.monitor.documents import Document, Rejected, to_document
 from lmforge.apps.monitor.rules import RuleState, Verdict, judge
 from lmforge.apps.monitor.sources import Position, Record
@@ -64,6 +65,15 @@ class AlertEvent:
 Sink = Callable[[AlertEvent], None]
 
 
+class Outbox(Protocol):
+    """Messages written with the alerts they announce, delivered after the commit
+    (:class:`lmforge.apps.monitor.sinks.Notifier`)."""
+
+    def enqueue(self, connection: Connection, events: Sequence[AlertEvent]) -> None: ...
+
+    def deliver(self, engine: Engine) -> object: ...
+
+
 def log_sink(event: AlertEvent) -> None:
     alert = event.alert
     log.warning(
@@ -86,11 +96,17 @@ class Pipeline:
         engine: Engine,
         classifier: Classifier,
         sinks: Iterable[Sink] = (log_sink,),
+        outbox: Outbox | None = None,
+        clock: Callable[[], datetime] | None = None,
     ):
         self.cfg = cfg
         self.engine = engine
         self.classifier = classifier
         self.sinks = list(sinks)
+        self.outbox = outbox
+        # Live (lmforge monitor run): windows also close as wall time passes, not only when a
+        # later document arrives, so a stream that goes quiet still has its windows judged.
+        self.clock = clock
         self.windows = cfg.window_sizes()
         self.lateness = parse_duration(cfg.lateness, allow_zero=True)
         self.counts = Counts()
@@ -112,31 +128,29 @@ class Pipeline:
         for record in records:
             batch.append(record)
             if len(batch) >= self.cfg.batch_size:
-                pace.wait(self._batch(batch))
+                pace.wait(self.ingest(batch))
                 if progress:
                     progress(len(batch))
                 batch = []
         if batch:
-            self._batch(batch)
+            self.ingest(batch)
             if progress:
                 progress(len(batch))
         self.finish()
         return self.counts
 
-    def _batch(self, records: list[Record]) -> datetime | None:
-        """Store one batch; returns its newest timestamp (for pacing)."""
+    def ingest(self, records: list[Record]) -> datetime | None:
+        """Store one batch (all from one source); returns its newest timestamp (for pacing)."""
         self.counts.read += len(records)
         documents: dict[str, Document] = {}
         rejected: list[tuple[Record, str]] = []
-        source = next(s for s in self.cfg.sources if s.name == records[0].source)
+        fields = self._fields(records[0].source)
         for record in records:
             if record.fields is None:
                 rejected.append((record, record.error or "unreadable"))
                 continue
             try:
-                doc = to_document(
-                    record.fields, record.source, source.fields, self.cfg.max_text_chars
-                )
+                doc = to_document(record.fields, record.source, fields, self.cfg.max_text_chars)
             except Rejected as err:
                 rejected.append((record, str(err)))
                 continue
@@ -172,18 +186,39 @@ class Pipeline:
                 ["source"],
             )
             events = self._judge(connection, final=False)
+            if self.outbox is not None:
+                self.outbox.enqueue(connection, events)
         self.counts.stored += len(new)
         self.counts.quarantined += len(rejected)
         self._emit(events)
         return max((doc.timestamp for doc in new), default=None)
 
+    def _fields(self, source: str) -> Fields:
+        """Which record fields hold what: a file source's settings; the standard names for
+        feeds (their reader maps entries to them) and pushed documents."""
+        for spec in self.cfg.sources:
+            if spec.name == source and isinstance(spec, FileSource):
+                return spec.fields
+        return Fields()
+
+    def tick(self) -> None:
+        """Judge the windows that wall time has closed (live mode, between documents)."""
+        with store.transaction(self.engine) as connection:
+            events = self._judge(connection, final=False)
+            if self.outbox is not None:
+                self.outbox.enqueue(connection, events)
+        self._emit(events)
+
     def finish(self) -> None:
         """Judge every window the stored stream has passed (the end of a replay)."""
         with store.transaction(self.engine) as connection:
             events = self._judge(connection, final=True)
+            if self.outbox is not None:
+                self.outbox.enqueue(connection, events)
         self._emit(events)
 
     def _emit(self, events: list[AlertEvent]) -> None:
+        """After the commit: the immediate sinks, then whatever the outbox has due."""
         for event in events:
             if event.kind == "fired":
                 self.counts.fired += 1
@@ -191,6 +226,8 @@ class Pipeline:
                 self.counts.resolved += 1
             for sink in self.sinks:
                 sink(event)
+        if self.outbox is not None:
+            self.outbox.deliver(self.engine)
 
     # --- storing ---------------------------------------------------------------------------
     def _store(self, connection: Connection, docs: list[Document], labels: list[Labels]) -> None:
@@ -257,6 +294,8 @@ class Pipeline:
         if newest is None or not self.cfg.rules:
             return []
         newest = store.UTCDateTime().process_result_value(newest, connection.dialect)
+        if self.clock is not None and not final:
+            newest = max(newest, self.clock())
         events: list[AlertEvent] = []
         for rule in self.cfg.rules:
             events += self._judge_rule(

@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lmforge.apps.monitor.config import FileSource
 from lmforge.errors import LmforgeError
@@ -65,50 +66,69 @@ def file_format(source: FileSource, path: Path) -> str:
     )
 
 
-def read_source(source: FileSource, after: Position | None = None) -> Iterator[Record]:
-    """Every record of ``source`` after ``after`` (a stored position), in order."""
+STDIN = "-"
+
+
+def read_source(
+    source: FileSource, after: Position | None = None, complete_lines: bool = False
+) -> Iterator[Record]:
+    """Every record of ``source`` after ``after`` (a stored position), in order.
+
+    ``complete_lines``: stop at a last JSONL line without its newline (a file being written
+    to, as ``follow`` reads it; the line is read once it is complete).
+    """
+    if source.path == STDIN:
+        skip = after.records if after is not None else 0
+        yield from _jsonl_lines(source, sys.stdin.buffer, STDIN, skip, complete_lines)
+        return
     for path in source_files(source):
         if after is not None and str(path) < after.file:
             continue
         skip = after.records if after is not None and str(path) == after.file else 0
-        reader = _read_jsonl if file_format(source, path) == "jsonl" else _read_csv
-        yield from reader(source, path, skip)
+        if file_format(source, path) == "jsonl":
+            with path.open("rb") as handle:
+                yield from _jsonl_lines(source, handle, str(path), skip, complete_lines)
+        else:
+            yield from _read_csv(source, path, skip)
 
 
-def _read_jsonl(source: FileSource, path: Path, skip: int) -> Iterator[Record]:
+def _jsonl_lines(
+    source: FileSource, handle: BinaryIO, name: str, skip: int, complete_lines: bool
+) -> Iterator[Record]:
     # Bytes, decoded per line: one badly encoded line is quarantined, the rest of the file read.
-    with path.open("rb") as handle:
-        count = 0
-        for raw in handle:
-            if not raw.strip():
-                continue
-            count += 1
-            if count <= skip:
-                continue
-            position = Position(str(path), count)
-            try:
-                line = raw.decode(source.encoding)
-            except UnicodeDecodeError as err:
-                text = raw.decode(source.encoding, errors="replace")[:2000]
-                yield Record(
-                    source.name,
-                    position,
-                    None,
-                    f"line {count} is not {source.encoding} ({err.reason} at byte {err.start})",
-                    text,
-                )
-                continue
-            try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield Record(
-                    source.name, position, None, f"line {count}: invalid JSON ({err.msg})", line
-                )
-                continue
-            if not isinstance(fields, dict):
-                yield Record(source.name, position, None, f"line {count}: not an object", line)
-                continue
-            yield Record(source.name, position, fields)
+    count = 0
+    for raw in handle:
+        if complete_lines and not raw.endswith(b"\n"):
+            return
+        if not raw.strip():
+            continue
+        count += 1
+        if count <= skip:
+            continue
+        position = Position(name, count)
+        try:
+            line = raw.decode(source.encoding)
+        except UnicodeDecodeError as err:
+            text = raw.decode(source.encoding, errors="replace")[:2000]
+            yield Record(
+                source.name,
+                position,
+                None,
+                f"line {count} is not {source.encoding} ({err.reason} at byte {err.start})",
+                text,
+            )
+            continue
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield Record(
+                source.name, position, None, f"line {count}: invalid JSON ({err.msg})", line
+            )
+            continue
+        if not isinstance(fields, dict):
+            yield Record(source.name, position, None, f"line {count}: not an object", line)
+            continue
+        yield Record(source.name, position, fields)
 
 
 def _read_csv(source: FileSource, path: Path, skip: int) -> Iterator[Record]:

@@ -24,7 +24,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class UTCDateTime(sa.TypeDecorator):
-    """Aware UTC datetimes in and out (SQLite keeps no zone: it would hand back naive ones)."""
+    """Aware UTC datetimes in and out. SQLite keeps no zone (it would hand back naive ones);
+    PostgreSQL hands timestamptz back in the session's TimeZone, the server's local zone by
+    default, so an aware value is converted to UTC too."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -40,7 +42,9 @@ class UTCDateTime(sa.TypeDecorator):
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
 
 
 metadata = sa.MetaData()
@@ -89,6 +93,8 @@ alerts = sa.Table(
     sa.Column("fired_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime),
     sa.Column("acknowledged_at", UTCDateTime),
+    sa.Column("acknowledged_by", sa.Text),  # (0003) a caller's key name, by hand
+    sa.Column("resolved_by", sa.Text),  # (0003) set when resolved by hand, not by its rule
     sa.Column("state", sa.Text, nullable=False),
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("baseline", sa.Float),
@@ -123,6 +129,22 @@ positions = sa.Table(
     sa.Column("source", sa.Text, primary_key=True),
     sa.Column("file", sa.Text, nullable=False),
     sa.Column("records", sa.Integer, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sink", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("alert_id", sa.Integer, sa.ForeignKey("alerts.id"), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("last_error", sa.Text),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Column("failed_at", UTCDateTime),
 )
 
 
@@ -169,6 +191,15 @@ def open_store(url: str) -> Engine:
         upgrade(engine)
     except sa.exc.OperationalError as err:
         raise LmforgeError(f"store {engine.url!r}: cannot open it ({err.orig})") from None
+    except sa.exc.ProgrammingError as err:
+        # PostgreSQL: a user who may not create the tables (since 15, not in `public` unless
+        # granted); any other ProgrammingError is a bug and keeps its traceback.
+        if getattr(err.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise LmforgeError(
+            f"store {engine.url!r}: cannot create or upgrade its tables ({err.orig}); the "
+            "user needs CREATE rights (own the database, or GRANT CREATE ON SCHEMA public)"
+        ) from None
     return engine
 
 
