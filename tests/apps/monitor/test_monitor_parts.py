@@ -238,53 +238,6 @@ def test_mean_score_rules_fire_downwards():
 
 
 # --- store --------------------------------------------------------------------------------
-def test_the_migrations_build_exactly_the_tables_the_code_uses(tmp_path):
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
-    from lmforge.apps.monitor import store
-
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    engine = store.open_store(url)
-    assert store.current_revision(engine) == "0003"
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection)
-        assert compare_metadata(context, store.metadata) == []
-    store.open_store(url)  # reopening an up-to-date store changes nothing
-    assert store.current_revision(engine) == "0003"
-    from alembic import command
-
-    with engine.begin() as connection:  # and the downgrade takes every table away
-        command.downgrade(store._alembic_config(connection), "base")
-    with engine.connect() as connection:
-        import sqlalchemy as sa
-
-        assert sa.inspect(connection).get_table_names() == ["alembic_version"]
-
-
-def test_an_older_store_is_upgraded_in_place(tmp_path):
-    import sqlalchemy as sa
-
-    from lmforge.apps.monitor import store
-
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    old = sa.create_engine(url)
-    store.upgrade(old, "0001")  # a store written by the first release
-    moment = datetime(2024, 1, 1, tzinfo=UTC)
-    with old.begin() as connection:
-        connection.execute(
-            sa.text("INSERT INTO documents VALUES ('d1', 'news', :t, NULL, NULL, 'a text')"),
-            {"t": moment.replace(tzinfo=None)},
-        )
-        assert "outbox" not in sa.inspect(connection).get_table_names()
-    engine = store.open_store(url)
-    assert store.current_revision(engine) == "0003"
-    with engine.connect() as connection:
-        assert "outbox" in sa.inspect(connection).get_table_names()
-        (doc,) = connection.execute(sa.select(store.documents)).all()
-    assert (doc.id, doc.timestamp, doc.text) == ("d1", moment, "a text")
-
-
 def test_store_errors_are_one_line(tmp_path):
     from lmforge.apps.monitor.store import open_store
 
@@ -293,23 +246,6 @@ def test_store_errors_are_one_line(tmp_path):
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(LmforgeError, match="cannot open it"):
         open_store(f"sqlite:///{tmp_path / 'dir.db'}")
-
-
-def test_aggregates_add_up_across_batches(tmp_path):
-    import sqlalchemy as sa
-
-    from lmforge.apps.monitor import store
-
-    engine = store.open_store(f"sqlite:///{tmp_path / 'm.db'}")
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    row = {"window": "1h", "topic": "all", "start": start, "volume": 3, "negative": 1}
-    for _ in range(2):
-        with store.transaction(engine) as connection:
-            store.add_to_aggregate(connection, {**row, "positive": 1, "score_sum": 0.5})
-    with engine.connect() as connection:
-        got = connection.execute(sa.select(store.aggregates)).one()
-    assert (got.volume, got.negative, got.positive, got.score_sum) == (6, 2, 2, 1.0)
-    assert got.start == start  # aware UTC back out of SQLite
 
 
 def test_the_packaged_demo_config_loads_and_writes_under_the_working_directory(
@@ -323,3 +259,15 @@ def test_the_packaged_demo_config_loads_and_writes_under_the_working_directory(
     assert source.path.endswith("apps/monitor/data/demo_stream.jsonl")
     assert Path(source.path).read_text().startswith('{"id": "demo-0001"')
     assert cfg.models.sentiment.train.endswith("recipes/demo.yaml")
+
+
+def test_the_example_config_validates_with_its_training_configs():
+    from lmforge.apps.monitor.build import roles
+    from lmforge.config import load_config
+
+    cfg = load_monitor_config(Path(__file__).resolve().parents[3] / "examples" / "monitor.yaml")
+    assert [s.name for s in cfg.sources] == ["reuters", "fomc"]
+    assert {r.method for r in cfg.rules} == {"ewma", "threshold"}
+    for spec in roles(cfg.models).values():
+        run = load_config(spec.train, spec.overrides)  # the training configs validate too
+        assert run.data.test_size > 0 and spec.export.quantize == "int8"

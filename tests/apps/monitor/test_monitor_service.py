@@ -284,3 +284,31 @@ def test_paths_in_service_settings_resolve_beside_the_config(tmp_path):
     config = tmp_path / "monitor.yaml"
     config.write_text("models: {sentiment: {run: x}}\nservice: {api_keys_file: keys.txt}\n")
     assert Path(load_monitor_config(config).service.api_keys_file) == tmp_path / "keys.txt"
+
+
+def test_a_store_that_is_briefly_unavailable_makes_a_push_wait_not_fail(tmp_path):
+    import sqlite3
+
+    cfg = monitor_config(tmp_path, tmp_path / "unused.jsonl", sources=[])
+    client, service = make_service(cfg)
+    with client:
+        locker = sqlite3.connect(
+            tmp_path / "monitor.db", timeout=0, isolation_level=None, check_same_thread=False
+        )
+        locker.execute("BEGIN EXCLUSIVE")  # another process holds the database
+
+        def release() -> None:
+            time.sleep(6.0)  # longer than SQLite's own 5 s busy wait: the service must retry
+            locker.execute("COMMIT")
+            locker.close()
+
+        threading.Thread(target=release, daemon=True).start()
+        answer = client.post("/v1/monitor/documents", json={"documents": documents()}, headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["stored"] == 28
+        metrics = client.get("/metrics").text
+    (retries,) = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("lmforge_monitor_store_retries_total")
+    ]
+    assert float(retries.split()[-1]) >= 1  # it waited through SQLite's "database is locked"

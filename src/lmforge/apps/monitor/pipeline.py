@@ -107,6 +107,9 @@ class Pipeline:
         # Live (lmforge monitor run): windows also close as wall time passes, not only when a
         # later document arrives, so a stream that goes quiet still has its windows judged.
         self.clock = clock
+        # A replay delivers webhook messages after each batch; the service delivers from its own
+        # thread, so that a slow receiver never holds up ingestion.
+        self.deliver_inline = True
         self.windows = cfg.window_sizes()
         self.lateness = parse_duration(cfg.lateness, allow_zero=True)
         self.counts = Counts()
@@ -190,7 +193,7 @@ class Pipeline:
                 self.outbox.enqueue(connection, events)
         self.counts.stored += len(new)
         self.counts.quarantined += len(rejected)
-        self._emit(events)
+        self.emit(events)
         return max((doc.timestamp for doc in new), default=None)
 
     def _fields(self, source: str) -> Fields:
@@ -207,7 +210,7 @@ class Pipeline:
             events = self._judge(connection, final=False)
             if self.outbox is not None:
                 self.outbox.enqueue(connection, events)
-        self._emit(events)
+        self.emit(events)
 
     def finish(self) -> None:
         """Judge every window the stored stream has passed (the end of a replay)."""
@@ -215,9 +218,9 @@ class Pipeline:
             events = self._judge(connection, final=True)
             if self.outbox is not None:
                 self.outbox.enqueue(connection, events)
-        self._emit(events)
+        self.emit(events)
 
-    def _emit(self, events: list[AlertEvent]) -> None:
+    def emit(self, events: list[AlertEvent]) -> None:
         """After the commit: the immediate sinks, then whatever the outbox has due."""
         for event in events:
             if event.kind == "fired":
@@ -226,7 +229,7 @@ class Pipeline:
                 self.counts.resolved += 1
             for sink in self.sinks:
                 sink(event)
-        if self.outbox is not None:
+        if self.outbox is not None and self.deliver_inline:
             self.outbox.deliver(self.engine)
 
     # --- storing ---------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class MonitorService:
         self.threads: list[threading.Thread] = []
         self.client = httpx.Client()
         pipeline.sinks.append(self._count_event)
+        pipeline.deliver_inline = False  # the ticker delivers, outside the lock
 
     # --- writes ----------------------------------------------------------------------------
     def ingest(self, records: list[Record]) -> Ingested:
@@ -214,7 +215,7 @@ class MonitorService:
                     events = [AlertEvent("resolved", alert)]
                     if self.pipeline.outbox is not None:
                         self.pipeline.outbox.enqueue(connection, events)
-            self.pipeline._emit(events)
+            self.pipeline.emit(events)
         self.refresh_gauges()
         return alert
 
@@ -305,7 +306,10 @@ class MonitorService:
                 log.debug("follow %s: %s", source.name, err)
                 records = []
             if records:
-                self.ingest(records)
+                try:
+                    self.ingest(records)
+                except LmforgeError as err:  # the store stayed down: the next poll retries
+                    log.warning("follow %s: %s", source.name, err)
             self.stopping.wait(self.poll_seconds)
 
     def _poll(self, source: FeedSource) -> None:
@@ -314,11 +318,14 @@ class MonitorService:
             done = positions_of(self.engine).get(source.name)
             poll = (done.records if done else 0) + 1
             records = list(poll_feed(source, self.client, poll))
-            if records:
-                self.ingest(records)
-            else:  # an empty feed: still a poll, so its position moves on
-                position = Position(source.url, poll)
-                self._write(lambda position=position: self._store_position(source.name, position))
+            try:
+                if records:
+                    self.ingest(records)
+                else:  # an empty feed: still a poll, so its position moves on
+                    position = Position(source.url, poll)
+                    self._write(lambda p=position: self._store_position(source.name, p))
+            except LmforgeError as err:  # the store stayed down: the next poll retries
+                log.warning("feed %s: %s", source.name, err)
             self.stopping.wait(interval)
 
     def _store_position(self, name: str, position: Position) -> None:
@@ -331,8 +338,15 @@ class MonitorService:
             )
 
     def _ticker(self) -> None:
+        """Close quiet windows, then send the webhook messages that are due (outside the
+        lock: the outbox rows are the state, so a slow receiver holds up nothing else)."""
         while not self.stopping.wait(self.poll_seconds):
-            self.tick()
+            try:
+                self.tick()
+                if self.pipeline.outbox is not None:
+                    self.pipeline.outbox.deliver(self.engine)
+            except (LmforgeError, sa.exc.OperationalError) as err:  # the next tick retries
+                log.warning("monitor tick: %s", err)
 
 
 def pushed_records(documents: Iterable[dict[str, Any]], start: int) -> list[Record]:

@@ -52,7 +52,7 @@ documents = sa.Table(
     "documents",
     metadata,
     sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False, index=True),  # (0004)
     sa.Column("timestamp", UTCDateTime, nullable=False, index=True),
     sa.Column("title", sa.Text),
     sa.Column("url", sa.Text),
@@ -63,7 +63,7 @@ predictions = sa.Table(
     metadata,
     sa.Column("document_id", sa.Text, sa.ForeignKey("documents.id"), primary_key=True),
     sa.Column("sentiment", sa.Text, nullable=False),
-    sa.Column("negative", sa.Float, nullable=False),
+    sa.Column("negative", sa.Float, nullable=False, index=True),  # (0004)
     sa.Column("positive", sa.Float, nullable=False),
     sa.Column("topic", sa.Text, nullable=False, index=True),
     sa.Column("topic_score", sa.Float),
