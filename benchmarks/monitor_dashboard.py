@@ -5,7 +5,7 @@
 
 Seeds a SQLite store directly through lmforge.apps.monitor.store's tables (documents and
 predictions in four topics over ``--days`` days, the 1h and 1d aggregates through
-``store.add_to_aggregate``, 24 alerts), serves ``lmforge monitor run``'s app with uvicorn on
+``store.add_to_aggregates``, 24 alerts), serves ``lmforge monitor run``'s app with uvicorn on
 127.0.0.1 with an API key, then measures:
 
 - each API call the dashboard makes on a load (median of 7 after one warm-up, through httpx);
@@ -112,7 +112,7 @@ def seed_store(engine: sa.Engine, documents: int, days: int, rng: random.Random)
         for (window, topic, bucket), (volume, negative, positive, score) in counts.items():
             row = {"window": window, "topic": topic, "start": bucket, "volume": volume}
             row |= {"negative": negative, "positive": positive, "score_sum": score}
-            store.add_to_aggregate(connection, row)
+            store.add_to_aggregates(connection, [row])
         connection.execute(store.alerts.insert(), alert_rows(surges, rng))
 
 

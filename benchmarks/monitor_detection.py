@@ -8,7 +8,7 @@ The stream: the Reuters stories of ../shared/data (4,584 with a body, 1987-02-26
 ``examples/converters/monitor_streams.py`` writes them. A surge: N negative financial
 headlines and posts from FiQA 2018 (sentiment score below -0.3; a data set neither model was
 trained on) spread over one business hour (an hour with at least 20 stories). Each seed
-injects 12 surges, 4 each of 5, 10 and 20 documents, at least 12 hours apart. Both rules run
+injects 12 surges, 4 each of 5, 10 and 20 documents, at least 6 hours apart. Both rules run
 in the same replay on 1h windows of topic ``all`` (and of every topic the topic model finds):
 
 - ``threshold``: negative share above 0.35 (declared before any run, not tuned);
@@ -98,7 +98,7 @@ def inject(base: list[dict], pool: list[str], seed: int) -> tuple[list[dict], li
     rng.shuffle(texts)
     chosen: list[datetime] = []
     for hour in rng.sample(busy, len(busy)):
-        if all(abs((hour - other).total_seconds()) >= 12 * 3600 for other in chosen):
+        if all(abs((hour - other).total_seconds()) >= 6 * 3600 for other in chosen):
             chosen.append(hour)
         if len(chosen) == len(sizes):
             break
@@ -195,7 +195,7 @@ def main() -> None:
     cfg = cfg.model_copy(
         update={"windows": ["1h"], "lateness": "0s", "rules": list(rules.values()), "sinks": []}
     )
-    classifier = Cached(Classifier(resolve_models(cfg), "cpu", "auto"))
+    classifier = Cached(Classifier(resolve_models(cfg), "cpu", "auto", cfg.forward_batch_size))
     times = [parse_timestamp(r["timestamp"]) for r in base]
     days = (max(times) - min(times)).total_seconds() / 86400
     work = Path(tempfile.mkdtemp(prefix="monitor-detection-"))

@@ -8,7 +8,8 @@ The models are the config's (``lmforge monitor build`` first): ``--backend onnx`
 exports (ONNX int8), ``--backend bf16`` the training runs (PyTorch, bf16 autocast). The
 documents are Financial PhraseBank sentences (short news sentences, ../shared/data), one a
 minute. Each repeat times, side by side in one process: the two models' ``Predictor.logits``
-over the texts in the pipeline's batches (what the pipeline cannot avoid), and a replay of the
+over the texts in the pipeline's batches and forward passes (what the pipeline cannot avoid),
+and a replay of the
 same texts into an empty store (everything). Medians; raw numbers in the JSON.
 """
 
@@ -78,7 +79,7 @@ def main() -> None:
         for role, spec in roles(cfg.models).items():
             run = target_of(cfg, role, spec) / "run"
             setattr(models, role, getattr(models, role).model_copy(update={"run": str(run)}))
-    classifier = Classifier(models, "cpu", "auto")
+    classifier = Classifier(models, "cpu", "auto", cfg.forward_batch_size)
     texts = sentences(args.texts)
     work = Path(tempfile.mkdtemp(prefix="monitor-bench-"))
     stream = work / "stream.jsonl"
@@ -86,16 +87,16 @@ def main() -> None:
     url = args.store or f"sqlite:///{work / 'bench.db'}"
     cfg.sources = [FileSource(name="bench", path=str(stream))]
     predictors = [classifier.sentiment] + ([classifier.topic] if classifier.topic else [])
-    size = cfg.batch_size
+    size, forward = cfg.batch_size, classifier.forward_size(cfg.batch_size)
     for predictor in predictors:  # warm-up: first calls pay for allocation and kernels
-        predictor.logits(texts[:size], size)
+        predictor.logits(texts[:size], forward)
 
     models_s, total_s = [], []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        for predictor in predictors:
-            for i in range(0, len(texts), size):
-                predictor.logits(texts[i : i + size], size)
+        for i in range(0, len(texts), size):  # the pipeline's batches and passes, in turn
+            for predictor in predictors:
+                predictor.logits(texts[i : i + size], forward)
         models_s.append(time.perf_counter() - started)
 
         empty_store(url)
@@ -114,6 +115,7 @@ def main() -> None:
         "store": sa.engine.make_url(url).get_backend_name(),
         "texts": len(texts),
         "batch_size": size,
+        "forward_batch_size": forward,
         "models": [p.backend for p in predictors],
         "models_seconds": models_s,
         "end_to_end_seconds": total_s,

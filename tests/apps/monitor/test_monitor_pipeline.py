@@ -245,3 +245,20 @@ def test_monitor_cli_errors_are_one_line(tmp_path, sentiment_dir, capsys):
 
     code, _, err = run_cli(["monitor", "trends", config, "--window", "15m"], capsys)
     assert code != 0 and "--window 15m" in error_line(err)
+
+
+@pytest.mark.recipe
+def test_monitor_replays_json_lines_from_standard_input(
+    tmp_path, sentiment_dir, capsys, monkeypatch
+):
+    config = write_cli_config(tmp_path, sentiment_dir)
+    stdin = "\n".join(stream_lines(hours=2)) + "\n"
+    code, out, _ = run_cli(
+        ["monitor", "replay", config, "--input", "-"], capsys, stdin, monkeypatch
+    )
+    assert code == 0 and "8 records read: 8 stored" in out
+    code, out, _ = run_cli(["monitor", "trends", config, "--csv", "-"], capsys)
+    assert (
+        sum(int(row["volume"]) for row in csv.DictReader(io.StringIO(out)) if row["topic"] == ALL)
+        == 8
+    )

@@ -217,11 +217,12 @@ RSS = """<?xml version="1.0"?>
 
 class FeedServer:
     def __init__(self) -> None:
-        self.body, self.type = RSS.encode(), "application/rss+xml"
+        self.body, self.type, self.delay = RSS.encode(), "application/rss+xml", 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                time.sleep(server.delay)
                 self.send_response(200)
                 self.send_header("Content-Type", server.type)
                 self.end_headers()
@@ -247,7 +248,7 @@ def feed() -> Iterator[FeedServer]:
 
 
 def test_feeds_are_polled_deduplicated_and_a_bad_feed_is_quarantined(tmp_path, feed):
-    source = {"kind": "feed", "name": "wire", "url": feed.url, "interval": "1s"}
+    source = {"kind": "feed", "name": "wire", "url": feed.url, "interval": "1s", "timeout": "1s"}
     cfg = monitor_config(tmp_path, tmp_path / "unused.jsonl", sources=[source])
     client, service = make_service(cfg)
     with client:
@@ -260,6 +261,9 @@ def test_feeds_are_polled_deduplicated_and_a_bad_feed_is_quarantined(tmp_path, f
         assert by_id["w1"]["sentiment"] == "negative" and by_id["w1"]["url"] == "http://x/w1"
         feed.body, feed.type = b"<html><body>Maintenance</body></html>", "text/html"
         wait_for(lambda: service.pipeline.counts.quarantined >= 1)
+        feed.delay = 1.5  # past the source's timeout
+        wait_for(lambda: any("Timeout" in r["reason"] for r in quarantined(service.engine)))
+        feed.delay = 0.0
     (row, *_) = quarantined(service.engine)
     assert row["source"] == "wire" and "not an RSS/Atom feed" in row["reason"]
     assert "text/html" in row["reason"]

@@ -174,10 +174,10 @@ def test_aggregates_add_up_across_batches(store_url):
     row = {"window": "1h", "topic": ALL, "start": start, "volume": 3, "negative": 1}
     for _ in range(2):
         with store.transaction(engine) as connection:
-            store.add_to_aggregate(connection, {**row, "positive": 1, "score_sum": 0.5})
+            store.add_to_aggregates(connection, [{**row, "positive": 1, "score_sum": 0.5}])
     with store.transaction(engine) as connection:  # another window: a row of its own
-        store.add_to_aggregate(
-            connection, {**row, "window": "1d", "positive": 0, "score_sum": -1.0}
+        store.add_to_aggregates(
+            connection, [{**row, "window": "1d", "positive": 0, "score_sum": -1.0}]
         )
     with engine.connect() as connection:
         got = connection.execute(sa.select(store.aggregates).order_by("window")).all()

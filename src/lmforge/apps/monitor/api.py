@@ -251,7 +251,7 @@ def run_service(cfg: MonitorConfig, keys: ApiKeys) -> None:
     if not keys:
         log.warning("no API keys: the monitor is open to every caller on %s", cfg.service.host)
     notifier = Notifier(cfg)
-    classifier = Classifier(resolve_models(cfg), cfg.device, cfg.precision)
+    classifier = Classifier(resolve_models(cfg), cfg.device, cfg.precision, cfg.forward_batch_size)
     engine = open_store(cfg.store_url())
     immediate = [log_sink] if any(isinstance(s, LogSink) for s in cfg.sinks) else []
     pipeline = Pipeline(

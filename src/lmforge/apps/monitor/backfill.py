@@ -49,10 +49,18 @@ class Precomputed:
 class _ClassifyBatch:
     """A Ray Data actor: loads the models once, then classifies one pipeline batch per row."""
 
-    def __init__(self, models: dict[str, Any], device: str, precision: str, batch_size: int):
+    def __init__(
+        self,
+        models: dict[str, Any],
+        device: str,
+        precision: str,
+        batch_size: int,
+        forward_batch_size: int | None,
+    ):
         from lmforge.apps.monitor.classify import Classifier
 
-        self.classifier = Classifier(Models.model_validate(models), device, precision)
+        settings = Models.model_validate(models)
+        self.classifier = Classifier(settings, device, precision, forward_batch_size)
         self.batch_size = batch_size
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +134,7 @@ def classify_on_ray(
             "device": cfg.device,
             "precision": cfg.precision,
             "batch_size": cfg.batch_size,
+            "forward_batch_size": cfg.forward_batch_size,
         },
         batch_size=1,
         concurrency=workers,

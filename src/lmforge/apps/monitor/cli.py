@@ -221,7 +221,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg.sources = files  # feeds are polled by `lmforge monitor run`, not replayed
     notifier = Notifier(cfg)  # checks the sinks' secrets before any work
     models = resolve_models(cfg)
-    classifier = None if args.ray else Classifier(models, cfg.device, cfg.precision)
+    classifier = (
+        None if args.ray else Classifier(models, cfg.device, cfg.precision, cfg.forward_batch_size)
+    )
     engine = open_store(cfg.store_url())
     immediate = [log_sink] if any(isinstance(s, LogSink) for s in cfg.sinks) else []
     pipeline = Pipeline(cfg, engine, classifier, immediate, notifier if notifier else None)

@@ -338,7 +338,16 @@ class MonitorConfig(_Strict):
     service: ServiceConfig = Field(
         default_factory=ServiceConfig, description="lmforge monitor run's HTTP service."
     )
-    batch_size: int = Field(64, ge=1, le=4096, description="Documents classified at once.")
+    batch_size: int = Field(
+        64, ge=1, le=4096, description="Documents classified and committed at once."
+    )
+    forward_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Texts per forward pass of a model (default: 8 on a CPU, where short "
+        "length-sorted passes are twice as fast; the whole batch on a GPU).",
+    )
     max_text_chars: int = Field(
         100_000, ge=1, description="Longer texts are quarantined, not classified."
     )

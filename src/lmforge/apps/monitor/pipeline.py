@@ -175,9 +175,7 @@ class Pipeline:
                         source=record.source,
                         position=f"{record.position.file}:{record.position.records}",
                         reason=reason,
-                        record=(record.raw if record.fields is None else json.dumps(record.fields))[
-                            :10_000
-                        ],
+                        record=_kept(record),
                     )
                 )
                 self.counts.reasons[reason.split(" (")[0]] += 1
@@ -277,19 +275,19 @@ class Pipeline:
                     row[1] += lab.sentiment == negative_label
                     row[2] += lab.sentiment == positive_label
                     row[3] += lab.positive - lab.negative
-        for (name, topic, start), (volume, negative, positive, score) in sorted(sums.items()):
-            store.add_to_aggregate(
-                connection,
-                {
-                    "window": name,
-                    "topic": topic,
-                    "start": start,
-                    "volume": volume,
-                    "negative": negative,
-                    "positive": positive,
-                    "score_sum": score,
-                },
-            )
+        rows = [
+            {
+                "window": name,
+                "topic": topic,
+                "start": start,
+                "volume": volume,
+                "negative": negative,
+                "positive": positive,
+                "score_sum": score,
+            }
+            for (name, topic, start), (volume, negative, positive, score) in sorted(sums.items())
+        ]
+        store.add_to_aggregates(connection, rows)
 
     # --- judging ---------------------------------------------------------------------------
     def _judge(self, connection: Connection, final: bool) -> list[AlertEvent]:
@@ -437,6 +435,13 @@ class Pipeline:
         if topic != ALL:
             query = query.where(p.topic == topic)
         return list(connection.execute(query).scalars())
+
+
+def _kept(record: Record) -> str | None:
+    """What the quarantine keeps of a record: what was read (a failed feed poll read nothing),
+    cut to 10,000 characters."""
+    raw = record.raw if record.fields is None else json.dumps(record.fields)
+    return None if raw is None else raw[:10_000]
 
 
 class _Pace:

@@ -11,7 +11,7 @@ import csv
 import glob
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -79,7 +79,11 @@ def read_source(
     """
     if source.path == STDIN:
         skip = after.records if after is not None else 0
-        yield from _jsonl_lines(source, sys.stdin.buffer, STDIN, skip, complete_lines)
+        # The bytes under sys.stdin (a replaced text stream, as in tests: its lines encoded).
+        handle = getattr(sys.stdin, "buffer", None) or (
+            line.encode(source.encoding) for line in sys.stdin
+        )
+        yield from _jsonl_lines(source, handle, STDIN, skip, complete_lines)
         return
     for path in source_files(source):
         if after is not None and str(path) < after.file:
@@ -93,7 +97,11 @@ def read_source(
 
 
 def _jsonl_lines(
-    source: FileSource, handle: BinaryIO, name: str, skip: int, complete_lines: bool
+    source: FileSource,
+    handle: BinaryIO | Iterable[bytes],
+    name: str,
+    skip: int,
+    complete_lines: bool,
 ) -> Iterator[Record]:
     # Bytes, decoded per line: one badly encoded line is quarantined, the rest of the file read.
     count = 0
