@@ -70,10 +70,11 @@ def main() -> None:
     parser.add_argument("--store", help="SQLAlchemy URL (default: a SQLite file in a temp dir)")
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument("--out", help="write the JSON here")
     args = parser.parse_args()
 
-    cfg = load_monitor_config(args.config)
+    cfg = load_monitor_config(args.config, args.overrides)
     models = resolve_models(cfg)
     if args.backend == "bf16":  # the training runs the exports were made from
         for role, spec in roles(cfg.models).items():
