@@ -133,10 +133,8 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     """
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, key)
-        if value and not Path(value).is_absolute() and not _exists(value):
-            candidate = base / value
-            if _exists(str(candidate)):
-                setattr(cfg.data, key, str(candidate))
+        if value:
+            setattr(cfg.data, key, resolve_relative(value, base))
     template = cfg.data.chat_template
     if (
         template
@@ -147,6 +145,16 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     ):
         cfg.data.chat_template = str(base / template)
     return cfg
+
+
+def resolve_relative(path: str, base: Path) -> str:
+    """``path`` as given when it is absolute or exists from the working directory (a file, or
+    a glob that matches), else ``base / path`` when that exists, else as given (the error
+    that follows names it as the user wrote it). The rule of every config's paths."""
+    if Path(path).is_absolute() or _exists(path):
+        return path
+    candidate = str(base / path)
+    return candidate if _exists(candidate) else path
 
 
 def is_template_file(value: str) -> bool:

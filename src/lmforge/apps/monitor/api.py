@@ -239,10 +239,9 @@ def run_service(cfg: MonitorConfig, keys: ApiKeys) -> None:
 
     from lmforge.apps.monitor.build import resolve_models
     from lmforge.apps.monitor.classify import Classifier
-    from lmforge.apps.monitor.config import LogSink
-    from lmforge.apps.monitor.pipeline import Pipeline, log_sink
+    from lmforge.apps.monitor.pipeline import Pipeline
     from lmforge.apps.monitor.service import MonitorMetrics
-    from lmforge.apps.monitor.sinks import Notifier
+    from lmforge.apps.monitor.sinks import alert_sinks
     from lmforge.apps.monitor.store import open_store
     from lmforge.apps.monitor.windows import parse_duration
 
@@ -250,17 +249,11 @@ def run_service(cfg: MonitorConfig, keys: ApiKeys) -> None:
     check_binding(cfg.service.host, settings, cfg.service.allow_open)
     if not keys:
         log.warning("no API keys: the monitor is open to every caller on %s", cfg.service.host)
-    notifier = Notifier(cfg)
+    immediate, outbox = alert_sinks(cfg)
     classifier = Classifier(resolve_models(cfg), cfg.device, cfg.precision, cfg.forward_batch_size)
     engine = open_store(cfg.store_url())
-    immediate = [log_sink] if any(isinstance(s, LogSink) for s in cfg.sinks) else []
     pipeline = Pipeline(
-        cfg,
-        engine,
-        classifier,
-        immediate,
-        notifier if notifier else None,
-        clock=lambda: datetime.now(timezone.utc),
+        cfg, engine, classifier, immediate, outbox, clock=lambda: datetime.now(timezone.utc)
     )
     metrics = Metrics()
     poll = parse_duration(cfg.service.poll_interval).total_seconds()

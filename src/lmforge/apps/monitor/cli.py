@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from lmforge.apps.monitor.jsonable import iso
 from lmforge.errors import LmforgeError
 
 
@@ -202,9 +203,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from lmforge.apps.monitor.build import resolve_models
     from lmforge.apps.monitor.classify import Classifier
-    from lmforge.apps.monitor.config import FileSource, LogSink
-    from lmforge.apps.monitor.pipeline import Pipeline, log_sink, positions_of
-    from lmforge.apps.monitor.sinks import Notifier
+    from lmforge.apps.monitor.config import FileSource
+    from lmforge.apps.monitor.pipeline import Pipeline, positions_of
+    from lmforge.apps.monitor.sinks import alert_sinks
     from lmforge.apps.monitor.sources import read_source
     from lmforge.apps.monitor.store import open_store
 
@@ -219,14 +220,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{args.config}: no file sources to replay; add one under sources: or pass --input"
         )
     cfg.sources = files  # feeds are polled by `lmforge monitor run`, not replayed
-    notifier = Notifier(cfg)  # checks the sinks' secrets before any work
+    immediate, outbox = alert_sinks(cfg)  # checks the sinks' secrets before any work
     models = resolve_models(cfg)
     classifier = (
         None if args.ray else Classifier(models, cfg.device, cfg.precision, cfg.forward_batch_size)
     )
     engine = open_store(cfg.store_url())
-    immediate = [log_sink] if any(isinstance(s, LogSink) for s in cfg.sinks) else []
-    pipeline = Pipeline(cfg, engine, classifier, immediate, notifier if notifier else None)
+    pipeline = Pipeline(cfg, engine, classifier, immediate, outbox)
     for source in cfg.sources:
         after = positions_of(engine).get(source.name)
         records = read_source(source, after)
@@ -239,7 +239,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with tqdm(desc=f"replay {source.name}", unit=" doc", disable=None) as bar:
             pipeline.run(records, speed=speed, progress=bar.update)
     print(pipeline.counts.summary())
-    if notifier:
+    if outbox is not None:
         _print_outbox(engine)
     print(f"store: {engine.url.render_as_string(hide_password=True)}")
     return 0
@@ -381,7 +381,7 @@ def _cell(value: Any, short: bool = True) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if short else repr(value)
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return iso(value) or ""
     text = " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
     if short:  # one line of the table: no tabs or newlines, long texts cut
         text = " ".join(text.split())

@@ -21,7 +21,7 @@ from pydantic import (
 
 from lmforge.apps.monitor.windows import parse_duration
 from lmforge.config.errors import format_validation_error
-from lmforge.config.loader import apply_overrides, read_yaml
+from lmforge.config.loader import apply_overrides, read_yaml, resolve_relative
 from lmforge.errors import LmforgeError
 from lmforge.serving.config import ServeSettings
 
@@ -150,6 +150,21 @@ class FileSource(_Strict):
     )
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"url {value!r}: use an http:// or https:// URL")
+    return value
+
+
+def _check_durations(model: BaseModel, names: tuple[str, ...], where: str) -> None:
+    """Each named field parses as a duration; the error names ``where.field``."""
+    for name in names:
+        try:
+            parse_duration(getattr(model, name), f"{where}.{name}")
+        except LmforgeError as err:
+            raise ValueError(str(err)) from None
+
+
 class FeedSource(_Strict):
     """An RSS or Atom feed, polled by ``lmforge monitor run`` (entries are deduplicated by
     their id or link, so overlapping polls store each entry once)."""
@@ -163,17 +178,11 @@ class FeedSource(_Strict):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"url {value!r}: use an http:// or https:// URL")
-        return value
+        return _http_url(value)
 
     @model_validator(mode="after")
     def _durations(self) -> FeedSource:
-        for name in ("interval", "timeout"):
-            try:
-                parse_duration(getattr(self, name), f"sources.{self.name}.{name}")
-            except LmforgeError as err:
-                raise ValueError(str(err)) from None
+        _check_durations(self, ("interval", "timeout"), f"sources.{self.name}")
         return self
 
 
@@ -268,17 +277,11 @@ class WebhookSink(_Strict):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"url {value!r}: use an http:// or https:// URL")
-        return value
+        return _http_url(value)
 
     @model_validator(mode="after")
     def _durations(self) -> WebhookSink:
-        for name in ("timeout", "backoff"):
-            try:
-                parse_duration(getattr(self, name), f"sinks.{self.name}.{name}")
-            except LmforgeError as err:
-                raise ValueError(str(err)) from None
+        _check_durations(self, ("timeout", "backoff"), f"sinks.{self.name}")
         return self
 
 
@@ -301,14 +304,10 @@ class ServiceConfig(ServeSettings):
         "2s", description="How often followed files are read and quiet windows are judged."
     )
 
-    @field_validator("poll_interval")
-    @classmethod
-    def _interval(cls, value: str) -> str:
-        try:
-            parse_duration(value, "service.poll_interval")
-        except LmforgeError as err:
-            raise ValueError(str(err)) from None
-        return value
+    @model_validator(mode="after")
+    def _durations(self) -> ServiceConfig:
+        _check_durations(self, ("poll_interval",), "service")
+        return self
 
 
 class MonitorConfig(_Strict):
@@ -438,13 +437,7 @@ def _resolve_paths(cfg: MonitorConfig, base: Path, outputs: Path) -> None:
     ``outputs``."""
 
     def resolve(path: str) -> str:
-        if Path(path).is_absolute() or Path(path).exists() or path == "default":
-            return path
-        candidate = base / path
-        import glob
-
-        found = candidate.exists() or (glob.has_magic(path) and glob.glob(str(candidate)))
-        return str(candidate) if found else path
+        return path if path == "default" else resolve_relative(path, base)
 
     for spec in (cfg.models.sentiment, cfg.models.topic):
         if spec is None:

@@ -155,8 +155,7 @@ class MonitorService:
             self.metrics.documents.labels(source).inc(done.stored)
             self.metrics.duplicates.labels(source).inc(done.duplicates)
             self.metrics.quarantined.labels(source).inc(done.quarantined)
-            self.refresh_gauges()
-        return done
+        return done  # (the gauges are read from the store when /metrics is scraped)
 
     def tick(self) -> None:
         """Judge the windows wall time has closed."""
@@ -216,7 +215,6 @@ class MonitorService:
                     if self.pipeline.outbox is not None:
                         self.pipeline.outbox.enqueue(connection, events)
             self.pipeline.emit(events)
-        self.refresh_gauges()
         return alert
 
     def _forget(self, connection: sa.Connection, alert: dict[str, Any]) -> None:

@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from lmforge.apps.monitor import store
-from lmforge.apps.monitor.config import MonitorConfig, WebhookSink
+from lmforge.apps.monitor.config import LogSink, MonitorConfig, WebhookSink
 from lmforge.apps.monitor.jsonable import strict
-from lmforge.apps.monitor.pipeline import AlertEvent
+from lmforge.apps.monitor.pipeline import AlertEvent, Sink, log_sink
 from lmforge.apps.monitor.windows import parse_duration
 from lmforge.errors import LmforgeError
 
@@ -188,6 +188,14 @@ class Notifier:
         if response.is_success:
             return None
         return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def alert_sinks(cfg: MonitorConfig) -> tuple[list[Sink], Notifier | None]:
+    """What a pipeline hands its alerts to: the immediate sinks (the log, when configured) and
+    the outbox of the webhook sinks (None without any). Checks the webhooks' secrets first."""
+    notifier = Notifier(cfg)
+    immediate: list[Sink] = [log_sink] if any(isinstance(s, LogSink) for s in cfg.sinks) else []
+    return immediate, notifier if notifier else None
 
 
 def _secret(sink: WebhookSink) -> bytes | None:
